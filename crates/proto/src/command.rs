@@ -1,0 +1,436 @@
+//! Parsing one command line into a typed [`Command`]: parse, don't validate.
+//!
+//! Verbs are case-insensitive (RFC 959 section 5.3.1). Arguments are UTF-8 (RFC 2640); a line
+//! that is not UTF-8 is a syntax error. Each command is parsed once here; the session matches on
+//! the typed value and never re-parses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// RFC 959 TYPE, of which zocalo implements ASCII non-print and Image (and L 8, which is Image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferType {
+    Ascii,
+    Image,
+}
+
+/// The argument of EPSV (RFC 2428 section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpsvArg {
+    /// No argument, or a network protocol number (1 for IPv4, 2 for IPv6).
+    Protocol(Option<u8>),
+    /// `EPSV ALL`: from now on the client uses EPSV only.
+    All,
+}
+
+/// A parsed command line. Path arguments are as the client sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    User(&'a str),
+    Pass(&'a str),
+    Acct,
+    Quit,
+    Rein,
+    Cwd(&'a str),
+    Cdup,
+    Pwd,
+    Mkd(&'a str),
+    Rmd(&'a str),
+    Dele(&'a str),
+    Rnfr(&'a str),
+    Rnto(&'a str),
+    Retr(&'a str),
+    Stor(&'a str),
+    Stou,
+    Appe(&'a str),
+    List(Option<&'a str>),
+    Nlst(Option<&'a str>),
+    Mlsd(Option<&'a str>),
+    Mlst(Option<&'a str>),
+    Stat(Option<&'a str>),
+    Help(Option<&'a str>),
+    Noop,
+    Syst,
+    Type(TransferType),
+    Mode,
+    Stru,
+    Pasv,
+    Epsv(EpsvArg),
+    Port(SocketAddr),
+    Eprt(SocketAddr),
+    Abor,
+    Allo,
+    Rest(u64),
+    Site(&'a str),
+    Feat,
+    Opts(&'a str),
+    Size(&'a str),
+    Mdtm(&'a str),
+    Host(&'a str),
+    Auth(&'a str),
+    Pbsz(&'a str),
+    Prot(&'a str),
+    Ccc,
+}
+
+/// Why a line is not a command the session can run; each maps to one reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// 500: the verb is not known at all.
+    Unknown(String),
+    /// 501: the verb is known but its argument is malformed.
+    Syntax(&'static str),
+    /// 504: a well-formed parameter that zocalo does not implement.
+    Unsupported(&'static str),
+}
+
+impl Command<'_> {
+    /// The verb, upper case, for logs and sequence checks.
+    pub fn verb(&self) -> &'static str {
+        use Command::*;
+        match self {
+            User(_) => "USER",
+            Pass(_) => "PASS",
+            Acct => "ACCT",
+            Quit => "QUIT",
+            Rein => "REIN",
+            Cwd(_) => "CWD",
+            Cdup => "CDUP",
+            Pwd => "PWD",
+            Mkd(_) => "MKD",
+            Rmd(_) => "RMD",
+            Dele(_) => "DELE",
+            Rnfr(_) => "RNFR",
+            Rnto(_) => "RNTO",
+            Retr(_) => "RETR",
+            Stor(_) => "STOR",
+            Stou => "STOU",
+            Appe(_) => "APPE",
+            List(_) => "LIST",
+            Nlst(_) => "NLST",
+            Mlsd(_) => "MLSD",
+            Mlst(_) => "MLST",
+            Stat(_) => "STAT",
+            Help(_) => "HELP",
+            Noop => "NOOP",
+            Syst => "SYST",
+            Type(_) => "TYPE",
+            Mode => "MODE",
+            Stru => "STRU",
+            Pasv => "PASV",
+            Epsv(_) => "EPSV",
+            Port(_) => "PORT",
+            Eprt(_) => "EPRT",
+            Abor => "ABOR",
+            Allo => "ALLO",
+            Rest(_) => "REST",
+            Site(_) => "SITE",
+            Feat => "FEAT",
+            Opts(_) => "OPTS",
+            Size(_) => "SIZE",
+            Mdtm(_) => "MDTM",
+            Host(_) => "HOST",
+            Auth(_) => "AUTH",
+            Pbsz(_) => "PBSZ",
+            Prot(_) => "PROT",
+            Ccc => "CCC",
+        }
+    }
+}
+
+/// Parses one line (terminator already removed).
+pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("Line is not UTF-8."))?;
+    let (verb, arg) = match line.find(' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, ""),
+    };
+    if verb.len() > 4 || verb.is_empty() {
+        return Err(ParseError::Unknown(truncate(verb)));
+    }
+    let mut upper = [0u8; 4];
+    for (dst, src) in upper.iter_mut().zip(verb.bytes()) {
+        *dst = src.to_ascii_uppercase();
+    }
+    parse_verb(&upper[..verb.len()], arg, verb)
+}
+
+fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, ParseError> {
+    use Command::*;
+    Ok(match verb {
+        b"USER" => User(required(arg)?),
+        b"PASS" => Pass(arg),
+        b"ACCT" => Acct,
+        b"QUIT" => Quit,
+        b"REIN" => Rein,
+        b"CWD" | b"XCWD" => Cwd(required(arg)?),
+        b"CDUP" | b"XCUP" => Cdup,
+        b"PWD" | b"XPWD" => Pwd,
+        b"MKD" | b"XMKD" => Mkd(required(arg)?),
+        b"RMD" | b"XRMD" => Rmd(required(arg)?),
+        b"DELE" => Dele(required(arg)?),
+        b"RNFR" => Rnfr(required(arg)?),
+        b"RNTO" => Rnto(required(arg)?),
+        b"RETR" => Retr(required(arg)?),
+        b"STOR" => Stor(required(arg)?),
+        b"STOU" => Stou,
+        b"APPE" => Appe(required(arg)?),
+        b"LIST" => List(list_path(arg)),
+        b"NLST" => Nlst(list_path(arg)),
+        b"MLSD" => Mlsd(optional(arg)),
+        b"MLST" => Mlst(optional(arg)),
+        b"STAT" => Stat(list_path(arg)),
+        b"HELP" => Help(optional(arg)),
+        b"NOOP" => Noop,
+        b"SYST" => Syst,
+        b"TYPE" => Type(transfer_type(arg)?),
+        b"MODE" => one_of(arg, "S", "Only MODE S (stream) is supported.").map(|_| Mode)?,
+        b"STRU" => one_of(arg, "F", "Only STRU F (file) is supported.").map(|_| Stru)?,
+        b"PASV" => Pasv,
+        b"EPSV" => Epsv(epsv(arg)?),
+        b"PORT" => Port(port(arg)?),
+        b"EPRT" => Eprt(eprt(arg)?),
+        b"ABOR" => Abor,
+        b"ALLO" => Allo,
+        b"REST" => Rest(arg.trim().parse().map_err(|_| ParseError::Syntax("REST needs a byte offset."))?),
+        b"SITE" => Site(required(arg)?),
+        b"FEAT" => Feat,
+        b"OPTS" => Opts(required(arg)?),
+        b"SIZE" => Size(required(arg)?),
+        b"MDTM" => Mdtm(required(arg)?),
+        b"HOST" => Host(required(arg)?),
+        b"AUTH" => Auth(required(arg)?),
+        b"PBSZ" => Pbsz(required(arg)?),
+        b"PROT" => Prot(required(arg)?),
+        b"CCC" => Ccc,
+        _ => return Err(ParseError::Unknown(truncate(raw))),
+    })
+}
+
+fn truncate(verb: &str) -> String {
+    verb.chars().take(16).collect()
+}
+
+fn required(arg: &str) -> Result<&str, ParseError> {
+    if arg.is_empty() {
+        Err(ParseError::Syntax("This command needs an argument."))
+    } else {
+        Ok(arg)
+    }
+}
+
+fn optional(arg: &str) -> Option<&str> {
+    (!arg.is_empty()).then_some(arg)
+}
+
+/// LIST, NLST and STAT take `ls`-style options (`-la`) that clients send; they are skipped.
+fn list_path(arg: &str) -> Option<&str> {
+    let mut rest = arg.trim_start();
+    while let Some(opts) = rest.strip_prefix('-') {
+        if opts.starts_with(' ') || opts.is_empty() {
+            break;
+        }
+        rest = opts.find(' ').map_or("", |i| opts[i + 1..].trim_start());
+    }
+    optional(rest)
+}
+
+fn one_of<'a>(arg: &'a str, want: &str, msg: &'static str) -> Result<&'a str, ParseError> {
+    match arg.trim() {
+        "" => Err(ParseError::Syntax("This command needs an argument.")),
+        a if a.eq_ignore_ascii_case(want) => Ok(a),
+        _ => Err(ParseError::Unsupported(msg)),
+    }
+}
+
+fn transfer_type(arg: &str) -> Result<TransferType, ParseError> {
+    let mut words = arg.split_whitespace().map(str::to_ascii_uppercase);
+    let kind = words.next().ok_or(ParseError::Syntax("TYPE needs an argument."))?;
+    let param = words.next();
+    match (kind.as_str(), param.as_deref(), words.next()) {
+        ("A", None | Some("N"), None) => Ok(TransferType::Ascii),
+        ("I", None, None) => Ok(TransferType::Image),
+        ("L", Some("8"), None) => Ok(TransferType::Image),
+        ("A" | "E", Some("T" | "C"), None) | ("E", _, None) | ("L", Some(_), None) => {
+            Err(ParseError::Unsupported("Only TYPE A, A N, I and L 8 are supported."))
+        }
+        _ => Err(ParseError::Syntax("Unknown TYPE.")),
+    }
+}
+
+fn epsv(arg: &str) -> Result<EpsvArg, ParseError> {
+    match arg.trim() {
+        "" => Ok(EpsvArg::Protocol(None)),
+        a if a.eq_ignore_ascii_case("ALL") => Ok(EpsvArg::All),
+        "1" => Ok(EpsvArg::Protocol(Some(1))),
+        "2" => Ok(EpsvArg::Protocol(Some(2))),
+        _ => Err(ParseError::Unsupported("Network protocol not supported, use (1,2)")),
+    }
+}
+
+/// `PORT h1,h2,h3,h4,p1,p2` (RFC 959 section 4.1.2).
+pub fn port(arg: &str) -> Result<SocketAddr, ParseError> {
+    const BAD: ParseError = ParseError::Syntax("PORT needs h1,h2,h3,h4,p1,p2.");
+    let mut nums = [0u8; 6];
+    let mut parts = arg.trim().split(',');
+    for n in nums.iter_mut() {
+        *n = parts.next().and_then(|p| p.trim().parse().ok()).ok_or(BAD)?;
+    }
+    if parts.next().is_some() {
+        return Err(BAD);
+    }
+    let ip = Ipv4Addr::new(nums[0], nums[1], nums[2], nums[3]);
+    let port = u16::from(nums[4]) << 8 | u16::from(nums[5]);
+    Ok(SocketAddr::new(IpAddr::V4(ip), port))
+}
+
+/// `EPRT |proto|addr|port|` with any printable delimiter (RFC 2428 section 2).
+pub fn eprt(arg: &str) -> Result<SocketAddr, ParseError> {
+    const BAD: ParseError = ParseError::Syntax("EPRT needs |proto|address|port|.");
+    let delim = arg.chars().next().filter(|c| (33..=126).contains(&(*c as u32))).ok_or(BAD)?;
+    let fields: Vec<&str> = arg.split(delim).collect();
+    let [empty, proto, addr, port, end] = fields.as_slice() else {
+        return Err(BAD);
+    };
+    if !empty.is_empty() || !end.is_empty() {
+        return Err(BAD);
+    }
+    let port: u16 = port.parse().map_err(|_| BAD)?;
+    let ip: IpAddr = match *proto {
+        "1" => IpAddr::V4(addr.parse().map_err(|_| BAD)?),
+        "2" => IpAddr::V6(addr.parse().map_err(|_| BAD)?),
+        _ => return Err(ParseError::Unsupported("Network protocol not supported, use (1,2)")),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Parses the port out of an EPSV reply `229 ... (|||port|)`; used by clients.
+pub fn epsv_reply_port(text: &str) -> Option<u16> {
+    let start = text.find('(')?;
+    let end = text[start..].find(')')? + start;
+    let inner = &text[start + 1..end];
+    let delim = inner.chars().next()?;
+    inner.split(delim).nth(3)?.parse().ok()
+}
+
+/// Parses the address out of a PASV reply `227 ... (h1,h2,h3,h4,p1,p2)`; used by clients.
+pub fn pasv_reply_addr(text: &str) -> Option<SocketAddr> {
+    let body = text.get(4..)?;
+    let start = body.find('(').map(|i| i + 1).or_else(|| body.find(|c: char| c.is_ascii_digit()))?;
+    let inner: String =
+        body[start..].chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+    port(&inner).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Command<'_> {
+        parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e:?}"))
+    }
+
+    #[test]
+    fn verbs_are_case_insensitive() {
+        assert_eq!(ok("noop"), Command::Noop);
+        assert_eq!(ok("NoOp"), Command::Noop);
+        assert_eq!(ok("retr a b"), Command::Retr("a b"));
+    }
+
+    #[test]
+    fn x_forms_are_aliases() {
+        assert_eq!(ok("XPWD"), Command::Pwd);
+        assert_eq!(ok("XCUP"), Command::Cdup);
+        assert_eq!(ok("XMKD d"), Command::Mkd("d"));
+        assert_eq!(ok("XRMD d"), Command::Rmd("d"));
+        assert_eq!(ok("XCWD d"), Command::Cwd("d"));
+    }
+
+    #[test]
+    fn unknown_and_overlong_verbs() {
+        assert_eq!(parse(b"FOO"), Err(ParseError::Unknown("FOO".into())));
+        assert!(matches!(parse(b"NOOPNOOP"), Err(ParseError::Unknown(_))));
+        assert!(matches!(parse(b""), Err(ParseError::Unknown(_))));
+        assert!(matches!(parse(b" NOOP"), Err(ParseError::Unknown(_))));
+    }
+
+    #[test]
+    fn missing_arguments_are_syntax_errors() {
+        for line in ["RETR", "STOR", "CWD", "USER", "DELE", "MKD", "RNFR", "SIZE"] {
+            assert!(matches!(parse(line.as_bytes()), Err(ParseError::Syntax(_))), "{line}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_is_a_syntax_error() {
+        assert!(matches!(parse(b"RETR \xff\xfe"), Err(ParseError::Syntax(_))));
+    }
+
+    #[test]
+    fn list_options_are_skipped() {
+        assert_eq!(ok("LIST"), Command::List(None));
+        assert_eq!(ok("LIST -la"), Command::List(None));
+        assert_eq!(ok("LIST -la dir"), Command::List(Some("dir")));
+        assert_eq!(ok("LIST -a -l dir x"), Command::List(Some("dir x")));
+        assert_eq!(ok("NLST dir"), Command::Nlst(Some("dir")));
+        assert_eq!(ok("STAT"), Command::Stat(None));
+    }
+
+    #[test]
+    fn types() {
+        assert_eq!(ok("TYPE A"), Command::Type(TransferType::Ascii));
+        assert_eq!(ok("TYPE a n"), Command::Type(TransferType::Ascii));
+        assert_eq!(ok("TYPE I"), Command::Type(TransferType::Image));
+        assert_eq!(ok("TYPE L 8"), Command::Type(TransferType::Image));
+        assert!(matches!(parse(b"TYPE E"), Err(ParseError::Unsupported(_))));
+        assert!(matches!(parse(b"TYPE L 7"), Err(ParseError::Unsupported(_))));
+        assert!(matches!(parse(b"TYPE Q"), Err(ParseError::Syntax(_))));
+        assert!(matches!(parse(b"TYPE"), Err(ParseError::Syntax(_))));
+    }
+
+    #[test]
+    fn mode_and_stru() {
+        assert_eq!(ok("MODE S"), Command::Mode);
+        assert_eq!(ok("STRU f"), Command::Stru);
+        assert!(matches!(parse(b"MODE B"), Err(ParseError::Unsupported(_))));
+        assert!(matches!(parse(b"STRU R"), Err(ParseError::Unsupported(_))));
+    }
+
+    #[test]
+    fn port_forms() {
+        assert_eq!(ok("PORT 127,0,0,1,4,1"), Command::Port("127.0.0.1:1025".parse().unwrap()));
+        for bad in ["PORT 1,2,3", "PORT 1,2,3,4,5,6,7", "PORT 256,0,0,1,1,1", "PORT a,b,c,d,e,f"] {
+            assert!(matches!(parse(bad.as_bytes()), Err(ParseError::Syntax(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn eprt_forms() {
+        assert_eq!(ok("EPRT |1|127.0.0.1|6446|"), Command::Eprt("127.0.0.1:6446".parse().unwrap()));
+        assert_eq!(ok("EPRT !2!::1!6446!"), Command::Eprt("[::1]:6446".parse().unwrap()));
+        assert!(matches!(parse(b"EPRT |3|x|1|"), Err(ParseError::Unsupported(_))));
+        for bad in ["EPRT |1|::1|1|", "EPRT |1|1.2.3.4|99999|", "EPRT |1|1.2.3.4|1", "EPRT x"] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn epsv_forms() {
+        assert_eq!(ok("EPSV"), Command::Epsv(EpsvArg::Protocol(None)));
+        assert_eq!(ok("EPSV all"), Command::Epsv(EpsvArg::All));
+        assert_eq!(ok("EPSV 2"), Command::Epsv(EpsvArg::Protocol(Some(2))));
+        assert!(matches!(parse(b"EPSV 7"), Err(ParseError::Unsupported(_))));
+    }
+
+    #[test]
+    fn rest_needs_a_number() {
+        assert_eq!(ok("REST 100"), Command::Rest(100));
+        assert!(matches!(parse(b"REST -1"), Err(ParseError::Syntax(_))));
+    }
+
+    #[test]
+    fn reply_address_parsers() {
+        let addr = pasv_reply_addr("227 Entering Passive Mode (127,0,0,1,4,1).").unwrap();
+        assert_eq!(addr, "127.0.0.1:1025".parse().unwrap());
+        assert_eq!(epsv_reply_port("229 Entering Extended Passive Mode (|||6446|)"), Some(6446));
+    }
+}

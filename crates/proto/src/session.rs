@@ -1,0 +1,1219 @@
+//! The FTP session state machine: command lines and events in, replies and actions out.
+//!
+//! # Driving a session
+//!
+//! A driver owns one [`Session`] per control connection and loops:
+//!
+//! 1. feed what it read from the control connection with [`Session::handle_input`] (at most
+//!    [`Session::input_room`] bytes at a time), or report an event with another `handle_*`;
+//! 2. write out all of [`Session::pending_output`], calling [`Session::advance_output`] as bytes
+//!    leave, **before** carrying out any action (a `234` must be on the wire before TLS starts,
+//!    a `221` before the connection closes);
+//! 3. carry out each [`Action`] from [`Session::poll_action`] until it returns `None`, reporting
+//!    results back through `handle_*` (which may queue more output and actions: go to 2).
+//!
+//! Inputs: [`handle_input`](Session::handle_input), [`handle_passive_opened`]
+//! (Session::handle_passive_opened), [`handle_transfer_done`](Session::handle_transfer_done),
+//! [`handle_wakeup`](Session::handle_wakeup), [`handle_idle_timeout`]
+//! (Session::handle_idle_timeout), [`handle_shutdown`](Session::handle_shutdown),
+//! [`handle_tls_established`](Session::handle_tls_established).
+//!
+//! The session never reads a clock except through [`Config::clock`] (for listing dates), never
+//! sleeps, and never touches a socket. Bulk data never passes through it: a transfer action
+//! carries an open file handle that the driver pumps.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::auth::{Account, AuthError, Authenticator};
+use crate::command::{self, Command, EpsvArg, ParseError, TransferType};
+use crate::line::{LineBuffer, Overflow, MAX_LINE};
+use crate::listing;
+use crate::path;
+use crate::storage::{error_reply, FileHandle, FileKind, WriteMode};
+
+/// Settings shared by every session of a server.
+pub struct Config {
+    pub auth: Arc<dyn Authenticator>,
+    /// The address announced in PASV replies instead of the control connection's local one.
+    pub masquerade: Option<IpAddr>,
+    /// How long a failed login waits before its 530.
+    pub login_fail_delay: Duration,
+    /// Failed logins after which the session is closed.
+    pub max_login_attempts: u32,
+    /// Whether AUTH TLS is offered, and whether it is required.
+    pub tls: TlsPolicy,
+    /// The wall clock, used only for the dates in LIST output.
+    pub clock: fn() -> SystemTime,
+}
+
+/// What TLS the server offers on the control connection (RFC 4217).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// No certificate: AUTH TLS is refused.
+    Off,
+    /// AUTH TLS is offered; clear text is allowed.
+    Optional,
+    /// No login before AUTH TLS, no data transfer without PROT P.
+    Required,
+}
+
+impl Config {
+    /// A configuration with the defaults of `zocalo serve`.
+    pub fn new(auth: Arc<dyn Authenticator>) -> Self {
+        Config {
+            auth,
+            masquerade: None,
+            login_fail_delay: Duration::from_secs(1),
+            max_login_attempts: 3,
+            tls: TlsPolicy::Off,
+            clock: SystemTime::now,
+        }
+    }
+}
+
+/// Something the driver must do on the session's behalf.
+#[derive(Debug)]
+pub enum Action {
+    /// Open a passive listener on the control connection's local address (replacing any open
+    /// one) and report it with [`Session::handle_passive_opened`].
+    OpenPassive,
+    /// Close the passive listener, if any.
+    ClosePassive,
+    /// Connect or accept the data connection and move the bytes; then report with
+    /// [`Session::handle_transfer_done`].
+    Transfer(Transfer),
+    /// Stop the running transfer and report it as [`Outcome::Aborted`].
+    Abort,
+    /// Wait this long, then call [`Session::handle_wakeup`]. Input is held meanwhile.
+    Sleep(Duration),
+    /// Start a TLS handshake on the control connection (the `234` has been written), then call
+    /// [`Session::handle_tls_established`].
+    StartTls,
+    /// Close the control connection (the last reply has been written).
+    Close,
+}
+
+/// Where the data connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Accept on the passive listener, from the control connection's peer address only.
+    Passive,
+    /// Connect to this address (already checked against bounce attacks).
+    Active(SocketAddr),
+}
+
+/// What moves over the data connection.
+#[derive(Debug)]
+pub enum Body {
+    /// Send a file from its current position to the end.
+    Send(Box<dyn FileHandle>),
+    /// Send these bytes (a listing).
+    Bytes(Vec<u8>),
+    /// Receive into a file until the client closes the connection, then call `finish`.
+    Receive(Box<dyn FileHandle>),
+}
+
+/// A data transfer for the driver to run.
+#[derive(Debug)]
+pub struct Transfer {
+    pub endpoint: Endpoint,
+    pub body: Body,
+    /// Convert line endings (TYPE A) with [`crate::ascii`].
+    pub ascii: bool,
+    /// Protect the data connection with TLS (PROT P).
+    pub tls: bool,
+    /// Bytes moved so far on the wire; the driver adds to it, STAT reads it.
+    pub progress: Arc<AtomicU64>,
+}
+
+/// How a transfer ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    /// Stopped by [`Action::Abort`].
+    Aborted,
+    /// No data connection could be made (425).
+    NoConnection,
+    /// The data connection broke or stalled (426).
+    ConnectionLost,
+    /// Reading or writing the file failed.
+    Storage(std::io::Error),
+    /// The server is stopping and the grace period ran out.
+    ShuttingDown,
+}
+
+#[derive(Debug)]
+enum Login {
+    AwaitUser,
+    AwaitPass(String),
+    LoggedIn(Box<Account>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataSetup {
+    None,
+    Passive,
+    Active(SocketAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// OpenPassive sent; the reply depends on the port.
+    Passive { extended: bool },
+    /// A failed login's delay; `close` when the attempts are used up.
+    LoginDelay { close: bool },
+    /// AUTH TLS accepted; nothing is read until the handshake is done.
+    Tls,
+}
+
+#[derive(Debug)]
+struct Running {
+    verb: &'static str,
+    path: String,
+    size: Option<u64>,
+    progress: Arc<AtomicU64>,
+    aborting: bool,
+    unique_name: Option<String>,
+}
+
+const FEATURES: &[&str] = &[
+    "EPRT",
+    "EPSV",
+    "HOST",
+    "MDTM",
+    "MLST type*;size*;modify*;perm*;UNIX.mode*;",
+    "REST STREAM",
+    "SIZE",
+    "TVFS",
+    "UTF8",
+];
+const TLS_FEATURES: &[&str] = &["AUTH TLS", "PBSZ", "PROT"];
+const HELP_TEXT: &[&str] = &[
+    " ABOR ACCT ALLO APPE AUTH CCC  CDUP CWD  DELE EPRT EPSV FEAT HELP HOST LIST",
+    " MDTM MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD  QUIT",
+    " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER",
+    " XCUP XCWD XMKD XPWD XRMD",
+];
+
+/// One control connection's protocol state. See the module documentation for the polling order.
+pub struct Session {
+    config: Arc<Config>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    input: LineBuffer,
+    /// Commands that arrived during a transfer and run after it (at most [`MAX_LINE`] bytes).
+    held: VecDeque<Vec<u8>>,
+    output: Vec<u8>,
+    actions: VecDeque<Action>,
+    login: Login,
+    cwd: String,
+    transfer_type: TransferType,
+    rest: u64,
+    rename_from: Option<String>,
+    data: DataSetup,
+    epsv_all: bool,
+    running: Option<Running>,
+    wait: Option<Wait>,
+    failed_logins: u32,
+    closed: bool,
+    tls_control: bool,
+    protect_data: bool,
+    pbsz_done: bool,
+}
+
+impl Session {
+    /// A new session for a connection from `peer` accepted on `local`; the 220 greeting is
+    /// already queued.
+    pub fn new(config: Arc<Config>, peer: SocketAddr, local: SocketAddr) -> Self {
+        let mut s = Session {
+            config,
+            peer: canonical(peer),
+            local: canonical(local),
+            input: LineBuffer::default(),
+            held: VecDeque::new(),
+            output: Vec::new(),
+            actions: VecDeque::new(),
+            login: Login::AwaitUser,
+            cwd: String::from("/"),
+            transfer_type: TransferType::Image,
+            rest: 0,
+            rename_from: None,
+            data: DataSetup::None,
+            epsv_all: false,
+            running: None,
+            wait: None,
+            failed_logins: 0,
+            closed: false,
+            tls_control: false,
+            protect_data: false,
+            pbsz_done: false,
+        };
+        s.reply(220, "zocalo FTP server ready.");
+        s
+    }
+
+    /// A TLS-from-the-start session (implicit FTPS): the control connection is already secure.
+    pub fn new_implicit_tls(config: Arc<Config>, peer: SocketAddr, local: SocketAddr) -> Self {
+        let mut s = Session::new(config, peer, local);
+        s.tls_control = true;
+        s.pbsz_done = true;
+        s.protect_data = true;
+        s
+    }
+
+    // ---- getters -------------------------------------------------------------------------
+
+    /// The logged-in user's name, if any.
+    pub fn user(&self) -> Option<&str> {
+        match &self.login {
+            Login::LoggedIn(a) => Some(&a.name),
+            _ => None,
+        }
+    }
+
+    /// The peer address of the control connection.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// True when nothing is running: the idle timeout applies.
+    pub fn is_idle(&self) -> bool {
+        self.running.is_none() && self.wait.is_none()
+    }
+
+    /// True while a transfer runs.
+    pub fn is_transferring(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// True once the session has asked to close; it takes no more input.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The running transfer: verb, path and bytes so far.
+    pub fn transfer_status(&self) -> Option<(&'static str, &str, u64)> {
+        let r = self.running.as_ref()?;
+        Some((r.verb, &r.path, r.progress.load(Ordering::Relaxed)))
+    }
+
+    /// How many bytes [`handle_input`](Self::handle_input) accepts now. Zero means: stop
+    /// reading the control connection until an event frees room.
+    pub fn input_room(&self) -> usize {
+        if self.closed {
+            0
+        } else {
+            self.input.room()
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    /// Feeds bytes read from the control connection.
+    pub fn handle_input(&mut self, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        if self.input.extend(bytes) == Overflow::LineTooLong {
+            self.reply(500, "Command line too long.");
+            self.close();
+            return;
+        }
+        self.process();
+    }
+
+    /// The driver opened (or failed to open) the passive listener asked for by OpenPassive.
+    pub fn handle_passive_opened(&mut self, result: std::io::Result<SocketAddr>) {
+        let Some(Wait::Passive { extended }) = self.wait.take() else {
+            return;
+        };
+        match result {
+            Ok(addr) if extended => {
+                self.data = DataSetup::Passive;
+                let text = format!("Entering Extended Passive Mode (|||{}|).", addr.port());
+                self.reply(229, &text);
+            }
+            Ok(addr) => {
+                self.data = DataSetup::Passive;
+                self.reply_pasv(addr.port());
+            }
+            Err(_) => self.reply(425, "Cannot open a passive data port."),
+        }
+        self.process();
+    }
+
+    /// The transfer started by the last [`Action::Transfer`] ended.
+    pub fn handle_transfer_done(&mut self, outcome: Outcome) {
+        let Some(run) = self.running.take() else {
+            return;
+        };
+        self.reply_outcome(&run, outcome);
+        if run.aborting {
+            self.reply(226, "ABOR command successful.");
+        }
+        self.process();
+    }
+
+    /// The delay asked for by [`Action::Sleep`] is over.
+    pub fn handle_wakeup(&mut self) {
+        if let Some(Wait::LoginDelay { close }) = self.wait.take() {
+            self.reply(530, "Login incorrect.");
+            if close {
+                self.reply(421, "Too many failed logins; closing.");
+                self.close();
+            }
+        }
+        self.process();
+    }
+
+    /// The TLS handshake asked for by [`Action::StartTls`] completed.
+    pub fn handle_tls_established(&mut self) {
+        if self.wait == Some(Wait::Tls) {
+            self.wait = None;
+            self.tls_control = true;
+        }
+        self.process();
+    }
+
+    /// The client sat idle for longer than the server allows.
+    pub fn handle_idle_timeout(&mut self) {
+        self.reply(421, "Idle timeout; closing control connection.");
+        self.close();
+    }
+
+    /// The server is stopping: say so and close.
+    pub fn handle_shutdown(&mut self) {
+        if !self.closed {
+            self.reply(421, "Server shutting down.");
+            self.close();
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    /// Reply bytes waiting to be written to the control connection.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// `n` bytes of [`pending_output`](Self::pending_output) were written.
+    pub fn advance_output(&mut self, n: usize) {
+        if n >= self.output.len() {
+            if self.output.capacity() > 1024 {
+                self.output = Vec::new();
+            } else {
+                self.output.clear();
+            }
+        } else {
+            self.output.drain(..n);
+        }
+    }
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    // ---- the state machine ---------------------------------------------------------------
+
+    /// Runs the buffered lines. During a transfer, ABOR, STAT and NOOP run at once and other
+    /// commands are held (up to one line's worth of bytes) to run in order after it.
+    fn process(&mut self) {
+        while !self.closed && self.wait.is_none() {
+            if self.running.is_none() {
+                if let Some(line) = self.held.pop_front() {
+                    self.run_line(&line);
+                    continue;
+                }
+            }
+            let held_bytes: usize = self.held.iter().map(Vec::len).sum();
+            if held_bytes >= MAX_LINE {
+                break;
+            }
+            let Some(line) = self.input.next_line() else {
+                break;
+            };
+            if self.running.is_some() && !is_live(&line) {
+                self.held.push_back(line);
+                continue;
+            }
+            self.run_line(&line);
+        }
+    }
+
+    fn run_line(&mut self, line: &[u8]) {
+        match command::parse(line) {
+            Ok(cmd) => self.run(cmd),
+            Err(ParseError::Unknown(verb)) => self.reply(500, &format!("Unknown command {verb:?}.")),
+            Err(ParseError::Syntax(msg)) => self.reply(501, msg),
+            Err(ParseError::Unsupported(msg)) => self.reply(504, msg),
+        }
+    }
+
+    fn run(&mut self, cmd: Command<'_>) {
+        let rename_from = self.rename_from.take();
+        if let Some(code) = self.refuse(&cmd) {
+            self.reply(code.0, code.1);
+            return;
+        }
+        use Command::*;
+        match cmd {
+            User(name) => self.user_cmd(name),
+            Pass(password) => self.pass(password),
+            Acct => self.reply(202, "ACCT not needed."),
+            Quit => self.quit(),
+            Rein => self.rein(),
+            Host(_) => self.host(),
+            Auth(mech) => self.auth(mech),
+            Pbsz(size) => self.pbsz(size),
+            Prot(level) => self.prot(level),
+            Ccc => self.reply(534, "CCC refused: the control connection stays protected."),
+            Feat => self.feat(),
+            Opts(opt) => self.opts(opt),
+            Help(arg) => self.help(arg),
+            Noop => self.reply(200, "NOOP ok."),
+            Syst => self.reply(215, "UNIX Type: L8"),
+            Stat(arg) => self.stat(arg),
+            Type(t) => self.set_type(t),
+            Mode => self.reply(200, "Mode set to S."),
+            Stru => self.reply(200, "Structure set to F."),
+            Allo => self.reply(202, "No storage allocation necessary."),
+            Site(arg) => self.site(arg),
+            Pwd => self.pwd(),
+            Cwd(p) => self.cwd(p),
+            Cdup => self.cwd(".."),
+            Mkd(p) => self.mkd(p),
+            Rmd(p) => self.simple_write(p, "Directory removed.", |s, p| s.rmdir(p)),
+            Dele(p) => self.simple_write(p, "File deleted.", |s, p| s.remove(p)),
+            Rnfr(p) => self.rnfr(p),
+            Rnto(p) => self.rnto(rename_from, p),
+            Size(p) => self.size(p),
+            Mdtm(p) => self.mdtm(p),
+            Mlst(p) => self.mlst(p),
+            Rest(offset) => self.set_rest(offset),
+            Pasv => self.pasv(false),
+            Epsv(arg) => self.epsv(arg),
+            Port(addr) | Eprt(addr) => self.port(addr),
+            Abor => self.abor(),
+            Retr(p) => self.retr(p),
+            Stor(p) => self.store(p, "STOR"),
+            Appe(p) => self.store(p, "APPE"),
+            Stou => self.stou(),
+            List(p) => self.list(p, ListKind::Long),
+            Nlst(p) => self.list(p, ListKind::Names),
+            Mlsd(p) => self.list(p, ListKind::Facts),
+        }
+    }
+
+    /// The guard shared by all commands: login, TLS policy and write permission.
+    fn refuse(&self, cmd: &Command<'_>) -> Option<(u16, &'static str)> {
+        use Command::*;
+        let pre_login = matches!(
+            cmd,
+            User(_) | Pass(_) | Acct | Quit | Rein | Host(_) | Auth(_) | Pbsz(_) | Prot(_) | Ccc
+                | Feat | Opts(_) | Help(_) | Noop | Syst | Stat(None) | Abor
+        );
+        let needs_tls = matches!(cmd, User(_) | Pass(_));
+        if needs_tls && self.config.tls == TlsPolicy::Required && !self.tls_control {
+            return Some((530, "TLS required: send AUTH TLS first."));
+        }
+        if !pre_login && !matches!(self.login, Login::LoggedIn(_)) {
+            return Some((530, "Please log in with USER and PASS."));
+        }
+        let writes = matches!(cmd, Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou);
+        if writes && !self.account().is_some_and(|a| a.writable) {
+            return Some((550, "Permission denied."));
+        }
+        None
+    }
+
+    // ---- login ---------------------------------------------------------------------------
+
+    fn user_cmd(&mut self, name: &str) {
+        let text = if self.config.auth.is_anonymous(name) {
+            "Anonymous login ok, send your e-mail address as password."
+        } else {
+            "Password required."
+        };
+        self.login = Login::AwaitPass(name.to_string());
+        self.cwd = String::from("/");
+        self.reply(331, text);
+    }
+
+    fn pass(&mut self, password: &str) {
+        let user = match std::mem::replace(&mut self.login, Login::AwaitUser) {
+            Login::AwaitPass(user) => user,
+            Login::AwaitUser => return self.reply(503, "Log in with USER first."),
+            logged @ Login::LoggedIn(_) => {
+                self.login = logged;
+                return self.reply(230, "Already logged in.");
+            }
+        };
+        match self.config.auth.authenticate(&user, password, self.peer.ip()) {
+            Ok(account) => {
+                self.login = Login::LoggedIn(Box::new(account));
+                self.cwd = String::from("/");
+                self.reply(230, "Login successful.");
+            }
+            Err(AuthError::BadCredentials) | Err(AuthError::LockedOut) => self.login_failed(),
+        }
+    }
+
+    fn login_failed(&mut self) {
+        self.failed_logins += 1;
+        let close = self.failed_logins >= self.config.max_login_attempts;
+        if self.config.login_fail_delay.is_zero() {
+            self.wait = Some(Wait::LoginDelay { close });
+            self.handle_wakeup();
+        } else {
+            self.wait = Some(Wait::LoginDelay { close });
+            self.actions.push_back(Action::Sleep(self.config.login_fail_delay));
+        }
+    }
+
+    fn quit(&mut self) {
+        self.reply(221, "Goodbye.");
+        self.close();
+    }
+
+    fn rein(&mut self) {
+        self.login = Login::AwaitUser;
+        self.cwd = String::from("/");
+        self.transfer_type = TransferType::Image;
+        self.rest = 0;
+        self.epsv_all = false;
+        self.reset_data();
+        self.reply(220, "Session reset; log in again.");
+    }
+
+    fn host(&mut self) {
+        match self.login {
+            Login::AwaitUser => self.reply(220, "Host accepted."),
+            _ => self.reply(503, "HOST must come before USER."),
+        }
+    }
+
+    // ---- TLS (RFC 4217) ------------------------------------------------------------------
+
+    fn auth(&mut self, mech: &str) {
+        let mech = mech.trim();
+        if self.config.tls == TlsPolicy::Off {
+            return self.reply(502, "TLS is not configured on this server.");
+        }
+        if !(mech.eq_ignore_ascii_case("TLS") || mech.eq_ignore_ascii_case("SSL")
+            || mech.eq_ignore_ascii_case("TLS-C"))
+        {
+            return self.reply(504, "Only AUTH TLS is supported.");
+        }
+        if self.tls_control {
+            return self.reply(503, "Already using TLS.");
+        }
+        self.reply(234, "AUTH TLS successful.");
+        self.wait = Some(Wait::Tls);
+        self.actions.push_back(Action::StartTls);
+    }
+
+    fn pbsz(&mut self, _size: &str) {
+        if !self.tls_control {
+            return self.reply(503, "PBSZ needs a TLS control connection.");
+        }
+        self.pbsz_done = true;
+        self.reply(200, "PBSZ=0");
+    }
+
+    fn prot(&mut self, level: &str) {
+        if !self.tls_control || !self.pbsz_done {
+            return self.reply(503, "PROT needs AUTH TLS and PBSZ first.");
+        }
+        match level.trim().to_ascii_uppercase().as_str() {
+            "P" => {
+                self.protect_data = true;
+                self.reply(200, "Protection level set to P.");
+            }
+            "C" if self.config.tls == TlsPolicy::Required => {
+                self.reply(534, "PROT C refused: the server requires protected data.")
+            }
+            "C" => {
+                self.protect_data = false;
+                self.reply(200, "Protection level set to C.");
+            }
+            "S" | "E" => self.reply(536, "Only PROT C and P are supported."),
+            _ => self.reply(504, "Unknown protection level."),
+        }
+    }
+
+    // ---- information ---------------------------------------------------------------------
+
+    fn feat(&mut self) {
+        let mut text = String::from("211-Features:\r\n");
+        let tls = if self.config.tls == TlsPolicy::Off { &[][..] } else { TLS_FEATURES };
+        for f in tls.iter().chain(FEATURES) {
+            let _ = write!(text, " {f}\r\n");
+        }
+        text.push_str("211 End\r\n");
+        self.output.extend_from_slice(text.as_bytes());
+    }
+
+    fn opts(&mut self, opt: &str) {
+        let mut words = opt.splitn(2, ' ');
+        let name = words.next().unwrap_or("").to_ascii_uppercase();
+        let value = words.next().unwrap_or("").trim();
+        match name.as_str() {
+            "UTF8" if value.eq_ignore_ascii_case("ON") || value.is_empty() => {
+                self.reply(200, "UTF8 mode is always on.")
+            }
+            "UTF8" => self.reply(504, "UTF8 mode cannot be turned off."),
+            "MLST" => self.reply(200, "MLST OPTS type;size;modify;perm;UNIX.mode;"),
+            _ => self.reply(501, "Unknown option."),
+        }
+    }
+
+    fn help(&mut self, arg: Option<&str>) {
+        if let Some(verb) = arg {
+            let known = command::parse(verb.as_bytes()).is_ok()
+                || matches!(command::parse(verb.as_bytes()), Err(ParseError::Syntax(_)));
+            return if known {
+                self.reply(214, &format!("{} is supported.", verb.to_ascii_uppercase()))
+            } else {
+                self.reply(502, "Unknown command.")
+            };
+        }
+        let mut lines = vec!["The following commands are recognized:"];
+        lines.extend_from_slice(HELP_TEXT);
+        lines.push("Help OK.");
+        self.reply_multi(214, &lines);
+    }
+
+    fn site(&mut self, arg: &str) {
+        let sub = arg.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        match sub.as_str() {
+            "HELP" => self.reply_multi(214, &["SITE commands recognized:", " HELP", "Help OK."]),
+            _ => self.reply(502, "Unknown SITE command."),
+        }
+    }
+
+    fn stat(&mut self, arg: Option<&str>) {
+        match arg {
+            Some(p) => self.stat_path(p),
+            None => self.stat_session(),
+        }
+    }
+
+    fn stat_session(&mut self) {
+        let mut lines = vec![String::from("zocalo FTP server status:")];
+        lines.push(format!(" Connected to {}", self.peer.ip()));
+        match self.user() {
+            Some(u) => lines.push(format!(" Logged in as {u}")),
+            None => lines.push(String::from(" Not logged in")),
+        }
+        let t = if self.transfer_type == TransferType::Ascii { "ASCII" } else { "BINARY" };
+        lines.push(format!(" TYPE: {t}; STRUcture: File; MODE: Stream"));
+        lines.push(format!(" Control connection: {}", if self.tls_control { "TLS" } else { "clear" }));
+        match &self.running {
+            Some(r) => lines.push(transfer_line(r)),
+            None => lines.push(String::from(" No data transfer in progress")),
+        }
+        lines.push(String::from("End of status."));
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        self.reply_multi(211, &refs);
+    }
+
+    fn stat_path(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        match self.long_listing(&abs) {
+            Ok(body) => {
+                let mut text = format!("213-Status of {}:\r\n", abs);
+                for line in String::from_utf8_lossy(&body).lines() {
+                    let _ = write!(text, " {line}\r\n");
+                }
+                text.push_str("213 End of status.\r\n");
+                self.output.extend_from_slice(text.as_bytes());
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    // ---- navigation and files ------------------------------------------------------------
+
+    fn pwd(&mut self) {
+        let text = format!("\"{}\" is the current directory.", path::quote(&self.cwd));
+        self.reply(257, &text);
+    }
+
+    fn cwd(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        match self.storage_meta(&abs) {
+            Ok(m) if m.kind == FileKind::Dir => {
+                self.reply(250, &format!("Directory changed to {abs}."));
+                self.cwd = abs;
+            }
+            Ok(_) => self.reply(550, "Not a directory."),
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn mkd(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        match self.with_storage(|s| s.mkdir(path::relative(&abs))) {
+            Ok(()) => self.reply(257, &format!("\"{}\" created.", path::quote(&abs))),
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn simple_write(
+        &mut self,
+        arg: &str,
+        done: &str,
+        op: impl FnOnce(&dyn crate::storage::Storage, &str) -> std::io::Result<()>,
+    ) {
+        let abs = path::resolve(&self.cwd, arg);
+        if abs == "/" {
+            return self.reply(550, "The root cannot be changed.");
+        }
+        match self.with_storage(|s| op(s, path::relative(&abs))) {
+            Ok(()) => self.reply(250, done),
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn rnfr(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        match self.storage_meta(&abs) {
+            Ok(_) if abs == "/" => self.reply(550, "The root cannot be renamed."),
+            Ok(_) => {
+                self.rename_from = Some(abs);
+                self.reply(350, "Ready for RNTO.");
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn rnto(&mut self, from: Option<String>, arg: &str) {
+        let Some(from) = from else {
+            return self.reply(503, "RNTO must follow RNFR.");
+        };
+        let to = path::resolve(&self.cwd, arg);
+        match self.with_storage(|s| s.rename(path::relative(&from), path::relative(&to))) {
+            Ok(()) => self.reply(250, "Rename successful."),
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn size(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        match self.storage_meta(&abs) {
+            Ok(m) if m.kind == FileKind::File => self.reply(213, &m.size.to_string()),
+            Ok(_) => self.reply(550, "Not a regular file."),
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn mdtm(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        match self.storage_meta(&abs) {
+            Ok(m) if m.kind == FileKind::File => self.reply(213, &listing::time_val(m.modified)),
+            Ok(_) => self.reply(550, "Not a regular file."),
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn mlst(&mut self, arg: Option<&str>) {
+        let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
+        let writable = self.writable();
+        match self.storage_meta(&abs) {
+            Ok(m) => {
+                let mut line = Vec::from(&b" "[..]);
+                listing::facts_line(&mut line, &abs, &m, writable, false);
+                let text = format!(
+                    "250-Listing {abs}\r\n{}\r\n250 End.\r\n",
+                    String::from_utf8_lossy(&line)
+                );
+                self.output.extend_from_slice(text.as_bytes());
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn set_type(&mut self, t: TransferType) {
+        self.transfer_type = t;
+        let name = if t == TransferType::Ascii { "A" } else { "I" };
+        self.reply(200, &format!("Type set to {name}."));
+    }
+
+    fn set_rest(&mut self, offset: u64) {
+        self.rest = offset;
+        self.reply(350, &format!("Restarting at {offset}. Send STOR or RETR."));
+    }
+
+    // ---- data connection setup (RFC 959, RFC 2428) ---------------------------------------
+
+    fn pasv(&mut self, extended: bool) {
+        if self.epsv_all && !extended {
+            return self.reply(503, "EPSV ALL in effect: only EPSV is allowed.");
+        }
+        if !extended && self.local.is_ipv6() && self.config.masquerade.is_none() {
+            return self.reply(425, "PASV is IPv4 only; use EPSV.");
+        }
+        self.wait = Some(Wait::Passive { extended });
+        self.actions.push_back(Action::OpenPassive);
+    }
+
+    fn epsv(&mut self, arg: EpsvArg) {
+        let family = if self.local.is_ipv4() { 1 } else { 2 };
+        match arg {
+            EpsvArg::All => {
+                self.epsv_all = true;
+                self.reply(200, "EPSV ALL ok.");
+            }
+            EpsvArg::Protocol(Some(p)) if p != family => {
+                self.reply(522, &format!("Network protocol not supported, use ({family})"))
+            }
+            EpsvArg::Protocol(_) => self.pasv(true),
+        }
+    }
+
+    fn port(&mut self, addr: SocketAddr) {
+        if self.epsv_all {
+            return self.reply(503, "EPSV ALL in effect: only EPSV is allowed.");
+        }
+        let addr = canonical(addr);
+        if addr.is_ipv4() != self.peer.is_ipv4() {
+            let family = if self.peer.is_ipv4() { 1 } else { 2 };
+            return self.reply(522, &format!("Network protocol not supported, use ({family})"));
+        }
+        if addr.ip() != self.peer.ip() || addr.port() < 1024 {
+            return self.reply(501, "Refused: data connections go only to your own address and a port of 1024 or more.");
+        }
+        self.actions.push_back(Action::ClosePassive);
+        self.data = DataSetup::Active(addr);
+        self.reply(200, "PORT command successful.");
+    }
+
+    fn reset_data(&mut self) {
+        if self.data == DataSetup::Passive {
+            self.actions.push_back(Action::ClosePassive);
+        }
+        self.data = DataSetup::None;
+    }
+
+    fn abor(&mut self) {
+        match &mut self.running {
+            Some(run) if !run.aborting => {
+                run.aborting = true;
+                self.actions.push_back(Action::Abort);
+            }
+            Some(_) => {}
+            None => {
+                self.reset_data();
+                self.reply(225, "No transfer to abort.");
+            }
+        }
+    }
+
+    // ---- transfers -----------------------------------------------------------------------
+
+    fn retr(&mut self, arg: &str) {
+        let abs = path::resolve(&self.cwd, arg);
+        let offset = std::mem::take(&mut self.rest);
+        let opened = self.with_storage(|s| {
+            let meta = s.metadata(path::relative(&abs))?;
+            if meta.kind == FileKind::Dir {
+                return Err(std::io::ErrorKind::IsADirectory.into());
+            }
+            let file = s.open_read(path::relative(&abs), offset)?;
+            Ok((file, meta.size))
+        });
+        match opened {
+            Ok((file, size)) => {
+                let remaining = size.saturating_sub(offset);
+                let mode = self.mode_name();
+                let text = format!("Opening {mode} mode data connection for {abs} ({remaining} bytes).");
+                self.start("RETR", abs, Some(size), Body::Send(file), text, None);
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn store(&mut self, arg: &str, verb: &'static str) {
+        let abs = path::resolve(&self.cwd, arg);
+        let offset = std::mem::take(&mut self.rest);
+        let mode = match (verb, offset) {
+            ("APPE", _) => WriteMode::Append,
+            (_, 0) => WriteMode::Truncate,
+            (_, off) => WriteMode::At(off),
+        };
+        match self.with_storage(|s| s.open_write(path::relative(&abs), mode)) {
+            Ok(file) => {
+                let text = format!("Ok to send data for {abs}.");
+                self.start(verb, abs, None, Body::Receive(file), text, None);
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn stou(&mut self) {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = (self.config.clock)()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+        for _ in 0..16 {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = format!("stou.{:x}{:04x}", seed, n & 0xffff);
+            let abs = path::resolve(&self.cwd, &name);
+            match self.with_storage(|s| s.open_write(path::relative(&abs), WriteMode::CreateNew)) {
+                Ok(file) => {
+                    let text = format!("FILE: {name}");
+                    return self.start("STOU", abs, None, Body::Receive(file), text, Some(name));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return self.reply_error(&e),
+            }
+        }
+        self.reply(450, "Could not find a unique file name.");
+    }
+
+    fn list(&mut self, arg: Option<&str>, kind: ListKind) {
+        let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
+        let body = match kind {
+            ListKind::Long => self.long_listing(&abs),
+            ListKind::Names => self.name_listing(&abs, arg),
+            ListKind::Facts => self.facts_listing(&abs),
+        };
+        match body {
+            Ok(bytes) => {
+                let text = String::from("Here comes the directory listing.");
+                self.start(kind.verb(), abs, None, Body::Bytes(bytes), text, None);
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    fn start(
+        &mut self,
+        verb: &'static str,
+        path: String,
+        size: Option<u64>,
+        body: Body,
+        text: String,
+        unique_name: Option<String>,
+    ) {
+        let endpoint = match self.data {
+            DataSetup::None => return self.reply(425, "Use PORT, PASV or EPSV first."),
+            DataSetup::Passive => Endpoint::Passive,
+            DataSetup::Active(addr) => Endpoint::Active(addr),
+        };
+        if self.config.tls == TlsPolicy::Required && !self.protect_data {
+            return self.reply(521, "Data connections must be protected: send PROT P.");
+        }
+        self.data = DataSetup::None;
+        let progress = Arc::new(AtomicU64::new(0));
+        let ascii = self.transfer_type == TransferType::Ascii && !matches!(body, Body::Bytes(_));
+        let tls = self.protect_data;
+        self.reply(150, &text);
+        self.actions.push_back(Action::Transfer(Transfer {
+            endpoint,
+            body,
+            ascii,
+            tls,
+            progress: progress.clone(),
+        }));
+        let aborting = false;
+        self.running = Some(Running { verb, path, size, progress, aborting, unique_name });
+    }
+
+    fn reply_outcome(&mut self, run: &Running, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => match &run.unique_name {
+                Some(name) => self.reply(226, &format!("Transfer complete; stored as {name}.")),
+                None => self.reply(226, "Transfer complete."),
+            },
+            Outcome::Aborted => self.reply(426, "Connection closed; transfer aborted."),
+            Outcome::NoConnection => self.reply(425, "Cannot open data connection."),
+            Outcome::ConnectionLost => self.reply(426, "Data connection lost; transfer aborted."),
+            Outcome::Storage(e) => self.reply_error(&e),
+            Outcome::ShuttingDown => self.reply(426, "Server shutting down; transfer aborted."),
+        }
+    }
+
+    // ---- listings ------------------------------------------------------------------------
+
+    fn long_listing(&self, abs: &str) -> std::io::Result<Vec<u8>> {
+        let now = (self.config.clock)();
+        let mut out = Vec::new();
+        let meta = self.storage_meta(abs)?;
+        if meta.kind != FileKind::Dir {
+            listing::list_line(&mut out, path::file_name(abs), &meta, now);
+            return Ok(out);
+        }
+        let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
+        listing::sort(&mut entries);
+        out.reserve(entries.len() * 72);
+        for e in &entries {
+            listing::list_line(&mut out, &e.name, &e.meta, now);
+        }
+        Ok(out)
+    }
+
+    fn name_listing(&self, abs: &str, arg: Option<&str>) -> std::io::Result<Vec<u8>> {
+        let meta = self.storage_meta(abs)?;
+        if meta.kind != FileKind::Dir {
+            return Ok(format!("{}\r\n", arg.unwrap_or(path::file_name(abs))).into_bytes());
+        }
+        let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
+        listing::sort(&mut entries);
+        let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
+        let mut out = Vec::with_capacity(entries.len() * 16);
+        for e in &entries {
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(e.name.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(out)
+    }
+
+    fn facts_listing(&self, abs: &str) -> std::io::Result<Vec<u8>> {
+        if self.storage_meta(abs)?.kind != FileKind::Dir {
+            return Err(std::io::ErrorKind::NotADirectory.into());
+        }
+        let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
+        listing::sort(&mut entries);
+        let writable = self.writable();
+        let mut out = Vec::with_capacity(entries.len() * 96);
+        for e in &entries {
+            listing::facts_line(&mut out, &e.name, &e.meta, writable, false);
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(out)
+    }
+
+    // ---- helpers -------------------------------------------------------------------------
+
+    fn account(&self) -> Option<&Account> {
+        match &self.login {
+            Login::LoggedIn(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn writable(&self) -> bool {
+        self.account().is_some_and(|a| a.writable)
+    }
+
+    fn with_storage<T>(
+        &self,
+        f: impl FnOnce(&dyn crate::storage::Storage) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        match self.account() {
+            Some(a) => f(a.storage.as_ref()),
+            None => Err(std::io::ErrorKind::PermissionDenied.into()),
+        }
+    }
+
+    fn storage_meta(&self, abs: &str) -> std::io::Result<crate::storage::Metadata> {
+        self.with_storage(|s| s.metadata(path::relative(abs)))
+    }
+
+    fn mode_name(&self) -> &'static str {
+        if self.transfer_type == TransferType::Ascii {
+            "ASCII"
+        } else {
+            "BINARY"
+        }
+    }
+
+    fn reply_pasv(&mut self, port: u16) {
+        let ip = match self.config.masquerade.unwrap_or(self.local.ip()) {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        };
+        let [a, b, c, d] = ip.octets();
+        let text =
+            format!("Entering Passive Mode ({a},{b},{c},{d},{},{}).", port >> 8, port & 0xff);
+        self.reply(227, &text);
+    }
+
+    fn reply_error(&mut self, err: &std::io::Error) {
+        let (code, text) = error_reply(err);
+        self.reply(code, &text);
+    }
+
+    fn reply(&mut self, code: u16, text: &str) {
+        let _ = write!(Utf8Writer(&mut self.output), "{code} {text}\r\n");
+    }
+
+    fn reply_multi(&mut self, code: u16, lines: &[&str]) {
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            let _ = match i {
+                0 if last > 0 => write!(Utf8Writer(&mut self.output), "{code}-{line}\r\n"),
+                i if i == last => write!(Utf8Writer(&mut self.output), "{code} {line}\r\n"),
+                _ => write!(Utf8Writer(&mut self.output), "{line}\r\n"),
+            };
+        }
+    }
+
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            if self.running.is_some() {
+                self.actions.push_back(Action::Abort);
+            }
+            self.actions.push_back(Action::Close);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ListKind {
+    Long,
+    Names,
+    Facts,
+}
+
+impl ListKind {
+    fn verb(self) -> &'static str {
+        match self {
+            ListKind::Long => "LIST",
+            ListKind::Names => "NLST",
+            ListKind::Facts => "MLSD",
+        }
+    }
+}
+
+struct Utf8Writer<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn transfer_line(r: &Running) -> String {
+    let done = r.progress.load(Ordering::Relaxed);
+    match r.size {
+        Some(total) => format!(" {} {}: {done} of {total} bytes transferred", r.verb, r.path),
+        None => format!(" {} {}: {done} bytes transferred", r.verb, r.path),
+    }
+}
+
+/// Commands answered while a transfer runs: the reason FTP has a second channel.
+fn is_live(line: &[u8]) -> bool {
+    matches!(command::parse(line), Ok(Command::Abor | Command::Noop | Command::Stat(None)))
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as the IPv4 address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}

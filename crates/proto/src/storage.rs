@@ -1,0 +1,124 @@
+//! The storage provider the session calls, and the one mapping from storage errors to replies.
+//!
+//! Paths given to a [`Storage`] are relative to its root, normalised by [`crate::path`], with
+//! `/` separators and no leading `/` (the root is `""`). A storage must confine every path to
+//! its root itself; the lexical normalisation is not a security boundary.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+use std::time::SystemTime;
+
+/// What kind of object a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// The facts the listings need about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub kind: FileKind,
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Unix permission bits (`0o755`); only for display.
+    pub mode: u32,
+    pub nlink: u64,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub meta: Metadata,
+}
+
+/// How STOR, APPE and STOU open their target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Create or truncate (STOR).
+    Truncate,
+    /// Create or append (APPE).
+    Append,
+    /// Create if needed, keep contents, write from this offset (STOR after REST).
+    At(u64),
+    /// Create; fail if the name exists (STOU).
+    CreateNew,
+}
+
+/// An open file that a driver pumps bytes through. Bulk data never passes through the core.
+pub trait FileHandle: Read + Write + Send {
+    /// The descriptor, when there is one, so a driver can use sendfile(2) or splice(2).
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// Called once after the last byte of an upload was written. An atomic upload renames its
+    /// temporary file into place here; until then nothing replaced the old file.
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for dyn FileHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FileHandle")
+    }
+}
+
+/// A file system as the session sees it. Calls are synchronous; see the module doc for paths.
+pub trait Storage: Send + Sync {
+    fn metadata(&self, path: &str) -> io::Result<Metadata>;
+    /// Entries of a directory, without `.` and `..`, in any order.
+    fn list(&self, path: &str) -> io::Result<Vec<DirEntry>>;
+    /// Opens a regular file for reading, positioned at `offset`.
+    fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileHandle>>;
+    fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileHandle>>;
+    fn mkdir(&self, path: &str) -> io::Result<()>;
+    fn rmdir(&self, path: &str) -> io::Result<()>;
+    fn remove(&self, path: &str) -> io::Result<()>;
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+}
+
+/// The reply for a failed storage call: the single place where errors become FTP codes.
+pub fn error_reply(err: &io::Error) -> (u16, String) {
+    use io::ErrorKind::*;
+    /// Linux's ELOOP: O_NOFOLLOW or RESOLVE_NO_SYMLINKS met a symlink.
+    const ELOOP: i32 = 40;
+    if err.raw_os_error() == Some(ELOOP) {
+        return (550, "Path leaves the root or loops; refused.".into());
+    }
+    let text = match err.kind() {
+        NotFound => "No such file or directory.",
+        PermissionDenied | ReadOnlyFilesystem => "Permission denied.",
+        AlreadyExists => "File exists.",
+        NotADirectory => "Not a directory.",
+        IsADirectory => "Is a directory.",
+        DirectoryNotEmpty => "Directory not empty.",
+        CrossesDevices => "Path leaves the root or loops; refused.",
+        StorageFull | QuotaExceeded => return (452, "Insufficient storage space.".into()),
+        InvalidFilename | InvalidInput => return (553, "File name not allowed.".into()),
+        Unsupported => return (502, "Not supported by this storage.".into()),
+        _ => return (451, format!("Local error: {err}.")),
+    };
+    (550, text.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_replies() {
+        let code = |k: io::ErrorKind| error_reply(&io::Error::from(k)).0;
+        assert_eq!(code(io::ErrorKind::NotFound), 550);
+        assert_eq!(code(io::ErrorKind::PermissionDenied), 550);
+        assert_eq!(code(io::ErrorKind::StorageFull), 452);
+        assert_eq!(code(io::ErrorKind::CrossesDevices), 550);
+        assert_eq!(code(io::ErrorKind::InvalidFilename), 553);
+        assert_eq!(code(io::ErrorKind::Other), 451);
+    }
+}

@@ -1,0 +1,397 @@
+//! Scripted sessions: lines in, replies and actions out, on in-memory storage. A tiny fake
+//! driver carries out the actions (passive listeners, transfers) without any socket.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use zocalo_proto::memory::MemoryStorage;
+use zocalo_proto::session::{Action, Body, Config, Outcome, Session};
+use zocalo_proto::{Account, AuthError, Authenticator};
+
+struct TestAuth {
+    storage: MemoryStorage,
+}
+
+impl Authenticator for TestAuth {
+    fn authenticate(&self, user: &str, pass: &str, _peer: IpAddr) -> Result<Account, AuthError> {
+        let writable = match (user, pass) {
+            ("alice", "secret") => true,
+            (u, _) if self.is_anonymous(u) => false,
+            _ => return Err(AuthError::BadCredentials),
+        };
+        let storage = Arc::new(self.storage.clone());
+        Ok(Account { name: user.into(), storage, writable, anonymous: !writable })
+    }
+}
+
+/// A session plus the fake driver's state.
+struct Script {
+    session: Session,
+    storage: MemoryStorage,
+    /// Bytes the "client" sends on the next data connection (for uploads).
+    upload: Vec<u8>,
+    /// Bytes received on the last data connection (downloads and listings).
+    downloaded: Vec<u8>,
+    /// Run transfers at once (true) or leave them pending (false).
+    complete_transfers: bool,
+    pending: Vec<Action>,
+    sleeps: Vec<Duration>,
+    closed: bool,
+}
+
+impl Script {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let storage = MemoryStorage::default();
+        storage.put("hello.txt", b"hello\nworld\n");
+        let mut config = Config::new(Arc::new(TestAuth { storage: storage.clone() }));
+        config.login_fail_delay = Duration::ZERO;
+        tweak(&mut config);
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:2121".parse().unwrap();
+        let session = Session::new(Arc::new(config), peer, local);
+        let mut s = Script {
+            session,
+            storage,
+            upload: Vec::new(),
+            downloaded: Vec::new(),
+            complete_transfers: true,
+            pending: Vec::new(),
+            sleeps: Vec::new(),
+            closed: false,
+        };
+        let greeting = s.drain();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        s
+    }
+
+    fn login(user: &str, pass: &str) -> Self {
+        let mut s = Script::new();
+        s.send(&format!("USER {user}"));
+        let reply = s.send(&format!("PASS {pass}"));
+        assert!(reply.starts_with("230"), "{reply}");
+        s
+    }
+
+    fn drain(&mut self) -> String {
+        let mut out = String::from_utf8(self.session.pending_output().to_vec()).unwrap();
+        let n = self.session.pending_output().len();
+        self.session.advance_output(n);
+        while let Some(action) = self.session.poll_action() {
+            self.act(action);
+            out.push_str(&String::from_utf8(self.session.pending_output().to_vec()).unwrap());
+            let n = self.session.pending_output().len();
+            self.session.advance_output(n);
+        }
+        out
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::OpenPassive => {
+                self.session.handle_passive_opened(Ok("127.0.0.1:50000".parse().unwrap()))
+            }
+            Action::Transfer(t) if self.complete_transfers => {
+                self.downloaded.clear();
+                match t.body {
+                    Body::Send(mut f) => {
+                        f.read_to_end(&mut self.downloaded).unwrap();
+                    }
+                    Body::Bytes(b) => self.downloaded = b,
+                    Body::Receive(mut f) => {
+                        f.write_all(&self.upload).unwrap();
+                        f.finish().unwrap();
+                    }
+                }
+                self.session.handle_transfer_done(Outcome::Done);
+            }
+            Action::Sleep(d) => {
+                self.sleeps.push(d);
+                self.session.handle_wakeup();
+            }
+            Action::Close => self.closed = true,
+            other => self.pending.push(other),
+        }
+    }
+
+    /// Sends one line and returns everything the session answered.
+    fn send(&mut self, line: &str) -> String {
+        self.session.handle_input(format!("{line}\r\n").as_bytes());
+        self.drain()
+    }
+
+    fn code(&mut self, line: &str) -> u16 {
+        let reply = self.send(line);
+        let last = reply.lines().last().unwrap_or_default();
+        last.get(..3).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{reply:?}"))
+    }
+}
+
+#[test]
+fn every_user_gets_331_and_bad_password_530() {
+    let mut s = Script::new();
+    assert_eq!(s.code("USER nobody"), 331);
+    assert_eq!(s.code("PASS wrong"), 530);
+    assert_eq!(s.code("USER alice"), 331);
+    assert_eq!(s.code("PASS secret"), 230);
+}
+
+#[test]
+fn out_of_sequence_commands_get_503() {
+    let mut s = Script::new();
+    assert_eq!(s.code("PASS x"), 503);
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("RNTO b"), 503);
+    assert_eq!(s.code("RNFR hello.txt"), 350);
+    assert_eq!(s.code("NOOP"), 200);
+    assert_eq!(s.code("RNTO b"), 503, "RNFR must be followed directly by RNTO");
+}
+
+#[test]
+fn commands_need_login() {
+    let mut s = Script::new();
+    for cmd in ["PWD", "CWD /", "LIST", "RETR hello.txt", "PASV", "SIZE hello.txt"] {
+        assert_eq!(s.code(cmd), 530, "{cmd}");
+    }
+    assert_eq!(s.code("FEAT"), 211);
+    assert_eq!(s.code("SYST"), 215);
+}
+
+#[test]
+fn failed_logins_are_delayed_and_limited() {
+    let mut s = Script::with(|c| c.login_fail_delay = Duration::from_millis(500));
+    for _ in 0..2 {
+        s.send("USER alice");
+        assert_eq!(s.code("PASS nope"), 530);
+    }
+    s.send("USER alice");
+    let reply = s.send("PASS nope");
+    assert!(reply.contains("530") && reply.contains("421"), "{reply}");
+    assert!(s.closed);
+    assert_eq!(s.sleeps, vec![Duration::from_millis(500); 3]);
+}
+
+#[test]
+fn unknown_and_malformed() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("FROB"), 500);
+    assert_eq!(s.code("RETR"), 501);
+    assert_eq!(s.code("TYPE E"), 504);
+    assert_eq!(s.code("MODE B"), 504);
+    assert_eq!(s.code("PORT 1,2,3"), 501);
+}
+
+#[test]
+fn navigation() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.send("PWD"), "257 \"/\" is the current directory.\r\n");
+    assert_eq!(s.code("MKD d"), 257);
+    assert_eq!(s.code("CWD d"), 250);
+    assert!(s.send("XPWD").contains("\"/d\""));
+    assert_eq!(s.code("CDUP"), 250);
+    assert_eq!(s.code("CWD ../../.."), 250);
+    assert!(s.send("PWD").contains("\"/\""));
+    assert_eq!(s.code("CWD hello.txt"), 550);
+    assert_eq!(s.code("CWD missing"), 550);
+    assert_eq!(s.code("RMD d"), 250);
+}
+
+#[test]
+fn download_upload_and_resume() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("TYPE I"), 200);
+    assert_eq!(s.code("RETR hello.txt"), 425, "no data connection set up");
+    assert!(s.send("PASV").starts_with("227 Entering Passive Mode (127,0,0,1,195,80)."));
+    let reply = s.send("RETR hello.txt");
+    assert!(reply.starts_with("150 ") && reply.contains("226 "), "{reply}");
+    assert_eq!(s.downloaded, b"hello\nworld\n");
+
+    s.upload = b"abc".to_vec();
+    s.send("EPSV");
+    assert!(s.send("STOR up.bin").contains("226"));
+    assert_eq!(s.storage.contents("up.bin").unwrap(), b"abc");
+    s.send("EPSV");
+    assert_eq!(s.code("REST 6"), 350);
+    s.send("RETR hello.txt");
+    assert_eq!(s.downloaded, b"world\n");
+    s.upload = b"XY".to_vec();
+    s.send("EPSV");
+    s.send("REST 1");
+    s.send("STOR up.bin");
+    assert_eq!(s.storage.contents("up.bin").unwrap(), b"aXY");
+    s.send("EPSV");
+    s.send("APPE up.bin");
+    assert_eq!(s.storage.contents("up.bin").unwrap(), b"aXYXY");
+}
+
+#[test]
+fn stou_reports_the_name() {
+    let mut s = Script::login("alice", "secret");
+    s.upload = b"u".to_vec();
+    s.send("PASV");
+    let reply = s.send("STOU");
+    let name = reply.lines().next().unwrap().strip_prefix("150 FILE: ").unwrap().to_string();
+    assert_eq!(s.storage.contents(&name).unwrap(), b"u");
+}
+
+#[test]
+fn anonymous_is_read_only() {
+    let mut s = Script::login("anonymous", "me@example.com");
+    for cmd in ["STOR x", "APPE x", "STOU", "MKD d", "RMD d", "DELE hello.txt", "RNFR hello.txt"] {
+        assert_eq!(s.code(cmd), 550, "{cmd}");
+    }
+    assert!(s.storage.contents("hello.txt").is_some());
+}
+
+#[test]
+fn listings() {
+    let mut s = Script::login("alice", "secret");
+    s.send("PASV");
+    s.send("NLST");
+    assert_eq!(s.downloaded, b"hello.txt\r\n");
+    s.send("PASV");
+    s.send("LIST -la");
+    let text = String::from_utf8(s.downloaded.clone()).unwrap();
+    assert!(text.starts_with("-rw-r--r--") && text.ends_with(" hello.txt\r\n"), "{text}");
+    s.send("PASV");
+    s.send("MLSD");
+    let text = String::from_utf8(s.downloaded.clone()).unwrap();
+    assert!(text.starts_with("type=file;size=12;modify="), "{text}");
+    let reply = s.send("MLST hello.txt");
+    assert!(reply.starts_with("250-") && reply.contains("\r\n type=file;size=12;"), "{reply}");
+    assert_eq!(s.send("SIZE hello.txt"), "213 12\r\n");
+    assert!(s.send("MDTM hello.txt").starts_with("213 2023"));
+    let reply = s.send("STAT /");
+    assert!(reply.starts_with("213-") && reply.contains("hello.txt"), "{reply}");
+}
+
+#[test]
+fn bounce_attempts_are_refused_before_any_connection() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("PORT 10,0,0,1,4,1"), 501);
+    assert_eq!(s.code("PORT 127,0,0,1,0,21"), 501);
+    assert_eq!(s.code("EPRT |1|10.0.0.1|2000|"), 501);
+    assert_eq!(s.code("EPRT |2|::1|2000|"), 522);
+    assert!(s.pending.iter().all(|a| !matches!(a, Action::Transfer(_))));
+    assert_eq!(s.code("PORT 127,0,0,1,4,1"), 200);
+    assert_eq!(s.code("EPRT |1|127.0.0.1|2000|"), 200);
+}
+
+#[test]
+fn epsv_all_locks_out_other_setups() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("EPSV ALL"), 200);
+    assert_eq!(s.code("PASV"), 503);
+    assert_eq!(s.code("PORT 127,0,0,1,4,1"), 503);
+    assert_eq!(s.code("EPSV"), 229);
+}
+
+#[test]
+fn control_channel_stays_live_during_a_transfer() {
+    let mut s = Script::login("alice", "secret");
+    s.complete_transfers = false;
+    s.send("PASV");
+    assert!(s.send("RETR hello.txt").starts_with("150"));
+    assert_eq!(s.code("NOOP"), 200);
+    let progress = match s.pending.last() {
+        Some(Action::Transfer(t)) => t.progress.clone(),
+        other => panic!("{other:?}"),
+    };
+    progress.store(5, std::sync::atomic::Ordering::Relaxed);
+    let stat = s.send("STAT");
+    assert!(stat.contains("RETR /hello.txt: 5 of 12 bytes"), "{stat}");
+    assert_eq!(s.send("PWD"), "", "other commands wait for the transfer");
+    s.send("ABOR");
+    assert!(matches!(s.pending.last(), Some(Action::Abort)));
+    s.session.handle_transfer_done(Outcome::Aborted);
+    let replies = s.drain();
+    assert!(replies.starts_with("426 ") && replies.contains("\r\n226 ABOR"), "{replies}");
+    assert!(replies.ends_with("257 \"/\" is the current directory.\r\n"), "{replies}");
+}
+
+#[test]
+fn abor_without_transfer() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("ABOR"), 225);
+}
+
+#[test]
+fn long_line_is_refused_and_closes() {
+    let mut s = Script::new();
+    let chunk = vec![b'A'; 1024];
+    for _ in 0..8 {
+        let room = s.session.input_room();
+        if room == 0 {
+            break;
+        }
+        s.session.handle_input(&chunk[..room.min(chunk.len())]);
+    }
+    let reply = s.drain();
+    assert!(reply.starts_with("500 "), "{reply}");
+    assert!(s.closed);
+}
+
+#[test]
+fn pipelined_lines_in_one_read() {
+    let mut s = Script::new();
+    s.session.handle_input(b"USER alice\r\nPASS secret\r\nPWD\r\nQUIT\r\n");
+    let replies = s.drain();
+    let codes: Vec<&str> = replies.lines().map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["331", "230", "257", "221"]);
+    assert!(s.closed);
+}
+
+#[test]
+fn rein_and_host() {
+    let mut s = Script::new();
+    assert_eq!(s.code("HOST example.com"), 220);
+    s.send("USER alice");
+    s.send("PASS secret");
+    assert_eq!(s.code("HOST example.com"), 503);
+    assert_eq!(s.code("REIN"), 220);
+    assert_eq!(s.code("PWD"), 530);
+}
+
+#[test]
+fn feat_opts_help_site() {
+    let mut s = Script::new();
+    let feat = s.send("FEAT");
+    for f in ["EPSV", "MLST type*", "REST STREAM", "SIZE", "MDTM", "UTF8", "HOST"] {
+        assert!(feat.contains(f), "{f} missing from {feat}");
+    }
+    assert!(!feat.contains("AUTH TLS"), "no TLS configured");
+    assert_eq!(s.code("OPTS UTF8 ON"), 200);
+    assert_eq!(s.code("OPTS MLST type;size;"), 200);
+    assert_eq!(s.code("HELP"), 214);
+    assert_eq!(s.code("HELP RETR"), 214);
+    s.send("USER alice");
+    s.send("PASS secret");
+    assert_eq!(s.code("SITE HELP"), 214);
+    assert_eq!(s.code("SITE FROB"), 502);
+    assert_eq!(s.code("ALLO 100"), 202);
+    assert_eq!(s.code("ACCT x"), 202);
+    assert_eq!(s.code("STRU F"), 200);
+}
+
+#[test]
+fn utf8_names() {
+    let mut s = Script::login("alice", "secret");
+    s.upload = b"x".to_vec();
+    assert_eq!(s.code("MKD dí"), 257);
+    s.send("PASV");
+    s.send("STOR dí/ñandú.txt");
+    assert_eq!(s.storage.contents("dí/ñandú.txt").unwrap(), b"x");
+}
+
+#[test]
+fn idle_timeout_and_shutdown_close_with_421() {
+    let mut s = Script::new();
+    s.session.handle_idle_timeout();
+    assert!(s.drain().starts_with("421"));
+    assert!(s.closed);
+}

@@ -1,0 +1,114 @@
+"""Fixtures for the zocalo functional suite.
+
+* ``model``        -- every server model (overridden in test_clients.py to a few).
+* ``start_server`` -- factory: start ``zocalo serve`` on port 0 with a fresh root,
+                      wait for its ``listening ftp://...`` lines, SIGTERM it at teardown.
+* ``srv``          -- the default server for ``model`` (user alice + read-only anonymous).
+* ``big``          -- a 32 MiB random payload, generated once per session (per xdist worker).
+
+After each passing test body, the clients registered on each server are closed and the
+server's open fds, threads and child processes must come back to what they were right
+after start-up (polled in /proc with a bounded deadline); otherwise the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import helpers
+from helpers import MODELS
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "concurrent: needs two simultaneous clients (not for iterative)")
+
+
+@pytest.fixture(params=MODELS)
+def model(request):
+    return request.param
+
+
+def skip_if_iterative(model: str) -> None:
+    if model == "iterative":
+        pytest.skip("iterative serves one client at a time: this test needs two at once")
+
+
+@pytest.fixture(autouse=True)
+def _concurrent_marker(request):
+    if request.node.get_closest_marker("concurrent") and "model" in request.fixturenames:
+        skip_if_iterative(request.getfixturevalue("model"))
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    started: list[helpers.Server] = []
+    count = [0]
+
+    def start(model: str, root=None, **kwargs) -> helpers.Server:
+        count[0] += 1
+        if root is None:
+            root = tmp_path / ("root" if count[0] == 1 else f"root{count[0]}")
+            root.mkdir(exist_ok=True)
+        srv = helpers.launch(model, root, tmp_path / f"server{count[0]}.log", **kwargs)
+        started.append(srv)
+        helpers.ACTIVE.append(srv)
+        return srv
+
+    yield start
+
+    problems = []
+    for srv in started:
+        srv.close_clients()
+        rc = srv.stop()
+        if srv in helpers.ACTIVE:
+            helpers.ACTIVE.remove(srv)
+        if rc is None:
+            problems.append(f"server {srv.argv} did not exit within "
+                            f"{helpers.STOP_DEADLINE}s of SIGTERM (killed)")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def srv(start_server, model):
+    return start_server(model)
+
+
+@pytest.fixture(scope="session")
+def big(tmp_path_factory):
+    data = os.urandom(32 * 1024 * 1024)
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    path.write_bytes(data)
+    return data
+
+
+@pytest.fixture(scope="session")
+def ipv6():
+    if not helpers.have_ipv6():
+        pytest.skip("no IPv6 loopback on this machine")
+    return True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Leak check: runs after a passing test body, inside the test's own call phase."""
+    result = yield
+    problems = []
+    for srv in list(helpers.ACTIVE):
+        srv.close_clients()
+        if not srv.alive():
+            problems.append(f"server exited during the test with status {srv.proc.returncode}; "
+                            f"log tail:\n{srv.log_tail()}")
+            continue
+        ok, last = srv.wait_baseline()
+        if not ok:
+            problems.append(
+                f"resources did not return to the start-up baseline within "
+                f"{helpers.LEAK_DEADLINE}s: baseline {srv.baseline}, now {last}; "
+                f"fds now: {helpers.describe_fds(srv.proc.pid)}")
+    if problems:
+        raise AssertionError("leak check failed:\n" + "\n".join(problems))
+    return result
+
