@@ -16,6 +16,20 @@ pub fn encode(input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// How many local bytes a chunk of netascii stands for (every CR starts a two-byte pair);
+/// `after_cr` carries the state from one chunk to the next.
+pub fn decoded_len(encoded: &[u8], after_cr: &mut bool) -> usize {
+    let mut len = 0;
+    for &byte in encoded {
+        let second = std::mem::take(after_cr);
+        if !second {
+            len += 1;
+            *after_cr = byte == b'\r';
+        }
+    }
+    len
+}
+
 /// Streaming netascii to local text decoder.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Decoder {
@@ -89,6 +103,21 @@ mod tests {
         encode(text, &mut wire);
         for chunk in 1..=wire.len() {
             assert_eq!(decode_in_chunks(&wire, chunk), text, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn counts_local_bytes_across_chunks() {
+        let text = b"a\nb\r\n\r\rc";
+        let mut wire = Vec::new();
+        encode(text, &mut wire);
+        for chunk in 1..=wire.len() {
+            let mut after_cr = false;
+            let total: usize = wire
+                .chunks(chunk)
+                .map(|c| decoded_len(c, &mut after_cr))
+                .sum();
+            assert_eq!(total, text.len(), "chunk size {chunk}");
         }
     }
 

@@ -9,9 +9,7 @@
 
 use std::time::Duration;
 
-use crate::packet::{
-    push_option, Mode, OptionList, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE,
-};
+use crate::packet::{push_option, Mode, OptionList, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE};
 
 /// Values of the options a transfer uses. `None` means the option is not negotiated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,8 +29,12 @@ impl Options {
     pub fn from_list(list: &OptionList<'_>) -> Options {
         let number = |name| list.find(name).and_then(|v: &str| v.parse::<u64>().ok());
         Options {
-            blksize: number("blksize").filter(|n| *n >= u64::from(MIN_BLKSIZE)).map(clamp_u16),
-            timeout: number("timeout").filter(|n| (1..=255).contains(n)).map(|n| n as u8),
+            blksize: number("blksize")
+                .filter(|n| *n >= u64::from(MIN_BLKSIZE))
+                .map(clamp_u16),
+            timeout: number("timeout")
+                .filter(|n| (1..=255).contains(n))
+                .map(|n| n as u8),
             tsize: number("tsize"),
             windowsize: number("windowsize").filter(|n| *n >= 1).map(clamp_u16),
         }
@@ -94,7 +96,9 @@ impl Options {
             ("tsize", self.tsize.is_some()),
             ("windowsize", self.windowsize.is_some()),
         ];
-        asked.iter().any(|(n, set)| *set && n.eq_ignore_ascii_case(name))
+        asked
+            .iter()
+            .any(|(n, set)| *set && n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -155,9 +159,13 @@ pub fn negotiate(
         Direction::Write => requested.tsize,
     };
     Options {
-        blksize: requested.blksize.map(|n| n.min(limits.max_blksize).min(MAX_BLKSIZE)),
+        blksize: requested
+            .blksize
+            .map(|n| n.min(limits.max_blksize).min(MAX_BLKSIZE)),
         timeout: requested.timeout,
         tsize,
-        windowsize: requested.windowsize.map(|n| n.min(limits.max_windowsize).max(1)),
+        windowsize: requested
+            .windowsize
+            .map(|n| n.min(limits.max_windowsize).max(1)),
     }
 }

@@ -61,6 +61,8 @@ pub trait Transfer {
     fn abort(&mut self, message: &str);
     /// How the transfer ended, once it has.
     fn outcome(&self) -> Option<&Outcome>;
+    /// Moves the outcome out, for a driver that is done with the machine.
+    fn take_outcome(&mut self) -> Option<Outcome>;
     /// Whether the machine needs nothing more (the outcome is known and any dally is over).
     fn is_finished(&self) -> bool;
     /// Bytes moved so far, and the total if known (file size or tsize).
@@ -78,7 +80,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { timeout: Duration::from_secs(1), max_retries: 5 }
+        Config {
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+        }
     }
 }
 
@@ -296,5 +301,8 @@ fn fail(
 
 /// A protocol error to report with ERROR 4.
 fn illegal(message: &str) -> TransferError {
-    TransferError::Protocol { code: ErrorCode::ILLEGAL_OPERATION, message: message.to_string() }
+    TransferError::Protocol {
+        code: ErrorCode::ILLEGAL_OPERATION,
+        message: message.to_string(),
+    }
 }

@@ -83,8 +83,13 @@ impl<W: Write> Receiver<W> {
                 }
                 self.phase = Phase::Receiving { client: false };
             }
-            Start::Client { filename, mode, requested } => {
-                self.outbox.set(|buf| emit_request(buf, false, &filename, mode, &requested));
+            Start::Client {
+                filename,
+                mode,
+                requested,
+            } => {
+                self.outbox
+                    .set(|buf| emit_request(buf, false, &filename, mode, &requested));
                 self.phase = Phase::AwaitStart { requested };
             }
         }
@@ -116,19 +121,27 @@ impl<W: Write> Receiver<W> {
                 self.outbox.resend();
             }
             (Packet::Error { code, message }, _) => {
-                let err = TransferError::Peer { code, message: message.to_string() };
+                let err = TransferError::Peer {
+                    code,
+                    message: message.to_string(),
+                };
                 self.fail(err, None);
             }
             (Packet::Oack(_), Phase::Receiving { client: true } | Phase::Dally { .. }) => {}
-            _ => self.fail(illegal("unexpected packet"), Some(ErrorCode::ILLEGAL_OPERATION)),
+            _ => self.fail(
+                illegal("unexpected packet"),
+                Some(ErrorCode::ILLEGAL_OPERATION),
+            ),
         }
     }
 
     fn accept_oack(&mut self, requested: &Options, list: &OptionList<'_>, now: Instant) {
         let granted = Options::from_list(list);
         if let Err(why) = requested.accept_oack(&granted, list) {
-            let err =
-                TransferError::Protocol { code: ErrorCode::OPTION_NEGOTIATION, message: why.into() };
+            let err = TransferError::Protocol {
+                code: ErrorCode::OPTION_NEGOTIATION,
+                message: why.into(),
+            };
             return self.fail(err, Some(ErrorCode::OPTION_NEGOTIATION));
         }
         self.total = granted.tsize;
@@ -154,11 +167,13 @@ impl<W: Write> Receiver<W> {
     }
 
     fn take_block(&mut self, data: &[u8], now: Instant) {
-        if let Err(err) = self.write(data) {
-            let code = error_code_for(&err);
-            return self.fail(TransferError::Io(err), Some(code));
+        match self.write(data) {
+            Ok(written) => self.bytes += written as u64,
+            Err(err) => {
+                let code = error_code_for(&err);
+                return self.fail(TransferError::Io(err), Some(code));
+            }
         }
-        self.bytes += data.len() as u64;
         self.expected += 1;
         self.since_ack += 1;
         self.gap_reported = false;
@@ -186,15 +201,18 @@ impl<W: Write> Receiver<W> {
         self.timer.progress(now);
     }
 
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match &mut self.decoder {
-            None => self.sink.write_all(data),
+    /// Writes a block to the sink; returns the local bytes written.
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let local = match &mut self.decoder {
+            None => data,
             Some(decoder) => {
                 self.scratch.clear();
                 decoder.decode(data, &mut self.scratch);
-                self.sink.write_all(&self.scratch)
+                &self.scratch
             }
-        }
+        };
+        self.sink.write_all(local)?;
+        Ok(local.len())
     }
 
     fn finish(&mut self, now: Instant) {
@@ -204,7 +222,9 @@ impl<W: Write> Receiver<W> {
         }
         self.send_ack(self.expected - 1, now);
         self.outcome = Some(Outcome::Complete { bytes: self.bytes });
-        self.phase = Phase::Dally { until: now + self.params.timeout };
+        self.phase = Phase::Dally {
+            until: now + self.params.timeout,
+        };
         self.timer.stop();
     }
 
@@ -213,13 +233,20 @@ impl<W: Write> Receiver<W> {
             self.scratch.clear();
             decoder.finish(&mut self.scratch);
             self.sink.write_all(&self.scratch)?;
+            self.bytes += self.scratch.len() as u64;
         }
         self.sink.flush()
     }
 
     fn fail(&mut self, err: TransferError, code: Option<ErrorCode>) {
         self.phase = Phase::Done;
-        fail(&mut self.outcome, &mut self.outbox, &mut self.timer, err, code);
+        fail(
+            &mut self.outcome,
+            &mut self.outbox,
+            &mut self.timer,
+            err,
+            code,
+        );
     }
 
     /// Gives back the sink (for example to inspect what was written).
@@ -249,10 +276,16 @@ impl<W: Write> Transfer for Receiver<W> {
         if self.phase == Phase::Done || !self.timer.expired(now) {
             return;
         }
-        if self.timer.retry(now) {
-            self.outbox.resend();
-        } else {
+        if !self.timer.retry(now) {
             self.fail(TransferError::TimedOut, Some(ErrorCode::NOT_DEFINED));
+        } else if self.expected > 1 && matches!(self.phase, Phase::Receiving { .. }) {
+            // RFC 7440: on timeout, acknowledge the last block received in order, so that a
+            // sender whose window was partly lost restarts right after it.
+            let retries = self.timer.retries;
+            self.send_ack(self.expected - 1, now);
+            self.timer.retries = retries;
+        } else {
+            self.outbox.resend();
         }
     }
 
@@ -272,11 +305,18 @@ impl<W: Write> Transfer for Receiver<W> {
             self.phase = Phase::Done;
             return;
         }
-        self.fail(TransferError::Aborted(message.to_string()), Some(ErrorCode::NOT_DEFINED));
+        self.fail(
+            TransferError::Aborted(message.to_string()),
+            Some(ErrorCode::NOT_DEFINED),
+        );
     }
 
     fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
+    }
+
+    fn take_outcome(&mut self) -> Option<Outcome> {
+        self.outcome.take()
     }
 
     fn is_finished(&self) -> bool {

@@ -26,6 +26,11 @@ pub struct Sender<R> {
     outbox: Outbox,
     /// Whole DATA packets for blocks `base..base + window.len()`.
     window: VecDeque<Vec<u8>>,
+    /// Local (source) bytes each block of the window carries: less than the payload in
+    /// netascii.
+    source_lens: VecDeque<u64>,
+    /// Netascii: whether the last block read ended in the first byte of a CR pair.
+    after_cr: bool,
     /// Buffers of acknowledged blocks, reused for new ones.
     spare: Vec<Vec<u8>>,
     base: u64,
@@ -58,6 +63,8 @@ impl<R: Read> Sender<R> {
             is_client: matches!(start, Start::Client { .. }),
             outbox: Outbox::default(),
             window: VecDeque::new(),
+            source_lens: VecDeque::new(),
+            after_cr: false,
             spare: Vec::new(),
             base: 1,
             next_send: 1,
@@ -84,10 +91,17 @@ impl<R: Read> Sender<R> {
                     self.phase = Phase::AwaitStart { client: None };
                 }
             }
-            Start::Client { filename, mode, requested } => {
+            Start::Client {
+                filename,
+                mode,
+                requested,
+            } => {
                 self.total = requested.tsize;
-                self.outbox.set(|buf| emit_request(buf, true, &filename, mode, &requested));
-                self.phase = Phase::AwaitStart { client: Some(requested) };
+                self.outbox
+                    .set(|buf| emit_request(buf, true, &filename, mode, &requested));
+                self.phase = Phase::AwaitStart {
+                    client: Some(requested),
+                };
             }
         }
     }
@@ -102,8 +116,7 @@ impl<R: Read> Sender<R> {
     /// Reads blocks until the window is full or the last block is in it.
     fn fill_window(&mut self) {
         let blksize = usize::from(self.params.blksize);
-        while self.window.len() < usize::from(self.params.windowsize) && self.last_block.is_none()
-        {
+        while self.window.len() < usize::from(self.params.windowsize) && self.last_block.is_none() {
             let block = self.base + self.window.len() as u64;
             let mut packet = self.spare.pop().unwrap_or_default();
             packet.clear();
@@ -113,9 +126,15 @@ impl<R: Read> Sender<R> {
                 self.fail(TransferError::Io(err), Some(code));
                 return;
             }
-            if packet.len() - 4 < blksize {
+            let payload = &packet[4..];
+            if payload.len() < blksize {
                 self.last_block = Some(block);
             }
+            let source_len = match self.source.netascii {
+                true => netascii::decoded_len(payload, &mut self.after_cr),
+                false => payload.len(),
+            };
+            self.source_lens.push_back(source_len as u64);
             self.window.push_back(packet);
         }
     }
@@ -128,26 +147,39 @@ impl<R: Read> Sender<R> {
                 }
                 self.start_sending(now);
             }
-            (Packet::Oack(list), Phase::AwaitStart { client: Some(requested) }) => {
+            (
+                Packet::Oack(list),
+                Phase::AwaitStart {
+                    client: Some(requested),
+                },
+            ) => {
                 self.accept_oack(&requested, &list, now);
             }
             (Packet::Ack { block }, Phase::Sending) => self.handle_ack(block, now),
             // A repeated OACK after we started: the client's timer, not ours, answers it.
             (Packet::Oack(_), Phase::Sending) if self.is_client => {}
             (Packet::Error { code, message }, _) => {
-                let err = TransferError::Peer { code, message: message.to_string() };
+                let err = TransferError::Peer {
+                    code,
+                    message: message.to_string(),
+                };
                 self.fail(err, None);
             }
             (Packet::Ack { .. }, Phase::AwaitStart { .. }) => {}
-            _ => self.fail(illegal("unexpected packet"), Some(ErrorCode::ILLEGAL_OPERATION)),
+            _ => self.fail(
+                illegal("unexpected packet"),
+                Some(ErrorCode::ILLEGAL_OPERATION),
+            ),
         }
     }
 
     fn accept_oack(&mut self, requested: &Options, list: &OptionList<'_>, now: Instant) {
         let granted = Options::from_list(list);
         if let Err(why) = requested.accept_oack(&granted, list) {
-            let err =
-                TransferError::Protocol { code: ErrorCode::OPTION_NEGOTIATION, message: why.into() };
+            let err = TransferError::Protocol {
+                code: ErrorCode::OPTION_NEGOTIATION,
+                message: why.into(),
+            };
             return self.fail(err, Some(ErrorCode::OPTION_NEGOTIATION));
         }
         self.params = granted.params(self.config.timeout);
@@ -165,9 +197,9 @@ impl<R: Read> Sender<R> {
         let acked = self.base + offset;
         for _ in 0..=offset {
             if let Some(packet) = self.window.pop_front() {
-                self.acked_bytes += (packet.len() - 4) as u64;
                 self.spare.push(packet);
             }
+            self.acked_bytes += self.source_lens.pop_front().unwrap_or(0);
         }
         self.base = acked + 1;
         if self.last_block == Some(acked) {
@@ -182,12 +214,20 @@ impl<R: Read> Sender<R> {
     fn finish(&mut self) {
         self.phase = Phase::Done;
         self.timer.stop();
-        self.outcome = Some(Outcome::Complete { bytes: self.acked_bytes });
+        self.outcome = Some(Outcome::Complete {
+            bytes: self.acked_bytes,
+        });
     }
 
     fn fail(&mut self, err: TransferError, code: Option<ErrorCode>) {
         self.phase = Phase::Done;
-        fail(&mut self.outcome, &mut self.outbox, &mut self.timer, err, code);
+        fail(
+            &mut self.outcome,
+            &mut self.outbox,
+            &mut self.timer,
+            err,
+            code,
+        );
     }
 }
 
@@ -235,11 +275,18 @@ impl<R: Read> Transfer for Sender<R> {
     }
 
     fn abort(&mut self, message: &str) {
-        self.fail(TransferError::Aborted(message.to_string()), Some(ErrorCode::NOT_DEFINED));
+        self.fail(
+            TransferError::Aborted(message.to_string()),
+            Some(ErrorCode::NOT_DEFINED),
+        );
     }
 
     fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
+    }
+
+    fn take_outcome(&mut self) -> Option<Outcome> {
+        self.outcome.take()
     }
 
     fn is_finished(&self) -> bool {

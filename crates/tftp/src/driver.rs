@@ -1,0 +1,160 @@
+//! The blocking driver: runs one [`Transfer`] over one UDP socket, in the calling thread.
+//!
+//! The socket is not `connect`ed, because a connected UDP socket silently drops datagrams from
+//! other addresses, and RFC 1350 wants those answered with ERROR 5 ("unknown transfer ID")
+//! without disturbing the transfer. Instead the driver compares source addresses itself.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::packet::{emit_error, ErrorCode, MAX_PACKET_LEN};
+use crate::transfer::Transfer;
+
+/// How often a waiting driver looks at the shutdown flag.
+pub(crate) const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Asks for a large receive buffer (the kernel caps it at `net.core.rmem_max`), so that a
+/// window of large blocks arriving in one burst is not dropped. Best effort.
+pub(crate) fn grow_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Who the transfer talks to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Peer {
+    /// The server side: the client's address is the transfer ID.
+    Known(SocketAddr),
+    /// The client side: the request goes to `server`; the first answer from the same IP (any
+    /// port) fixes the server's transfer ID.
+    Request { server: SocketAddr },
+}
+
+impl Peer {
+    fn destination(&self) -> SocketAddr {
+        match *self {
+            Peer::Known(addr) | Peer::Request { server: addr } => addr,
+        }
+    }
+
+    /// Whether a datagram from `from` belongs to the transfer; locks the peer on first answer.
+    fn admit(&mut self, from: SocketAddr) -> bool {
+        match *self {
+            Peer::Known(addr) => addr == from,
+            Peer::Request { server } if server.ip() == from.ip() => {
+                *self = Peer::Known(from);
+                true
+            }
+            Peer::Request { .. } => false,
+        }
+    }
+}
+
+/// When to stop driving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopAt {
+    /// As soon as the outcome is known (a client in a hurry).
+    Outcome,
+    /// Once the machine is finished, dally included (a server).
+    Finished,
+}
+
+/// Drives `machine` until it stops. `on_progress` is called after every datagram handled.
+pub(crate) fn drive(
+    socket: &UdpSocket,
+    machine: &mut dyn Transfer,
+    mut peer: Peer,
+    stop_at: StopAt,
+    shutdown: Option<&AtomicBool>,
+    on_progress: &mut dyn FnMut(u64, Option<u64>),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
+    grow_receive_buffer(socket);
+    loop {
+        flush(socket, machine, peer.destination())?;
+        if done(machine, stop_at) {
+            return Ok(());
+        }
+        if shutdown.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+            machine.abort("server shutting down");
+            flush(socket, machine, peer.destination())?;
+            return Ok(());
+        }
+        let now = Instant::now();
+        let deadline = machine.poll_timeout().unwrap_or(now + SHUTDOWN_POLL);
+        if now >= deadline {
+            machine.handle_timeout(now);
+            continue;
+        }
+        socket.set_read_timeout(Some(
+            (deadline - now).clamp(Duration::from_millis(1), SHUTDOWN_POLL),
+        ))?;
+        if let Some((len, from)) = receive(socket, &mut buf)? {
+            if peer.admit(from) {
+                machine.handle_datagram(&buf[..len], Instant::now());
+                let (done, total) = machine.progress();
+                on_progress(done, total);
+            } else {
+                reject_stranger(socket, from);
+            }
+        }
+    }
+}
+
+fn done(machine: &dyn Transfer, stop_at: StopAt) -> bool {
+    match stop_at {
+        StopAt::Outcome => machine.outcome().is_some(),
+        StopAt::Finished => machine.is_finished(),
+    }
+}
+
+fn flush(socket: &UdpSocket, machine: &mut dyn Transfer, to: SocketAddr) -> io::Result<()> {
+    while let Some(packet) = machine.poll_transmit() {
+        socket.send_to(packet, to)?;
+    }
+    Ok(())
+}
+
+/// One datagram, or `None` when the read timed out (or was interrupted).
+pub(crate) fn receive(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, SocketAddr)>> {
+    match socket.recv_from(buf) {
+        Ok(got) => Ok(Some(got)),
+        Err(err) if transient(&err) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Errors that only mean "nothing arrived this time". ECONNREFUSED is one: an ICMP port
+/// unreachable for an earlier datagram of ours, which the timeout deals with.
+fn transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// RFC 1350 section 4: a packet from the wrong port gets ERROR 5, and the transfer goes on.
+fn reject_stranger(socket: &UdpSocket, from: SocketAddr) {
+    let mut packet = Vec::new();
+    emit_error(&mut packet, ErrorCode::UNKNOWN_TID, "unknown transfer ID");
+    // Best effort: the stranger's fate does not matter to this transfer.
+    let _ = socket.send_to(&packet, from);
+}

@@ -1,0 +1,399 @@
+//! The TFTP server: requests arrive on one listening socket, and each transfer gets a new socket
+//! of its own (RFC 1350 section 4: the server's transfer ID is a fresh port), bound to the
+//! listener's IP with port 0. That is the "new channel per client" of the socket notes.
+//!
+//! How transfers are scheduled is the server [`Model`]: one at a time ([`Model::Iterative`]), a
+//! thread each ([`Model::Thread`]), or a fixed pool of workers behind a bounded queue
+//! ([`Model::Pool`]). The transfers themselves are the sans-IO machines of
+//! [`crate::transfer`], run by a small blocking driver; an event loop could run the same
+//! machines later.
+//!
+//! Shutdown: [`serve`] reads the listener with a 200 ms timeout and returns when the shutdown
+//! flag is set, after telling running transfers to stop (they send ERROR 0) and joining every
+//! thread it started. No panic: malformed requests get an ERROR packet and nothing else.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::driver::{self, drive, Peer, StopAt};
+use crate::options::{negotiate, Direction, Limits, Options};
+use crate::packet::{emit_error, ErrorCode, Mode, Packet, Request, MAX_BLKSIZE, MAX_PACKET_LEN};
+use crate::storage::{normalize, TftpStorage};
+use crate::transfer::{self, error_code_for, Outcome, Receiver, Sender, Start, Transfer};
+
+/// Server settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Whether WRQ is allowed; when false writes get ERROR 2 (access violation).
+    pub write_allowed: bool,
+    /// Retransmission timeout when the client does not negotiate one.
+    pub timeout: Duration,
+    /// Timeouts in a row before a transfer is abandoned.
+    pub max_retries: u32,
+    /// Largest blksize granted (at most 65464).
+    pub max_blksize: u16,
+    /// Largest windowsize granted.
+    pub max_windowsize: u16,
+    /// Requests waiting for a worker in [`Model::Pool`] before "server busy".
+    pub queue_len: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            write_allowed: false,
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+            max_blksize: MAX_BLKSIZE,
+            max_windowsize: 64,
+            queue_len: 16,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn transfer_config(&self) -> transfer::Config {
+        transfer::Config {
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_blksize: self.max_blksize,
+            max_windowsize: self.max_windowsize,
+        }
+    }
+}
+
+/// How the server schedules transfers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Model {
+    /// One transfer at a time, on the thread that called [`serve`]; other clients wait.
+    Iterative,
+    /// A new thread for every transfer.
+    Thread,
+    /// This many worker threads; requests queue up to [`ServerConfig::queue_len`], and past
+    /// that get ERROR 0 "server busy".
+    Pool(usize),
+}
+
+/// A request that passed the listener's checks, waiting for a transfer to serve it.
+#[derive(Clone, Debug)]
+struct Job {
+    peer: SocketAddr,
+    datagram: Vec<u8>,
+}
+
+/// What a transfer needs from the server, shared by every thread.
+struct Context<'a> {
+    storage: &'a dyn TftpStorage,
+    config: ServerConfig,
+    local: SocketAddr,
+    shutdown: &'a AtomicBool,
+    recent: Recent,
+}
+
+/// Requests being served or just served, so that a client's retransmitted request does not
+/// start a second transfer (RFC 1350 section 4: the transfer is named by its pair of ports).
+#[derive(Debug, Default)]
+struct Recent {
+    entries: Mutex<HashMap<SocketAddr, RecentEntry>>,
+}
+
+#[derive(Debug)]
+struct RecentEntry {
+    request: Vec<u8>,
+    finished: Option<Instant>,
+}
+
+/// Entries kept at most; past that, finished ones are forgotten first.
+const RECENT_CAP: usize = 4096;
+
+impl Recent {
+    /// Whether `request` from `peer` is new; records it as being served if so. A request
+    /// identical to one being served, or finished less than `grace` ago, is a duplicate.
+    fn admit(&self, peer: SocketAddr, request: &[u8], now: Instant, grace: Duration) -> bool {
+        let Ok(mut entries) = self.entries.lock() else {
+            return true;
+        };
+        let fresh = |e: &RecentEntry| e.finished.is_none_or(|at| now.duration_since(at) < grace);
+        if entries.len() >= RECENT_CAP {
+            entries.retain(|_, e| fresh(e));
+        }
+        if entries
+            .get(&peer)
+            .is_some_and(|e| e.request == request && fresh(e))
+        {
+            return false;
+        }
+        let entry = RecentEntry {
+            request: request.to_vec(),
+            finished: None,
+        };
+        if entries.len() < RECENT_CAP || entries.contains_key(&peer) {
+            entries.insert(peer, entry);
+        }
+        true
+    }
+
+    fn finish(&self, peer: SocketAddr) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if let Some(entry) = entries.get_mut(&peer) {
+                entry.finished = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Serves TFTP on an already bound `socket` until `shutdown` becomes true.
+///
+/// Returns an error only if the listening socket fails; a failed transfer is logged and the
+/// server goes on.
+pub fn serve(
+    socket: UdpSocket,
+    storage: Arc<dyn TftpStorage>,
+    config: ServerConfig,
+    model: Model,
+    shutdown: &AtomicBool,
+) -> io::Result<()> {
+    socket.set_read_timeout(Some(driver::SHUTDOWN_POLL))?;
+    let ctx = Context {
+        storage: storage.as_ref(),
+        config,
+        local: socket.local_addr()?,
+        shutdown,
+        recent: Recent::default(),
+    };
+    tracing::info!(addr = %ctx.local, ?model, "tftp server listening");
+    thread::scope(|scope| match model {
+        Model::Iterative => listen(&socket, &ctx, &mut |job| run_job(&ctx, job)),
+        Model::Thread => listen(&socket, &ctx, &mut |job| {
+            let ctx = &ctx;
+            thread::Builder::new()
+                .name("tftp-transfer".into())
+                .spawn_scoped(scope, move || run_job(ctx, job))
+                .map(drop)
+                .unwrap_or_else(|err| tracing::warn!(%err, "cannot spawn transfer thread"));
+        }),
+        Model::Pool(workers) => serve_pool(&socket, &ctx, scope, workers.max(1)),
+    })
+}
+
+fn serve_pool<'scope>(
+    socket: &UdpSocket,
+    ctx: &'scope Context<'scope>,
+    scope: &'scope thread::Scope<'scope, '_>,
+    workers: usize,
+) -> io::Result<()> {
+    let (queue, jobs) = mpsc::sync_channel::<Job>(ctx.config.queue_len);
+    let jobs = Arc::new(Mutex::new(jobs));
+    for _ in 0..workers {
+        let jobs = Arc::clone(&jobs);
+        scope.spawn(move || worker(ctx, &jobs));
+    }
+    listen(socket, ctx, &mut |job| {
+        enqueue(socket, &ctx.recent, &queue, job)
+    })
+    // Dropping `queue` here lets the workers drain the queue and exit.
+}
+
+fn worker(ctx: &Context<'_>, jobs: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let next = match jobs.lock() {
+            Ok(jobs) => jobs.recv(),
+            Err(_) => return,
+        };
+        match next {
+            Ok(job) => run_job(ctx, job),
+            Err(_) => return,
+        }
+    }
+}
+
+fn enqueue(socket: &UdpSocket, recent: &Recent, queue: &SyncSender<Job>, job: Job) {
+    match queue.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+            tracing::info!(peer = %job.peer, "pool full: server busy");
+            recent.finish(job.peer);
+            send_error(socket, job.peer, ErrorCode::NOT_DEFINED, "server busy");
+        }
+    }
+}
+
+/// The listening loop: every valid request becomes a [`Job`] for `dispatch`.
+fn listen(socket: &UdpSocket, ctx: &Context<'_>, dispatch: &mut dyn FnMut(Job)) -> io::Result<()> {
+    let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
+    while !ctx.shutdown.load(Ordering::Relaxed) {
+        let Some((len, peer)) = driver::receive(socket, &mut buf)? else {
+            continue;
+        };
+        let datagram = &buf[..len];
+        match Packet::parse(datagram) {
+            Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
+                dispatch(Job {
+                    peer,
+                    datagram: datagram.to_vec(),
+                });
+            }
+            // A stray ERROR needs no answer (and answering could start a ping-pong).
+            Ok(Packet::Error { .. }) => {}
+            Ok(_) => send_error(
+                socket,
+                peer,
+                ErrorCode::ILLEGAL_OPERATION,
+                "expected RRQ or WRQ",
+            ),
+            Err(err) => send_error(socket, peer, err.error_code(), &err.to_string()),
+        }
+    }
+    tracing::info!("tftp server shutting down");
+    Ok(())
+}
+
+fn send_error(socket: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str) {
+    let mut packet = Vec::new();
+    emit_error(&mut packet, code, message);
+    if let Err(err) = socket.send_to(&packet, to) {
+        tracing::debug!(%to, %err, "cannot send error");
+    }
+}
+
+/// Serves one request on a new socket: the new transfer ID.
+fn run_job(ctx: &Context<'_>, job: Job) {
+    serve_request(ctx, &job);
+    ctx.recent.finish(job.peer);
+}
+
+fn serve_request(ctx: &Context<'_>, job: &Job) {
+    if ctx.shutdown.load(Ordering::Relaxed) {
+        return;
+    }
+    // The listener only queues requests that parse.
+    let (request, write) = match Packet::parse(&job.datagram) {
+        Ok(Packet::Rrq(request)) => (request, false),
+        Ok(Packet::Wrq(request)) => (request, true),
+        _ => return,
+    };
+    let socket = match UdpSocket::bind(SocketAddr::new(ctx.local.ip(), 0)) {
+        Ok(socket) => socket,
+        Err(err) => return tracing::warn!(%err, "cannot bind transfer socket"),
+    };
+    match start(ctx, &request, write) {
+        Ok(mut machine) => run_transfer(ctx, &socket, job.peer, machine.as_mut(), request),
+        Err((code, message)) => send_error(&socket, job.peer, code, &message),
+    }
+}
+
+fn run_transfer(
+    ctx: &Context<'_>,
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    machine: &mut dyn Transfer,
+    request: Request<'_>,
+) {
+    let name = request.filename;
+    let result = drive(
+        socket,
+        machine,
+        Peer::Known(peer),
+        StopAt::Finished,
+        Some(ctx.shutdown),
+        &mut |_, _| {},
+    );
+    match (result, machine.outcome()) {
+        (Err(err), _) => tracing::warn!(%peer, name, %err, "transfer socket failed"),
+        (_, Some(Outcome::Complete { bytes })) => {
+            tracing::info!(%peer, name, bytes, "transfer complete")
+        }
+        (_, Some(Outcome::Failed(err))) => tracing::info!(%peer, name, %err, "transfer failed"),
+        (_, None) => {}
+    }
+}
+
+type Refusal = (ErrorCode, String);
+
+/// Checks a request, opens the file and builds the transfer machine for it.
+fn start(
+    ctx: &Context<'_>,
+    request: &Request<'_>,
+    write: bool,
+) -> Result<Box<dyn Transfer>, Refusal> {
+    if request.mode == Mode::Mail {
+        return Err((
+            ErrorCode::ILLEGAL_OPERATION,
+            "mail mode is not supported".into(),
+        ));
+    }
+    let path = normalize(request.filename)
+        .ok_or_else(|| (ErrorCode::ACCESS_VIOLATION, "illegal file name".to_string()))?;
+    if write && !ctx.config.write_allowed {
+        return Err((ErrorCode::ACCESS_VIOLATION, "writing is not allowed".into()));
+    }
+    let requested = Options::from_list(&request.options);
+    match write {
+        false => start_read(ctx, &path, request.mode, &requested),
+        true => start_write(ctx, &path, request.mode, &requested),
+    }
+}
+
+fn start_read(
+    ctx: &Context<'_>,
+    path: &str,
+    mode: Mode,
+    requested: &Options,
+) -> Result<Box<dyn Transfer>, Refusal> {
+    let (source, size) = ctx.storage.open_read(path).map_err(refusal)?;
+    let granted = negotiate(
+        requested,
+        mode,
+        Direction::Read { size },
+        &ctx.config.limits(),
+    );
+    let start = Start::Server {
+        granted,
+        total: size,
+    };
+    let sender = Sender::new(
+        source,
+        mode,
+        start,
+        ctx.config.transfer_config(),
+        Instant::now(),
+    );
+    Ok(Box::new(sender))
+}
+
+fn start_write(
+    ctx: &Context<'_>,
+    path: &str,
+    mode: Mode,
+    requested: &Options,
+) -> Result<Box<dyn Transfer>, Refusal> {
+    let sink = ctx.storage.open_write(path).map_err(refusal)?;
+    let granted = negotiate(requested, mode, Direction::Write, &ctx.config.limits());
+    let start = Start::Server {
+        granted,
+        total: requested.tsize,
+    };
+    let receiver = Receiver::new(
+        sink,
+        mode,
+        start,
+        ctx.config.transfer_config(),
+        Instant::now(),
+    );
+    Ok(Box::new(receiver))
+}
+
+fn refusal(err: io::Error) -> Refusal {
+    (error_code_for(&err), err.to_string())
+}

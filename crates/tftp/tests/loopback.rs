@@ -1,0 +1,380 @@
+//! Server and client over real UDP sockets on 127.0.0.1, port 0, for every server model.
+
+use std::io::Cursor;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use zocalo_tftp::packet::{emit_ack, emit_request_header, push_option};
+use zocalo_tftp::{
+    get, put, serve, ClientError, ClientOptions, DirStorage, ErrorCode, Mode, Model, Packet,
+    ServerConfig, TransferError,
+};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+struct TestServer {
+    addr: SocketAddr,
+    root: PathBuf,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    fn start(model: Model, config: ServerConfig) -> TestServer {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("zocalo-tftp-lo-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let storage = Arc::new(DirStorage::new(&root).unwrap());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&shutdown);
+        let thread = std::thread::spawn(move || serve(socket, storage, config, model, &flag));
+        TestServer {
+            addr,
+            root,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    fn writable(model: Model) -> TestServer {
+        TestServer::start(
+            model,
+            ServerConfig {
+                write_allowed: true,
+                ..ServerConfig::default()
+            },
+        )
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .expect("server thread panicked")
+                .expect("serve failed");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 7) as u8).collect()
+}
+
+fn option_sets() -> Vec<ClientOptions> {
+    vec![
+        ClientOptions::default(),
+        ClientOptions {
+            blksize: Some(1428),
+            windowsize: Some(8),
+            tsize: true,
+            timeout: Some(2),
+            ..ClientOptions::default()
+        },
+        ClientOptions {
+            blksize: Some(65464),
+            windowsize: Some(4),
+            ..ClientOptions::default()
+        },
+    ]
+}
+
+fn put_then_get(server: &TestServer, name: &str, data: &[u8], opts: &ClientOptions) {
+    let size = Some(data.len() as u64);
+    let sent = put(server.addr, name, &mut Cursor::new(data), size, opts);
+    let sent = sent.unwrap_or_else(|err| panic!("put {name} {opts:?}: {err}"));
+    assert_eq!(sent, data.len() as u64);
+    assert_eq!(
+        std::fs::read(server.root.join(name.trim_start_matches('/'))).unwrap(),
+        data
+    );
+    let mut back = Vec::new();
+    let got = get(server.addr, name, &mut back, opts);
+    let got = got.unwrap_or_else(|err| panic!("get {name} {opts:?}: {err}"));
+    assert_eq!(got, data.len() as u64, "{name} {opts:?}");
+    assert!(back == data, "{name} {opts:?}: downloaded bytes differ");
+}
+
+#[test]
+fn every_model_serves_get_and_put() {
+    for model in [Model::Iterative, Model::Thread, Model::Pool(2)] {
+        let server = TestServer::writable(model);
+        for (i, opts) in option_sets().iter().enumerate() {
+            let data = pattern(200_000 + i * 513);
+            put_then_get(&server, &format!("/file{i}"), &data, opts);
+        }
+        put_then_get(&server, "empty", b"", &ClientOptions::default());
+        put_then_get(&server, "exact", &pattern(1024), &ClientOptions::default());
+    }
+}
+
+#[test]
+fn thread_model_serves_clients_at_once() {
+    let server = TestServer::writable(Model::Thread);
+    let data = pattern(300_000);
+    std::fs::write(server.root.join("shared"), &data).unwrap();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    get(server.addr, "shared", &mut out, &ClientOptions::default()).unwrap();
+                    out
+                })
+            })
+            .collect();
+        for handle in handles {
+            assert!(handle.join().unwrap() == data);
+        }
+    });
+}
+
+#[test]
+fn netascii_converts_line_ends() {
+    let server = TestServer::writable(Model::Thread);
+    let opts = ClientOptions {
+        mode: Mode::Netascii,
+        ..ClientOptions::default()
+    };
+    let text = b"first\nsecond\r\nthird\rend\n".repeat(100);
+    put_then_get(&server, "text.txt", &text, &opts);
+    // The server decoded the upload: the stored file is local text again.
+    let mut raw = Vec::new();
+    let octet = ClientOptions::default();
+    get(server.addr, "text.txt", &mut raw, &octet).unwrap();
+    assert!(raw == text);
+}
+
+fn peer_error(result: Result<u64, ClientError>) -> (ErrorCode, String) {
+    match result {
+        Err(ClientError::Transfer(TransferError::Peer { code, message })) => (code, message),
+        other => panic!("expected an error from the server, got {other:?}"),
+    }
+}
+
+#[test]
+fn refusals_carry_the_right_codes() {
+    let server = TestServer::start(Model::Iterative, ServerConfig::default());
+    let opts = ClientOptions::default();
+    let mut data = Cursor::new(b"x".to_vec());
+    let denied = put(server.addr, "new", &mut data, None, &opts);
+    assert_eq!(peer_error(denied).0, ErrorCode::ACCESS_VIOLATION);
+    assert!(!server.root.join("new").exists());
+    let missing = get(server.addr, "missing", &mut Vec::new(), &opts);
+    assert_eq!(peer_error(missing).0, ErrorCode::FILE_NOT_FOUND);
+    let escape = get(server.addr, "../etc/passwd", &mut Vec::new(), &opts);
+    assert_eq!(peer_error(escape).0, ErrorCode::ACCESS_VIOLATION);
+    let mail = ClientOptions {
+        mode: Mode::Mail,
+        ..ClientOptions::default()
+    };
+    let refused = get(server.addr, "x", &mut Vec::new(), &mail);
+    assert_eq!(peer_error(refused).0, ErrorCode::ILLEGAL_OPERATION);
+}
+
+#[test]
+fn progress_reaches_the_total() {
+    let server = TestServer::writable(Model::Iterative);
+    let data = pattern(50_000);
+    std::fs::write(server.root.join("p"), &data).unwrap();
+    let last = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let (l, t) = (Arc::clone(&last), Arc::clone(&total));
+    let opts = ClientOptions {
+        tsize: true,
+        progress: Some(Arc::new(move |done, all| {
+            l.store(done, Ordering::Relaxed);
+            t.store(all.unwrap_or(0), Ordering::Relaxed);
+        })),
+        ..ClientOptions::default()
+    };
+    get(server.addr, "p", &mut Vec::new(), &opts).unwrap();
+    assert_eq!(last.load(Ordering::Relaxed), 50_000);
+    assert_eq!(
+        total.load(Ordering::Relaxed),
+        50_000,
+        "tsize reported by the server"
+    );
+}
+
+/// A hand-driven client socket, for what the real client would never do.
+struct Raw(UdpSocket);
+
+impl Raw {
+    fn new() -> Raw {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Raw(socket)
+    }
+
+    fn send(&self, to: SocketAddr, bytes: &[u8]) {
+        self.0.send_to(bytes, to).unwrap();
+    }
+
+    fn recv(&self) -> (Vec<u8>, SocketAddr) {
+        let mut buf = vec![0; 70_000];
+        let (len, from) = self.0.recv_from(&mut buf).expect("an answer");
+        buf.truncate(len);
+        (buf, from)
+    }
+
+    fn rrq(&self, to: SocketAddr, name: &str, options: &[(&str, &str)]) {
+        let mut packet = Vec::new();
+        emit_request_header(&mut packet, false, name, Mode::Octet);
+        for (name, value) in options {
+            push_option(&mut packet, name, value);
+        }
+        self.send(to, &packet);
+    }
+}
+
+fn ack(block: u16) -> Vec<u8> {
+    let mut packet = Vec::new();
+    emit_ack(&mut packet, block);
+    packet
+}
+
+#[test]
+fn stranger_gets_error_5_and_transfer_goes_on() {
+    let server = TestServer::start(Model::Thread, ServerConfig::default());
+    let data = pattern(700);
+    std::fs::write(server.root.join("f"), &data).unwrap();
+    let client = Raw::new();
+    client.rrq(server.addr, "f", &[]);
+    let (first, tid) = client.recv();
+    assert_ne!(tid, server.addr, "the transfer uses a new port");
+    assert_eq!(
+        Packet::parse(&first),
+        Ok(Packet::Data {
+            block: 1,
+            data: &data[..512]
+        })
+    );
+
+    let stranger = Raw::new();
+    stranger.send(tid, &ack(1));
+    let (reply, from) = stranger.recv();
+    assert_eq!(from, tid);
+    assert!(matches!(
+        Packet::parse(&reply),
+        Ok(Packet::Error {
+            code: ErrorCode::UNKNOWN_TID,
+            ..
+        })
+    ));
+
+    client.send(tid, &ack(1));
+    let (second, _) = client.recv();
+    assert_eq!(
+        Packet::parse(&second),
+        Ok(Packet::Data {
+            block: 2,
+            data: &data[512..]
+        })
+    );
+    client.send(tid, &ack(2));
+}
+
+#[test]
+fn malformed_requests_get_errors() {
+    let server = TestServer::start(Model::Iterative, ServerConfig::default());
+    let client = Raw::new();
+    let cases: [(&[u8], ErrorCode); 4] = [
+        (
+            b"\x00\x01f\x00octet\x00blksize\x00512\x00blksize\x00512\x00",
+            ErrorCode(8),
+        ),
+        (b"\x00\x01no-nul", ErrorCode(4)),
+        (b"\x00\x09", ErrorCode(4)),
+        (b"\x00\x04\x00\x01", ErrorCode(4)),
+    ];
+    for (bytes, expected) in cases {
+        client.send(server.addr, bytes);
+        let (reply, _) = client.recv();
+        match Packet::parse(&reply) {
+            Ok(Packet::Error { code, .. }) => assert_eq!(code, expected, "{bytes:?}"),
+            other => panic!("{bytes:?}: expected an error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn server_grants_options_within_limits() {
+    let config = ServerConfig {
+        max_blksize: 1024,
+        max_windowsize: 2,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(Model::Iterative, config);
+    std::fs::write(server.root.join("f"), pattern(5000)).unwrap();
+    let client = Raw::new();
+    let asked = [
+        ("blksize", "9000"),
+        ("windowsize", "50"),
+        ("tsize", "0"),
+        ("color", "red"),
+    ];
+    client.rrq(server.addr, "/f", &asked);
+    let (reply, tid) = client.recv();
+    let Ok(Packet::Oack(list)) = Packet::parse(&reply) else {
+        panic!("expected an OACK")
+    };
+    let granted: Vec<_> = list.iter().collect();
+    assert_eq!(
+        granted,
+        [("blksize", "1024"), ("tsize", "5000"), ("windowsize", "2")]
+    );
+    client.send(tid, &ack(0));
+    let (one, _) = client.recv();
+    let (two, _) = client.recv();
+    assert!(
+        matches!(Packet::parse(&one), Ok(Packet::Data { block: 1, data }) if data.len() == 1024)
+    );
+    assert!(matches!(
+        Packet::parse(&two),
+        Ok(Packet::Data { block: 2, .. })
+    ));
+}
+
+#[test]
+fn full_pool_answers_server_busy() {
+    let config = ServerConfig {
+        queue_len: 1,
+        timeout: Duration::from_secs(1),
+        max_retries: 2,
+        ..ServerConfig::default()
+    };
+    let mut server = TestServer::start(Model::Pool(1), config);
+    std::fs::write(server.root.join("f"), pattern(2000)).unwrap();
+    // Clients that never acknowledge: one keeps the worker busy, one may wait in the queue,
+    // the third cannot be taken.
+    let client = Raw::new();
+    for _ in 0..3 {
+        client.rrq(server.addr, "f", &[]);
+    }
+    let busy = (0..10).map(|_| client.recv()).find(|(reply, from)| {
+        *from == server.addr
+            && matches!(Packet::parse(reply), Ok(Packet::Error { code: ErrorCode(0), message }) if message == "server busy")
+    });
+    assert!(
+        busy.is_some(),
+        "one request must be refused with 'server busy'"
+    );
+    server.stop();
+}

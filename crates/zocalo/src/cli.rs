@@ -1,0 +1,307 @@
+//! Command-line flags and the TOML configuration file, merged into one [`Settings`].
+//!
+//! Every `serve` flag has a configuration-file key of the same name (`--max-per-ip` is
+//! `max-per-ip`); a flag given on the command line wins over the file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::models::Model;
+
+#[derive(Debug, Parser)]
+#[command(name = "zocalo", version, about = "An FTP server whose server model is a switch")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve FTP (and optionally TFTP) from a directory.
+    Serve(Box<ServeArgs>),
+    /// Manage the accounts of a users file.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add an account; the password is read from standard input (one line).
+    Add {
+        name: String,
+        /// The users file to append to (created if missing).
+        #[arg(long)]
+        users: PathBuf,
+        /// Home directory, absolute or relative to the server's --root.
+        #[arg(long, default_value = ".")]
+        home: String,
+        /// Give the account read access only.
+        #[arg(long)]
+        read_only: bool,
+    },
+}
+
+/// `zocalo serve`: all settings are optional here so that a config file can supply them.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Directory to serve [default: the current directory].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Address to listen on; repeat for more (e.g. 127.0.0.1:2121, [::1]:2121, port 0 for any)
+    /// [default: 127.0.0.1:2121].
+    #[arg(long)]
+    pub listen: Vec<SocketAddr>,
+    /// A read-write account rooted at --root, NAME:PASSWORD (repeatable).
+    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    pub users_plain: Vec<String>,
+    /// A users file: `name:argon2-hash:home:r|rw` per line (see `zocalo user add`).
+    #[arg(long = "users", value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Allow anonymous logins (USER anonymous or ftp) [default].
+    #[arg(long, overrides_with = "no_anonymous")]
+    pub anonymous: bool,
+    /// Refuse anonymous logins.
+    #[arg(long)]
+    pub no_anonymous: bool,
+    /// Let anonymous users write (upload, delete, rename, make directories).
+    #[arg(long)]
+    pub write: bool,
+    /// Passive data ports, A-B [default: any free port].
+    #[arg(long, value_name = "A-B")]
+    pub passive_ports: Option<String>,
+    /// Address announced in PASV replies (for NAT).
+    #[arg(long, value_name = "ADDR")]
+    pub masquerade: Option<IpAddr>,
+    /// TOML file with the same settings as these flags.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Server model: iterative, process, thread, pool[:N], select, poll, epoll[:N] [default: epoll].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Listen backlog [default: 128].
+    #[arg(long)]
+    pub backlog: Option<i32>,
+    /// Sessions in all; more get 421 [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Sessions per client address; more get 421 [default: 10000].
+    #[arg(long)]
+    pub max_per_ip: Option<usize>,
+    /// Seconds a session may sit idle before 421 [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a data connection may stall (or fail to arrive) before 425/426 [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub data_timeout: Option<u64>,
+    /// Seconds running transfers may continue after SIGTERM/SIGINT [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_grace: Option<u64>,
+    /// Milliseconds a failed login waits before its 530 [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub login_fail_delay_ms: Option<u64>,
+    /// Failed logins from one address before it is locked out [default: 10].
+    #[arg(long, value_name = "N")]
+    pub max_login_failures: Option<u32>,
+    /// Seconds an address stays locked out [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub ban_time: Option<u64>,
+    /// Queue length of the pool model beyond its workers [default: the worker count].
+    #[arg(long)]
+    pub pool_queue: Option<usize>,
+    /// Upload to a temporary name and rename into place only when complete.
+    #[arg(long)]
+    pub atomic_uploads: bool,
+    /// After binding (e.g. to port 21 as root), switch to this user.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// The configuration file's keys, mirroring the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    root: Option<PathBuf>,
+    listen: Option<Vec<SocketAddr>>,
+    user: Option<Vec<String>>,
+    users: Option<PathBuf>,
+    anonymous: Option<bool>,
+    write: Option<bool>,
+    passive_ports: Option<String>,
+    masquerade: Option<IpAddr>,
+    model: Option<String>,
+    backlog: Option<i32>,
+    max_connections: Option<usize>,
+    max_per_ip: Option<usize>,
+    idle_timeout: Option<u64>,
+    data_timeout: Option<u64>,
+    shutdown_grace: Option<u64>,
+    login_fail_delay_ms: Option<u64>,
+    max_login_failures: Option<u32>,
+    ban_time: Option<u64>,
+    pool_queue: Option<usize>,
+    atomic_uploads: Option<bool>,
+    run_as: Option<String>,
+    log_format: Option<String>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub users_plain: Vec<(String, String)>,
+    pub users_file: Option<PathBuf>,
+    pub anonymous: bool,
+    pub anonymous_write: bool,
+    pub passive_ports: Option<RangeInclusive<u16>>,
+    pub masquerade: Option<IpAddr>,
+    pub model: Model,
+    pub backlog: i32,
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub idle_timeout: Duration,
+    pub data_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub login_fail_delay: Duration,
+    pub max_login_failures: u32,
+    pub ban_time: Duration,
+    pub pool_queue: Option<usize>,
+    pub atomic_uploads: bool,
+    pub run_as: Option<String>,
+    pub json_logs: bool,
+}
+
+impl Settings {
+    /// Merges flags over the config file (if any) over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Settings, String> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let root = match args.root.clone().or(file.root) {
+            Some(r) => r,
+            None => std::env::current_dir().map_err(|e| e.to_string())?,
+        };
+        let listen = pick_vec(&args.listen, file.listen);
+        let listen = if listen.is_empty() { vec![SocketAddr::from(([127, 0, 0, 1], 2121))] } else { listen };
+        let users_plain = pick_vec(&args.users_plain, file.user)
+            .iter()
+            .map(|u| parse_user(u))
+            .collect::<Result<_, _>>()?;
+        let anonymous = if args.no_anonymous {
+            false
+        } else if args.anonymous {
+            true
+        } else {
+            file.anonymous.unwrap_or(true)
+        };
+        let model_name = args.model.clone().or(file.model);
+        let model = model_name.map_or(Ok(Model::default()), |m| m.parse())?;
+        let passive = args.passive_ports.clone().or(file.passive_ports);
+        let log_format = args.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
+        if !matches!(log_format.as_str(), "text" | "json") {
+            return Err(format!("unknown log format {log_format:?}: use text or json"));
+        }
+        let secs = |a: Option<u64>, f: Option<u64>, d: u64| Duration::from_secs(a.or(f).unwrap_or(d));
+        Ok(Settings {
+            root,
+            listen,
+            users_plain,
+            users_file: args.users_file.clone().or(file.users),
+            anonymous,
+            anonymous_write: args.write || file.write.unwrap_or(false),
+            passive_ports: passive.as_deref().map(parse_range).transpose()?,
+            masquerade: args.masquerade.or(file.masquerade),
+            model,
+            backlog: args.backlog.or(file.backlog).unwrap_or(128),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
+            max_per_ip: args.max_per_ip.or(file.max_per_ip).unwrap_or(10_000),
+            idle_timeout: secs(args.idle_timeout, file.idle_timeout, 300),
+            data_timeout: secs(args.data_timeout, file.data_timeout, 30),
+            shutdown_grace: secs(args.shutdown_grace, file.shutdown_grace, 10),
+            login_fail_delay: Duration::from_millis(
+                args.login_fail_delay_ms.or(file.login_fail_delay_ms).unwrap_or(1000),
+            ),
+            max_login_failures: args.max_login_failures.or(file.max_login_failures).unwrap_or(10),
+            ban_time: secs(args.ban_time, file.ban_time, 300),
+            pool_queue: args.pool_queue.or(file.pool_queue),
+            atomic_uploads: args.atomic_uploads || file.atomic_uploads.unwrap_or(false),
+            run_as: args.run_as.clone().or(file.run_as),
+            json_logs: log_format == "json",
+        })
+    }
+}
+
+fn pick_vec<T: Clone>(cli: &[T], file: Option<Vec<T>>) -> Vec<T> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli.to_vec()
+    }
+}
+
+fn parse_user(spec: &str) -> Result<(String, String), String> {
+    match spec.split_once(':') {
+        Some((name, pass)) if !name.is_empty() => Ok((name.into(), pass.into())),
+        _ => Err(format!("--user wants NAME:PASSWORD, got {spec:?}")),
+    }
+}
+
+fn parse_range(spec: &str) -> Result<RangeInclusive<u16>, String> {
+    let bad = || format!("--passive-ports wants A-B with 1024 <= A <= B, got {spec:?}");
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a < 1024 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(s.listen, vec!["127.0.0.1:2121".parse().unwrap()]);
+        assert!(s.anonymous && !s.anonymous_write);
+        assert_eq!(s.model, Model::default());
+    }
+
+    #[test]
+    fn ranges_and_users() {
+        assert_eq!(parse_range("50000-50010").unwrap(), 50000..=50010);
+        assert!(parse_range("10-20").is_err());
+        assert!(parse_range("6000-5000").is_err());
+        assert_eq!(parse_user("a:b:c").unwrap(), ("a".into(), "b:c".into()));
+        assert!(parse_user(":x").is_err());
+    }
+
+    #[test]
+    fn file_config_is_overridden_by_flags() {
+        let dir = std::env::temp_dir().join(format!("zocalo-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("z.toml");
+        std::fs::write(&path, "model = \"thread\"\nmax-per-ip = 3\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), max_per_ip: Some(5), ..Default::default() };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.model, Model::Thread);
+        assert_eq!(s.max_per_ip, 5);
+        assert_eq!(s.listen, vec!["127.0.0.1:0".parse().unwrap()]);
+        std::fs::write(&path, "nonsense = 1\n").unwrap();
+        assert!(Settings::resolve(&args).is_err(), "unknown keys are refused");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

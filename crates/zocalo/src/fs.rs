@@ -1,0 +1,306 @@
+//! The local file system as a [`Storage`], confined by the kernel.
+//!
+//! Every path is opened relative to a root directory descriptor with openat2(2) and
+//! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: the kernel refuses any resolution that would leave
+//! the root, whether by `..`, an absolute path or a symlink (inside or outside the root), so no
+//! string check stands between a client and `/etc`. Operations that name a final component
+//! (mkdir, unlink, rename) first open the parent directory that way, then act on a single name.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use zocalo_proto::storage::{DirEntry, FileHandle, FileKind, Metadata, Storage, WriteMode};
+
+/// A directory tree served from disk.
+#[derive(Debug)]
+pub struct LocalFs {
+    root: OwnedFd,
+    atomic_uploads: bool,
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+impl LocalFs {
+    /// Opens `root` as the confinement directory. Fails if openat2 is unavailable (Linux < 5.6).
+    pub fn open(root: &Path, atomic_uploads: bool) -> io::Result<Self> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root = rustix::fs::open(root, flags, Mode::empty())?;
+        let fs = LocalFs { root, atomic_uploads };
+        fs.open_at("", OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
+            io::Error::new(e.kind(), format!("openat2 with RESOLVE_BENEATH is required: {e}"))
+        })?;
+        Ok(fs)
+    }
+
+    fn open_at(&self, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        self.open_mode(path, flags, Mode::empty())
+    }
+
+    fn open_mode(&self, path: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+        let path = if path.is_empty() { "." } else { path };
+        let fd = rustix::fs::openat2(&self.root, path, flags | OFlags::CLOEXEC, mode, RESOLVE)?;
+        Ok(fd)
+    }
+
+    /// Opens the parent directory of `path` and returns it with the final name.
+    fn parent<'p>(&self, path: &'p str) -> io::Result<(OwnedFd, &'p str)> {
+        let (dir, name) = match path.rfind('/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => ("", path),
+        };
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(io::ErrorKind::InvalidFilename.into());
+        }
+        let fd = self.open_at(dir, OFlags::PATH | OFlags::DIRECTORY)?;
+        Ok((fd, name))
+    }
+
+    fn open_file_write(&self, path: &str, mode: WriteMode) -> io::Result<LocalFile> {
+        let base = OFlags::WRONLY | OFlags::CREATE;
+        let flags = match mode {
+            WriteMode::Truncate => base | OFlags::TRUNC,
+            WriteMode::Append => base | OFlags::APPEND,
+            WriteMode::At(_) => base,
+            WriteMode::CreateNew => base | OFlags::EXCL,
+        };
+        let fd = self.open_mode(path, flags, Mode::from_raw_mode(0o644))?;
+        let mut file = File::from(fd);
+        if let WriteMode::At(offset) = mode {
+            if offset > file.metadata()?.len() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "REST beyond end of file"));
+            }
+            file.set_len(offset)?;
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        Ok(LocalFile { file, rename: None })
+    }
+
+    /// An upload to a temporary name in the same directory, renamed over `path` by `finish`.
+    fn open_atomic(&self, path: &str) -> io::Result<LocalFile> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let (dir, name) = self.parent(path)?;
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let temp = format!(".{name}.zocalo-part-{}-{seq}", std::process::id());
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat2(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o644), RESOLVE)?;
+        let rename = Some(PendingRename { dir, temp, name: name.to_string() });
+        Ok(LocalFile { file: File::from(fd), rename })
+    }
+}
+
+fn kind(stat: &Stat) -> FileKind {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => FileKind::File,
+        FileType::Directory => FileKind::Dir,
+        FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    }
+}
+
+fn metadata(stat: &Stat) -> Metadata {
+    let secs = stat.st_mtime.max(0) as u64;
+    Metadata {
+        kind: kind(stat),
+        size: stat.st_size.max(0) as u64,
+        modified: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        mode: stat.st_mode & 0o7777,
+        nlink: stat.st_nlink as u64,
+    }
+}
+
+impl Storage for LocalFs {
+    fn metadata(&self, path: &str) -> io::Result<Metadata> {
+        let fd = self.open_at(path, OFlags::PATH)?;
+        Ok(metadata(&rustix::fs::fstat(&fd)?))
+    }
+
+    fn list(&self, path: &str) -> io::Result<Vec<DirEntry>> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd)?;
+        let mut entries = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let mut meta = metadata(&stat);
+            let name = name.to_string_lossy().into_owned();
+            if meta.kind == FileKind::Symlink {
+                meta = self.resolve_link(path, &name).unwrap_or(meta);
+            }
+            entries.push(DirEntry { name, meta });
+        }
+        Ok(entries)
+    }
+
+    fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileHandle>> {
+        let fd = self.open_at(path, OFlags::RDONLY)?;
+        let mut file = File::from(fd);
+        if file.metadata()?.is_dir() {
+            return Err(io::ErrorKind::IsADirectory.into());
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(LocalFile { file, rename: None }))
+    }
+
+    fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileHandle>> {
+        if self.atomic_uploads && mode == WriteMode::Truncate {
+            return Ok(Box::new(self.open_atomic(path)?));
+        }
+        Ok(Box::new(self.open_file_write(path, mode)?))
+    }
+
+    fn mkdir(&self, path: &str) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        Ok(rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?)
+    }
+
+    fn rmdir(&self, path: &str) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        Ok(rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)?)
+    }
+
+    fn remove(&self, path: &str) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        Ok(rustix::fs::unlinkat(&dir, name, AtFlags::empty())?)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        Ok(rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name)?)
+    }
+}
+
+impl LocalFs {
+    /// What a symlink in a listing points to, if the target is inside the root.
+    fn resolve_link(&self, dir: &str, name: &str) -> Option<Metadata> {
+        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        self.metadata(&path).ok()
+    }
+}
+
+#[derive(Debug)]
+struct PendingRename {
+    dir: OwnedFd,
+    temp: String,
+    name: String,
+}
+
+/// A file being read or written by a transfer.
+#[derive(Debug)]
+struct LocalFile {
+    file: File,
+    rename: Option<PendingRename>,
+}
+
+impl Read for LocalFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Write for LocalFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl FileHandle for LocalFile {
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        if let Some(r) = self.rename.take() {
+            self.file.sync_data()?;
+            rustix::fs::renameat(&r.dir, r.temp.as_str(), &r.dir, r.name.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalFile {
+    fn drop(&mut self) {
+        if let Some(r) = self.rename.take() {
+            let _ = rustix::fs::unlinkat(&r.dir, r.temp.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (std::path::PathBuf, LocalFs) {
+        let dir = std::env::temp_dir().join(format!("zocalo-fs-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root/sub")).unwrap();
+        std::fs::write(dir.join("secret"), b"outside").unwrap();
+        std::fs::write(dir.join("root/a.txt"), b"inside").unwrap();
+        std::os::unix::fs::symlink(dir.join("secret"), dir.join("root/out")).unwrap();
+        std::os::unix::fs::symlink("a.txt", dir.join("root/in")).unwrap();
+        let fs = LocalFs::open(&dir.join("root"), false).unwrap();
+        (dir, fs)
+    }
+
+    #[test]
+    fn symlinks_and_dotdot_cannot_leave_the_root() {
+        let (dir, fs) = tree();
+        assert!(fs.open_read("out", 0).is_err());
+        assert!(fs.open_read("../secret", 0).is_err());
+        assert!(fs.open_read("sub/../../secret", 0).is_err());
+        assert!(fs.metadata("out").is_err());
+        let mut data = String::new();
+        fs.open_read("in", 0).unwrap().read_to_string(&mut data).unwrap();
+        assert_eq!(data, "inside");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn listing_and_mutations() {
+        let (dir, fs) = tree();
+        let mut names: Vec<String> = fs.list("").unwrap().into_iter().map(|e| e.name).collect();
+        names.sort();
+        assert_eq!(names, ["a.txt", "in", "out", "sub"]);
+        fs.mkdir("sub/d").unwrap();
+        fs.rename("a.txt", "sub/d/b.txt").unwrap();
+        assert_eq!(fs.metadata("sub/d/b.txt").unwrap().size, 6);
+        assert!(fs.rmdir("sub/d").is_err());
+        fs.remove("sub/d/b.txt").unwrap();
+        fs.rmdir("sub/d").unwrap();
+        assert!(fs.mkdir("..").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_upload_replaces_only_when_finished() {
+        let (dir, _) = tree();
+        let fs = LocalFs::open(&dir.join("root"), true).unwrap();
+        let mut f = fs.open_write("a.txt", WriteMode::Truncate).unwrap();
+        f.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read(dir.join("root/a.txt")).unwrap(), b"inside");
+        f.finish().unwrap();
+        assert_eq!(std::fs::read(dir.join("root/a.txt")).unwrap(), b"new");
+        let mut f = fs.open_write("a.txt", WriteMode::Truncate).unwrap();
+        f.write_all(b"broken").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(dir.join("root/a.txt")).unwrap(), b"new");
+        let leftovers = std::fs::read_dir(dir.join("root")).unwrap().count();
+        assert_eq!(leftovers, 4, "the temporary file is removed");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,17 @@
+//! zocalo: the drivers around the sans-IO core of `zocalo-proto`.
+//!
+//! - [`models`]: the server models (iterative, process, thread, pool, select/poll/epoll);
+//! - [`conn`]: the per-connection driver of the blocking models; [`data`]: the data channel;
+//! - [`fs`]: the kernel-confined local storage; [`users`]: accounts; [`limits`]: shared limits;
+//! - [`net`]: sockets; [`shutdown`]: SIGTERM/SIGINT; [`cli`] and [`serve`]: the command line.
+
+pub mod cli;
+pub mod conn;
+pub mod data;
+pub mod fs;
+pub mod limits;
+pub mod models;
+pub mod net;
+pub mod serve;
+pub mod shutdown;
+pub mod users;

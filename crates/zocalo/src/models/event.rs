@@ -1,0 +1,484 @@
+//! `select`, `poll`, `epoll[:N]`: one thread watches every connection and serves exactly those
+//! that are ready, the notes' third kind of server. All sockets are non-blocking; listeners,
+//! control connections, data connections, the stop signal and the timers live in one loop.
+//!
+//! Tokens carry a slot index and a kind (control or data) in their low bits. A connection's data
+//! descriptor is deregistered before its transfer is dropped, so a recycled descriptor number
+//! never meets a stale registration. `epoll:N` runs N such loops, each on its own listening
+//! socket bound with SO_REUSEPORT, so the kernel spreads connections across them.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
+use zocalo_proto::session::{Action, Outcome, Session};
+
+use super::Server;
+use crate::conn::Ctx;
+use crate::data::{DataTask, Step};
+use crate::limits::{Limits, Permit};
+use crate::net;
+
+const KIND_BITS: usize = 2;
+const CONTROL: usize = 0;
+const DATA: usize = 1;
+const LISTENER: usize = 2;
+const SIGNAL: usize = 3;
+
+fn token(index: usize, kind: usize) -> Token {
+    Token(index << KIND_BITS | kind)
+}
+
+pub fn run(server: Server, backend: Backend, loops: usize) -> io::Result<()> {
+    let mut extra = Vec::new();
+    for _ in 1..loops {
+        let mut listeners = Vec::new();
+        for l in &server.listeners {
+            listeners.push(net::listen(l.local_addr()?, server.backlog, true)?);
+        }
+        extra.push(listeners);
+    }
+    let mut threads = Vec::new();
+    for (i, listeners) in extra.into_iter().enumerate() {
+        let (ctx, limits) = (server.ctx.clone(), server.limits.clone());
+        let name = format!("zocalo-loop-{}", i + 1);
+        threads.push(std::thread::Builder::new().name(name).spawn(move || {
+            EventLoop::new(backend, ctx, limits, listeners)?.run()
+        })?);
+    }
+    let result = EventLoop::new(backend, server.ctx, server.limits, server.listeners)?.run();
+    for t in threads {
+        let _ = t.join();
+    }
+    result
+}
+
+struct EventLoop {
+    poller: Box<dyn Poller>,
+    ctx: Arc<Ctx>,
+    limits: Arc<Limits>,
+    listeners: Vec<TcpListener>,
+    conns: Vec<Option<Box<Conn>>>,
+    free: Vec<usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    stop_by: Option<Instant>,
+}
+
+/// One client's state in the loop.
+struct Conn {
+    control: TcpStream,
+    session: Session,
+    local: SocketAddr,
+    peer: SocketAddr,
+    _permit: Permit,
+    passive: Option<TcpListener>,
+    task: Option<Box<DataTask>>,
+    /// The data descriptor registered now, and whether for writing.
+    data_reg: Option<(RawFd, bool)>,
+    control_interest: Interest,
+    last_activity: Instant,
+    data_activity: Instant,
+    wake_at: Option<Instant>,
+    scheduled: Option<Instant>,
+    closed: bool,
+}
+
+impl EventLoop {
+    fn new(
+        backend: Backend,
+        ctx: Arc<Ctx>,
+        limits: Arc<Limits>,
+        listeners: Vec<TcpListener>,
+    ) -> io::Result<Self> {
+        let mut poller = new_poller(backend)?;
+        for (i, l) in listeners.iter().enumerate() {
+            l.set_nonblocking(true)?;
+            poller.register(l.as_raw_fd(), token(i, LISTENER), Interest::READABLE)?;
+        }
+        poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
+        let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
+        Ok(EventLoop { poller, ctx, limits, listeners, conns, free, timers, stop_by: None })
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Vec::with_capacity(256);
+        loop {
+            let timeout = self.next_timeout();
+            self.poller.wait(&mut events, timeout)?;
+            for ev in &events {
+                self.dispatch(ev);
+            }
+            self.fire_timers();
+            if self.stop_by.is_some() && self.conns.iter().all(Option::is_none) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ev: &Event) {
+        let (index, kind) = (ev.token.0 >> KIND_BITS, ev.token.0 & ((1 << KIND_BITS) - 1));
+        match kind {
+            LISTENER => self.accept(index),
+            SIGNAL => self.begin_stop(),
+            CONTROL => self.on_control(index, ev),
+            _ => self.on_data(index),
+        }
+    }
+
+    // ---- accepting -----------------------------------------------------------------------
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != ErrorKind::WouldBlock {
+                        tracing::warn!("accept failed: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let permit = match self.limits.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(refusal) => return net::refuse(&stream, refusal.reply()),
+        };
+        if let Some(limit) = self.poller.capacity_limit() {
+            if stream.as_raw_fd() as usize >= limit {
+                return net::refuse(&stream, b"421 Too many connections for select(2); try later.\r\n");
+            }
+        }
+        let Ok(conn) = Conn::new(stream, peer, permit, &self.ctx) else {
+            return;
+        };
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let fd = conn.control.as_raw_fd();
+        if let Err(e) = self.poller.register(fd, token(index, CONTROL), Interest::READABLE) {
+            tracing::warn!("cannot watch a connection: {e}");
+            self.free.push(index);
+            return net::refuse(&conn.control, b"421 Cannot serve you now; try later.\r\n");
+        }
+        self.conns[index] = Some(Box::new(conn));
+        self.drive(index);
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    fn on_control(&mut self, index: usize, ev: &Event) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        if ev.readable || ev.hup || ev.error {
+            conn.read_control();
+        }
+        self.drive(index);
+    }
+
+    fn on_data(&mut self, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        conn.data_activity = Instant::now();
+        conn.step_task(self.poller.as_mut(), index);
+        self.drive(index);
+    }
+
+    fn begin_stop(&mut self) {
+        let _ = self.poller.deregister(self.ctx.shutdown.fd());
+        for l in self.listeners.drain(..) {
+            let _ = self.poller.deregister(l.as_raw_fd());
+        }
+        self.stop_by = Some(Instant::now() + self.ctx.grace);
+        for index in 0..self.conns.len() {
+            self.drive(index);
+        }
+    }
+
+    /// Writes replies, carries out actions, updates registrations and the timer of one slot.
+    fn drive(&mut self, index: usize) {
+        let stopping = self.stop_by.is_some();
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
+        if conn.closed {
+            self.remove(index);
+            return;
+        }
+        let interest = conn.wanted_interest();
+        if interest != conn.control_interest {
+            let fd = conn.control.as_raw_fd();
+            let _ = self.poller.reregister(fd, token(index, CONTROL), interest);
+            conn.control_interest = interest;
+        }
+        self.schedule(index);
+    }
+
+    fn remove(&mut self, index: usize) {
+        if let Some(mut conn) = self.conns[index].take() {
+            conn.drop_task(self.poller.as_mut());
+            let _ = self.poller.deregister(conn.control.as_raw_fd());
+            self.free.push(index);
+        }
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+
+    fn schedule(&mut self, index: usize) {
+        let Some(conn) = self.conns[index].as_mut() else {
+            return;
+        };
+        let Some(deadline) = conn.deadline(&self.ctx, self.stop_by) else {
+            return;
+        };
+        if conn.scheduled.is_none_or(|s| deadline < s) {
+            conn.scheduled = Some(deadline);
+            self.timers.push(Reverse((deadline, index)));
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let next = self.timers.peek().map(|Reverse((t, _))| *t);
+        let next = [next, self.stop_by].into_iter().flatten().min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if conn.scheduled != Some(at) {
+                continue;
+            }
+            conn.scheduled = None;
+            conn.fire(now, &self.ctx, self.stop_by, self.poller.as_mut());
+            self.drive(index);
+        }
+    }
+}
+
+impl Conn {
+    fn new(control: TcpStream, peer: SocketAddr, permit: Permit, ctx: &Ctx) -> io::Result<Self> {
+        control.set_nonblocking(true)?;
+        let _ = control.set_nodelay(true);
+        let local = control.local_addr()?;
+        let session = Session::new(ctx.config.clone(), peer, local);
+        let now = Instant::now();
+        Ok(Conn {
+            control,
+            session,
+            local,
+            peer,
+            _permit: permit,
+            passive: None,
+            task: None,
+            data_reg: None,
+            control_interest: Interest::READABLE,
+            last_activity: now,
+            data_activity: now,
+            wake_at: None,
+            scheduled: None,
+            closed: false,
+        })
+    }
+
+    fn read_control(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let room = self.session.input_room().min(buf.len());
+            if room == 0 {
+                return;
+            }
+            match self.control.read(&mut buf[..room]) {
+                Ok(0) => return self.closed = true,
+                Ok(n) => {
+                    self.last_activity = Instant::now();
+                    self.session.handle_input(&buf[..n]);
+                    if n < room {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return self.closed = true,
+            }
+        }
+    }
+
+    /// Flushes output and runs actions until the session has nothing more to do now.
+    fn pump(&mut self, poller: &mut dyn Poller, index: usize, ctx: &Ctx, stopping: bool) {
+        loop {
+            if !self.flush() {
+                return;
+            }
+            match self.session.poll_action() {
+                Some(action) => self.act(action, poller, index, ctx),
+                None => break,
+            }
+        }
+        if stopping && self.session.is_idle() && !self.session.is_closed() {
+            self.session.handle_shutdown();
+            self.pump(poller, index, ctx, false);
+        }
+    }
+
+    /// Writes what the socket takes; false while output is still pending (or on error).
+    fn flush(&mut self) -> bool {
+        while !self.session.pending_output().is_empty() {
+            match self.control.write(self.session.pending_output()) {
+                Ok(0) => {
+                    self.closed = true;
+                    return false;
+                }
+                Ok(n) => self.session.advance_output(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(_) => {
+                    self.closed = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn act(&mut self, action: Action, poller: &mut dyn Poller, index: usize, ctx: &Ctx) {
+        match action {
+            Action::OpenPassive => {
+                let opened = net::open_passive(self.local.ip(), ctx.passive_ports.as_ref());
+                let result = match &opened {
+                    Ok(l) => l.local_addr(),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                self.passive = opened.ok();
+                self.session.handle_passive_opened(result);
+            }
+            Action::ClosePassive => self.passive = None,
+            Action::Transfer(t) => {
+                self.data_activity = Instant::now();
+                match DataTask::new(t, self.passive.take(), self.local, self.peer.ip()) {
+                    Ok(task) => {
+                        self.task = Some(Box::new(task));
+                        self.step_task(poller, index);
+                    }
+                    Err(outcome) => self.session.handle_transfer_done(outcome),
+                }
+            }
+            Action::Abort => {
+                if self.task.is_some() {
+                    self.drop_task(poller);
+                    self.session.handle_transfer_done(Outcome::Aborted);
+                }
+            }
+            Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
+            Action::StartTls => self.session.handle_shutdown(),
+            Action::Close => self.closed = true,
+        }
+    }
+
+    fn step_task(&mut self, poller: &mut dyn Poller, index: usize) {
+        let Some(task) = self.task.as_mut() else {
+            return;
+        };
+        match task.step() {
+            Step::Finished(outcome) => {
+                self.drop_task(poller);
+                self.last_activity = Instant::now();
+                self.session.handle_transfer_done(outcome);
+            }
+            Step::Wait { fd, writable } => self.watch_data(poller, index, fd, writable),
+        }
+    }
+
+    fn watch_data(&mut self, poller: &mut dyn Poller, index: usize, fd: RawFd, writable: bool) {
+        if self.data_reg == Some((fd, writable)) {
+            return;
+        }
+        let interest = if writable { Interest::WRITABLE } else { Interest::READABLE };
+        let result = match self.data_reg {
+            Some((old, _)) if old == fd => poller.reregister(fd, token(index, DATA), interest),
+            Some((old, _)) => {
+                let _ = poller.deregister(old);
+                poller.register(fd, token(index, DATA), interest)
+            }
+            None => poller.register(fd, token(index, DATA), interest),
+        };
+        match result {
+            Ok(()) => self.data_reg = Some((fd, writable)),
+            Err(e) => {
+                tracing::warn!("cannot watch a data connection: {e}");
+                self.drop_task(poller);
+                self.session.handle_transfer_done(Outcome::NoConnection);
+            }
+        }
+    }
+
+    /// Deregisters the data descriptor, then drops the transfer (closing it).
+    fn drop_task(&mut self, poller: &mut dyn Poller) {
+        if let Some((fd, _)) = self.data_reg.take() {
+            let _ = poller.deregister(fd);
+        }
+        self.task = None;
+    }
+
+    fn wanted_interest(&self) -> Interest {
+        let read = self.session.input_room() > 0;
+        let write = !self.session.pending_output().is_empty();
+        match (read, write) {
+            (_, true) if read => Interest::BOTH,
+            (_, true) => Interest::WRITABLE,
+            _ => Interest::READABLE,
+        }
+    }
+
+    fn deadline(&self, ctx: &Ctx, stop_by: Option<Instant>) -> Option<Instant> {
+        let idle = self.session.is_idle().then(|| self.last_activity + ctx.idle_timeout);
+        let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
+        let stop = stop_by.filter(|_| self.task.is_some());
+        [idle, data, self.wake_at, stop].into_iter().flatten().min()
+    }
+
+    fn fire(&mut self, now: Instant, ctx: &Ctx, stop_by: Option<Instant>, poller: &mut dyn Poller) {
+        if self.wake_at.is_some_and(|t| t <= now) {
+            self.wake_at = None;
+            self.session.handle_wakeup();
+        }
+        if let Some(task) = &self.task {
+            let stalled = self.data_activity + ctx.data_timeout <= now;
+            let out_of_grace = stop_by.is_some_and(|t| t <= now);
+            if stalled || out_of_grace {
+                let outcome = match (out_of_grace, task.is_connecting()) {
+                    (true, _) => Outcome::ShuttingDown,
+                    (false, true) => Outcome::NoConnection,
+                    (false, false) => Outcome::ConnectionLost,
+                };
+                self.drop_task(poller);
+                self.session.handle_transfer_done(outcome);
+            }
+        }
+        if self.session.is_idle() && self.last_activity + ctx.idle_timeout <= now {
+            self.session.handle_idle_timeout();
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! `iterative`: the accepting thread serves each client itself, to the end, before it accepts
+//! the next one. A second client waits in the listen backlog: the model's drawback, on show.
+
+use std::io;
+
+use super::{accept_loop, serve_blocking, Server};
+
+pub fn run(server: Server) -> io::Result<()> {
+    let ctx = server.ctx.clone();
+    accept_loop(&server, |stream, _permit| serve_blocking(stream, &ctx), || {}, None)
+}

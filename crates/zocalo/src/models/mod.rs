@@ -1,0 +1,200 @@
+//! The server models of the notes, each a small driver around the same session core.
+//!
+//! | model       | who serves a connection                     | file            |
+//! |-------------|---------------------------------------------|-----------------|
+//! | `iterative` | the accepting thread itself, one at a time  | `iterative.rs`  |
+//! | `process`   | a child process forked per connection        | `process.rs`    |
+//! | `thread`    | a thread spawned per connection              | `thread.rs`     |
+//! | `pool:N`    | one of N threads created at start            | `pool.rs`       |
+//! | `select`, `poll`, `epoll[:N]` | one readiness loop (per core) for all | `event.rs` |
+//!
+//! The blocking models share [`crate::conn`]; they differ only in how they hand it a socket.
+
+pub mod event;
+pub mod iterative;
+pub mod pool;
+pub mod process;
+pub mod thread;
+
+use std::fmt;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use zocalo_poller::Backend;
+
+use crate::conn::{self, Ctx};
+use crate::limits::{Limits, Permit};
+use crate::net;
+
+/// The `--model` switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    Iterative,
+    Process,
+    Thread,
+    Pool(usize),
+    Event(Backend, usize),
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model::Event(Backend::Epoll, 1)
+    }
+}
+
+impl FromStr for Model {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, n) = match s.split_once(':') {
+            Some((name, n)) => {
+                let n: usize = n.parse().map_err(|_| format!("bad count in {s:?}"))?;
+                if n == 0 {
+                    return Err(format!("count must be at least 1 in {s:?}"));
+                }
+                (name, Some(n))
+            }
+            None => (s, None),
+        };
+        match (name, n) {
+            ("iterative", None) => Ok(Model::Iterative),
+            ("process", None) => Ok(Model::Process),
+            ("thread", None) => Ok(Model::Thread),
+            ("pool", n) => Ok(Model::Pool(n.unwrap_or(default_pool_size()))),
+            ("select", None) => Ok(Model::Event(Backend::Select, 1)),
+            ("poll", None) => Ok(Model::Event(Backend::Poll, 1)),
+            ("epoll", n) => Ok(Model::Event(Backend::Epoll, n.unwrap_or(1))),
+            _ => Err(format!(
+                "unknown model {s:?}: use iterative, process, thread, pool[:N], select, poll or epoll[:N]"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Model::Iterative => f.write_str("iterative"),
+            Model::Process => f.write_str("process"),
+            Model::Thread => f.write_str("thread"),
+            Model::Pool(n) => write!(f, "pool:{n}"),
+            Model::Event(b, 1) => write!(f, "{b}"),
+            Model::Event(b, n) => write!(f, "{b}:{n}"),
+        }
+    }
+}
+
+fn default_pool_size() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
+}
+
+/// What every model is given.
+pub struct Server {
+    pub ctx: Arc<Ctx>,
+    pub limits: Arc<Limits>,
+    pub listeners: Vec<TcpListener>,
+    /// Queue length for `pool` beyond its workers.
+    pub pool_queue: usize,
+    /// The listen backlog, for the extra listeners of `epoll:N`.
+    pub backlog: i32,
+}
+
+/// Runs the chosen model until the stop signal and the grace period are over.
+pub fn run(model: Model, server: Server) -> io::Result<()> {
+    match model {
+        Model::Iterative => iterative::run(server),
+        Model::Process => process::run(server),
+        Model::Thread => thread::run(server),
+        Model::Pool(n) => pool::run(server, n),
+        Model::Event(backend, n) => event::run(server, backend, n),
+    }
+}
+
+/// Accepts on every listener until the stop signal, giving each admitted connection to
+/// `handle`; a connection over a limit gets its 421 here and is closed.
+pub(crate) fn accept_loop(
+    server: &Server,
+    mut handle: impl FnMut(TcpStream, Permit),
+    mut on_wake: impl FnMut(),
+    extra_fd: Option<i32>,
+) -> io::Result<()> {
+    let shutdown_fd = server.ctx.shutdown.fd();
+    let mut fds: Vec<libc::pollfd> = server
+        .listeners
+        .iter()
+        .map(|l| libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    fds.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
+    fds.push(libc::pollfd { fd: extra_fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 });
+    for l in &server.listeners {
+        l.set_nonblocking(true)?;
+    }
+    loop {
+        fds.iter_mut().for_each(|p| p.revents = 0);
+        // SAFETY: `fds` is a valid, initialised slice of pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        on_wake();
+        if fds[server.listeners.len()].revents != 0 {
+            return Ok(());
+        }
+        for (i, listener) in server.listeners.iter().enumerate() {
+            if fds[i].revents != 0 {
+                accept_ready(listener, server, &mut handle);
+            }
+        }
+    }
+}
+
+fn accept_ready(listener: &TcpListener, server: &Server, handle: &mut impl FnMut(TcpStream, Permit)) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => match server.limits.admit(peer.ip()) {
+                Ok(permit) => {
+                    let _ = stream.set_nonblocking(false);
+                    handle(stream, permit);
+                }
+                Err(refusal) => net::refuse(&stream, refusal.reply()),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one connection with the blocking driver, logging its start.
+pub(crate) fn serve_blocking(stream: TcpStream, ctx: &Ctx) {
+    if let Ok(peer) = stream.peer_addr() {
+        tracing::debug!(%peer, "session started");
+    }
+    conn::serve(stream, ctx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_round_trip() {
+        for name in ["iterative", "process", "thread", "pool:3", "select", "poll", "epoll", "epoll:2"] {
+            assert_eq!(name.parse::<Model>().unwrap().to_string(), name);
+        }
+        assert!("pool:0".parse::<Model>().is_err());
+        assert!("select:2".parse::<Model>().is_err());
+        assert!("fork".parse::<Model>().is_err());
+        assert_eq!("epoll".parse::<Model>().unwrap(), Model::default());
+    }
+}

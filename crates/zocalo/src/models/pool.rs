@@ -1,0 +1,58 @@
+//! `pool:N`: N worker threads created once at start; the cost of creation is paid only once.
+//! Connections beyond the workers wait in a bounded queue; when it is full the client gets 421
+//! at once rather than an unbounded wait.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::mpsc::{self, Receiver, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use super::{accept_loop, serve_blocking, Server};
+use crate::limits::Permit;
+use crate::net;
+
+type Job = (TcpStream, Permit);
+
+pub fn run(server: Server, workers: usize) -> io::Result<()> {
+    let (tx, rx) = mpsc::sync_channel::<Job>(server.pool_queue);
+    let rx = Arc::new(Mutex::new(rx));
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let (rx, ctx) = (rx.clone(), server.ctx.clone());
+            std::thread::Builder::new()
+                .name(format!("zocalo-pool-{i}"))
+                .spawn(move || worker(&rx, &ctx))
+        })
+        .collect::<Result<_, _>>()?;
+    let result = accept_loop(
+        &server,
+        |stream, permit| match tx.try_send((stream, permit)) {
+            Ok(()) => {}
+            Err(TrySendError::Full((stream, _)) | TrySendError::Disconnected((stream, _))) => {
+                net::refuse(&stream, b"421 All workers busy and the queue is full; try later.\r\n")
+            }
+        },
+        || {},
+        None,
+    );
+    drop(tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    result
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::conn::Ctx) {
+    loop {
+        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((stream, permit)) = job else {
+            return;
+        };
+        if ctx.shutdown.is_triggered() {
+            net::refuse(&stream, b"421 Server shutting down.\r\n");
+            continue;
+        }
+        serve_blocking(stream, ctx);
+        drop(permit);
+    }
+}

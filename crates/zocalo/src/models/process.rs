@@ -1,0 +1,129 @@
+//! `process`: fork(2) per connection from a single-threaded accept loop, the way inetd-era
+//! servers (vsftpd, ProFTPD) work. The child serves one client and exits; the parent only
+//! accepts, counts and reaps.
+//!
+//! Limits that span connections stay in the parent: each child's [`Permit`] is held here, keyed
+//! by pid, and released when the child is reaped, so `--max-connections` and `--max-per-ip`
+//! hold in this model too. SIGCHLD wakes the accept loop through an eventfd.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use zocalo_poller::Waker;
+
+use super::{accept_loop, serve_blocking, Server};
+use crate::limits::Permit;
+use crate::net;
+
+static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_sigchld(_sig: libc::c_int) {
+    let fd = CHILD_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) to an eventfd is async-signal-safe.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+fn install_sigchld(waker: &Waker) -> io::Result<()> {
+    CHILD_FD.store(waker.as_raw_fd(), Ordering::SeqCst);
+    // SAFETY: a fully initialised sigaction whose handler is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigchld as *const () as usize;
+        action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+pub fn run(server: Server) -> io::Result<()> {
+    let child_waker = Waker::new()?;
+    install_sigchld(&child_waker)?;
+    let mut children: HashMap<libc::pid_t, Permit> = HashMap::new();
+    let result = {
+        let children = std::cell::RefCell::new(&mut children);
+        accept_loop(
+            &server,
+            |stream, permit| {
+                // SAFETY: the accept loop is single-threaded, so the child starts with a
+                // consistent copy of the parent's memory.
+                match unsafe { libc::fork() } {
+                    0 => {
+                        drop(permit);
+                        for l in &server.listeners {
+                            // SAFETY: closing our copy of the listening descriptor in the child.
+                            unsafe { libc::close(l.as_raw_fd()) };
+                        }
+                        serve_blocking(stream, &server.ctx);
+                        // SAFETY: leave without running the parent's destructors or atexit.
+                        unsafe { libc::_exit(0) }
+                    }
+                    -1 => {
+                        tracing::warn!("fork failed: {}", io::Error::last_os_error());
+                        net::refuse(&stream, b"421 Cannot serve you now; try later.\r\n");
+                    }
+                    pid => {
+                        children.borrow_mut().insert(pid, permit);
+                    }
+                }
+            },
+            || {
+                let _ = child_waker.drain();
+                reap(&mut children.borrow_mut());
+            },
+            Some(child_waker.as_raw_fd()),
+        )
+    };
+    wait_children(&mut children, server.ctx.grace + Duration::from_secs(2), &child_waker);
+    result
+}
+
+/// Collects every exited child and releases its permit.
+fn reap(children: &mut HashMap<libc::pid_t, Permit>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        children.remove(&pid);
+    }
+}
+
+/// At shutdown: children see the stop signal themselves (they inherited its descriptor); wait
+/// for them within the grace period, then kill what is left.
+fn wait_children(children: &mut HashMap<libc::pid_t, Permit>, limit: Duration, waker: &Waker) {
+    let deadline = Instant::now() + limit;
+    while !children.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            for pid in children.keys() {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            left_for_dead(children);
+            return;
+        }
+        let _ = crate::conn::poll_one(waker.as_raw_fd(), libc::POLLIN, left.min(Duration::from_millis(100)));
+        let _ = waker.drain();
+        reap(children);
+    }
+}
+
+fn left_for_dead(children: &mut HashMap<libc::pid_t, Permit>) {
+    for pid in children.keys() {
+        let mut status = 0;
+        // SAFETY: blocking waitpid on a child we just killed.
+        unsafe { libc::waitpid(*pid, &mut status, 0) };
+    }
+    children.clear();
+}

@@ -1,0 +1,116 @@
+//! `zocalo serve`: bind, drop privileges, announce, run the chosen model.
+
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use zocalo_proto::session::Config;
+
+use crate::cli::Settings;
+use crate::conn::Ctx;
+use crate::limits::{Limits, MemoryGuard};
+use crate::models::{self, Model, Server};
+use crate::net;
+use crate::shutdown::Shutdown;
+use crate::users::{Users, UsersConfig};
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(settings: Settings) -> io::Result<()> {
+    raise_fd_limit();
+    let shutdown = Shutdown::new()?;
+    shutdown.install_signal_handlers()?;
+    let reuse_port = matches!(settings.model, Model::Event(_, n) if n > 1);
+    let listeners = settings
+        .listen
+        .iter()
+        .map(|addr| {
+            net::listen(*addr, settings.backlog, reuse_port)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        })
+        .collect::<io::Result<Vec<TcpListener>>>()?;
+    if let Some(user) = &settings.run_as {
+        drop_privileges(user)?;
+    }
+    let server = build(&settings, listeners, shutdown)?;
+    announce(&server.listeners, &settings)?;
+    tracing::info!(model = %settings.model, root = %settings.root.display(), "serving");
+    models::run(settings.model, server)
+}
+
+fn build(settings: &Settings, listeners: Vec<TcpListener>, shutdown: Shutdown) -> io::Result<Server> {
+    let guard = Arc::new(MemoryGuard::new(settings.max_login_failures, settings.ban_time));
+    let users = Users::new(
+        UsersConfig {
+            root: settings.root.clone(),
+            anonymous: settings.anonymous.then_some(settings.anonymous_write),
+            plain: settings.users_plain.clone(),
+            users_file: settings.users_file.clone(),
+            atomic_uploads: settings.atomic_uploads,
+        },
+        guard,
+    )?;
+    let mut config = Config::new(Arc::new(users));
+    config.masquerade = settings.masquerade;
+    config.login_fail_delay = settings.login_fail_delay;
+    let ctx = Ctx {
+        config: Arc::new(config),
+        passive_ports: settings.passive_ports.clone(),
+        idle_timeout: settings.idle_timeout,
+        data_timeout: settings.data_timeout,
+        grace: settings.shutdown_grace,
+        shutdown,
+    };
+    let workers = match settings.model {
+        Model::Pool(n) => n,
+        _ => 1,
+    };
+    Ok(Server {
+        ctx: Arc::new(ctx),
+        limits: Limits::new(settings.max_connections, settings.max_per_ip),
+        listeners,
+        pool_queue: settings.pool_queue.unwrap_or(workers),
+        backlog: settings.backlog,
+    })
+}
+
+/// Prints one `listening ftp://ADDR` line per listener, once each accepts connections.
+fn announce(listeners: &[TcpListener], settings: &Settings) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for l in listeners {
+        let addr = l.local_addr()?;
+        writeln!(out, "listening ftp://{addr} model={} root={}", settings.model, settings.root.display())?;
+    }
+    out.flush()
+}
+
+/// Many idle sessions need many descriptors: lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Switches to `user` (its uid, gid, and no supplementary groups) after the privileged bind.
+fn drop_privileges(user: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(user).map_err(|_| io::Error::other("bad user name"))?;
+    // SAFETY: getpwnam is called before any thread exists; the record is copied at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(io::Error::other(format!("--run-as: no such user {user:?}")));
+    }
+    // SAFETY: `pw` is a valid passwd record from getpwnam.
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    // SAFETY: plain credential syscalls; each result is checked.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    tracing::info!(user, uid, gid, "dropped privileges");
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! SIGTERM and SIGINT: a descriptor that becomes readable, and stays readable, once the server
+//! is asked to stop.
+//!
+//! The signal handler only writes to an eventfd (async-signal-safe). Nobody ever drains it, so
+//! every poll set that contains it (each accept loop, each connection, each event loop, and the
+//! children of the process model, which inherit it across fork) sees the stop.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use zocalo_poller::Waker;
+
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The server-wide stop signal.
+#[derive(Clone)]
+pub struct Shutdown {
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    pub fn new() -> io::Result<Self> {
+        Ok(Shutdown { waker: Arc::new(Waker::new()?) })
+    }
+
+    /// Routes SIGTERM and SIGINT to this signal (once per process).
+    pub fn install_signal_handlers(&self) -> io::Result<()> {
+        SIGNAL_FD.store(self.waker.as_raw_fd(), Ordering::SeqCst);
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: the handler only performs an atomic load and write(2), both
+            // async-signal-safe; the sigaction struct is fully initialised.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as *const () as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        // SAFETY: ignoring SIGPIPE is always sound; broken pipes become EPIPE errors.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        Ok(())
+    }
+
+    /// Asks the server to stop, as a signal would.
+    pub fn trigger(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// True once a stop was asked for.
+    pub fn is_triggered(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    /// The descriptor to watch for readability.
+    pub fn fd(&self) -> RawFd {
+        self.waker.as_raw_fd()
+    }
+}
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    let fd = SIGNAL_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) on an eventfd with an 8-byte buffer is async-signal-safe.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}

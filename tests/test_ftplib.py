@@ -1,0 +1,950 @@
+"""Functional suite: Python's ftplib (and raw sockets) against every server model.
+
+Each test starts its own server on port 0 with a fresh root directory (``srv``), so
+tests are independent and run in parallel with ``pytest -n 2``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import concurrent.futures
+import ftplib
+import io
+import os
+import random
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import skip_if_iterative
+from helpers import (PASSWORD, TIMEOUT, USER, Ctl, code_of, download, have_ipv6,
+                     poll_until, read_all, read_exactly, reply_of, sha256, upload, use_epsv)
+
+MTIME = calendar.timegm((2020, 1, 2, 3, 4, 5, 0, 0, 0))  # 2020-01-02 03:04:05 UTC
+MTIME_STR = "20200102030405"
+
+
+def put_file(root, name: str, data: bytes, mtime: int | None = None):
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def is_5xx(code: int) -> bool:
+    return 500 <= code < 600
+
+
+# ==========================================================================
+# Login
+
+
+def test_user_gets_331_then_password_230(srv):
+    ftp = srv.ftp(user=None)
+    assert ftp.getwelcome().startswith("220")
+    assert ftp.sendcmd(f"USER {USER}").startswith("331")
+    assert ftp.sendcmd(f"PASS {PASSWORD}").startswith("230")
+    assert ftp.pwd() == "/"
+
+
+@pytest.mark.parametrize("name", ["anonymous", "ftp"])
+def test_anonymous_login(srv, name):
+    put_file(srv.root, "pub.txt", b"public\n")
+    ftp = srv.ftp(user=name, password="guest@example.org")
+    assert ftp.pwd() == "/"
+    assert download(ftp, "pub.txt") == b"public\n"
+
+
+def test_bad_password_gets_530(srv):
+    ftp = srv.ftp(user=None)
+    assert ftp.sendcmd(f"USER {USER}").startswith("331")
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("PASS not-the-password")
+    # the session is still usable: a correct login now works
+    ftp.login(USER, PASSWORD)
+    assert ftp.pwd() == "/"
+
+
+def test_unknown_user_gets_331_then_530(srv):
+    """No user enumeration: USER always answers 331."""
+    ftp = srv.ftp(user=None)
+    assert ftp.sendcmd("USER nobody-like-this").startswith("331")
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("PASS whatever")
+
+
+def test_no_anonymous_refuses_anonymous(start_server, model):
+    srv = start_server(model, anonymous=False)
+    ftp = srv.ftp(user=None)
+    assert ftp.sendcmd("USER anonymous").startswith("331")
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("PASS guest@")
+
+
+def test_failed_login_is_delayed(start_server, model):
+    srv = start_server(model, fail_delay_ms=500)
+    ftp = srv.ftp(user=None)
+    ftp.sendcmd(f"USER {USER}")
+    t0 = time.monotonic()
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("PASS wrong")
+    assert time.monotonic() - t0 >= 0.4, "a failed login must be answered after a delay"
+
+
+@pytest.mark.concurrent
+def test_failed_login_delay_does_not_stall_other_clients(start_server, model):
+    srv = start_server(model, fail_delay_ms=1500)
+    slow = srv.ctl()
+    assert slow.cmd(f"USER {USER}")[0] == 331
+    slow.send("PASS wrong")
+    fast = srv.ctl()  # greeting must arrive even though `slow` is being delayed
+    fast.login()
+    assert fast.cmd("NOOP")[0] == 200
+    assert not slow.readable(0), "the delayed 530 arrived before another client was served"
+    code, text = slow.reply()
+    assert code == 530, text
+
+
+def test_commands_before_login_get_530(srv):
+    ftp = srv.ftp(user=None)
+    for cmd in ("PWD", "CWD /", "LIST", "RETR x", "STOR x", "MKD d", "SIZE x"):
+        assert code_of(ftp, cmd) == 530, cmd
+
+
+def test_pass_without_user_gets_503(srv):
+    ftp = srv.ftp(user=None)
+    assert code_of(ftp, "PASS secret") == 503
+
+
+# ==========================================================================
+# Transfers
+
+
+@pytest.mark.parametrize("size", [0, 1, 65536, "32MiB"])
+def test_upload_download_checksum(srv, big, size):
+    data = big if size == "32MiB" else os.urandom(size)
+    ftp = srv.ftp()
+    upload(ftp, "payload.bin", data)
+    assert sha256((srv.root / "payload.bin").read_bytes()) == sha256(data)
+    assert ftp.size("payload.bin") == len(data)
+    assert sha256(download(ftp, "payload.bin")) == sha256(data)
+
+
+def test_retr_missing_file_550(srv):
+    ftp = srv.ftp()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        download(ftp, "no-such-file")
+
+
+def test_rest_resumes_retr(srv):
+    data = os.urandom(200_000)
+    put_file(srv.root, "r.bin", data)
+    ftp = srv.ftp()
+    assert download(ftp, "r.bin", rest=70_001) == data[70_001:]
+    assert download(ftp, "r.bin", rest=len(data)) == b""
+
+
+def test_rest_resumes_stor(srv):
+    data = os.urandom(300_000)
+    ftp = srv.ftp()
+    upload(ftp, "s.bin", data[:123_457])
+    upload(ftp, "s.bin", data[123_457:], rest=123_457)
+    assert sha256((srv.root / "s.bin").read_bytes()) == sha256(data)
+    assert sha256(download(ftp, "s.bin")) == sha256(data)
+
+
+def test_appe_appends(srv):
+    a, b = os.urandom(10_000), os.urandom(20_000)
+    ftp = srv.ftp()
+    upload(ftp, "ap.bin", a, cmd="APPE")  # APPE creates a missing file
+    upload(ftp, "ap.bin", b, cmd="APPE")
+    assert (srv.root / "ap.bin").read_bytes() == a + b
+
+
+def test_stou_creates_unique_files(srv):
+    put_file(srv.root, "existing", b"keep")
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    made = []
+    for payload in (b"first unique", b"second unique"):
+        before = set(os.listdir(srv.root))
+        conn = ftp.transfercmd("STOU")
+        conn.sendall(payload)
+        conn.close()
+        assert ftp.voidresp()[:3] in ("226", "250")
+        new = set(os.listdir(srv.root)) - before
+        assert len(new) == 1, new
+        name = new.pop()
+        assert (srv.root / name).read_bytes() == payload
+        made.append(name)
+    assert made[0] != made[1]
+    assert (srv.root / "existing").read_bytes() == b"keep"
+
+
+def test_rename(srv):
+    put_file(srv.root, "old.txt", b"content")
+    ftp = srv.ftp()
+    ftp.mkd("dir")
+    ftp.rename("old.txt", "dir/new.txt")
+    assert not (srv.root / "old.txt").exists()
+    assert (srv.root / "dir" / "new.txt").read_bytes() == b"content"
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.sendcmd("RNFR does-not-exist")
+
+
+def test_rnto_without_rnfr_503(srv):
+    ftp = srv.ftp()
+    assert code_of(ftp, "RNTO whatever") == 503
+
+
+def test_dele(srv):
+    put_file(srv.root, "gone.txt", b"x")
+    ftp = srv.ftp()
+    assert ftp.delete("gone.txt").startswith("250")
+    assert not (srv.root / "gone.txt").exists()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.delete("gone.txt")
+
+
+# ==========================================================================
+# Directories
+
+
+def test_mkd_cwd_pwd_cdup_rmd(srv):
+    ftp = srv.ftp()
+    assert ftp.mkd("d1") in ("/d1", "d1")
+    assert (srv.root / "d1").is_dir()
+    ftp.cwd("d1")
+    assert ftp.pwd() == "/d1"
+    ftp.mkd("d2")
+    ftp.cwd("d2")
+    assert ftp.pwd() == "/d1/d2"
+    assert ftp.sendcmd("CDUP")[:3] in ("200", "250")
+    assert ftp.pwd() == "/d1"
+    ftp.cwd("/")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.rmd("d1")  # not empty
+    ftp.rmd("d1/d2")
+    ftp.rmd("/d1")
+    assert not (srv.root / "d1").exists()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.cwd("d1")
+
+
+def test_x_forms_of_directory_commands(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("XMKD xd").startswith("257")
+    assert (srv.root / "xd").is_dir()
+    assert ftp.sendcmd("XCWD xd").startswith("250")
+    assert '"/xd"' in ftp.sendcmd("XPWD")
+    assert ftp.sendcmd("XCUP")[:3] in ("200", "250")
+    assert '"/"' in ftp.sendcmd("XPWD")
+    assert ftp.sendcmd("XRMD xd").startswith("250")
+    assert not (srv.root / "xd").exists()
+
+
+def test_cwd_into_file_fails(srv):
+    put_file(srv.root, "plain.txt", b"x")
+    ftp = srv.ftp()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.cwd("plain.txt")
+    assert ftp.pwd() == "/"
+
+
+def test_mkd_existing_fails(srv):
+    (srv.root / "here").mkdir()
+    ftp = srv.ftp()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.mkd("here")
+
+
+# ==========================================================================
+# Listings and file facts
+
+
+@pytest.fixture
+def tree(srv):
+    put_file(srv.root, "alpha.txt", b"a" * 123, mtime=MTIME)
+    put_file(srv.root, "sub/inner.txt", b"inner")
+    return srv
+
+
+def test_list(tree):
+    ftp = tree.ftp()
+    lines: list[str] = []
+    ftp.retrlines("LIST", lines.append)
+    alpha = [l for l in lines if l.endswith(" alpha.txt")]
+    sub = [l for l in lines if l.endswith(" sub")]
+    assert len(alpha) == 1 and len(sub) == 1, lines
+    assert alpha[0].startswith("-") and " 123 " in alpha[0], alpha
+    assert sub[0].startswith("d"), sub
+    inner: list[str] = []
+    ftp.retrlines("LIST sub", inner.append)
+    assert any(l.endswith(" inner.txt") for l in inner), inner
+
+
+def test_nlst(tree):
+    ftp = tree.ftp()
+    assert sorted(ftp.nlst()) == ["alpha.txt", "sub"]
+    assert [n.rsplit("/", 1)[-1] for n in ftp.nlst("sub")] == ["inner.txt"]
+
+
+def test_mlsd_facts(tree):
+    ftp = tree.ftp()
+    entries = {name: facts for name, facts in ftp.mlsd()
+               if facts.get("type", "").lower() not in ("cdir", "pdir")}
+    assert set(entries) == {"alpha.txt", "sub"}
+    alpha, sub = entries["alpha.txt"], entries["sub"]
+    assert alpha["type"].lower() == "file"
+    assert alpha["size"] == "123"
+    assert alpha["modify"].startswith(MTIME_STR)
+    assert sub["type"].lower() == "dir"
+    assert re.fullmatch(r"\d{14}(\.\d+)?", sub["modify"])
+
+
+def test_mlst(tree):
+    ftp = tree.ftp()
+    resp = ftp.sendcmd("MLST alpha.txt")
+    lines = resp.splitlines()
+    assert lines[0].startswith("250-") and lines[-1].startswith("250"), resp
+    entry = lines[1]
+    assert entry.startswith(" "), "the MLST fact line starts with a space"
+    facts = entry.strip().lower()
+    assert "type=file;" in facts and "size=123;" in facts and f"modify={MTIME_STR}" in facts
+    assert entry.rstrip().endswith("alpha.txt")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.sendcmd("MLST missing.txt")
+
+
+def test_size_and_mdtm(tree):
+    ftp = tree.ftp()
+    ftp.voidcmd("TYPE I")
+    assert ftp.sendcmd("SIZE alpha.txt") == "213 123"
+    resp = ftp.sendcmd("MDTM alpha.txt")
+    assert resp.startswith("213 " + MTIME_STR), resp
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.sendcmd("SIZE missing.txt")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.sendcmd("MDTM missing.txt")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.sendcmd("SIZE sub")
+
+
+# ==========================================================================
+# ASCII mode
+
+LINES_LF = b"one\ntwo\n\nthree four\n"
+
+
+def ascii_corpus() -> bytes:
+    rng = random.Random(959)
+    words = [b"ftp", b"zocalo", b"line", b"a", b"", b"x" * 300]
+    return b"".join(b" ".join(rng.choice(words) for _ in range(rng.randrange(6))) + b"\n"
+                    for _ in range(20_000))
+
+
+def test_ascii_retr_sends_crlf(srv):
+    put_file(srv.root, "lines.txt", LINES_LF)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE A")
+    conn = ftp.transfercmd("RETR lines.txt")
+    raw = read_all(conn)
+    conn.close()
+    ftp.voidresp()
+    assert raw == LINES_LF.replace(b"\n", b"\r\n")
+    got: list[str] = []
+    ftp.retrlines("RETR lines.txt", got.append)
+    assert got == ["one", "two", "", "three four"]
+    # TYPE I gives the bytes on disk exactly
+    assert download(ftp, "lines.txt") == LINES_LF
+
+
+def test_ascii_stor_stores_lf(srv):
+    ftp = srv.ftp()
+    ftp.storlines("STOR up.txt", io.BytesIO(b"alpha\nbeta\r\ngamma\n"))  # sends CRLF lines
+    assert (srv.root / "up.txt").read_bytes() == b"alpha\nbeta\ngamma\n"
+
+
+def test_ascii_large_both_directions(srv):
+    lf = ascii_corpus()
+    crlf = lf.replace(b"\n", b"\r\n")
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE A")
+    conn = ftp.transfercmd("STOR big.txt")
+    conn.sendall(crlf)
+    conn.close()
+    ftp.voidresp()
+    assert sha256((srv.root / "big.txt").read_bytes()) == sha256(lf)
+    ftp.voidcmd("TYPE A")
+    conn = ftp.transfercmd("RETR big.txt")
+    raw = read_all(conn)
+    conn.close()
+    ftp.voidresp()
+    assert sha256(raw) == sha256(crlf)
+
+
+def test_binary_mode_is_byte_exact(srv):
+    data = b"x\r\ny\nz\r\r\n\x00\xff"
+    ftp = srv.ftp()
+    upload(ftp, "b.bin", data)
+    assert (srv.root / "b.bin").read_bytes() == data
+    assert download(ftp, "b.bin") == data
+
+
+# ==========================================================================
+# Informational and parameter commands
+
+
+def test_feat(srv):
+    ftp = srv.ftp(user=None)  # FEAT is allowed before login
+    resp = ftp.sendcmd("FEAT")
+    lines = resp.splitlines()
+    assert lines[0].startswith("211-") and lines[-1].startswith("211 "), resp
+    body = lines[1:-1]
+    assert all(l.startswith(" ") for l in body), body
+    feats = {l.strip().upper() for l in body}
+    for needed in ("SIZE", "MDTM", "REST STREAM", "UTF8", "HOST"):
+        assert needed in feats, f"FEAT lacks {needed}: {sorted(feats)}"
+    mlst = [f for f in feats if f.startswith("MLST ")]
+    assert mlst, f"FEAT lacks MLST: {sorted(feats)}"
+    for fact in ("TYPE", "SIZE", "MODIFY"):
+        assert fact in mlst[0], mlst
+
+
+def test_help(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("HELP").startswith("214")
+    assert ftp.sendcmd("HELP RETR").startswith("214")
+
+
+def test_site_help(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("SITE HELP")[:3] in ("200", "214")
+
+
+def test_syst(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("SYST").startswith("215 ")
+
+
+def test_noop_and_allo(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert ftp.sendcmd("ALLO 1000")[:3] in ("200", "202")
+
+
+def test_stat_without_argument(srv):
+    ftp = srv.ftp()
+    resp = ftp.sendcmd("STAT")
+    lines = resp.splitlines()
+    assert lines[0].startswith("211-") and lines[-1].startswith("211 "), resp
+
+
+def test_stat_with_path(tree):
+    ftp = tree.ftp()
+    resp = ftp.sendcmd("STAT /")
+    assert resp[:3] in ("211", "212", "213"), resp
+    assert "alpha.txt" in resp and "sub" in resp
+    resp = ftp.sendcmd("STAT alpha.txt")
+    assert resp[:3] in ("211", "212", "213") and "alpha.txt" in resp, resp
+
+
+@pytest.mark.parametrize("cmd,expected", [
+    ("TYPE A", 200), ("TYPE A N", 200), ("TYPE I", 200), ("TYPE L 8", 200),
+    ("TYPE E", 504), ("MODE S", 200), ("MODE B", 504), ("MODE C", 504),
+    ("STRU F", 200), ("STRU R", 504), ("STRU P", 504),
+])
+def test_type_mode_stru(srv, cmd, expected):
+    ftp = srv.ftp()
+    assert code_of(ftp, cmd) == expected
+
+
+def test_bad_parameters_are_501_or_504(srv):
+    ftp = srv.ftp()
+    for cmd in ("TYPE Z", "MODE Z", "STRU Z"):
+        assert code_of(ftp, cmd) in (501, 504), cmd
+
+
+def test_unknown_command_500_or_502(srv):
+    ftp = srv.ftp()
+    assert code_of(ftp, "FROBNICATE now") in (500, 502)
+    assert code_of(ftp, "SITE FROBNICATE") in (500, 501, 502, 504)
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_host_before_login(srv):
+    ftp = srv.ftp(user=None)
+    assert ftp.sendcmd("HOST 127.0.0.1").startswith("220")
+    ftp.login(USER, PASSWORD)
+    assert code_of(ftp, "HOST 127.0.0.1") == 503  # RFC 7151: not after login
+
+
+def test_rein_resets_the_session(srv):
+    ftp = srv.ftp()
+    ftp.mkd("d")
+    ftp.cwd("d")
+    assert ftp.sendcmd("REIN").startswith("220")
+    assert code_of(ftp, "PWD") == 530
+    ftp.login(USER, PASSWORD)
+    assert ftp.pwd() == "/"
+
+
+def test_opts_utf8_on(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("OPTS UTF8 ON")[:3] in ("200", "202")
+
+
+def test_utf8_file_names(srv):
+    name = "héllo wörld — 日本語 ✓.txt"
+    dname = "dossier_été"
+    ftp = srv.ftp()
+    ftp.sendcmd("OPTS UTF8 ON")
+    upload(ftp, name, b"unicode")
+    assert (srv.root / name).read_bytes() == b"unicode"
+    assert name in ftp.nlst()
+    assert download(ftp, name) == b"unicode"
+    assert any(n == name for n, _ in ftp.mlsd())
+    ftp.mkd(dname)
+    ftp.cwd(dname)
+    assert ftp.pwd() == "/" + dname
+    assert (srv.root / dname).is_dir()
+
+
+# ==========================================================================
+# Data connections: PASV, EPSV, PORT, EPRT, IPv6
+
+
+def test_pasv_reply(srv):
+    ftp = srv.ftp()
+    resp = ftp.sendcmd("PASV")
+    m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", resp)
+    assert resp.startswith("227") and m, resp
+    assert m.group(1, 2, 3, 4) == ("127", "0", "0", "1")
+
+
+def test_epsv_transfer(srv):
+    data = os.urandom(100_000)
+    put_file(srv.root, "e.bin", data)
+    ftp = srv.ftp()
+    assert re.match(r"^229 .*\(\|\|\|\d+\|\)", ftp.sendcmd("EPSV 1"))
+    use_epsv(ftp)
+    assert download(ftp, "e.bin") == data
+    upload(ftp, "e2.bin", data)
+    assert (srv.root / "e2.bin").read_bytes() == data
+
+
+def test_epsv_all_refuses_pasv_and_port(srv):
+    put_file(srv.root, "f.txt", b"after epsv all")
+    ftp = srv.ftp()
+    assert ftp.sendcmd("EPSV ALL").startswith("2")
+    assert is_5xx(code_of(ftp, "PASV"))
+    assert is_5xx(code_of(ftp, "PORT 127,0,0,1,200,10"))
+    use_epsv(ftp)
+    assert download(ftp, "f.txt") == b"after epsv all"
+
+
+def test_port_active_mode(srv):
+    data = os.urandom(500_000)
+    put_file(srv.root, "a.bin", data)
+    ftp = srv.ftp()
+    ftp.set_pasv(False)
+    assert download(ftp, "a.bin") == data
+    upload(ftp, "a2.bin", data)
+    assert (srv.root / "a2.bin").read_bytes() == data
+    lines: list[str] = []
+    ftp.retrlines("LIST", lines.append)
+    assert any(l.endswith(" a.bin") for l in lines)
+
+
+def test_eprt_ipv4_active_mode(srv):
+    data = os.urandom(100_000)
+    put_file(srv.root, "x.bin", data)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        ls.settimeout(TIMEOUT)
+        assert ftp.sendcmd(f"EPRT |1|127.0.0.1|{ls.getsockname()[1]}|").startswith("200")
+        assert ftp.sendcmd("RETR x.bin")[:3] in ("125", "150")
+        conn, peer = ls.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            assert peer[0] == "127.0.0.1"
+            got = read_all(conn)
+    ftp.voidresp()
+    assert got == data
+
+
+def test_ipv6_epsv(start_server, model, ipv6):
+    srv = start_server(model, ipv6=True)
+    data = os.urandom(300_000)
+    put_file(srv.root, "six.bin", data)
+    ftp = srv.ftp(family=6)  # ftplib uses EPSV on an IPv6 control connection
+    assert ftp.sock.getpeername()[0] == "::1"
+    assert download(ftp, "six.bin") == data
+    upload(ftp, "six2.bin", data)
+    assert (srv.root / "six2.bin").read_bytes() == data
+    assert "six.bin" in ftp.nlst()
+    # the IPv4 listener still works alongside
+    assert download(srv.ftp(), "six.bin") == data
+
+
+def test_ipv6_eprt_active_mode(start_server, model, ipv6):
+    srv = start_server(model, ipv6=True)
+    data = os.urandom(100_000)
+    put_file(srv.root, "six.bin", data)
+    ftp = srv.ftp(family=6)
+    ftp.set_pasv(False)  # ftplib sends EPRT |2|::1|port| on IPv6
+    assert download(ftp, "six.bin") == data
+
+
+def test_masquerade_and_passive_port_range(start_server, model):
+    # Let the kernel choose a free port, then give it to the server as its range.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        pport = probe.getsockname()[1]
+    srv = start_server(model, extra=["--masquerade", "10.0.0.1", "--passive-ports", f"{pport}-{pport}"])
+    data = os.urandom(50_000)
+    put_file(srv.root, "m.bin", data)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+    assert (host, port) == ("10.0.0.1", pport)
+    # connect to where the control connection goes, never to the masqueraded address
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        assert ftp.sendcmd("RETR m.bin")[:3] in ("125", "150")
+        got = read_all(conn)
+    ftp.voidresp()
+    assert got == data
+
+
+# ==========================================================================
+# The control channel stays live during a transfer
+
+
+def start_big_retr(srv, big):
+    (srv.root / "big.bin").write_bytes(big)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    first = read_exactly(conn, 65536)
+    assert first == big[:65536]
+    return ftp, conn, first
+
+
+def test_noop_during_retr(srv, big):
+    ftp, conn, first = start_big_retr(srv, big)
+    with conn:
+        ftp.sock.sendall(b"NOOP\r\n")
+        assert ftp.getmultiline().startswith("200")
+        rest = read_all(conn)
+    assert ftp.voidresp().startswith("226")
+    assert sha256(first + rest) == sha256(big)
+
+
+def test_stat_during_retr_shows_progress(srv, big):
+    ftp, conn, first = start_big_retr(srv, big)
+    with conn:
+        ftp.sock.sendall(b"STAT\r\n")
+        resp = ftp.getmultiline()
+        rest = read_all(conn)
+    lines = resp.splitlines()
+    assert lines[0][:4] in ("211-", "213-") and len(lines) >= 2, resp
+    assert re.search(r"\d+", resp) and re.search(r"bytes", resp, re.I), resp
+    assert ftp.voidresp().startswith("226")
+    assert sha256(first + rest) == sha256(big)
+
+
+def test_abor_during_retr(srv, big):
+    put_file(srv.root, "small.txt", b"still usable")
+    ftp, conn, _ = start_big_retr(srv, big)
+    with conn:
+        ftp.sock.sendall(b"ABOR\r\n")
+        codes = [ftp.getmultiline()[:3]]
+        if codes[0] == "426":
+            codes.append(ftp.getmultiline()[:3])
+    assert codes in (["426", "226"], ["426", "225"]), codes
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert download(ftp, "small.txt") == b"still usable"
+    assert sha256((srv.root / "big.bin").read_bytes()) == sha256(big)
+
+
+def test_abor_during_stor(srv):
+    sent = os.urandom(256 * 1024)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR partial.bin")
+    with conn:
+        conn.sendall(sent)
+        ftp.sock.sendall(b"ABOR\r\n")
+        codes = [ftp.getmultiline()[:3]]
+        if codes[0] == "426":
+            codes.append(ftp.getmultiline()[:3])
+    assert codes in (["426", "226"], ["426", "225"], ["226"], ["225"]), codes
+    assert ftp.sendcmd("NOOP").startswith("200")
+    path = srv.root / "partial.bin"
+    if path.exists():
+        assert sent.startswith(path.read_bytes()), "stored bytes must be a prefix of what was sent"
+
+
+def test_abor_without_transfer(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("ABOR")[:3] in ("225", "226")
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+# ==========================================================================
+# Confinement: .., absolute paths, symlinks
+
+
+def test_cwd_dotdot_stays_inside_root(srv):
+    put_file(srv.root, "marker.txt", b"m")
+    ftp = srv.ftp()
+    for target in ("../../..", "..", "/..", "/../../etc"):
+        code = code_of(ftp, f"CWD {target}")
+        assert code in (250, 550), (target, code)
+        assert ftp.pwd() == "/", target
+    ftp.cwd("../../..")
+    assert ftp.pwd() == "/"
+    assert "marker.txt" in ftp.nlst()
+
+
+def test_cdup_at_root_stays_at_root(srv):
+    ftp = srv.ftp()
+    assert ftp.sendcmd("CDUP")[:3] in ("200", "250")
+    assert ftp.pwd() == "/"
+
+
+def test_retr_outside_root_refused(srv):
+    (srv.root / "sub").mkdir()
+    ftp = srv.ftp()
+    ftp.cwd("sub")
+    for path in ("../../etc/passwd", "../../../../../../../../etc/passwd", "/etc/passwd",
+                 "/../etc/passwd", "..%2f..%2fetc%2fpasswd"):
+        with pytest.raises(ftplib.error_perm, match="^55"):
+            download(ftp, path)
+    for path in ("../../etc/passwd", "/etc/passwd"):
+        assert is_5xx(code_of(ftp, f"SIZE {path}"))
+
+
+def test_root_absolute_paths_map_to_root(srv):
+    put_file(srv.root, "etc/passwd", b"not the real one")
+    ftp = srv.ftp()
+    assert download(ftp, "/etc/passwd") == b"not the real one"
+    ftp.cwd("/etc")
+    assert download(ftp, "../../../etc/passwd") == b"not the real one"
+
+
+def test_symlinks_out_of_root_refused(srv, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    os.symlink(outside, srv.root / "out_dir")
+    os.symlink(outside / "secret.txt", srv.root / "out_file")
+    os.symlink("/etc", srv.root / "etc_link")
+    ftp = srv.ftp()
+    for path in ("etc_link", "out_dir"):
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.cwd(path)
+        assert ftp.pwd() == "/"
+    for path in ("etc_link/passwd", "out_dir/secret.txt", "out_file"):
+        with pytest.raises(ftplib.error_perm, match="^55"):
+            download(ftp, path)
+        assert is_5xx(code_of(ftp, f"SIZE {path}")), path
+    with pytest.raises(ftplib.error_perm, match="^55"):
+        upload(ftp, "out_dir/planted.txt", b"evil")
+    with pytest.raises(ftplib.error_perm, match="^55"):
+        ftp.mkd("out_dir/newdir")
+    with pytest.raises(ftplib.error_perm, match="^55"):
+        ftp.delete("out_dir/secret.txt")
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+    assert (outside / "secret.txt").read_bytes() == b"secret"
+
+
+# ==========================================================================
+# Bounce attacks, hostile input
+
+
+def test_port_to_foreign_address_refused(srv):
+    ftp = srv.ftp()
+    # 10.0.0.1 is not the client's address: refused before any connection is made
+    assert is_5xx(code_of(ftp, "PORT 10,0,0,1,195,80"))
+    assert is_5xx(code_of(ftp, "EPRT |1|10.0.0.1|50000|"))
+    assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_port_to_privileged_port_refused(srv):
+    ftp = srv.ftp()
+    assert is_5xx(code_of(ftp, "PORT 127,0,0,1,0,21"))
+    assert is_5xx(code_of(ftp, "EPRT |1|127.0.0.1|21|"))
+    assert is_5xx(code_of(ftp, "PORT 127,0,0,1,3,255"))  # 1023
+
+
+def test_malformed_port_and_eprt_501(srv):
+    ftp = srv.ftp()
+    for cmd in ("PORT 1,2,3", "PORT 127,0,0,1,300,1", "EPRT |9|127.0.0.1|5000|", "EPRT garbage"):
+        assert code_of(ftp, cmd) in (500, 501, 522), cmd
+
+
+def test_overlong_line_gets_500_and_server_survives(srv):
+    c = srv.ctl()
+    try:
+        c.sock.sendall(b"A" * 100_000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server closed the connection after its cap
+    try:
+        code, text = c.reply()
+        assert code == 500, text
+    except ConnectionResetError:
+        pass  # the 500 may be discarded by the RST of a close with unread input
+    c.close()
+    other = srv.ctl()
+    other.login()
+    assert other.cmd("NOOP")[0] == 200
+
+
+def test_anonymous_is_read_only(srv):
+    put_file(srv.root, "ro.txt", b"read only")
+    (srv.root / "rodir").mkdir()
+    ftp = srv.ftp(user="anonymous", password="guest@")
+    assert download(ftp, "ro.txt") == b"read only"
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        upload(ftp, "new.txt", b"x")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        upload(ftp, "ro.txt", b"x", cmd="APPE")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.mkd("newdir")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.rmd("rodir")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.delete("ro.txt")
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.rename("ro.txt", "moved.txt")
+    assert sorted(os.listdir(srv.root)) == ["ro.txt", "rodir"]
+    assert (srv.root / "ro.txt").read_bytes() == b"read only"
+
+
+def test_anonymous_with_write(start_server, model):
+    srv = start_server(model, write=True)
+    ftp = srv.ftp(user="anonymous", password="guest@")
+    upload(ftp, "anon.txt", b"anonymous upload")
+    assert (srv.root / "anon.txt").read_bytes() == b"anonymous upload"
+
+
+# ==========================================================================
+# Timeouts
+
+
+def test_idle_timeout_sends_421_and_closes(start_server, model):
+    srv = start_server(model, extra=["--idle-timeout", "1"])
+    c = srv.ctl()
+    c.login()
+    code, text = c.reply()  # nothing sent: the next thing we hear is the timeout
+    assert code == 421, text
+    assert c.wait_closed()
+
+
+def test_data_timeout_when_client_never_connects(start_server, model):
+    srv = start_server(model, extra=["--data-timeout", "1"])
+    put_file(srv.root, "f.bin", b"x" * 1000)
+    c = srv.ctl()
+    c.login()
+    assert c.cmd("TYPE I")[0] == 200
+    assert c.cmd("PASV")[0] == 227
+    t0 = time.monotonic()
+    c.send("RETR f.bin")
+    code, text = c.final_reply()
+    assert code in (425, 426), text
+    assert time.monotonic() - t0 < TIMEOUT
+
+
+# ==========================================================================
+# Server models: sequential, concurrent, limits
+
+
+def test_many_sequential_sessions(srv):
+    put_file(srv.root, "s.txt", b"seq")
+    for _ in range(20):
+        ftp = srv.ftp()
+        assert download(ftp, "s.txt") == b"seq"
+        ftp.quit()
+
+
+def test_iterative_second_client_waits(start_server):
+    srv = start_server("iterative")
+    first = srv.ctl()
+    first.login()
+    second = srv.ctl(greet=False)
+    assert not second.readable(0.5), "iterative model greeted a second client concurrently"
+    assert first.cmd("QUIT")[0] == 221
+    assert second.readable(TIMEOUT)
+    code, text = second.reply()
+    assert code == 220, text
+    second.login()
+    assert second.cmd("NOOP")[0] == 200
+
+
+@pytest.mark.concurrent
+def test_second_client_served_while_first_idles(srv):
+    first = srv.ctl()
+    first.login()
+    second = srv.ctl()  # greeting must come while `first` is still connected
+    second.login()
+    assert second.cmd("NOOP")[0] == 200
+    assert first.cmd("NOOP")[0] == 200
+
+
+@pytest.mark.concurrent
+def test_parallel_downloads(srv):
+    files = {f"p{i}.bin": os.urandom(1_000_000 + i) for i in range(4)}
+    for name, data in files.items():
+        put_file(srv.root, name, data)
+    clients = [srv.ftp() for _ in files]  # all connected at once
+
+    def fetch(args):
+        ftp, name = args
+        return name, sha256(download(ftp, name))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = dict(pool.map(fetch, zip(clients, files), timeout=60))
+    assert results == {n: sha256(d) for n, d in files.items()}
+
+
+def _connect_expecting_welcome(srv):
+    c = srv.ctl(greet=False)
+    code, _ = c.reply()
+    if code == 220:
+        return c
+    c.close()
+    return None
+
+
+@pytest.mark.concurrent
+def test_max_connections(start_server, model):
+    srv = start_server(model, extra=["--max-connections", "2"])
+    a = srv.ctl()
+    srv.ctl()
+    c = srv.ctl(greet=False)
+    code, text = c.reply()
+    assert code == 421, text
+    assert c.wait_closed()
+    assert a.cmd("QUIT")[0] == 221
+    assert a.wait_closed()
+    # the freed slot is reusable (the server may learn of the close a moment later)
+    assert poll_until(lambda: _connect_expecting_welcome(srv), 5.0, 0.05)
+
+
+@pytest.mark.concurrent
+def test_max_per_ip(start_server, model):
+    six = have_ipv6()
+    srv = start_server(model, ipv6=six, extra=["--max-per-ip", "1", "--max-connections", "10"])
+    srv.ctl()
+    b = srv.ctl(greet=False)
+    code, text = b.reply()
+    assert code == 421, text
+    if six:
+        other_ip = srv.ctl(family=6)  # ::1 is another client address: not limited
+        other_ip.login()
