@@ -588,6 +588,7 @@ def test_ipv6_epsv(start_server, model, ipv6):
     upload(ftp, "six2.bin", data)
     assert (srv.root / "six2.bin").read_bytes() == data
     assert "six.bin" in ftp.nlst()
+    ftp.quit()  # (one client at a time, for the iterative model)
     # the IPv4 listener still works alongside
     assert download(srv.ftp(), "six.bin") == data
 

@@ -239,10 +239,17 @@ fn listen(socket: &UdpSocket, ctx: &Context<'_>, dispatch: &mut dyn FnMut(Job)) 
         let datagram = &buf[..len];
         match Packet::parse(datagram) {
             Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
-                dispatch(Job {
-                    peer,
-                    datagram: datagram.to_vec(),
-                });
+                if ctx
+                    .recent
+                    .admit(peer, datagram, Instant::now(), ctx.config.timeout)
+                {
+                    dispatch(Job {
+                        peer,
+                        datagram: datagram.to_vec(),
+                    });
+                } else {
+                    tracing::debug!(%peer, "repeated request ignored");
+                }
             }
             // A stray ERROR needs no answer (and answering could start a ping-pong).
             Ok(Packet::Error { .. }) => {}
@@ -270,6 +277,7 @@ fn send_error(socket: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str
 /// Serves one request on a new socket: the new transfer ID.
 fn run_job(ctx: &Context<'_>, job: Job) {
     serve_request(ctx, &job);
+
     ctx.recent.finish(job.peer);
 }
 
@@ -314,7 +322,9 @@ fn run_transfer(
         (_, Some(Outcome::Complete { bytes })) => {
             tracing::info!(%peer, name, bytes, "transfer complete")
         }
-        (_, Some(Outcome::Failed(err))) => tracing::info!(%peer, name, %err, "transfer failed"),
+        (_, Some(Outcome::Failed(err))) => {
+            tracing::info!(%peer, name, %err, "transfer failed")
+        }
         (_, None) => {}
     }
 }

@@ -1,0 +1,63 @@
+//! Arbitrary command sequences against a session on in-memory storage; actions are carried out
+//! by a fake driver so transfers, passive setups and delays all complete.
+#![no_main]
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use zocalo_proto::memory::MemoryStorage;
+use zocalo_proto::session::{Action, Body, Config, Outcome, Session};
+use zocalo_proto::{Account, AuthError, Authenticator};
+
+struct Auth(MemoryStorage);
+
+impl Authenticator for Auth {
+    fn authenticate(&self, user: &str, _pass: &str, _peer: IpAddr) -> Result<Account, AuthError> {
+        let storage = Arc::new(self.0.clone());
+        Ok(Account { name: user.into(), storage, writable: user != "ro", anonymous: false })
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let storage = MemoryStorage::default();
+    storage.put("f", b"data\n");
+    let config = Arc::new(Config::new(Arc::new(Auth(storage))));
+    let peer = "127.0.0.1:40000".parse().unwrap();
+    let mut s = Session::new(config, peer, "127.0.0.1:21".parse().unwrap());
+    for chunk in data.split_inclusive(|&b| b == b'\n') {
+        let room = s.input_room();
+        if room == 0 {
+            break;
+        }
+        s.handle_input(&chunk[..chunk.len().min(room)]);
+        drive(&mut s);
+    }
+});
+
+fn drive(s: &mut Session) {
+    for _ in 0..64 {
+        let n = s.pending_output().len();
+        s.advance_output(n);
+        let Some(action) = s.poll_action() else { return };
+        match action {
+            Action::OpenPassive => s.handle_passive_opened(Ok("127.0.0.1:5000".parse().unwrap())),
+            Action::Transfer(t) => {
+                match t.body {
+                    Body::Send(mut f) => drop(f.read_to_end(&mut Vec::new())),
+                    Body::Bytes(_) => {}
+                    Body::Receive(mut f) => {
+                        let _ = f.write_all(b"x\r\n");
+                        let _ = f.finish();
+                    }
+                }
+                s.handle_transfer_done(Outcome::Done);
+            }
+            Action::Sleep(_) => s.handle_wakeup(),
+            Action::StartTls => s.handle_tls_established(),
+            Action::Abort => s.handle_transfer_done(Outcome::Aborted),
+            Action::ClosePassive | Action::Close => {}
+        }
+    }
+}
