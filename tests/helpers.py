@@ -377,6 +377,33 @@ class Server:
         ok = bool(poll_until(back, timeout))
         return ok, last
 
+    def measure_baseline(self) -> None:
+        """Baseline for the leak check, taken once start-up is really over.
+
+        A listener accepts connections (kernel backlog) before the server's driver
+        (event loop, pool, ...) is necessarily set up, so first prove each listener is
+        served -- one probe session per listener: greeting, QUIT, close -- then wait
+        (bounded) until the fd/thread/child counts stop changing and no child remains."""
+        for fam, host, port in self.addrs:
+            probe = Ctl(host, port, timeout=START_DEADLINE)
+            try:
+                code, text = probe.reply()
+                assert code == 220, f"probe greeting: {text}"
+                code, text = probe.cmd("QUIT")
+                assert code == 221, f"probe QUIT: {text}"
+                assert probe.wait_closed(STOP_DEADLINE), "server did not close after QUIT"
+            finally:
+                probe.close()
+        history: list[dict] = []
+
+        def settled():
+            history.append(self.resources())
+            recent = history[-5:]
+            return len(recent) == 5 and all(r == recent[0] for r in recent) and recent[0]["children"] == 0
+
+        assert poll_until(settled, LEAK_DEADLINE), f"resources never settled after start-up: {history[-5:]}"
+        self.baseline = history[-1]
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -474,4 +501,9 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
     server.stdout_tail = seen
     # Keep reading stdout so the server can never block on a full pipe.
     threading.Thread(target=_drain, args=(proc.stdout, server.stdout_tail), daemon=True).start()
+    try:
+        server.measure_baseline()
+    except BaseException:
+        server.stop()
+        raise
     return server

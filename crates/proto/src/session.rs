@@ -449,7 +449,9 @@ impl Session {
     fn run_line(&mut self, line: &[u8]) {
         match command::parse(line) {
             Ok(cmd) => self.run(cmd),
-            Err(ParseError::Unknown(verb)) => self.reply(500, &format!("Unknown command {verb:?}.")),
+            Err(ParseError::Unknown(verb)) => {
+                self.reply(500, &format!("Unknown command {verb:?}."))
+            }
             Err(ParseError::Syntax(msg)) => self.reply(501, msg),
             Err(ParseError::Unsupported(msg)) => self.reply(504, msg),
         }
@@ -515,8 +517,23 @@ impl Session {
         use Command::*;
         let pre_login = matches!(
             cmd,
-            User(_) | Pass(_) | Acct | Quit | Rein | Host(_) | Auth(_) | Pbsz(_) | Prot(_) | Ccc
-                | Feat | Opts(_) | Help(_) | Noop | Syst | Stat(None) | Abor
+            User(_)
+                | Pass(_)
+                | Acct
+                | Quit
+                | Rein
+                | Host(_)
+                | Auth(_)
+                | Pbsz(_)
+                | Prot(_)
+                | Ccc
+                | Feat
+                | Opts(_)
+                | Help(_)
+                | Noop
+                | Syst
+                | Stat(None)
+                | Abor
         );
         let needs_tls = matches!(cmd, User(_) | Pass(_));
         if needs_tls && self.config.tls == TlsPolicy::Required && !self.tls_control {
@@ -525,7 +542,10 @@ impl Session {
         if !pre_login && !matches!(self.login, Login::LoggedIn(_)) {
             return Some((530, "Please log in with USER and PASS."));
         }
-        let writes = matches!(cmd, Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou);
+        let writes = matches!(
+            cmd,
+            Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou
+        );
         if writes && !self.account().is_some_and(|a| a.writable) {
             return Some((550, "Permission denied."));
         }
@@ -554,7 +574,11 @@ impl Session {
                 return self.reply(230, "Already logged in.");
             }
         };
-        match self.config.auth.authenticate(&user, password, self.peer.ip()) {
+        match self
+            .config
+            .auth
+            .authenticate(&user, password, self.peer.ip())
+        {
             Ok(account) => {
                 self.login = Login::LoggedIn(Box::new(account));
                 self.cwd = String::from("/");
@@ -572,7 +596,8 @@ impl Session {
             self.handle_wakeup();
         } else {
             self.wait = Some(Wait::LoginDelay { close });
-            self.actions.push_back(Action::Sleep(self.config.login_fail_delay));
+            self.actions
+                .push_back(Action::Sleep(self.config.login_fail_delay));
         }
     }
 
@@ -605,7 +630,8 @@ impl Session {
         if self.config.tls == TlsPolicy::Off {
             return self.reply(502, "TLS is not configured on this server.");
         }
-        if !(mech.eq_ignore_ascii_case("TLS") || mech.eq_ignore_ascii_case("SSL")
+        if !(mech.eq_ignore_ascii_case("TLS")
+            || mech.eq_ignore_ascii_case("SSL")
             || mech.eq_ignore_ascii_case("TLS-C"))
         {
             return self.reply(504, "Only AUTH TLS is supported.");
@@ -651,7 +677,11 @@ impl Session {
 
     fn feat(&mut self) {
         let mut text = String::from("211-Features:\r\n");
-        let tls = if self.config.tls == TlsPolicy::Off { &[][..] } else { TLS_FEATURES };
+        let tls = if self.config.tls == TlsPolicy::Off {
+            &[][..]
+        } else {
+            TLS_FEATURES
+        };
         for f in tls.iter().chain(FEATURES) {
             let _ = write!(text, " {f}\r\n");
         }
@@ -690,7 +720,11 @@ impl Session {
     }
 
     fn site(&mut self, arg: &str) {
-        let sub = arg.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let sub = arg
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         match sub.as_str() {
             "HELP" => self.reply_multi(214, &["SITE commands recognized:", " HELP", "Help OK."]),
             _ => self.reply(502, "Unknown SITE command."),
@@ -711,9 +745,16 @@ impl Session {
             Some(u) => lines.push(format!(" Logged in as {u}")),
             None => lines.push(String::from(" Not logged in")),
         }
-        let t = if self.transfer_type == TransferType::Ascii { "ASCII" } else { "BINARY" };
+        let t = if self.transfer_type == TransferType::Ascii {
+            "ASCII"
+        } else {
+            "BINARY"
+        };
         lines.push(format!(" TYPE: {t}; STRUcture: File; MODE: Stream"));
-        lines.push(format!(" Control connection: {}", if self.tls_control { "TLS" } else { "clear" }));
+        lines.push(format!(
+            " Control connection: {}",
+            if self.tls_control { "TLS" } else { "clear" }
+        ));
         match &self.running {
             Some(r) => lines.push(transfer_line(r)),
             None => lines.push(String::from(" No data transfer in progress")),
@@ -870,9 +911,10 @@ impl Session {
                 self.epsv_all = true;
                 self.reply(200, "EPSV ALL ok.");
             }
-            EpsvArg::Protocol(Some(p)) if p != family => {
-                self.reply(522, &format!("Network protocol not supported, use ({family})"))
-            }
+            EpsvArg::Protocol(Some(p)) if p != family => self.reply(
+                522,
+                &format!("Network protocol not supported, use ({family})"),
+            ),
             EpsvArg::Protocol(_) => self.pasv(true),
         }
     }
@@ -884,10 +926,16 @@ impl Session {
         let addr = canonical(addr);
         if addr.is_ipv4() != self.peer.is_ipv4() {
             let family = if self.peer.is_ipv4() { 1 } else { 2 };
-            return self.reply(522, &format!("Network protocol not supported, use ({family})"));
+            return self.reply(
+                522,
+                &format!("Network protocol not supported, use ({family})"),
+            );
         }
         if addr.ip() != self.peer.ip() || addr.port() < 1024 {
-            return self.reply(501, "Refused: data connections go only to your own address and a port of 1024 or more.");
+            return self.reply(
+                501,
+                "Refused: data connections go only to your own address and a port of 1024 or more.",
+            );
         }
         self.actions.push_back(Action::ClosePassive);
         self.data = DataSetup::Active(addr);
@@ -932,7 +980,8 @@ impl Session {
             Ok((file, size)) => {
                 let remaining = size.saturating_sub(offset);
                 let mode = self.mode_name();
-                let text = format!("Opening {mode} mode data connection for {abs} ({remaining} bytes).");
+                let text =
+                    format!("Opening {mode} mode data connection for {abs} ({remaining} bytes).");
                 self.start("RETR", abs, Some(size), Body::Send(file), text, None);
             }
             Err(e) => self.reply_error(&e),
@@ -1023,7 +1072,14 @@ impl Session {
             progress: progress.clone(),
         }));
         let aborting = false;
-        self.running = Some(Running { verb, path, size, progress, aborting, unique_name });
+        self.running = Some(Running {
+            verb,
+            path,
+            size,
+            progress,
+            aborting,
+            unique_name,
+        });
     }
 
     fn reply_outcome(&mut self, run: &Running, outcome: Outcome) {
@@ -1066,7 +1122,9 @@ impl Session {
         }
         let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
         listing::sort(&mut entries);
-        let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
+        let prefix = arg
+            .map(|a| format!("{}/", a.trim_end_matches('/')))
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(entries.len() * 16);
         for e in &entries {
             out.extend_from_slice(prefix.as_bytes());
@@ -1129,11 +1187,16 @@ impl Session {
     fn reply_pasv(&mut self, port: u16) {
         let ip = match self.config.masquerade.unwrap_or(self.local.ip()) {
             IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
         };
         let [a, b, c, d] = ip.octets();
-        let text =
-            format!("Entering Passive Mode ({a},{b},{c},{d},{},{}).", port >> 8, port & 0xff);
+        let text = format!(
+            "Entering Passive Mode ({a},{b},{c},{d},{},{}).",
+            port >> 8,
+            port & 0xff
+        );
         self.reply(227, &text);
     }
 
@@ -1197,14 +1260,20 @@ impl std::fmt::Write for Utf8Writer<'_> {
 fn transfer_line(r: &Running) -> String {
     let done = r.progress.load(Ordering::Relaxed);
     match r.size {
-        Some(total) => format!(" {} {}: {done} of {total} bytes transferred", r.verb, r.path),
+        Some(total) => format!(
+            " {} {}: {done} of {total} bytes transferred",
+            r.verb, r.path
+        ),
         None => format!(" {} {}: {done} bytes transferred", r.verb, r.path),
     }
 }
 
 /// Commands answered while a transfer runs: the reason FTP has a second channel.
 fn is_live(line: &[u8]) -> bool {
-    matches!(command::parse(line), Ok(Command::Abor | Command::Noop | Command::Stat(None)))
+    matches!(
+        command::parse(line),
+        Ok(Command::Abor | Command::Noop | Command::Stat(None))
+    )
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as the IPv4 address.

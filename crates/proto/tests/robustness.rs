@@ -29,7 +29,12 @@ struct Auth(MemoryStorage);
 impl Authenticator for Auth {
     fn authenticate(&self, user: &str, _: &str, _: IpAddr) -> Result<Account, AuthError> {
         let storage = Arc::new(self.0.clone());
-        Ok(Account { name: user.into(), storage, writable: true, anonymous: false })
+        Ok(Account {
+            name: user.into(),
+            storage,
+            writable: true,
+            anonymous: false,
+        })
     }
 }
 
@@ -46,12 +51,53 @@ fn random_bytes_never_panic_the_parser() {
 #[test]
 fn random_command_sequences_never_panic_the_session() {
     const VERBS: &[&str] = &[
-        "USER a", "PASS b", "PASV", "EPSV", "EPSV ALL", "PORT 127,0,0,1,4,1", "EPRT |2|::1|5|",
-        "RETR f", "STOR g", "APPE g", "STOU", "LIST", "NLST", "MLSD", "MLST f", "STAT", "STAT /",
-        "REST 3", "REST 99999999999", "RNFR f", "RNTO h", "DELE h", "MKD d", "RMD d", "CWD d",
-        "CDUP", "PWD", "ABOR", "NOOP", "REIN", "QUIT", "TYPE A", "TYPE I", "SIZE f", "MDTM f",
-        "AUTH TLS", "PBSZ 0", "PROT P", "FEAT", "OPTS UTF8 ON", "HOST x", "SITE HELP", "HELP",
-        "CWD ../../..", "RETR ../../etc/passwd", "\u{ff}\u{fe}", "",
+        "USER a",
+        "PASS b",
+        "PASV",
+        "EPSV",
+        "EPSV ALL",
+        "PORT 127,0,0,1,4,1",
+        "EPRT |2|::1|5|",
+        "RETR f",
+        "STOR g",
+        "APPE g",
+        "STOU",
+        "LIST",
+        "NLST",
+        "MLSD",
+        "MLST f",
+        "STAT",
+        "STAT /",
+        "REST 3",
+        "REST 99999999999",
+        "RNFR f",
+        "RNTO h",
+        "DELE h",
+        "MKD d",
+        "RMD d",
+        "CWD d",
+        "CDUP",
+        "PWD",
+        "ABOR",
+        "NOOP",
+        "REIN",
+        "QUIT",
+        "TYPE A",
+        "TYPE I",
+        "SIZE f",
+        "MDTM f",
+        "AUTH TLS",
+        "PBSZ 0",
+        "PROT P",
+        "FEAT",
+        "OPTS UTF8 ON",
+        "HOST x",
+        "SITE HELP",
+        "HELP",
+        "CWD ../../..",
+        "RETR ../../etc/passwd",
+        "\u{ff}\u{fe}",
+        "",
     ];
     let mut rng = Rng(42);
     for _ in 0..300 {
@@ -72,7 +118,9 @@ fn drive(s: &mut Session, rng: &mut Rng) {
     for _ in 0..64 {
         let n = s.pending_output().len();
         s.advance_output(n);
-        let Some(action) = s.poll_action() else { return };
+        let Some(action) = s.poll_action() else {
+            return;
+        };
         match action {
             Action::OpenPassive => s.handle_passive_opened(Ok("127.0.0.1:5000".parse().unwrap())),
             Action::Transfer(_) => {

@@ -231,8 +231,9 @@ fn atftp_windowsize_negotiated() {
     let fx = Fixture::start(Model::Thread);
     write_pattern(&fx.root.join("w.bin"), 500_000, 6);
     let options = ["windowsize 16", "blksize 1024"];
-    let (ok, text) = fx.atftp(&["--verbose", "-g", "-r", "w.bin", "-l", "w.bin"], &options);
+    let (ok, text) = fx.atftp(&["--trace", "-g", "-r", "w.bin", "-l", "w.bin"], &options);
     assert!(ok, "{text}");
+    eprintln!("{}", &text[..text.len().min(1500)]);
     assert!(
         text.contains("windowsize") && text.contains("16"),
         "OACK not reported: {text}"

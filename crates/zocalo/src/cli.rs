@@ -14,7 +14,11 @@ use serde::Deserialize;
 use crate::models::Model;
 
 #[derive(Debug, Parser)]
-#[command(name = "zocalo", version, about = "An FTP server whose server model is a switch")]
+#[command(
+    name = "zocalo",
+    version,
+    about = "An FTP server whose server model is a switch"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -184,8 +188,10 @@ impl Settings {
     pub fn resolve(args: &ServeArgs) -> Result<Settings, String> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -194,7 +200,11 @@ impl Settings {
             None => std::env::current_dir().map_err(|e| e.to_string())?,
         };
         let listen = pick_vec(&args.listen, file.listen);
-        let listen = if listen.is_empty() { vec![SocketAddr::from(([127, 0, 0, 1], 2121))] } else { listen };
+        let listen = if listen.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 1], 2121))]
+        } else {
+            listen
+        };
         let users_plain = pick_vec(&args.users_plain, file.user)
             .iter()
             .map(|u| parse_user(u))
@@ -209,11 +219,18 @@ impl Settings {
         let model_name = args.model.clone().or(file.model);
         let model = model_name.map_or(Ok(Model::default()), |m| m.parse())?;
         let passive = args.passive_ports.clone().or(file.passive_ports);
-        let log_format = args.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
+        let log_format = args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
-            return Err(format!("unknown log format {log_format:?}: use text or json"));
+            return Err(format!(
+                "unknown log format {log_format:?}: use text or json"
+            ));
         }
-        let secs = |a: Option<u64>, f: Option<u64>, d: u64| Duration::from_secs(a.or(f).unwrap_or(d));
+        let secs =
+            |a: Option<u64>, f: Option<u64>, d: u64| Duration::from_secs(a.or(f).unwrap_or(d));
         Ok(Settings {
             root,
             listen,
@@ -225,15 +242,23 @@ impl Settings {
             masquerade: args.masquerade.or(file.masquerade),
             model,
             backlog: args.backlog.or(file.backlog).unwrap_or(128),
-            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
             max_per_ip: args.max_per_ip.or(file.max_per_ip).unwrap_or(10_000),
             idle_timeout: secs(args.idle_timeout, file.idle_timeout, 300),
             data_timeout: secs(args.data_timeout, file.data_timeout, 30),
             shutdown_grace: secs(args.shutdown_grace, file.shutdown_grace, 10),
             login_fail_delay: Duration::from_millis(
-                args.login_fail_delay_ms.or(file.login_fail_delay_ms).unwrap_or(1000),
+                args.login_fail_delay_ms
+                    .or(file.login_fail_delay_ms)
+                    .unwrap_or(1000),
             ),
-            max_login_failures: args.max_login_failures.or(file.max_login_failures).unwrap_or(10),
+            max_login_failures: args
+                .max_login_failures
+                .or(file.max_login_failures)
+                .unwrap_or(10),
             ban_time: secs(args.ban_time, file.ban_time, 300),
             pool_queue: args.pool_queue.or(file.pool_queue),
             atomic_uploads: args.atomic_uploads || file.atomic_uploads.unwrap_or(false),
@@ -261,7 +286,10 @@ fn parse_user(spec: &str) -> Result<(String, String), String> {
 fn parse_range(spec: &str) -> Result<RangeInclusive<u16>, String> {
     let bad = || format!("--passive-ports wants A-B with 1024 <= A <= B, got {spec:?}");
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
     if a < 1024 || a > b {
         return Err(bad());
     }
@@ -294,14 +322,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("zocalo-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("z.toml");
-        std::fs::write(&path, "model = \"thread\"\nmax-per-ip = 3\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), max_per_ip: Some(5), ..Default::default() };
+        std::fs::write(
+            &path,
+            "model = \"thread\"\nmax-per-ip = 3\nlisten = [\"127.0.0.1:0\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            max_per_ip: Some(5),
+            ..Default::default()
+        };
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.model, Model::Thread);
         assert_eq!(s.max_per_ip, 5);
         assert_eq!(s.listen, vec!["127.0.0.1:0".parse().unwrap()]);
         std::fs::write(&path, "nonsense = 1\n").unwrap();
-        assert!(Settings::resolve(&args).is_err(), "unknown keys are refused");
+        assert!(
+            Settings::resolve(&args).is_err(),
+            "unknown keys are refused"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

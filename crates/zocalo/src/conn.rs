@@ -110,7 +110,9 @@ impl<'a> Conn<'a> {
         match action {
             Action::OpenPassive => {
                 let opened = net::open_passive(self.local.ip(), self.ctx.passive_ports.as_ref());
-                let addr = opened.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()));
+                let addr = opened
+                    .as_ref()
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string()));
                 let result = addr.and_then(|l| l.local_addr());
                 self.passive = opened.ok();
                 self.session.handle_passive_opened(result);
@@ -178,10 +180,21 @@ impl<'a> Conn<'a> {
 
     fn wait_for_events(&mut self) {
         let mut fds = [pollfd(-1, 0); 3];
-        let control_events = if self.session.input_room() > 0 { libc::POLLIN } else { 0 };
+        let control_events = if self.session.input_room() > 0 {
+            libc::POLLIN
+        } else {
+            0
+        };
         fds[0] = pollfd(self.control.as_raw_fd(), control_events);
         if let Some(Step::Wait { fd, writable }) = self.wait {
-            fds[1] = pollfd(fd, if writable { libc::POLLOUT } else { libc::POLLIN });
+            fds[1] = pollfd(
+                fd,
+                if writable {
+                    libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                },
+            );
         }
         if self.stop_by.is_none() {
             fds[2] = pollfd(self.ctx.shutdown.fd(), libc::POLLIN);
@@ -227,9 +240,18 @@ impl<'a> Conn<'a> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        let idle = self.session.is_idle().then(|| self.last_activity + self.ctx.idle_timeout);
-        let data = self.task.as_ref().map(|_| self.data_activity + self.ctx.data_timeout);
-        [idle, data, self.wake_at, self.stop_by].into_iter().flatten().min()
+        let idle = self
+            .session
+            .is_idle()
+            .then(|| self.last_activity + self.ctx.idle_timeout);
+        let data = self
+            .task
+            .as_ref()
+            .map(|_| self.data_activity + self.ctx.data_timeout);
+        [idle, data, self.wake_at, self.stop_by]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn fire_timers(&mut self) {
@@ -240,8 +262,11 @@ impl<'a> Conn<'a> {
         }
         if let Some(task) = &self.task {
             if self.data_activity + self.ctx.data_timeout <= now {
-                let outcome =
-                    if task.is_connecting() { Outcome::NoConnection } else { Outcome::ConnectionLost };
+                let outcome = if task.is_connecting() {
+                    Outcome::NoConnection
+                } else {
+                    Outcome::ConnectionLost
+                };
                 self.abort_task();
                 self.session.handle_transfer_done(outcome);
             }
@@ -257,12 +282,19 @@ impl<'a> Conn<'a> {
 }
 
 fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
 }
 
 fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
     match timeout {
-        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int + i32::from(d.subsec_nanos() % 1_000_000 != 0),
+        Some(d) => {
+            d.as_millis().min(i32::MAX as u128) as libc::c_int
+                + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+        }
         None => -1,
     }
 }

@@ -26,7 +26,10 @@ const BUDGET: usize = 16;
 #[derive(Debug)]
 pub enum Step {
     /// Wait until `fd` is readable (`false`) or writable (`true`), then step again.
-    Wait { fd: RawFd, writable: bool },
+    Wait {
+        fd: RawFd,
+        writable: bool,
+    },
     Finished(Outcome),
 }
 
@@ -37,11 +40,22 @@ pub struct DataTask {
 }
 
 enum State {
-    Accepting { listener: TcpListener, peer: IpAddr, pump: Option<Pump> },
-    Connecting { sock: Socket, pump: Option<Pump> },
+    Accepting {
+        listener: TcpListener,
+        peer: IpAddr,
+        pump: Option<Pump>,
+    },
+    Connecting {
+        sock: Socket,
+        pump: Option<Pump>,
+    },
     /// The passive listener stays open until the task ends, so its descriptor number cannot be
     /// reused while a driver may still have it registered.
-    Running { sock: TcpStream, pump: Pump, _listener: Option<TcpListener> },
+    Running {
+        sock: TcpStream,
+        pump: Pump,
+        _listener: Option<TcpListener>,
+    },
     Done,
 }
 
@@ -57,8 +71,14 @@ impl DataTask {
         let pump = Some(Pump::new(t.body, t.ascii));
         let state = match (t.endpoint, passive) {
             (Endpoint::Passive, Some(listener)) => {
-                listener.set_nonblocking(true).map_err(|_| Outcome::NoConnection)?;
-                State::Accepting { listener, peer, pump }
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|_| Outcome::NoConnection)?;
+                State::Accepting {
+                    listener,
+                    peer,
+                    pump,
+                }
             }
             (Endpoint::Passive, None) => return Err(Outcome::NoConnection),
             (Endpoint::Active(addr), _) => {
@@ -66,12 +86,18 @@ impl DataTask {
                 State::Connecting { sock, pump }
             }
         };
-        Ok(DataTask { state, progress: t.progress })
+        Ok(DataTask {
+            state,
+            progress: t.progress,
+        })
     }
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).
     pub fn is_connecting(&self) -> bool {
-        matches!(self.state, State::Accepting { .. } | State::Connecting { .. })
+        matches!(
+            self.state,
+            State::Accepting { .. } | State::Connecting { .. }
+        )
     }
 
     /// Bytes moved so far.
@@ -83,9 +109,19 @@ impl DataTask {
     pub fn step(&mut self) -> Step {
         loop {
             match std::mem::replace(&mut self.state, State::Done) {
-                State::Accepting { listener, peer, pump } => match accept_from(&listener, peer) {
+                State::Accepting {
+                    listener,
+                    peer,
+                    pump,
+                } => match accept_from(&listener, peer) {
                     Ok(Some(sock)) => self.state = running(sock, pump, Some(listener)),
-                    Ok(None) => return self.park(State::Accepting { listener, peer, pump }),
+                    Ok(None) => {
+                        return self.park(State::Accepting {
+                            listener,
+                            peer,
+                            pump,
+                        })
+                    }
                     Err(_) => return Step::Finished(Outcome::NoConnection),
                 },
                 State::Connecting { sock, pump } => match connected(&sock) {
@@ -93,13 +129,21 @@ impl DataTask {
                     Ok(false) => return self.park(State::Connecting { sock, pump }),
                     Err(_) => return Step::Finished(Outcome::NoConnection),
                 },
-                State::Running { mut sock, mut pump, _listener } => {
-                    match pump.run(&mut sock, &self.progress) {
-                        Ok(None) => return Step::Finished(Outcome::Done),
-                        Ok(Some(_)) => return self.park(State::Running { sock, pump, _listener }),
-                        Err(outcome) => return Step::Finished(outcome),
+                State::Running {
+                    mut sock,
+                    mut pump,
+                    _listener,
+                } => match pump.run(&mut sock, &self.progress) {
+                    Ok(None) => return Step::Finished(Outcome::Done),
+                    Ok(Some(_)) => {
+                        return self.park(State::Running {
+                            sock,
+                            pump,
+                            _listener,
+                        })
                     }
-                }
+                    Err(outcome) => return Step::Finished(outcome),
+                },
                 State::Done => return Step::Finished(Outcome::Done),
             }
         }
@@ -119,7 +163,11 @@ impl DataTask {
 
 fn running(sock: TcpStream, pump: Option<Pump>, listener: Option<TcpListener>) -> State {
     match pump {
-        Some(pump) => State::Running { sock, pump, _listener: listener },
+        Some(pump) => State::Running {
+            sock,
+            pump,
+            _listener: listener,
+        },
         None => State::Done,
     }
 }
@@ -184,11 +232,21 @@ struct Pump {
 
 enum PumpKind {
     /// Binary send with sendfile(2).
-    SendFile { _file: Box<dyn FileHandle>, fd: RawFd },
+    SendFile {
+        _file: Box<dyn FileHandle>,
+        fd: RawFd,
+    },
     /// Send through the buffer (TYPE A, or a handle without a descriptor).
-    SendCopy { file: Box<dyn FileHandle>, encoder: Option<Encoder>, eof: bool },
+    SendCopy {
+        file: Box<dyn FileHandle>,
+        encoder: Option<Encoder>,
+        eof: bool,
+    },
     SendBytes,
-    Receive { file: Option<Box<dyn FileHandle>>, decoder: Option<Decoder> },
+    Receive {
+        file: Option<Box<dyn FileHandle>>,
+        decoder: Option<Decoder>,
+    },
 }
 
 impl Pump {
@@ -196,14 +254,29 @@ impl Pump {
         let kind = match body {
             Body::Send(file) => match (file.raw_fd(), ascii) {
                 (Some(fd), false) => PumpKind::SendFile { _file: file, fd },
-                _ => PumpKind::SendCopy { file, encoder: ascii.then(Encoder::default), eof: false },
+                _ => PumpKind::SendCopy {
+                    file,
+                    encoder: ascii.then(Encoder::default),
+                    eof: false,
+                },
             },
-            Body::Bytes(bytes) => return Pump { kind: PumpKind::SendBytes, buf: bytes, pos: 0 },
-            Body::Receive(file) => {
-                PumpKind::Receive { file: Some(file), decoder: ascii.then(Decoder::default) }
+            Body::Bytes(bytes) => {
+                return Pump {
+                    kind: PumpKind::SendBytes,
+                    buf: bytes,
+                    pos: 0,
+                }
             }
+            Body::Receive(file) => PumpKind::Receive {
+                file: Some(file),
+                decoder: ascii.then(Decoder::default),
+            },
         };
-        Pump { kind, buf: Vec::new(), pos: 0 }
+        Pump {
+            kind,
+            buf: Vec::new(),
+            pos: 0,
+        }
     }
 
     fn wants_write(&self) -> bool {
@@ -219,7 +292,11 @@ impl Pump {
         }
     }
 
-    fn send_copy(&mut self, sock: &mut TcpStream, progress: &AtomicU64) -> Result<Option<()>, Outcome> {
+    fn send_copy(
+        &mut self,
+        sock: &mut TcpStream,
+        progress: &AtomicU64,
+    ) -> Result<Option<()>, Outcome> {
         for _ in 0..BUDGET * 4 {
             if self.pos < self.buf.len() {
                 match sock.write(&self.buf[self.pos..]) {
@@ -260,7 +337,11 @@ impl Pump {
         Ok(n > 0)
     }
 
-    fn receive(&mut self, sock: &mut TcpStream, progress: &AtomicU64) -> Result<Option<()>, Outcome> {
+    fn receive(
+        &mut self,
+        sock: &mut TcpStream,
+        progress: &AtomicU64,
+    ) -> Result<Option<()>, Outcome> {
         let PumpKind::Receive { file, decoder } = &mut self.kind else {
             return Ok(None);
         };
@@ -307,7 +388,8 @@ fn send_file(sock: &TcpStream, fd: RawFd, progress: &AtomicU64) -> Result<Option
     for _ in 0..BUDGET {
         // SAFETY: both descriptors are open for the duration of the call; a null offset uses and
         // advances the file's own position.
-        let n = unsafe { libc::sendfile(sock.as_raw_fd(), fd, std::ptr::null_mut(), SENDFILE_CHUNK) };
+        let n =
+            unsafe { libc::sendfile(sock.as_raw_fd(), fd, std::ptr::null_mut(), SENDFILE_CHUNK) };
         if n > 0 {
             progress.fetch_add(n as u64, Ordering::Relaxed);
             continue;
@@ -319,7 +401,9 @@ fn send_file(sock: &TcpStream, fd: RawFd, progress: &AtomicU64) -> Result<Option
         match err.kind() {
             ErrorKind::WouldBlock => return Ok(Some(())),
             ErrorKind::Interrupted => continue,
-            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => return Err(Outcome::ConnectionLost),
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+                return Err(Outcome::ConnectionLost)
+            }
             _ if err.raw_os_error() == Some(libc::EIO) => return Err(Outcome::Storage(err)),
             _ => return Err(Outcome::ConnectionLost),
         }

@@ -37,8 +37,15 @@ pub fn run(settings: Settings) -> io::Result<()> {
     models::run(settings.model, server)
 }
 
-fn build(settings: &Settings, listeners: Vec<TcpListener>, shutdown: Shutdown) -> io::Result<Server> {
-    let guard = Arc::new(MemoryGuard::new(settings.max_login_failures, settings.ban_time));
+fn build(
+    settings: &Settings,
+    listeners: Vec<TcpListener>,
+    shutdown: Shutdown,
+) -> io::Result<Server> {
+    let guard = Arc::new(MemoryGuard::new(
+        settings.max_login_failures,
+        settings.ban_time,
+    ));
     let users = Users::new(
         UsersConfig {
             root: settings.root.clone(),
@@ -78,14 +85,22 @@ fn announce(listeners: &[TcpListener], settings: &Settings) -> io::Result<()> {
     let mut out = io::stdout().lock();
     for l in listeners {
         let addr = l.local_addr()?;
-        writeln!(out, "listening ftp://{addr} model={} root={}", settings.model, settings.root.display())?;
+        writeln!(
+            out,
+            "listening ftp://{addr} model={} root={}",
+            settings.model,
+            settings.root.display()
+        )?;
     }
     out.flush()
 }
 
 /// Many idle sessions need many descriptors: lift the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -107,7 +122,10 @@ fn drop_privileges(user: &str) -> io::Result<()> {
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     // SAFETY: plain credential syscalls; each result is checked.
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
             return Err(io::Error::last_os_error());
         }
     }

@@ -36,7 +36,8 @@ pub fn parse_users(text: &str) -> Result<Vec<FileUser>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        users.push(parse_line(line).ok_or_else(|| format!("users file line {}: malformed", n + 1))?);
+        users
+            .push(parse_line(line).ok_or_else(|| format!("users file line {}: malformed", n + 1))?);
     }
     Ok(users)
 }
@@ -52,7 +53,12 @@ fn parse_line(line: &str) -> Option<FileUser> {
     };
     PasswordHash::new(hash).ok()?;
     let home = PathBuf::from(home);
-    (!name.is_empty()).then(|| FileUser { name: name.into(), hash: hash.into(), home, writable })
+    (!name.is_empty()).then(|| FileUser {
+        name: name.into(),
+        hash: hash.into(),
+        home,
+        writable,
+    })
 }
 
 /// Hashes a password with Argon2id and a random salt, in PHC string form.
@@ -65,7 +71,13 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 }
 
 /// Appends a user to the users file, refusing a duplicate name.
-pub fn add_user(file: &Path, name: &str, password: &str, home: &str, writable: bool) -> Result<(), String> {
+pub fn add_user(
+    file: &Path,
+    name: &str,
+    password: &str,
+    home: &str,
+    writable: bool,
+) -> Result<(), String> {
     if name.is_empty() || name.contains(':') || home.contains('\n') {
         return Err("user names may not be empty or contain ':'".into());
     }
@@ -76,7 +88,11 @@ pub fn add_user(file: &Path, name: &str, password: &str, home: &str, writable: b
     let perm = if writable { "rw" } else { "r" };
     let line = format!("{name}:{}:{home}:{perm}\n", hash_password(password)?);
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .map_err(|e| e.to_string())?;
     if !text.is_empty() && !text.ends_with('\n') {
         f.write_all(b"\n").map_err(|e| e.to_string())?;
     }
@@ -109,7 +125,8 @@ pub struct UsersConfig {
 
 impl Users {
     pub fn new(config: UsersConfig, guard: Arc<dyn LoginGuard>) -> io::Result<Self> {
-        let root_storage: Arc<dyn Storage> = Arc::new(LocalFs::open(&config.root, config.atomic_uploads)?);
+        let root_storage: Arc<dyn Storage> =
+            Arc::new(LocalFs::open(&config.root, config.atomic_uploads)?);
         let users = Users {
             root: config.root,
             root_storage,
@@ -164,22 +181,44 @@ impl Users {
             return constant_time_eq(expected.as_bytes(), password.as_bytes())
                 .then(|| self.account(user, self.root_storage(), true, false));
         }
-        let found = self.file_users.read().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
-        let hash = found.as_ref().map_or(self.dummy_hash.as_str(), |u| u.hash.as_str());
+        let found = self
+            .file_users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned();
+        let hash = found
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |u| u.hash.as_str());
         let ok = verify(hash, password) && found.is_some();
         let user = found.filter(|_| ok)?;
         let storage = self.home_storage(&user.home).ok()?;
         Some(self.account(&user.name, storage, user.writable, false))
     }
 
-    fn account(&self, name: &str, storage: Arc<dyn Storage>, writable: bool, anonymous: bool) -> Account {
-        Account { name: name.to_string(), storage, writable, anonymous }
+    fn account(
+        &self,
+        name: &str,
+        storage: Arc<dyn Storage>,
+        writable: bool,
+        anonymous: bool,
+    ) -> Account {
+        Account {
+            name: name.to_string(),
+            storage,
+            writable,
+            anonymous,
+        }
     }
 }
 
 fn verify(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 

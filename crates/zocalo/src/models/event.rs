@@ -47,9 +47,11 @@ pub fn run(server: Server, backend: Backend, loops: usize) -> io::Result<()> {
     for (i, listeners) in extra.into_iter().enumerate() {
         let (ctx, limits) = (server.ctx.clone(), server.limits.clone());
         let name = format!("zocalo-loop-{}", i + 1);
-        threads.push(std::thread::Builder::new().name(name).spawn(move || {
-            EventLoop::new(backend, ctx, limits, listeners)?.run()
-        })?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || EventLoop::new(backend, ctx, limits, listeners)?.run())?,
+        );
     }
     let result = EventLoop::new(backend, server.ctx, server.limits, server.listeners)?.run();
     for t in threads {
@@ -102,7 +104,16 @@ impl EventLoop {
         }
         poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
         let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
-        Ok(EventLoop { poller, ctx, limits, listeners, conns, free, timers, stop_by: None })
+        Ok(EventLoop {
+            poller,
+            ctx,
+            limits,
+            listeners,
+            conns,
+            free,
+            timers,
+            stop_by: None,
+        })
     }
 
     fn run(mut self) -> io::Result<()> {
@@ -157,7 +168,10 @@ impl EventLoop {
         };
         if let Some(limit) = self.poller.capacity_limit() {
             if stream.as_raw_fd() as usize >= limit {
-                return net::refuse(&stream, b"421 Too many connections for select(2); try later.\r\n");
+                return net::refuse(
+                    &stream,
+                    b"421 Too many connections for select(2); try later.\r\n",
+                );
             }
         }
         let Ok(conn) = Conn::new(stream, peer, permit, &self.ctx) else {
@@ -168,7 +182,10 @@ impl EventLoop {
             self.conns.len() - 1
         });
         let fd = conn.control.as_raw_fd();
-        if let Err(e) = self.poller.register(fd, token(index, CONTROL), Interest::READABLE) {
+        if let Err(e) = self
+            .poller
+            .register(fd, token(index, CONTROL), Interest::READABLE)
+        {
             tracing::warn!("cannot watch a connection: {e}");
             self.free.push(index);
             return net::refuse(&conn.control, b"421 Cannot serve you now; try later.\r\n");
@@ -415,7 +432,11 @@ impl Conn {
         if self.data_reg == Some((fd, writable)) {
             return;
         }
-        let interest = if writable { Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if writable {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         let result = match self.data_reg {
             Some((old, _)) if old == fd => poller.reregister(fd, token(index, DATA), interest),
             Some((old, _)) => {
@@ -453,8 +474,14 @@ impl Conn {
     }
 
     fn deadline(&self, ctx: &Ctx, stop_by: Option<Instant>) -> Option<Instant> {
-        let idle = self.session.is_idle().then(|| self.last_activity + ctx.idle_timeout);
-        let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
+        let idle = self
+            .session
+            .is_idle()
+            .then(|| self.last_activity + ctx.idle_timeout);
+        let data = self
+            .task
+            .as_ref()
+            .map(|_| self.data_activity + ctx.data_timeout);
         let stop = stop_by.filter(|_| self.task.is_some());
         [idle, data, self.wake_at, stop].into_iter().flatten().min()
     }

@@ -125,10 +125,22 @@ pub(crate) fn accept_loop(
     let mut fds: Vec<libc::pollfd> = server
         .listeners
         .iter()
-        .map(|l| libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .map(|l| libc::pollfd {
+            fd: l.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
-    fds.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
-    fds.push(libc::pollfd { fd: extra_fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 });
+    fds.push(libc::pollfd {
+        fd: shutdown_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    fds.push(libc::pollfd {
+        fd: extra_fd.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    });
     for l in &server.listeners {
         l.set_nonblocking(true)?;
     }
@@ -155,7 +167,11 @@ pub(crate) fn accept_loop(
     }
 }
 
-fn accept_ready(listener: &TcpListener, server: &Server, handle: &mut impl FnMut(TcpStream, Permit)) {
+fn accept_ready(
+    listener: &TcpListener,
+    server: &Server,
+    handle: &mut impl FnMut(TcpStream, Permit),
+) {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => match server.limits.admit(peer.ip()) {
@@ -189,7 +205,16 @@ mod tests {
 
     #[test]
     fn model_names_round_trip() {
-        for name in ["iterative", "process", "thread", "pool:3", "select", "poll", "epoll", "epoll:2"] {
+        for name in [
+            "iterative",
+            "process",
+            "thread",
+            "pool:3",
+            "select",
+            "poll",
+            "epoll",
+            "epoll:2",
+        ] {
             assert_eq!(name.parse::<Model>().unwrap().to_string(), name);
         }
         assert!("pool:0".parse::<Model>().is_err());

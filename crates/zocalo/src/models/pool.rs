@@ -29,7 +29,10 @@ pub fn run(server: Server, workers: usize) -> io::Result<()> {
         |stream, permit| match tx.try_send((stream, permit)) {
             Ok(()) => {}
             Err(TrySendError::Full((stream, _)) | TrySendError::Disconnected((stream, _))) => {
-                net::refuse(&stream, b"421 All workers busy and the queue is full; try later.\r\n")
+                net::refuse(
+                    &stream,
+                    b"421 All workers busy and the queue is full; try later.\r\n",
+                )
             }
         },
         || {},

@@ -82,7 +82,11 @@ pub fn run(server: Server) -> io::Result<()> {
             Some(child_waker.as_raw_fd()),
         )
     };
-    wait_children(&mut children, server.ctx.grace + Duration::from_secs(2), &child_waker);
+    wait_children(
+        &mut children,
+        server.ctx.grace + Duration::from_secs(2),
+        &child_waker,
+    );
     result
 }
 
@@ -113,7 +117,11 @@ fn wait_children(children: &mut HashMap<libc::pid_t, Permit>, limit: Duration, w
             left_for_dead(children);
             return;
         }
-        let _ = crate::conn::poll_one(waker.as_raw_fd(), libc::POLLIN, left.min(Duration::from_millis(100)));
+        let _ = crate::conn::poll_one(
+            waker.as_raw_fd(),
+            libc::POLLIN,
+            left.min(Duration::from_millis(100)),
+        );
         let _ = waker.drain();
         reap(children);
     }
