@@ -786,8 +786,16 @@ def test_port_to_privileged_port_refused(srv):
 
 def test_malformed_port_and_eprt_501(srv):
     ftp = srv.ftp()
-    for cmd in ("PORT 1,2,3", "PORT 127,0,0,1,300,1", "EPRT |9|127.0.0.1|5000|", "EPRT garbage"):
-        assert code_of(ftp, cmd) in (500, 501, 522), cmd
+    for cmd in ("PORT 1,2,3", "PORT 127,0,0,1,300,1", "EPRT garbage", "EPRT |1|127.0.0.1|99999|"):
+        assert code_of(ftp, cmd) in (500, 501), cmd
+
+
+def test_unsupported_network_protocol_522(srv):
+    """RFC 2428: an unsupported network protocol in EPRT/EPSV gets 522."""
+    ftp = srv.ftp()
+    assert code_of(ftp, "EPRT |9|127.0.0.1|5000|") == 522
+    assert code_of(ftp, "EPSV 9") == 522
+    assert code_of(ftp, "EPSV 2") == 522  # IPv6 data connection on an IPv4 control connection
 
 
 def test_overlong_line_gets_500_and_server_survives(srv):

@@ -191,11 +191,9 @@ fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, P
         b"EPRT" => Eprt(eprt(arg)?),
         b"ABOR" => Abor,
         b"ALLO" => Allo,
-        b"REST" => Rest(
-            arg.trim()
-                .parse()
-                .map_err(|_| ParseError::Syntax("REST needs a byte offset."))?,
-        ),
+        b"REST" => {
+            Rest(arg.trim().parse().map_err(|_| ParseError::Syntax("REST needs a byte offset."))?)
+        }
         b"SITE" => Site(required(arg)?),
         b"FEAT" => Feat,
         b"OPTS" => Opts(required(arg)?),
@@ -248,17 +246,15 @@ fn one_of<'a>(arg: &'a str, want: &str, msg: &'static str) -> Result<&'a str, Pa
 
 fn transfer_type(arg: &str) -> Result<TransferType, ParseError> {
     let mut words = arg.split_whitespace().map(str::to_ascii_uppercase);
-    let kind = words
-        .next()
-        .ok_or(ParseError::Syntax("TYPE needs an argument."))?;
+    let kind = words.next().ok_or(ParseError::Syntax("TYPE needs an argument."))?;
     let param = words.next();
     match (kind.as_str(), param.as_deref(), words.next()) {
         ("A", None | Some("N"), None) => Ok(TransferType::Ascii),
         ("I", None, None) => Ok(TransferType::Image),
         ("L", Some("8"), None) => Ok(TransferType::Image),
-        ("A" | "E", Some("T" | "C"), None) | ("E", _, None) | ("L", Some(_), None) => Err(
-            ParseError::Unsupported("Only TYPE A, A N, I and L 8 are supported."),
-        ),
+        ("A" | "E", Some("T" | "C"), None) | ("E", _, None) | ("L", Some(_), None) => {
+            Err(ParseError::Unsupported("Only TYPE A, A N, I and L 8 are supported."))
+        }
         _ => Err(ParseError::Syntax("Unknown TYPE.")),
     }
 }
@@ -269,9 +265,7 @@ fn epsv(arg: &str) -> Result<EpsvArg, ParseError> {
         a if a.eq_ignore_ascii_case("ALL") => Ok(EpsvArg::All),
         "1" => Ok(EpsvArg::Protocol(Some(1))),
         "2" => Ok(EpsvArg::Protocol(Some(2))),
-        _ => Err(ParseError::Unsupported(
-            "Network protocol not supported, use (1,2)",
-        )),
+        _ => Err(ParseError::Unsupported("Network protocol not supported, use (1,2)")),
     }
 }
 
@@ -281,10 +275,7 @@ pub fn port(arg: &str) -> Result<SocketAddr, ParseError> {
     let mut nums = [0u8; 6];
     let mut parts = arg.trim().split(',');
     for n in nums.iter_mut() {
-        *n = parts
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or(BAD)?;
+        *n = parts.next().and_then(|p| p.trim().parse().ok()).ok_or(BAD)?;
     }
     if parts.next().is_some() {
         return Err(BAD);
@@ -297,11 +288,7 @@ pub fn port(arg: &str) -> Result<SocketAddr, ParseError> {
 /// `EPRT |proto|addr|port|` with any printable delimiter (RFC 2428 section 2).
 pub fn eprt(arg: &str) -> Result<SocketAddr, ParseError> {
     const BAD: ParseError = ParseError::Syntax("EPRT needs |proto|address|port|.");
-    let delim = arg
-        .chars()
-        .next()
-        .filter(|c| (33..=126).contains(&(*c as u32)))
-        .ok_or(BAD)?;
+    let delim = arg.chars().next().filter(|c| (33..=126).contains(&(*c as u32))).ok_or(BAD)?;
     let fields: Vec<&str> = arg.split(delim).collect();
     let [empty, proto, addr, port, end] = fields.as_slice() else {
         return Err(BAD);
@@ -313,11 +300,7 @@ pub fn eprt(arg: &str) -> Result<SocketAddr, ParseError> {
     let ip: IpAddr = match *proto {
         "1" => IpAddr::V4(addr.parse().map_err(|_| BAD)?),
         "2" => IpAddr::V6(addr.parse().map_err(|_| BAD)?),
-        _ => {
-            return Err(ParseError::Unsupported(
-                "Network protocol not supported, use (1,2)",
-            ))
-        }
+        _ => return Err(ParseError::Unsupported("Network protocol not supported, use (1,2)")),
     };
     Ok(SocketAddr::new(ip, port))
 }
@@ -334,14 +317,10 @@ pub fn epsv_reply_port(text: &str) -> Option<u16> {
 /// Parses the address out of a PASV reply `227 ... (h1,h2,h3,h4,p1,p2)`; used by clients.
 pub fn pasv_reply_addr(text: &str) -> Option<SocketAddr> {
     let body = text.get(4..)?;
-    let start = body
-        .find('(')
-        .map(|i| i + 1)
-        .or_else(|| body.find(|c: char| c.is_ascii_digit()))?;
-    let inner: String = body[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == ',')
-        .collect();
+    let start =
+        body.find('(').map(|i| i + 1).or_else(|| body.find(|c: char| c.is_ascii_digit()))?;
+    let inner: String =
+        body[start..].chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
     port(&inner).ok()
 }
 
@@ -380,19 +359,13 @@ mod tests {
     #[test]
     fn missing_arguments_are_syntax_errors() {
         for line in ["RETR", "STOR", "CWD", "USER", "DELE", "MKD", "RNFR", "SIZE"] {
-            assert!(
-                matches!(parse(line.as_bytes()), Err(ParseError::Syntax(_))),
-                "{line}"
-            );
+            assert!(matches!(parse(line.as_bytes()), Err(ParseError::Syntax(_))), "{line}");
         }
     }
 
     #[test]
     fn non_utf8_is_a_syntax_error() {
-        assert!(matches!(
-            parse(b"RETR \xff\xfe"),
-            Err(ParseError::Syntax(_))
-        ));
+        assert!(matches!(parse(b"RETR \xff\xfe"), Err(ParseError::Syntax(_))));
     }
 
     #[test]
@@ -412,10 +385,7 @@ mod tests {
         assert_eq!(ok("TYPE I"), Command::Type(TransferType::Image));
         assert_eq!(ok("TYPE L 8"), Command::Type(TransferType::Image));
         assert!(matches!(parse(b"TYPE E"), Err(ParseError::Unsupported(_))));
-        assert!(matches!(
-            parse(b"TYPE L 7"),
-            Err(ParseError::Unsupported(_))
-        ));
+        assert!(matches!(parse(b"TYPE L 7"), Err(ParseError::Unsupported(_))));
         assert!(matches!(parse(b"TYPE Q"), Err(ParseError::Syntax(_))));
         assert!(matches!(parse(b"TYPE"), Err(ParseError::Syntax(_))));
     }
@@ -430,43 +400,18 @@ mod tests {
 
     #[test]
     fn port_forms() {
-        assert_eq!(
-            ok("PORT 127,0,0,1,4,1"),
-            Command::Port("127.0.0.1:1025".parse().unwrap())
-        );
-        for bad in [
-            "PORT 1,2,3",
-            "PORT 1,2,3,4,5,6,7",
-            "PORT 256,0,0,1,1,1",
-            "PORT a,b,c,d,e,f",
-        ] {
-            assert!(
-                matches!(parse(bad.as_bytes()), Err(ParseError::Syntax(_))),
-                "{bad}"
-            );
+        assert_eq!(ok("PORT 127,0,0,1,4,1"), Command::Port("127.0.0.1:1025".parse().unwrap()));
+        for bad in ["PORT 1,2,3", "PORT 1,2,3,4,5,6,7", "PORT 256,0,0,1,1,1", "PORT a,b,c,d,e,f"] {
+            assert!(matches!(parse(bad.as_bytes()), Err(ParseError::Syntax(_))), "{bad}");
         }
     }
 
     #[test]
     fn eprt_forms() {
-        assert_eq!(
-            ok("EPRT |1|127.0.0.1|6446|"),
-            Command::Eprt("127.0.0.1:6446".parse().unwrap())
-        );
-        assert_eq!(
-            ok("EPRT !2!::1!6446!"),
-            Command::Eprt("[::1]:6446".parse().unwrap())
-        );
-        assert!(matches!(
-            parse(b"EPRT |3|x|1|"),
-            Err(ParseError::Unsupported(_))
-        ));
-        for bad in [
-            "EPRT |1|::1|1|",
-            "EPRT |1|1.2.3.4|99999|",
-            "EPRT |1|1.2.3.4|1",
-            "EPRT x",
-        ] {
+        assert_eq!(ok("EPRT |1|127.0.0.1|6446|"), Command::Eprt("127.0.0.1:6446".parse().unwrap()));
+        assert_eq!(ok("EPRT !2!::1!6446!"), Command::Eprt("[::1]:6446".parse().unwrap()));
+        assert!(matches!(parse(b"EPRT |3|x|1|"), Err(ParseError::Unsupported(_))));
+        for bad in ["EPRT |1|::1|1|", "EPRT |1|1.2.3.4|99999|", "EPRT |1|1.2.3.4|1", "EPRT x"] {
             assert!(parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }
@@ -489,9 +434,6 @@ mod tests {
     fn reply_address_parsers() {
         let addr = pasv_reply_addr("227 Entering Passive Mode (127,0,0,1,4,1).").unwrap();
         assert_eq!(addr, "127.0.0.1:1025".parse().unwrap());
-        assert_eq!(
-            epsv_reply_port("229 Entering Extended Passive Mode (|||6446|)"),
-            Some(6446)
-        );
+        assert_eq!(epsv_reply_port("229 Entering Extended Passive Mode (|||6446|)"), Some(6446));
     }
 }

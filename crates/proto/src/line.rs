@@ -114,10 +114,7 @@ mod tests {
 
     #[test]
     fn crlf_and_bare_lf_both_end_lines() {
-        assert_eq!(
-            lines(b"NOOP\r\nPWD\nSY"),
-            vec![b"NOOP".to_vec(), b"PWD".to_vec()]
-        );
+        assert_eq!(lines(b"NOOP\r\nPWD\nSY"), vec![b"NOOP".to_vec(), b"PWD".to_vec()]);
     }
 
     #[test]

@@ -6,9 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::storage::{DirEntry, FileKind, Metadata};
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] =
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 const SIX_MONTHS: i64 = 182 * 24 * 3600;
 
 /// A broken-down UTC time.
@@ -42,28 +41,14 @@ pub fn civil(t: SystemTime) -> Civil {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let (hour, minute, second) = (
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    );
-    Civil {
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-    }
+    let (hour, minute, second) = ((rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32);
+    Civil { year, month, day, hour, minute, second }
 }
 
 /// `YYYYMMDDHHMMSS`, the time-val of MDTM and MLSx `modify` (RFC 3659 section 2.3).
 pub fn time_val(t: SystemTime) -> String {
     let c = civil(t);
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    format!("{:04}{:02}{:02}{:02}{:02}{:02}", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 fn type_char(kind: FileKind) -> char {
@@ -93,11 +78,8 @@ pub fn list_line(out: &mut Vec<u8>, name: &str, meta: &Metadata, now: SystemTime
     let age = unix_seconds(now) - unix_seconds(meta.modified);
     let _ = write!(out, "{}", type_char(meta.kind));
     out.extend_from_slice(&perms(meta.mode));
-    let _ = write!(
-        out,
-        " {:>3} ftp      ftp      {:>12} {month} {:>2} ",
-        meta.nlink, meta.size, c.day
-    );
+    let _ =
+        write!(out, " {:>3} ftp      ftp      {:>12} {month} {:>2} ", meta.nlink, meta.size, c.day);
     let _ = if (0..SIX_MONTHS).contains(&age) || (age < 0 && age > -3600) {
         write!(out, "{:02}:{:02} ", c.hour, c.minute)
     } else {
@@ -119,12 +101,8 @@ pub fn facts_line(out: &mut Vec<u8>, name: &str, meta: &Metadata, writable: bool
     if meta.kind == FileKind::File {
         let _ = write!(out, "size={};", meta.size);
     }
-    let _ = write!(
-        out,
-        "modify={};perm={};",
-        time_val(meta.modified),
-        perm_fact(meta.kind, writable)
-    );
+    let _ =
+        write!(out, "modify={};perm={};", time_val(meta.modified), perm_fact(meta.kind, writable));
     let _ = write!(out, "UNIX.mode=0{:o}; {name}", meta.mode & 0o7777);
 }
 
@@ -161,34 +139,18 @@ mod tests {
     }
 
     fn meta(kind: FileKind, size: u64, t: u64) -> Metadata {
-        Metadata {
-            kind,
-            size,
-            modified: at(t),
-            mode: 0o755,
-            nlink: 2,
-        }
+        Metadata { kind, size, modified: at(t), mode: 0o755, nlink: 2 }
     }
 
     #[test]
     fn list_line_recent_and_old() {
         let mut out = Vec::new();
-        list_line(
-            &mut out,
-            "d",
-            &meta(FileKind::Dir, 0, 1_764_064_800),
-            at(1_764_064_900),
-        );
+        list_line(&mut out, "d", &meta(FileKind::Dir, 0, 1_764_064_800), at(1_764_064_900));
         let line = String::from_utf8(out).unwrap();
         assert!(line.starts_with("drwxr-xr-x   2 ftp"), "{line}");
         assert!(line.ends_with("Nov 25 10:00 d\r\n"), "{line}");
         let mut out = Vec::new();
-        list_line(
-            &mut out,
-            "f",
-            &meta(FileKind::File, 5, 0),
-            at(1_764_064_900),
-        );
+        list_line(&mut out, "f", &meta(FileKind::File, 5, 0), at(1_764_064_900));
         let line = String::from_utf8(out).unwrap();
         assert!(line.ends_with("Jan  1  1970 f\r\n"), "{line}");
     }

@@ -23,9 +23,7 @@ impl Default for MemoryStorage {
     fn default() -> Self {
         let mut nodes = BTreeMap::new();
         nodes.insert(String::new(), Node::Dir);
-        MemoryStorage {
-            nodes: Arc::new(Mutex::new(nodes)),
-        }
+        MemoryStorage { nodes: Arc::new(Mutex::new(nodes)) }
     }
 }
 
@@ -39,13 +37,7 @@ fn meta(node: &Node) -> Metadata {
         Node::Dir => (FileKind::Dir, 0),
     };
     let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    Metadata {
-        kind,
-        size,
-        modified,
-        mode: 0o644,
-        nlink: 1,
-    }
+    Metadata { kind, size, modified, mode: 0o644, nlink: 1 }
 }
 
 fn not_found() -> io::Error {
@@ -55,8 +47,7 @@ fn not_found() -> io::Error {
 impl MemoryStorage {
     /// Adds a file (and nothing else: its directory must exist).
     pub fn put(&self, path: &str, data: &[u8]) {
-        self.lock()
-            .insert(path.to_string(), Node::File(data.to_vec()));
+        self.lock().insert(path.to_string(), Node::File(data.to_vec()));
     }
 
     /// The contents of a file, if it exists.
@@ -104,10 +95,7 @@ impl Storage for MemoryStorage {
             Some(Node::File(d)) => {
                 let mut cursor = Cursor::new(d.clone());
                 cursor.set_position(offset);
-                Ok(Box::new(MemoryFile {
-                    cursor,
-                    target: None,
-                }))
+                Ok(Box::new(MemoryFile { cursor, target: None }))
             }
             Some(Node::Dir) => Err(io::ErrorKind::IsADirectory.into()),
             None => Err(not_found()),

@@ -145,6 +145,9 @@ pub enum Outcome {
     Storage(std::io::Error),
     /// The server is stopping and the grace period ran out.
     ShuttingDown,
+    /// The data connection's TLS handshake failed, or did not resume the control connection's
+    /// session when the server requires it.
+    TlsRejected,
 }
 
 #[derive(Debug)]
@@ -542,10 +545,8 @@ impl Session {
         if !pre_login && !matches!(self.login, Login::LoggedIn(_)) {
             return Some((530, "Please log in with USER and PASS."));
         }
-        let writes = matches!(
-            cmd,
-            Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou
-        );
+        let writes =
+            matches!(cmd, Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou);
         if writes && !self.account().is_some_and(|a| a.writable) {
             return Some((550, "Permission denied."));
         }
@@ -574,11 +575,7 @@ impl Session {
                 return self.reply(230, "Already logged in.");
             }
         };
-        match self
-            .config
-            .auth
-            .authenticate(&user, password, self.peer.ip())
-        {
+        match self.config.auth.authenticate(&user, password, self.peer.ip()) {
             Ok(account) => {
                 self.login = Login::LoggedIn(Box::new(account));
                 self.cwd = String::from("/");
@@ -596,8 +593,7 @@ impl Session {
             self.handle_wakeup();
         } else {
             self.wait = Some(Wait::LoginDelay { close });
-            self.actions
-                .push_back(Action::Sleep(self.config.login_fail_delay));
+            self.actions.push_back(Action::Sleep(self.config.login_fail_delay));
         }
     }
 
@@ -677,11 +673,7 @@ impl Session {
 
     fn feat(&mut self) {
         let mut text = String::from("211-Features:\r\n");
-        let tls = if self.config.tls == TlsPolicy::Off {
-            &[][..]
-        } else {
-            TLS_FEATURES
-        };
+        let tls = if self.config.tls == TlsPolicy::Off { &[][..] } else { TLS_FEATURES };
         for f in tls.iter().chain(FEATURES) {
             let _ = write!(text, " {f}\r\n");
         }
@@ -720,11 +712,7 @@ impl Session {
     }
 
     fn site(&mut self, arg: &str) {
-        let sub = arg
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
+        let sub = arg.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
         match sub.as_str() {
             "HELP" => self.reply_multi(214, &["SITE commands recognized:", " HELP", "Help OK."]),
             _ => self.reply(502, "Unknown SITE command."),
@@ -745,11 +733,7 @@ impl Session {
             Some(u) => lines.push(format!(" Logged in as {u}")),
             None => lines.push(String::from(" Not logged in")),
         }
-        let t = if self.transfer_type == TransferType::Ascii {
-            "ASCII"
-        } else {
-            "BINARY"
-        };
+        let t = if self.transfer_type == TransferType::Ascii { "ASCII" } else { "BINARY" };
         lines.push(format!(" TYPE: {t}; STRUcture: File; MODE: Stream"));
         lines.push(format!(
             " Control connection: {}",
@@ -911,10 +895,9 @@ impl Session {
                 self.epsv_all = true;
                 self.reply(200, "EPSV ALL ok.");
             }
-            EpsvArg::Protocol(Some(p)) if p != family => self.reply(
-                522,
-                &format!("Network protocol not supported, use ({family})"),
-            ),
+            EpsvArg::Protocol(Some(p)) if p != family => {
+                self.reply(522, &format!("Network protocol not supported, use ({family})"))
+            }
             EpsvArg::Protocol(_) => self.pasv(true),
         }
     }
@@ -926,10 +909,7 @@ impl Session {
         let addr = canonical(addr);
         if addr.is_ipv4() != self.peer.is_ipv4() {
             let family = if self.peer.is_ipv4() { 1 } else { 2 };
-            return self.reply(
-                522,
-                &format!("Network protocol not supported, use ({family})"),
-            );
+            return self.reply(522, &format!("Network protocol not supported, use ({family})"));
         }
         if addr.ip() != self.peer.ip() || addr.port() < 1024 {
             return self.reply(
@@ -1072,14 +1052,7 @@ impl Session {
             progress: progress.clone(),
         }));
         let aborting = false;
-        self.running = Some(Running {
-            verb,
-            path,
-            size,
-            progress,
-            aborting,
-            unique_name,
-        });
+        self.running = Some(Running { verb, path, size, progress, aborting, unique_name });
     }
 
     fn reply_outcome(&mut self, run: &Running, outcome: Outcome) {
@@ -1093,6 +1066,10 @@ impl Session {
             Outcome::ConnectionLost => self.reply(426, "Data connection lost; transfer aborted."),
             Outcome::Storage(e) => self.reply_error(&e),
             Outcome::ShuttingDown => self.reply(426, "Server shutting down; transfer aborted."),
+            Outcome::TlsRejected => self.reply(
+                522,
+                "Data connection TLS failed: it must resume the control connection's session.",
+            ),
         }
     }
 
@@ -1122,9 +1099,7 @@ impl Session {
         }
         let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
         listing::sort(&mut entries);
-        let prefix = arg
-            .map(|a| format!("{}/", a.trim_end_matches('/')))
-            .unwrap_or_default();
+        let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
         let mut out = Vec::with_capacity(entries.len() * 16);
         for e in &entries {
             out.extend_from_slice(prefix.as_bytes());
@@ -1187,16 +1162,11 @@ impl Session {
     fn reply_pasv(&mut self, port: u16) {
         let ip = match self.config.masquerade.unwrap_or(self.local.ip()) {
             IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
         };
         let [a, b, c, d] = ip.octets();
-        let text = format!(
-            "Entering Passive Mode ({a},{b},{c},{d},{},{}).",
-            port >> 8,
-            port & 0xff
-        );
+        let text =
+            format!("Entering Passive Mode ({a},{b},{c},{d},{},{}).", port >> 8, port & 0xff);
         self.reply(227, &text);
     }
 
@@ -1260,20 +1230,14 @@ impl std::fmt::Write for Utf8Writer<'_> {
 fn transfer_line(r: &Running) -> String {
     let done = r.progress.load(Ordering::Relaxed);
     match r.size {
-        Some(total) => format!(
-            " {} {}: {done} of {total} bytes transferred",
-            r.verb, r.path
-        ),
+        Some(total) => format!(" {} {}: {done} of {total} bytes transferred", r.verb, r.path),
         None => format!(" {} {}: {done} bytes transferred", r.verb, r.path),
     }
 }
 
 /// Commands answered while a transfer runs: the reason FTP has a second channel.
 fn is_live(line: &[u8]) -> bool {
-    matches!(
-        command::parse(line),
-        Ok(Command::Abor | Command::Noop | Command::Stat(None))
-    )
+    matches!(command::parse(line), Ok(Command::Abor | Command::Noop | Command::Stat(None)))
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as the IPv4 address.

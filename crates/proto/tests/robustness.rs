@@ -29,12 +29,7 @@ struct Auth(MemoryStorage);
 impl Authenticator for Auth {
     fn authenticate(&self, user: &str, _: &str, _: IpAddr) -> Result<Account, AuthError> {
         let storage = Arc::new(self.0.clone());
-        Ok(Account {
-            name: user.into(),
-            storage,
-            writable: true,
-            anonymous: false,
-        })
+        Ok(Account { name: user.into(), storage, writable: true, anonymous: false })
     }
 }
 

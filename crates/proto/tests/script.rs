@@ -22,12 +22,7 @@ impl Authenticator for TestAuth {
             _ => return Err(AuthError::BadCredentials),
         };
         let storage = Arc::new(self.storage.clone());
-        Ok(Account {
-            name: user.into(),
-            storage,
-            writable,
-            anonymous: !writable,
-        })
+        Ok(Account { name: user.into(), storage, writable, anonymous: !writable })
     }
 }
 
@@ -54,9 +49,7 @@ impl Script {
     fn with(tweak: impl FnOnce(&mut Config)) -> Self {
         let storage = MemoryStorage::default();
         storage.put("hello.txt", b"hello\nworld\n");
-        let mut config = Config::new(Arc::new(TestAuth {
-            storage: storage.clone(),
-        }));
+        let mut config = Config::new(Arc::new(TestAuth { storage: storage.clone() }));
         config.login_fail_delay = Duration::ZERO;
         tweak(&mut config);
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
@@ -100,9 +93,9 @@ impl Script {
 
     fn act(&mut self, action: Action) {
         match action {
-            Action::OpenPassive => self
-                .session
-                .handle_passive_opened(Ok("127.0.0.1:50000".parse().unwrap())),
+            Action::OpenPassive => {
+                self.session.handle_passive_opened(Ok("127.0.0.1:50000".parse().unwrap()))
+            }
             Action::Transfer(t) if self.complete_transfers => {
                 self.downloaded.clear();
                 match t.body {
@@ -135,9 +128,7 @@ impl Script {
     fn code(&mut self, line: &str) -> u16 {
         let reply = self.send(line);
         let last = reply.lines().last().unwrap_or_default();
-        last.get(..3)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("{reply:?}"))
+        last.get(..3).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{reply:?}"))
     }
 }
 
@@ -158,24 +149,13 @@ fn out_of_sequence_commands_get_503() {
     assert_eq!(s.code("RNTO b"), 503);
     assert_eq!(s.code("RNFR hello.txt"), 350);
     assert_eq!(s.code("NOOP"), 200);
-    assert_eq!(
-        s.code("RNTO b"),
-        503,
-        "RNFR must be followed directly by RNTO"
-    );
+    assert_eq!(s.code("RNTO b"), 503, "RNFR must be followed directly by RNTO");
 }
 
 #[test]
 fn commands_need_login() {
     let mut s = Script::new();
-    for cmd in [
-        "PWD",
-        "CWD /",
-        "LIST",
-        "RETR hello.txt",
-        "PASV",
-        "SIZE hello.txt",
-    ] {
+    for cmd in ["PWD", "CWD /", "LIST", "RETR hello.txt", "PASV", "SIZE hello.txt"] {
         assert_eq!(s.code(cmd), 530, "{cmd}");
     }
     assert_eq!(s.code("FEAT"), 211);
@@ -226,14 +206,9 @@ fn download_upload_and_resume() {
     let mut s = Script::login("alice", "secret");
     assert_eq!(s.code("TYPE I"), 200);
     assert_eq!(s.code("RETR hello.txt"), 425, "no data connection set up");
-    assert!(s
-        .send("PASV")
-        .starts_with("227 Entering Passive Mode (127,0,0,1,195,80)."));
+    assert!(s.send("PASV").starts_with("227 Entering Passive Mode (127,0,0,1,195,80)."));
     let reply = s.send("RETR hello.txt");
-    assert!(
-        reply.starts_with("150 ") && reply.contains("226 "),
-        "{reply}"
-    );
+    assert!(reply.starts_with("150 ") && reply.contains("226 "), "{reply}");
     assert_eq!(s.downloaded, b"hello\nworld\n");
 
     s.upload = b"abc".to_vec();
@@ -260,28 +235,14 @@ fn stou_reports_the_name() {
     s.upload = b"u".to_vec();
     s.send("PASV");
     let reply = s.send("STOU");
-    let name = reply
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("150 FILE: ")
-        .unwrap()
-        .to_string();
+    let name = reply.lines().next().unwrap().strip_prefix("150 FILE: ").unwrap().to_string();
     assert_eq!(s.storage.contents(&name).unwrap(), b"u");
 }
 
 #[test]
 fn anonymous_is_read_only() {
     let mut s = Script::login("anonymous", "me@example.com");
-    for cmd in [
-        "STOR x",
-        "APPE x",
-        "STOU",
-        "MKD d",
-        "RMD d",
-        "DELE hello.txt",
-        "RNFR hello.txt",
-    ] {
+    for cmd in ["STOR x", "APPE x", "STOU", "MKD d", "RMD d", "DELE hello.txt", "RNFR hello.txt"] {
         assert_eq!(s.code(cmd), 550, "{cmd}");
     }
     assert!(s.storage.contents("hello.txt").is_some());
@@ -296,26 +257,17 @@ fn listings() {
     s.send("PASV");
     s.send("LIST -la");
     let text = String::from_utf8(s.downloaded.clone()).unwrap();
-    assert!(
-        text.starts_with("-rw-r--r--") && text.ends_with(" hello.txt\r\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("-rw-r--r--") && text.ends_with(" hello.txt\r\n"), "{text}");
     s.send("PASV");
     s.send("MLSD");
     let text = String::from_utf8(s.downloaded.clone()).unwrap();
     assert!(text.starts_with("type=file;size=12;modify="), "{text}");
     let reply = s.send("MLST hello.txt");
-    assert!(
-        reply.starts_with("250-") && reply.contains("\r\n type=file;size=12;"),
-        "{reply}"
-    );
+    assert!(reply.starts_with("250-") && reply.contains("\r\n type=file;size=12;"), "{reply}");
     assert_eq!(s.send("SIZE hello.txt"), "213 12\r\n");
     assert!(s.send("MDTM hello.txt").starts_with("213 2023"));
     let reply = s.send("STAT /");
-    assert!(
-        reply.starts_with("213-") && reply.contains("hello.txt"),
-        "{reply}"
-    );
+    assert!(reply.starts_with("213-") && reply.contains("hello.txt"), "{reply}");
 }
 
 #[test]
@@ -358,14 +310,8 @@ fn control_channel_stays_live_during_a_transfer() {
     assert!(matches!(s.pending.last(), Some(Action::Abort)));
     s.session.handle_transfer_done(Outcome::Aborted);
     let replies = s.drain();
-    assert!(
-        replies.starts_with("426 ") && replies.contains("\r\n226 ABOR"),
-        "{replies}"
-    );
-    assert!(
-        replies.ends_with("257 \"/\" is the current directory.\r\n"),
-        "{replies}"
-    );
+    assert!(replies.starts_with("426 ") && replies.contains("\r\n226 ABOR"), "{replies}");
+    assert!(replies.ends_with("257 \"/\" is the current directory.\r\n"), "{replies}");
 }
 
 #[test]
@@ -393,8 +339,7 @@ fn long_line_is_refused_and_closes() {
 #[test]
 fn pipelined_lines_in_one_read() {
     let mut s = Script::new();
-    s.session
-        .handle_input(b"USER alice\r\nPASS secret\r\nPWD\r\nQUIT\r\n");
+    s.session.handle_input(b"USER alice\r\nPASS secret\r\nPWD\r\nQUIT\r\n");
     let replies = s.drain();
     let codes: Vec<&str> = replies.lines().map(|l| &l[..3]).collect();
     assert_eq!(codes, ["331", "230", "257", "221"]);
@@ -416,15 +361,7 @@ fn rein_and_host() {
 fn feat_opts_help_site() {
     let mut s = Script::new();
     let feat = s.send("FEAT");
-    for f in [
-        "EPSV",
-        "MLST type*",
-        "REST STREAM",
-        "SIZE",
-        "MDTM",
-        "UTF8",
-        "HOST",
-    ] {
+    for f in ["EPSV", "MLST type*", "REST STREAM", "SIZE", "MDTM", "UTF8", "HOST"] {
         assert!(feat.contains(f), "{f} missing from {feat}");
     }
     assert!(!feat.contains("AUTH TLS"), "no TLS configured");

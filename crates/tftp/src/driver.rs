@@ -9,7 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::packet::{emit_error, ErrorCode, MAX_PACKET_LEN};
+use crate::packet::{emit_error, ErrorCode, Packet, MAX_PACKET_LEN};
 use crate::transfer::Transfer;
 
 /// How often a waiting driver looks at the shutdown flag.
@@ -92,25 +92,36 @@ pub(crate) fn drive(
             flush(socket, machine, peer.destination())?;
             return Ok(());
         }
-        let now = Instant::now();
-        let deadline = machine.poll_timeout().unwrap_or(now + SHUTDOWN_POLL);
-        if now >= deadline {
-            machine.handle_timeout(now);
-            continue;
-        }
-        socket.set_read_timeout(Some(
-            (deadline - now).clamp(Duration::from_millis(1), SHUTDOWN_POLL),
-        ))?;
-        if let Some((len, from)) = receive(socket, &mut buf)? {
-            if peer.admit(from) {
-                machine.handle_datagram(&buf[..len], Instant::now());
-                let (done, total) = machine.progress();
-                on_progress(done, total);
-            } else {
-                reject_stranger(socket, from);
-            }
-        }
+        step(socket, machine, &mut peer, &mut buf, on_progress)?;
     }
+}
+
+/// Waits for one datagram or the machine's deadline, whichever comes first, and feeds it in.
+fn step(
+    socket: &UdpSocket,
+    machine: &mut dyn Transfer,
+    peer: &mut Peer,
+    buf: &mut [u8],
+    on_progress: &mut dyn FnMut(u64, Option<u64>),
+) -> io::Result<()> {
+    let now = Instant::now();
+    let deadline = machine.poll_timeout().unwrap_or(now + SHUTDOWN_POLL);
+    if now >= deadline {
+        machine.handle_timeout(now);
+        return Ok(());
+    }
+    let wait = (deadline - now).clamp(Duration::from_millis(1), SHUTDOWN_POLL);
+    socket.set_read_timeout(Some(wait))?;
+    match receive(socket, buf)? {
+        Some((len, from)) if peer.admit(from) => {
+            machine.handle_datagram(&buf[..len], Instant::now());
+            let (done, total) = machine.progress();
+            on_progress(done, total);
+        }
+        Some((len, from)) => reject_stranger(socket, from, &buf[..len]),
+        None => {}
+    }
+    Ok(())
 }
 
 fn done(machine: &dyn Transfer, stop_at: StopAt) -> bool {
@@ -152,7 +163,11 @@ fn transient(err: &io::Error) -> bool {
 }
 
 /// RFC 1350 section 4: a packet from the wrong port gets ERROR 5, and the transfer goes on.
-fn reject_stranger(socket: &UdpSocket, from: SocketAddr) {
+/// An ERROR is not answered, so that two confused hosts cannot ping-pong errors forever.
+fn reject_stranger(socket: &UdpSocket, from: SocketAddr, datagram: &[u8]) {
+    if matches!(Packet::parse(datagram), Ok(Packet::Error { .. })) {
+        return;
+    }
     let mut packet = Vec::new();
     emit_error(&mut packet, ErrorCode::UNKNOWN_TID, "unknown transfer ID");
     // Best effort: the stranger's fate does not matter to this transfer.

@@ -129,13 +129,16 @@ impl Net {
     }
 }
 
+/// Builds the server's machine from the first request that reaches it.
+type MakeServer = Box<dyn FnMut(&[u8], Instant) -> Box<dyn Transfer>>;
+
 struct Sim {
     base: Instant,
     now: Duration,
     net: Net,
     client: Box<dyn Transfer>,
     server: Option<Box<dyn Transfer>>,
-    make_server: Box<dyn FnMut(&[u8], Instant) -> Box<dyn Transfer>>,
+    make_server: MakeServer,
     sender_side: Side,
     recent_acks: VecDeque<u16>,
     report: Report,
@@ -453,7 +456,12 @@ fn loss_duplication_and_reordering_sweep() {
     }
     assert!(
         duplicates_seen > 100,
-        "the sweep must exercise duplicate ACKs: {duplicates_seen}"
+        "too few duplicate ACKs: {duplicates_seen}"
+    );
+    // A sender may miss the final ACK (TFTP cannot fix that), but rarely.
+    assert!(
+        senders_complete * 10 >= runs * 9,
+        "{senders_complete} of {runs} senders complete"
     );
 }
 

@@ -154,9 +154,8 @@ fn bad_modes_and_names() {
         parse_err(b"\x00\x01f\x00octet\x00bl\xe9\x001\x00"),
         ParseError::NotText
     );
-    assert!(
-        matches!(Packet::parse(b"\x00\x01f\x00mail\x00"), Ok(Packet::Rrq(r)) if r.mode == Mode::Mail)
-    );
+    let mail = Packet::parse(b"\x00\x01f\x00mail\x00");
+    assert!(matches!(mail, Ok(Packet::Rrq(r)) if r.mode == Mode::Mail));
 }
 
 #[test]

@@ -14,11 +14,7 @@ use serde::Deserialize;
 use crate::models::Model;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "zocalo",
-    version,
-    about = "An FTP server whose server model is a switch"
-)]
+#[command(name = "zocalo", version, about = "An FTP server whose server model is a switch")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -31,6 +27,18 @@ pub enum Command {
     /// Manage the accounts of a users file.
     #[command(subcommand)]
     User(UserCommand),
+    /// Make a TLS certificate for FTPS.
+    Cert {
+        /// A self-signed certificate (the only kind for now): cert.pem and key.pem.
+        #[arg(long, required = true)]
+        self_signed: bool,
+        /// Directory to write cert.pem and key.pem to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Names the certificate is valid for (repeatable) [default: localhost, 127.0.0.1, ::1].
+        #[arg(long)]
+        name: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +134,22 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// PEM certificate chain for FTPS (see `zocalo cert --self-signed`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for FTPS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// FTPS policy: off, optional or required (no login before AUTH TLS, no data without
+    /// PROT P) [default: optional when a certificate is given].
+    #[arg(long, value_name = "POLICY")]
+    pub tls: Option<String>,
+    /// Refuse TLS data connections that do not resume the control connection's session.
+    #[arg(long)]
+    pub tls_require_reuse: bool,
+    /// Listen for implicit FTPS (TLS from the first byte, as ftps:// URLs expect); repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub implicit_tls: Vec<SocketAddr>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -154,6 +178,20 @@ pub struct FileConfig {
     atomic_uploads: Option<bool>,
     run_as: Option<String>,
     log_format: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls: Option<String>,
+    tls_require_reuse: Option<bool>,
+    implicit_tls: Option<Vec<SocketAddr>>,
+}
+
+/// FTPS settings.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub required: bool,
+    pub require_reuse: bool,
 }
 
 /// Everything `serve` needs, resolved.
@@ -181,6 +219,8 @@ pub struct Settings {
     pub atomic_uploads: bool,
     pub run_as: Option<String>,
     pub json_logs: bool,
+    pub tls: Option<TlsSettings>,
+    pub implicit_tls: Vec<SocketAddr>,
 }
 
 impl Settings {
@@ -200,11 +240,8 @@ impl Settings {
             None => std::env::current_dir().map_err(|e| e.to_string())?,
         };
         let listen = pick_vec(&args.listen, file.listen);
-        let listen = if listen.is_empty() {
-            vec![SocketAddr::from(([127, 0, 0, 1], 2121))]
-        } else {
-            listen
-        };
+        let listen =
+            if listen.is_empty() { vec![SocketAddr::from(([127, 0, 0, 1], 2121))] } else { listen };
         let users_plain = pick_vec(&args.users_plain, file.user)
             .iter()
             .map(|u| parse_user(u))
@@ -219,18 +256,23 @@ impl Settings {
         let model_name = args.model.clone().or(file.model);
         let model = model_name.map_or(Ok(Model::default()), |m| m.parse())?;
         let passive = args.passive_ports.clone().or(file.passive_ports);
-        let log_format = args
-            .log_format
-            .clone()
-            .or(file.log_format)
-            .unwrap_or_else(|| "text".into());
+        let log_format =
+            args.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
-            return Err(format!(
-                "unknown log format {log_format:?}: use text or json"
-            ));
+            return Err(format!("unknown log format {log_format:?}: use text or json"));
         }
         let secs =
             |a: Option<u64>, f: Option<u64>, d: u64| Duration::from_secs(a.or(f).unwrap_or(d));
+        let implicit_tls = pick_vec(&args.implicit_tls, file.implicit_tls);
+        let tls = tls_settings(
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+            args.tls.clone().or(file.tls),
+            args.tls_require_reuse || file.tls_require_reuse.unwrap_or(false),
+        )?;
+        if tls.is_none() && !implicit_tls.is_empty() {
+            return Err("--implicit-tls needs --tls-cert and --tls-key".into());
+        }
         Ok(Settings {
             root,
             listen,
@@ -242,29 +284,42 @@ impl Settings {
             masquerade: args.masquerade.or(file.masquerade),
             model,
             backlog: args.backlog.or(file.backlog).unwrap_or(128),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(10_000),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
             max_per_ip: args.max_per_ip.or(file.max_per_ip).unwrap_or(10_000),
             idle_timeout: secs(args.idle_timeout, file.idle_timeout, 300),
             data_timeout: secs(args.data_timeout, file.data_timeout, 30),
             shutdown_grace: secs(args.shutdown_grace, file.shutdown_grace, 10),
             login_fail_delay: Duration::from_millis(
-                args.login_fail_delay_ms
-                    .or(file.login_fail_delay_ms)
-                    .unwrap_or(1000),
+                args.login_fail_delay_ms.or(file.login_fail_delay_ms).unwrap_or(1000),
             ),
-            max_login_failures: args
-                .max_login_failures
-                .or(file.max_login_failures)
-                .unwrap_or(10),
+            max_login_failures: args.max_login_failures.or(file.max_login_failures).unwrap_or(10),
             ban_time: secs(args.ban_time, file.ban_time, 300),
             pool_queue: args.pool_queue.or(file.pool_queue),
             atomic_uploads: args.atomic_uploads || file.atomic_uploads.unwrap_or(false),
             run_as: args.run_as.clone().or(file.run_as),
             json_logs: log_format == "json",
+            tls,
+            implicit_tls,
         })
+    }
+}
+
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    policy: Option<String>,
+    require_reuse: bool,
+) -> Result<Option<TlsSettings>, String> {
+    let required = match policy.as_deref() {
+        Some("off") => return Ok(None),
+        Some("required") => true,
+        Some("optional") | None => false,
+        Some(other) => return Err(format!("--tls wants off, optional or required, got {other:?}")),
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsSettings { cert, key, required, require_reuse })),
+        (None, None) if policy.is_none() => Ok(None),
+        _ => Err("FTPS needs both --tls-cert and --tls-key".into()),
     }
 }
 
@@ -286,10 +341,8 @@ fn parse_user(spec: &str) -> Result<(String, String), String> {
 fn parse_range(spec: &str) -> Result<RangeInclusive<u16>, String> {
     let bad = || format!("--passive-ports wants A-B with 1024 <= A <= B, got {spec:?}");
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u16, u16) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
+    let (a, b): (u16, u16) =
+        (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
     if a < 1024 || a > b {
         return Err(bad());
     }
@@ -322,25 +375,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("zocalo-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("z.toml");
-        std::fs::write(
-            &path,
-            "model = \"thread\"\nmax-per-ip = 3\nlisten = [\"127.0.0.1:0\"]\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(path.clone()),
-            max_per_ip: Some(5),
-            ..Default::default()
-        };
+        std::fs::write(&path, "model = \"thread\"\nmax-per-ip = 3\nlisten = [\"127.0.0.1:0\"]\n")
+            .unwrap();
+        let args =
+            ServeArgs { config: Some(path.clone()), max_per_ip: Some(5), ..Default::default() };
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.model, Model::Thread);
         assert_eq!(s.max_per_ip, 5);
         assert_eq!(s.listen, vec!["127.0.0.1:0".parse().unwrap()]);
         std::fs::write(&path, "nonsense = 1\n").unwrap();
-        assert!(
-            Settings::resolve(&args).is_err(),
-            "unknown keys are refused"
-        );
+        assert!(Settings::resolve(&args).is_err(), "unknown keys are refused");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -8,7 +8,7 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::RangeInclusive;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use zocalo_proto::session::{Action, Config, Outcome, Session};
 use crate::data::{DataTask, Step};
 use crate::net;
 use crate::shutdown::Shutdown;
+use crate::tls::{Stream, Tls};
 
 /// Everything a connection needs from the server.
 pub struct Ctx {
@@ -27,20 +28,24 @@ pub struct Ctx {
     /// How long running transfers may go on after a stop is asked for.
     pub grace: Duration,
     pub shutdown: Shutdown,
+    /// FTPS: AUTH TLS, PROT P and implicit-TLS listeners.
+    pub tls: Option<Tls>,
 }
 
-/// Serves one client until it leaves; never panics on what the client sends.
-pub fn serve(stream: TcpStream, ctx: &Ctx) {
-    let Ok(mut conn) = Conn::new(stream, ctx) else {
+/// Serves one client until it leaves; never panics on what the client sends. With `implicit`,
+/// the connection speaks TLS from its first byte (implicit FTPS).
+pub fn serve(stream: TcpStream, ctx: &Ctx, implicit: bool) {
+    let Ok(mut conn) = Conn::new(stream, ctx, implicit) else {
         return;
     };
     while conn.turn() {}
+    conn.control.close();
     tracing::debug!(peer = %conn.peer, "session ended");
 }
 
 struct Conn<'a> {
     ctx: &'a Ctx,
-    control: TcpStream,
+    control: Stream,
     peer: SocketAddr,
     local: SocketAddr,
     session: Session,
@@ -55,11 +60,17 @@ struct Conn<'a> {
 }
 
 impl<'a> Conn<'a> {
-    fn new(control: TcpStream, ctx: &'a Ctx) -> io::Result<Self> {
-        let (peer, local) = (control.peer_addr()?, control.local_addr()?);
-        control.set_nonblocking(true)?;
-        let _ = control.set_nodelay(true);
-        let session = Session::new(ctx.config.clone(), peer, local);
+    fn new(sock: TcpStream, ctx: &'a Ctx, implicit: bool) -> io::Result<Self> {
+        let (peer, local) = (sock.peer_addr()?, sock.local_addr()?);
+        sock.set_nonblocking(true)?;
+        let _ = sock.set_nodelay(true);
+        let (control, session) = match (&ctx.tls, implicit) {
+            (Some(tls), true) => (
+                Stream::Plain(sock).upgrade(tls)?,
+                Session::new_implicit_tls(ctx.config.clone(), peer, local),
+            ),
+            _ => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
+        };
         let now = Instant::now();
         Ok(Conn {
             ctx,
@@ -110,9 +121,7 @@ impl<'a> Conn<'a> {
         match action {
             Action::OpenPassive => {
                 let opened = net::open_passive(self.local.ip(), self.ctx.passive_ports.as_ref());
-                let addr = opened
-                    .as_ref()
-                    .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+                let addr = opened.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()));
                 let result = addr.and_then(|l| l.local_addr());
                 self.passive = opened.ok();
                 self.session.handle_passive_opened(result);
@@ -120,7 +129,8 @@ impl<'a> Conn<'a> {
             Action::ClosePassive => self.passive = None,
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
-                match DataTask::new(t, self.passive.take(), self.local, self.peer.ip()) {
+                let (passive, tls) = (self.passive.take(), self.ctx.tls.as_ref());
+                match DataTask::new(t, passive, self.local, self.peer.ip(), tls) {
                     Ok(task) => {
                         self.task = Some(task);
                         self.step_task();
@@ -135,7 +145,7 @@ impl<'a> Conn<'a> {
                 }
             }
             Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
-            Action::StartTls => self.session.handle_shutdown(),
+            Action::StartTls => self.start_tls(),
             Action::Close => self.closed = true,
         }
     }
@@ -161,40 +171,76 @@ impl<'a> Conn<'a> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while !self.session.pending_output().is_empty() {
-            match self.control.write(self.session.pending_output()) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.session.advance_output(n),
+        loop {
+            let result = match self.session.pending_output() {
+                [] => self.control.flush_tls(),
+                out => self.control.write(out).map(|n| self.session.advance_output(n)),
+            };
+            match result {
+                Ok(()) if self.session.pending_output().is_empty() => return Ok(()),
+                Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let fd = self.control.as_raw_fd();
-                    if !poll_one(fd, libc::POLLOUT, self.ctx.idle_timeout)? {
-                        return Err(ErrorKind::TimedOut.into());
-                    }
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.wait_writable()?,
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+    }
+
+    fn wait_writable(&self) -> io::Result<()> {
+        let events = if self.control.is_handshaking() {
+            libc::POLLIN | libc::POLLOUT
+        } else {
+            libc::POLLOUT
+        };
+        match poll_one(self.control.fd(), events, self.ctx.idle_timeout)? {
+            true => Ok(()),
+            false => Err(ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// AUTH TLS was accepted and its 234 written: wrap the control connection and finish the
+    /// handshake before reading another command.
+    fn start_tls(&mut self) {
+        let (Some(tls), Stream::Plain(_)) = (&self.ctx.tls, &self.control) else {
+            return self.session.handle_shutdown();
+        };
+        if self.control.upgrade_in_place(tls).is_err() {
+            self.closed = true;
+            return;
+        }
+        let deadline = Instant::now() + self.ctx.idle_timeout;
+        loop {
+            let Stream::Tls(t) = &mut self.control else { return };
+            match t.handshake() {
+                Ok(true) if !t.is_handshaking() => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let events = if t.wants_write() { libc::POLLOUT } else { libc::POLLIN };
+            if left.is_zero() || !poll_one(t.fd(), events, left).unwrap_or(false) {
+                self.closed = true;
+                return;
+            }
+        }
+        self.session.handle_tls_established();
     }
 
     fn wait_for_events(&mut self) {
         let mut fds = [pollfd(-1, 0); 3];
-        let control_events = if self.session.input_room() > 0 {
-            libc::POLLIN
-        } else {
-            0
-        };
-        fds[0] = pollfd(self.control.as_raw_fd(), control_events);
+        let reading = self.session.input_room() > 0;
+        if reading && self.control.has_buffered() {
+            self.read_control();
+            return;
+        }
+        let control_events = if reading { libc::POLLIN } else { 0 };
+        fds[0] = pollfd(self.control.fd(), control_events);
         if let Some(Step::Wait { fd, writable }) = self.wait {
-            fds[1] = pollfd(
-                fd,
-                if writable {
-                    libc::POLLOUT
-                } else {
-                    libc::POLLIN
-                },
-            );
+            fds[1] = pollfd(fd, if writable { libc::POLLOUT } else { libc::POLLIN });
         }
         if self.stop_by.is_none() {
             fds[2] = pollfd(self.ctx.shutdown.fd(), libc::POLLIN);
@@ -240,18 +286,9 @@ impl<'a> Conn<'a> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        let idle = self
-            .session
-            .is_idle()
-            .then(|| self.last_activity + self.ctx.idle_timeout);
-        let data = self
-            .task
-            .as_ref()
-            .map(|_| self.data_activity + self.ctx.data_timeout);
-        [idle, data, self.wake_at, self.stop_by]
-            .into_iter()
-            .flatten()
-            .min()
+        let idle = self.session.is_idle().then(|| self.last_activity + self.ctx.idle_timeout);
+        let data = self.task.as_ref().map(|_| self.data_activity + self.ctx.data_timeout);
+        [idle, data, self.wake_at, self.stop_by].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self) {
@@ -282,11 +319,7 @@ impl<'a> Conn<'a> {
 }
 
 fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
+    libc::pollfd { fd, events, revents: 0 }
 }
 
 fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {

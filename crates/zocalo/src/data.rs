@@ -1,10 +1,12 @@
 //! The data channel: getting the connection (accept on the passive listener, or connect for
-//! PORT/EPRT) and pumping the bytes, as a non-blocking state machine that every driver steps.
+//! PORT/EPRT), the TLS handshake for PROT P, and pumping the bytes, as a non-blocking state
+//! machine that every driver steps.
 //!
-//! [`DataTask::step`] does as much work as the socket allows and then says which descriptor to
-//! wait on. The per-connection driver waits with poll(2) beside its control connection; the
-//! event loop registers the descriptor in its poller. Files are sent with sendfile(2) when the
-//! transfer is binary, so RETR bytes never enter user space.
+//! [`DataTask::step`] does as much work as the socket allows (within a budget, so one fast
+//! transfer cannot starve an event loop) and then says which descriptor to wait on. The
+//! per-connection driver waits with poll(2) beside its control connection; the event loop
+//! registers the descriptor in its poller. Binary files on clear connections are sent with
+//! sendfile(2), so RETR bytes never enter user space.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -17,9 +19,11 @@ use zocalo_proto::ascii::{Decoder, Encoder};
 use zocalo_proto::session::{Body, Endpoint, Outcome, Transfer};
 use zocalo_proto::FileHandle;
 
+use crate::tls::{Stream, Tls};
+
 const CHUNK: usize = 64 * 1024;
 const SENDFILE_CHUNK: usize = 4 << 20;
-/// Chunks moved per step before yielding, so one fast transfer cannot starve an event loop.
+/// Chunks moved per step before yielding.
 const BUDGET: usize = 16;
 
 /// What a step needs next.
@@ -33,52 +37,60 @@ pub enum Step {
     Finished(Outcome),
 }
 
+/// How far one pump call got.
+enum Flow {
+    Done,
+    /// The socket would block in the pump's direction.
+    Blocked,
+    /// The budget ran out with work left: step again soon.
+    Yield,
+}
+
 /// One transfer, from connection setup to the last byte.
 pub struct DataTask {
     state: State,
     progress: Arc<AtomicU64>,
+    tls: Option<Tls>,
 }
 
 enum State {
     Accepting {
         listener: TcpListener,
         peer: IpAddr,
-        pump: Option<Pump>,
+        pump: Pump,
     },
     Connecting {
         sock: Socket,
-        pump: Option<Pump>,
+        pump: Pump,
     },
     /// The passive listener stays open until the task ends, so its descriptor number cannot be
     /// reused while a driver may still have it registered.
     Running {
-        sock: TcpStream,
+        stream: Stream,
         pump: Pump,
         _listener: Option<TcpListener>,
+        closing: bool,
     },
     Done,
 }
 
 impl DataTask {
     /// Starts a transfer; `passive` is the listener opened for PASV/EPSV, `local` the control
-    /// connection's local address (active connections leave from it), `peer` its peer.
+    /// connection's local address (active connections leave from it), `peer` its peer. `tls` is
+    /// the server's TLS setup, used when the transfer is protected (PROT P).
     pub fn new(
         t: Transfer,
         passive: Option<TcpListener>,
         local: SocketAddr,
         peer: IpAddr,
+        tls: Option<&Tls>,
     ) -> Result<Self, Outcome> {
-        let pump = Some(Pump::new(t.body, t.ascii));
+        let pump = Pump::new(t.body, t.ascii, t.tls);
+        let tls = if t.tls { Some(tls.ok_or(Outcome::TlsRejected)?.clone()) } else { None };
         let state = match (t.endpoint, passive) {
             (Endpoint::Passive, Some(listener)) => {
-                listener
-                    .set_nonblocking(true)
-                    .map_err(|_| Outcome::NoConnection)?;
-                State::Accepting {
-                    listener,
-                    peer,
-                    pump,
-                }
+                listener.set_nonblocking(true).map_err(|_| Outcome::NoConnection)?;
+                State::Accepting { listener, peer, pump }
             }
             (Endpoint::Passive, None) => return Err(Outcome::NoConnection),
             (Endpoint::Active(addr), _) => {
@@ -86,74 +98,115 @@ impl DataTask {
                 State::Connecting { sock, pump }
             }
         };
-        Ok(DataTask {
-            state,
-            progress: t.progress,
-        })
+        Ok(DataTask { state, progress: t.progress, tls })
     }
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).
     pub fn is_connecting(&self) -> bool {
-        matches!(
-            self.state,
-            State::Accepting { .. } | State::Connecting { .. }
-        )
-    }
-
-    /// Bytes moved so far.
-    pub fn progress(&self) -> u64 {
-        self.progress.load(Ordering::Relaxed)
+        matches!(self.state, State::Accepting { .. } | State::Connecting { .. })
     }
 
     /// Does all the work possible without blocking.
     pub fn step(&mut self) -> Step {
         loop {
             match std::mem::replace(&mut self.state, State::Done) {
-                State::Accepting {
-                    listener,
-                    peer,
-                    pump,
-                } => match accept_from(&listener, peer) {
-                    Ok(Some(sock)) => self.state = running(sock, pump, Some(listener)),
-                    Ok(None) => {
-                        return self.park(State::Accepting {
-                            listener,
-                            peer,
-                            pump,
-                        })
-                    }
+                State::Accepting { listener, peer, pump } => match accept_from(&listener, peer) {
+                    Ok(Some(sock)) => match self.running(sock, pump, Some(listener)) {
+                        Ok(state) => self.state = state,
+                        Err(outcome) => return Step::Finished(outcome),
+                    },
+                    Ok(None) => return self.park(State::Accepting { listener, peer, pump }, false),
                     Err(_) => return Step::Finished(Outcome::NoConnection),
                 },
                 State::Connecting { sock, pump } => match connected(&sock) {
-                    Ok(true) => self.state = running(sock.into(), pump, None),
-                    Ok(false) => return self.park(State::Connecting { sock, pump }),
+                    Ok(true) => match self.running(sock.into(), pump, None) {
+                        Ok(state) => self.state = state,
+                        Err(outcome) => return Step::Finished(outcome),
+                    },
+                    Ok(false) => return self.park(State::Connecting { sock, pump }, false),
                     Err(_) => return Step::Finished(Outcome::NoConnection),
                 },
-                State::Running {
-                    mut sock,
-                    mut pump,
-                    _listener,
-                } => match pump.run(&mut sock, &self.progress) {
-                    Ok(None) => return Step::Finished(Outcome::Done),
-                    Ok(Some(_)) => {
-                        return self.park(State::Running {
-                            sock,
-                            pump,
-                            _listener,
-                        })
-                    }
-                    Err(outcome) => return Step::Finished(outcome),
-                },
+                State::Running { stream, pump, _listener, closing } => {
+                    return self.run(stream, pump, _listener, closing);
+                }
                 State::Done => return Step::Finished(Outcome::Done),
             }
         }
     }
 
-    fn park(&mut self, state: State) -> Step {
+    fn running(
+        &self,
+        sock: TcpStream,
+        pump: Pump,
+        listener: Option<TcpListener>,
+    ) -> Result<State, Outcome> {
+        sock.set_nonblocking(true).map_err(|_| Outcome::ConnectionLost)?;
+        let mut stream = Stream::Plain(sock);
+        if let Some(tls) = &self.tls {
+            stream = stream.upgrade(tls).map_err(|_| Outcome::TlsRejected)?;
+        }
+        Ok(State::Running { stream, pump, _listener: listener, closing: false })
+    }
+
+    fn run(
+        &mut self,
+        mut stream: Stream,
+        mut pump: Pump,
+        listener: Option<TcpListener>,
+        mut closing: bool,
+    ) -> Step {
+        if let Stream::Tls(t) = &mut stream {
+            match t.handshake() {
+                Ok(_) if t.is_handshaking() => {}
+                Ok(_) if self.tls.as_ref().is_some_and(|c| c.require_reuse) && !t.resumed() => {
+                    return Step::Finished(Outcome::TlsRejected);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return Step::Finished(Outcome::TlsRejected),
+            }
+            if t.is_handshaking() {
+                let state = State::Running { stream, pump, _listener: listener, closing };
+                return self.park(state, false);
+            }
+        }
+        let flow = if closing { Ok(Flow::Done) } else { pump.run(&mut stream, &self.progress) };
+        match flow {
+            Ok(Flow::Done) => {
+                if !closing {
+                    stream.close();
+                    closing = true;
+                }
+                match stream.flush_tls() {
+                    Ok(()) => Step::Finished(Outcome::Done),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        let state = State::Running { stream, pump, _listener: listener, closing };
+                        self.park(state, false)
+                    }
+                    Err(_) => Step::Finished(Outcome::ConnectionLost),
+                }
+            }
+            Ok(flow) => {
+                let state = State::Running { stream, pump, _listener: listener, closing };
+                self.park(state, matches!(flow, Flow::Yield))
+            }
+            Err(outcome) => Step::Finished(outcome),
+        }
+    }
+
+    /// Stores the state and says what to wait for. `again` asks for an immediate new step (a
+    /// socket is writable almost always, so waiting for writability returns at once).
+    fn park(&mut self, state: State, again: bool) -> Step {
         let (fd, writable) = match &state {
             State::Accepting { listener, .. } => (listener.as_raw_fd(), false),
             State::Connecting { sock, .. } => (sock.as_raw_fd(), true),
-            State::Running { sock, pump, .. } => (sock.as_raw_fd(), pump.wants_write()),
+            State::Running { stream, pump, closing, .. } => {
+                let writable = again
+                    || stream.wants_write()
+                    || (*closing)
+                    || (!stream.is_handshaking() && pump.sends());
+                (stream.fd(), writable)
+            }
             State::Done => (-1, false),
         };
         self.state = state;
@@ -161,27 +214,13 @@ impl DataTask {
     }
 }
 
-fn running(sock: TcpStream, pump: Option<Pump>, listener: Option<TcpListener>) -> State {
-    match pump {
-        Some(pump) => State::Running {
-            sock,
-            pump,
-            _listener: listener,
-        },
-        None => State::Done,
-    }
-}
-
 /// Accepts one connection, dropping any that come from an address other than the client's.
 fn accept_from(listener: &TcpListener, peer: IpAddr) -> io::Result<Option<TcpStream>> {
     loop {
         match listener.accept() {
-            Ok((sock, from)) if canonical_ip(from.ip()) == peer => {
-                sock.set_nonblocking(true)?;
-                return Ok(Some(sock));
-            }
+            Ok((sock, from)) if canonical_ip(from.ip()) == peer => return Ok(Some(sock)),
             Ok((sock, from)) => {
-                tracing::warn!(%from, expected = %peer, "refused a data connection from a foreign address");
+                tracing::warn!(%from, expected = %peer, "refused a data connection from another address");
                 drop(sock);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
@@ -222,7 +261,7 @@ fn connected(sock: &Socket) -> io::Result<bool> {
     }
 }
 
-/// Moves the bytes of one transfer over a connected non-blocking socket.
+/// Moves the bytes of one transfer over a connected non-blocking stream.
 struct Pump {
     kind: PumpKind,
     /// Bytes read or encoded but not yet written out.
@@ -231,12 +270,12 @@ struct Pump {
 }
 
 enum PumpKind {
-    /// Binary send with sendfile(2).
+    /// Binary send of a file on a clear connection, with sendfile(2).
     SendFile {
         _file: Box<dyn FileHandle>,
         fd: RawFd,
     },
-    /// Send through the buffer (TYPE A, or a handle without a descriptor).
+    /// Send through the buffer (TYPE A, TLS, or a handle without a descriptor).
     SendCopy {
         file: Box<dyn FileHandle>,
         encoder: Option<Encoder>,
@@ -250,71 +289,51 @@ enum PumpKind {
 }
 
 impl Pump {
-    fn new(body: Body, ascii: bool) -> Self {
+    fn new(body: Body, ascii: bool, tls: bool) -> Self {
         let kind = match body {
-            Body::Send(file) => match (file.raw_fd(), ascii) {
+            Body::Send(file) => match (file.raw_fd(), ascii || tls) {
                 (Some(fd), false) => PumpKind::SendFile { _file: file, fd },
-                _ => PumpKind::SendCopy {
-                    file,
-                    encoder: ascii.then(Encoder::default),
-                    eof: false,
-                },
+                _ => PumpKind::SendCopy { file, encoder: ascii.then(Encoder::default), eof: false },
             },
-            Body::Bytes(bytes) => {
-                return Pump {
-                    kind: PumpKind::SendBytes,
-                    buf: bytes,
-                    pos: 0,
-                }
+            Body::Bytes(bytes) => return Pump { kind: PumpKind::SendBytes, buf: bytes, pos: 0 },
+            Body::Receive(file) => {
+                PumpKind::Receive { file: Some(file), decoder: ascii.then(Decoder::default) }
             }
-            Body::Receive(file) => PumpKind::Receive {
-                file: Some(file),
-                decoder: ascii.then(Decoder::default),
-            },
         };
-        Pump {
-            kind,
-            buf: Vec::new(),
-            pos: 0,
-        }
+        Pump { kind, buf: Vec::new(), pos: 0 }
     }
 
-    fn wants_write(&self) -> bool {
+    fn sends(&self) -> bool {
         !matches!(self.kind, PumpKind::Receive { .. })
     }
 
-    /// `Ok(None)` when finished, `Ok(Some(()))` when the socket would block.
-    fn run(&mut self, sock: &mut TcpStream, progress: &AtomicU64) -> Result<Option<()>, Outcome> {
-        match &mut self.kind {
-            PumpKind::SendFile { fd, .. } => send_file(sock, *fd, progress),
-            PumpKind::SendCopy { .. } | PumpKind::SendBytes => self.send_copy(sock, progress),
-            PumpKind::Receive { .. } => self.receive(sock, progress),
+    fn run(&mut self, stream: &mut Stream, progress: &AtomicU64) -> Result<Flow, Outcome> {
+        match (&mut self.kind, &*stream) {
+            (PumpKind::SendFile { fd, .. }, Stream::Plain(sock)) => send_file(sock, *fd, progress),
+            (PumpKind::Receive { .. }, _) => self.receive(stream, progress),
+            _ => self.send_copy(stream, progress),
         }
     }
 
-    fn send_copy(
-        &mut self,
-        sock: &mut TcpStream,
-        progress: &AtomicU64,
-    ) -> Result<Option<()>, Outcome> {
+    fn send_copy(&mut self, stream: &mut Stream, progress: &AtomicU64) -> Result<Flow, Outcome> {
         for _ in 0..BUDGET * 4 {
             if self.pos < self.buf.len() {
-                match sock.write(&self.buf[self.pos..]) {
+                match stream.write(&self.buf[self.pos..]) {
                     Ok(n) => {
                         self.pos += n;
                         progress.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Some(())),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Flow::Blocked),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return Err(Outcome::ConnectionLost),
                 }
                 continue;
             }
             if !self.refill()? {
-                return Ok(None);
+                return Ok(Flow::Done);
             }
         }
-        Ok(Some(()))
+        Ok(Flow::Yield)
     }
 
     /// Reads the next chunk of the file into the buffer; false at end of file.
@@ -337,54 +356,60 @@ impl Pump {
         Ok(n > 0)
     }
 
-    fn receive(
-        &mut self,
-        sock: &mut TcpStream,
-        progress: &AtomicU64,
-    ) -> Result<Option<()>, Outcome> {
-        let PumpKind::Receive { file, decoder } = &mut self.kind else {
-            return Ok(None);
-        };
+    fn receive(&mut self, stream: &mut Stream, progress: &AtomicU64) -> Result<Flow, Outcome> {
         if self.buf.len() < CHUNK {
             self.buf.resize(CHUNK, 0);
         }
         let mut decoded = Vec::new();
         for _ in 0..BUDGET {
-            let n = match sock.read(&mut self.buf) {
+            let n = match stream.read(&mut self.buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Some(())),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Flow::Blocked),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Outcome::ConnectionLost),
             };
-            let Some(f) = file.as_mut() else {
-                return Ok(None);
+            let PumpKind::Receive { file, decoder } = &mut self.kind else {
+                return Ok(Flow::Done);
             };
             if n == 0 {
-                if let Some(dec) = decoder {
-                    decoded.clear();
-                    dec.finish(&mut decoded);
-                    f.write_all(&decoded).map_err(Outcome::Storage)?;
-                }
-                f.flush().map_err(Outcome::Storage)?;
-                let f = file.take().expect("checked above");
-                f.finish().map_err(Outcome::Storage)?;
-                return Ok(None);
+                return finish_upload(file, decoder).map(|()| Flow::Done);
             }
             progress.fetch_add(n as u64, Ordering::Relaxed);
-            match decoder {
+            let Some(f) = file.as_mut() else {
+                return Ok(Flow::Done);
+            };
+            let bytes = match decoder {
                 Some(dec) => {
                     decoded.clear();
                     dec.decode(&self.buf[..n], &mut decoded);
-                    f.write_all(&decoded).map_err(Outcome::Storage)?;
+                    &decoded[..]
                 }
-                None => f.write_all(&self.buf[..n]).map_err(Outcome::Storage)?,
-            }
+                None => &self.buf[..n],
+            };
+            f.write_all(bytes).map_err(Outcome::Storage)?;
         }
-        Ok(Some(()))
+        Ok(Flow::Yield)
     }
 }
 
-fn send_file(sock: &TcpStream, fd: RawFd, progress: &AtomicU64) -> Result<Option<()>, Outcome> {
+/// The client closed the data connection: flush, and let the storage put the file in place.
+fn finish_upload(
+    file: &mut Option<Box<dyn FileHandle>>,
+    decoder: &mut Option<Decoder>,
+) -> Result<(), Outcome> {
+    let Some(mut f) = file.take() else {
+        return Ok(());
+    };
+    if let Some(dec) = decoder {
+        let mut tail = Vec::new();
+        dec.finish(&mut tail);
+        f.write_all(&tail).map_err(Outcome::Storage)?;
+    }
+    f.flush().map_err(Outcome::Storage)?;
+    f.finish().map_err(Outcome::Storage)
+}
+
+fn send_file(sock: &TcpStream, fd: RawFd, progress: &AtomicU64) -> Result<Flow, Outcome> {
     for _ in 0..BUDGET {
         // SAFETY: both descriptors are open for the duration of the call; a null offset uses and
         // advances the file's own position.
@@ -395,18 +420,15 @@ fn send_file(sock: &TcpStream, fd: RawFd, progress: &AtomicU64) -> Result<Option
             continue;
         }
         if n == 0 {
-            return Ok(None);
+            return Ok(Flow::Done);
         }
         let err = io::Error::last_os_error();
         match err.kind() {
-            ErrorKind::WouldBlock => return Ok(Some(())),
+            ErrorKind::WouldBlock => return Ok(Flow::Blocked),
             ErrorKind::Interrupted => continue,
-            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
-                return Err(Outcome::ConnectionLost)
-            }
             _ if err.raw_os_error() == Some(libc::EIO) => return Err(Outcome::Storage(err)),
             _ => return Err(Outcome::ConnectionLost),
         }
     }
-    Ok(Some(()))
+    Ok(Flow::Yield)
 }

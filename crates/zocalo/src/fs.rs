@@ -30,17 +30,10 @@ impl LocalFs {
     pub fn open(root: &Path, atomic_uploads: bool) -> io::Result<Self> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root = rustix::fs::open(root, flags, Mode::empty())?;
-        let fs = LocalFs {
-            root,
-            atomic_uploads,
-        };
-        fs.open_at("", OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("openat2 with RESOLVE_BENEATH is required: {e}"),
-                )
-            })?;
+        let fs = LocalFs { root, atomic_uploads };
+        fs.open_at("", OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
+            io::Error::new(e.kind(), format!("openat2 with RESOLVE_BENEATH is required: {e}"))
+        })?;
         Ok(fs)
     }
 
@@ -79,10 +72,7 @@ impl LocalFs {
         let mut file = File::from(fd);
         if let WriteMode::At(offset) = mode {
             if offset > file.metadata()?.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "REST beyond end of file",
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "REST beyond end of file"));
             }
             file.set_len(offset)?;
             file.seek(SeekFrom::Start(offset))?;
@@ -97,22 +87,10 @@ impl LocalFs {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let temp = format!(".{name}.zocalo-part-{}-{seq}", std::process::id());
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat2(
-            &dir,
-            temp.as_str(),
-            flags,
-            Mode::from_raw_mode(0o644),
-            RESOLVE,
-        )?;
-        let rename = Some(PendingRename {
-            dir,
-            temp,
-            name: name.to_string(),
-        });
-        Ok(LocalFile {
-            file: File::from(fd),
-            rename,
-        })
+        let fd =
+            rustix::fs::openat2(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o644), RESOLVE)?;
+        let rename = Some(PendingRename { dir, temp, name: name.to_string() });
+        Ok(LocalFile { file: File::from(fd), rename })
     }
 }
 
@@ -201,20 +179,14 @@ impl Storage for LocalFs {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from_dir, from_name) = self.parent(from)?;
         let (to_dir, to_name) = self.parent(to)?;
-        Ok(rustix::fs::renameat(
-            &from_dir, from_name, &to_dir, to_name,
-        )?)
+        Ok(rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name)?)
     }
 }
 
 impl LocalFs {
     /// What a symlink in a listing points to, if the target is inside the root.
     fn resolve_link(&self, dir: &str, name: &str) -> Option<Metadata> {
-        let path = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        };
+        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
         self.metadata(&path).ok()
     }
 }
@@ -299,10 +271,7 @@ mod tests {
         assert!(fs.open_read("sub/../../secret", 0).is_err());
         assert!(fs.metadata("out").is_err());
         let mut data = String::new();
-        fs.open_read("in", 0)
-            .unwrap()
-            .read_to_string(&mut data)
-            .unwrap();
+        fs.open_read("in", 0).unwrap().read_to_string(&mut data).unwrap();
         assert_eq!(data, "inside");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -14,4 +14,5 @@ pub mod models;
 pub mod net;
 pub mod serve;
 pub mod shutdown;
+pub mod tls;
 pub mod users;

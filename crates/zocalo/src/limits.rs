@@ -46,11 +46,7 @@ pub struct Permit {
 
 impl Limits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Limits {
-            max_total,
-            max_per_ip,
-            state: Mutex::new(Counts::default()),
-        })
+        Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()) })
     }
 
     /// Counts a new connection from `ip`, or refuses it.
@@ -65,10 +61,7 @@ impl Limits {
         }
         *n += 1;
         s.total += 1;
-        Ok(Permit {
-            limits: self.clone(),
-            ip,
-        })
+        Ok(Permit { limits: self.clone(), ip })
     }
 
     /// Connections now counted.
@@ -110,11 +103,7 @@ pub struct MemoryGuard {
 
 impl MemoryGuard {
     pub fn new(max_failures: u32, ban: Duration) -> Self {
-        MemoryGuard {
-            max_failures,
-            ban,
-            state: Mutex::new(HashMap::new()),
-        }
+        MemoryGuard { max_failures, ban, state: Mutex::new(HashMap::new()) }
     }
 }
 

@@ -13,12 +13,10 @@ fn main() -> ExitCode {
             init_logs(settings.json_logs);
             zocalo::serve::run(settings).map_err(|e| e.to_string())
         }),
-        Command::User(UserCommand::Add {
-            name,
-            users,
-            home,
-            read_only,
-        }) => read_password()
+        Command::Cert { out, name, .. } => zocalo::tls::self_signed(&out, &name)
+            .map(|()| println!("wrote {0}/cert.pem and {0}/key.pem", out.display()))
+            .map_err(|e| e.to_string()),
+        Command::User(UserCommand::Add { name, users, home, read_only }) => read_password()
             .and_then(|pw| zocalo::users::add_user(&users, &name, &pw, &home, !read_only)),
     };
     match result {
@@ -32,10 +30,7 @@ fn main() -> ExitCode {
 
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
     let pw = line.trim_end_matches(['\r', '\n']).to_string();
     if pw.is_empty() {
         return Err("empty password on standard input".into());
@@ -45,9 +40,11 @@ fn read_password() -> Result<String, String> {
 
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZOCALO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -30,13 +30,8 @@ pub fn open_passive(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> io::Resu
     let Some(range) = range else {
         return listen(SocketAddr::new(ip, 0), 1, false);
     };
-    let (start, len) = (
-        u32::from(*range.start()),
-        u32::from(*range.end() - *range.start()) + 1,
-    );
-    let offset = NEXT
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_add(std::process::id());
+    let (start, len) = (u32::from(*range.start()), u32::from(*range.end() - *range.start()) + 1);
+    let offset = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(std::process::id());
     for i in 0..len {
         let port = (start + (offset.wrapping_add(i) % len)) as u16;
         match listen(SocketAddr::new(ip, port), 1, false) {
@@ -45,10 +40,7 @@ pub fn open_passive(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> io::Resu
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        "no free passive port in range",
-    ))
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "no free passive port in range"))
 }
 
 /// Writes a short reply to a socket that will not get a session (over a limit), best effort.

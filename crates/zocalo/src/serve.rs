@@ -1,17 +1,17 @@
 //! `zocalo serve`: bind, drop privileges, announce, run the chosen model.
 
 use std::io::{self, Write};
-use std::net::TcpListener;
 use std::sync::Arc;
 
-use zocalo_proto::session::Config;
+use zocalo_proto::session::{Config, TlsPolicy};
 
 use crate::cli::Settings;
 use crate::conn::Ctx;
 use crate::limits::{Limits, MemoryGuard};
-use crate::models::{self, Model, Server};
+use crate::models::{self, Listener, Model, Server};
 use crate::net;
 use crate::shutdown::Shutdown;
+use crate::tls::Tls;
 use crate::users::{Users, UsersConfig};
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -20,14 +20,16 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     let reuse_port = matches!(settings.model, Model::Event(_, n) if n > 1);
-    let listeners = settings
-        .listen
-        .iter()
-        .map(|addr| {
-            net::listen(*addr, settings.backlog, reuse_port)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let plain = settings.listen.iter().map(|a| (a, false));
+    let implicit = settings.implicit_tls.iter().map(|a| (a, true));
+    let listeners = plain
+        .chain(implicit)
+        .map(|(addr, implicit_tls)| {
+            let sock = net::listen(*addr, settings.backlog, reuse_port)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            Ok(Listener { sock, implicit_tls })
         })
-        .collect::<io::Result<Vec<TcpListener>>>()?;
+        .collect::<io::Result<Vec<Listener>>>()?;
     if let Some(user) = &settings.run_as {
         drop_privileges(user)?;
     }
@@ -37,15 +39,12 @@ pub fn run(settings: Settings) -> io::Result<()> {
     models::run(settings.model, server)
 }
 
-fn build(
-    settings: &Settings,
-    listeners: Vec<TcpListener>,
-    shutdown: Shutdown,
-) -> io::Result<Server> {
-    let guard = Arc::new(MemoryGuard::new(
-        settings.max_login_failures,
-        settings.ban_time,
-    ));
+fn build(settings: &Settings, listeners: Vec<Listener>, shutdown: Shutdown) -> io::Result<Server> {
+    let tls = match &settings.tls {
+        Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
+        None => None,
+    };
+    let guard = Arc::new(MemoryGuard::new(settings.max_login_failures, settings.ban_time));
     let users = Users::new(
         UsersConfig {
             root: settings.root.clone(),
@@ -59,6 +58,11 @@ fn build(
     let mut config = Config::new(Arc::new(users));
     config.masquerade = settings.masquerade;
     config.login_fail_delay = settings.login_fail_delay;
+    config.tls = match &settings.tls {
+        None => TlsPolicy::Off,
+        Some(t) if t.required => TlsPolicy::Required,
+        Some(_) => TlsPolicy::Optional,
+    };
     let ctx = Ctx {
         config: Arc::new(config),
         passive_ports: settings.passive_ports.clone(),
@@ -66,6 +70,7 @@ fn build(
         data_timeout: settings.data_timeout,
         grace: settings.shutdown_grace,
         shutdown,
+        tls,
     };
     let workers = match settings.model {
         Model::Pool(n) => n,
@@ -81,26 +86,20 @@ fn build(
 }
 
 /// Prints one `listening ftp://ADDR` line per listener, once each accepts connections.
-fn announce(listeners: &[TcpListener], settings: &Settings) -> io::Result<()> {
+fn announce(listeners: &[Listener], settings: &Settings) -> io::Result<()> {
     let mut out = io::stdout().lock();
     for l in listeners {
-        let addr = l.local_addr()?;
-        writeln!(
-            out,
-            "listening ftp://{addr} model={} root={}",
-            settings.model,
-            settings.root.display()
-        )?;
+        let addr = l.sock.local_addr()?;
+        let scheme = if l.implicit_tls { "ftps" } else { "ftp" };
+        let (model, root) = (settings.model, settings.root.display());
+        writeln!(out, "listening {scheme}://{addr} model={model} root={root}")?;
     }
     out.flush()
 }
 
 /// Many idle sessions need many descriptors: lift the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {

@@ -22,9 +22,7 @@ pub struct Shutdown {
 
 impl Shutdown {
     pub fn new() -> io::Result<Self> {
-        Ok(Shutdown {
-            waker: Arc::new(Waker::new()?),
-        })
+        Ok(Shutdown { waker: Arc::new(Waker::new()?) })
     }
 
     /// Routes SIGTERM and SIGINT to this signal (once per process).
@@ -55,11 +53,7 @@ impl Shutdown {
 
     /// True once a stop was asked for.
     pub fn is_triggered(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout.
         unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
     }

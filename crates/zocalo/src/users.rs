@@ -53,12 +53,7 @@ fn parse_line(line: &str) -> Option<FileUser> {
     };
     PasswordHash::new(hash).ok()?;
     let home = PathBuf::from(home);
-    (!name.is_empty()).then(|| FileUser {
-        name: name.into(),
-        hash: hash.into(),
-        home,
-        writable,
-    })
+    (!name.is_empty()).then(|| FileUser { name: name.into(), hash: hash.into(), home, writable })
 }
 
 /// Hashes a password with Argon2id and a random salt, in PHC string form.
@@ -181,15 +176,8 @@ impl Users {
             return constant_time_eq(expected.as_bytes(), password.as_bytes())
                 .then(|| self.account(user, self.root_storage(), true, false));
         }
-        let found = self
-            .file_users
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user)
-            .cloned();
-        let hash = found
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |u| u.hash.as_str());
+        let found = self.file_users.read().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
+        let hash = found.as_ref().map_or(self.dummy_hash.as_str(), |u| u.hash.as_str());
         let ok = verify(hash, password) && found.is_some();
         let user = found.filter(|_| ok)?;
         let storage = self.home_storage(&user.home).ok()?;
@@ -203,22 +191,13 @@ impl Users {
         writable: bool,
         anonymous: bool,
     ) -> Account {
-        Account {
-            name: name.to_string(),
-            storage,
-            writable,
-            anonymous,
-        }
+        Account { name: name.to_string(), storage, writable, anonymous }
     }
 }
 
 fn verify(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
         .unwrap_or(false)
 }
 

@@ -53,7 +53,7 @@ enum Phase {
 }
 
 impl<R: Read> Sender<R> {
-    /// A sender reading `source`. `total` is the size of the source if known (progress only).
+    /// A sender reading `source`, netascii-encoding it if `mode` says so.
     pub fn new(source: R, mode: Mode, start: Start, config: Config, now: Instant) -> Self {
         let mut sender = Sender {
             source: BlockSource::new(source, mode),

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Action, Outcome, Session};
 
-use super::Server;
+use super::{Listener, Server};
 use crate::conn::Ctx;
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit};
 use crate::net;
+use crate::tls::Stream;
 
 const KIND_BITS: usize = 2;
 const CONTROL: usize = 0;
@@ -39,7 +40,8 @@ pub fn run(server: Server, backend: Backend, loops: usize) -> io::Result<()> {
     for _ in 1..loops {
         let mut listeners = Vec::new();
         for l in &server.listeners {
-            listeners.push(net::listen(l.local_addr()?, server.backlog, true)?);
+            let sock = net::listen(l.sock.local_addr()?, server.backlog, true)?;
+            listeners.push(Listener { sock, implicit_tls: l.implicit_tls });
         }
         extra.push(listeners);
     }
@@ -64,7 +66,7 @@ struct EventLoop {
     poller: Box<dyn Poller>,
     ctx: Arc<Ctx>,
     limits: Arc<Limits>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     conns: Vec<Option<Box<Conn>>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -73,7 +75,9 @@ struct EventLoop {
 
 /// One client's state in the loop.
 struct Conn {
-    control: TcpStream,
+    control: Stream,
+    /// AUTH TLS accepted: the handshake is under way.
+    handshaking: bool,
     session: Session,
     local: SocketAddr,
     peer: SocketAddr,
@@ -95,25 +99,16 @@ impl EventLoop {
         backend: Backend,
         ctx: Arc<Ctx>,
         limits: Arc<Limits>,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
     ) -> io::Result<Self> {
         let mut poller = new_poller(backend)?;
         for (i, l) in listeners.iter().enumerate() {
-            l.set_nonblocking(true)?;
-            poller.register(l.as_raw_fd(), token(i, LISTENER), Interest::READABLE)?;
+            l.sock.set_nonblocking(true)?;
+            poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE)?;
         }
         poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
         let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
-        Ok(EventLoop {
-            poller,
-            ctx,
-            limits,
-            listeners,
-            conns,
-            free,
-            timers,
-            stop_by: None,
-        })
+        Ok(EventLoop { poller, ctx, limits, listeners, conns, free, timers, stop_by: None })
     }
 
     fn run(mut self) -> io::Result<()> {
@@ -148,8 +143,9 @@ impl EventLoop {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+            let implicit = listener.implicit_tls;
+            match listener.sock.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, implicit),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     if e.kind() != ErrorKind::WouldBlock {
@@ -161,7 +157,7 @@ impl EventLoop {
         }
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, implicit: bool) {
         let permit = match self.limits.admit(peer.ip()) {
             Ok(p) => p,
             Err(refusal) => return net::refuse(&stream, refusal.reply()),
@@ -174,21 +170,18 @@ impl EventLoop {
                 );
             }
         }
-        let Ok(conn) = Conn::new(stream, peer, permit, &self.ctx) else {
+        let Ok(conn) = Conn::new(stream, peer, permit, &self.ctx, implicit) else {
             return;
         };
         let index = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let fd = conn.control.as_raw_fd();
-        if let Err(e) = self
-            .poller
-            .register(fd, token(index, CONTROL), Interest::READABLE)
-        {
+        let fd = conn.control.fd();
+        if let Err(e) = self.poller.register(fd, token(index, CONTROL), Interest::READABLE) {
             tracing::warn!("cannot watch a connection: {e}");
             self.free.push(index);
-            return net::refuse(&conn.control, b"421 Cannot serve you now; try later.\r\n");
+            return;
         }
         self.conns[index] = Some(Box::new(conn));
         self.drive(index);
@@ -218,7 +211,7 @@ impl EventLoop {
     fn begin_stop(&mut self) {
         let _ = self.poller.deregister(self.ctx.shutdown.fd());
         for l in self.listeners.drain(..) {
-            let _ = self.poller.deregister(l.as_raw_fd());
+            let _ = self.poller.deregister(l.sock.as_raw_fd());
         }
         self.stop_by = Some(Instant::now() + self.ctx.grace);
         for index in 0..self.conns.len() {
@@ -233,13 +226,17 @@ impl EventLoop {
             return;
         };
         conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
+        if !conn.closed && conn.session.input_room() > 0 && conn.control.has_buffered() {
+            conn.read_control();
+            conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
+        }
         if conn.closed {
             self.remove(index);
             return;
         }
         let interest = conn.wanted_interest();
         if interest != conn.control_interest {
-            let fd = conn.control.as_raw_fd();
+            let fd = conn.control.fd();
             let _ = self.poller.reregister(fd, token(index, CONTROL), interest);
             conn.control_interest = interest;
         }
@@ -249,7 +246,8 @@ impl EventLoop {
     fn remove(&mut self, index: usize) {
         if let Some(mut conn) = self.conns[index].take() {
             conn.drop_task(self.poller.as_mut());
-            let _ = self.poller.deregister(conn.control.as_raw_fd());
+            let _ = self.poller.deregister(conn.control.fd());
+            conn.control.close();
             self.free.push(index);
         }
     }
@@ -296,14 +294,27 @@ impl EventLoop {
 }
 
 impl Conn {
-    fn new(control: TcpStream, peer: SocketAddr, permit: Permit, ctx: &Ctx) -> io::Result<Self> {
-        control.set_nonblocking(true)?;
-        let _ = control.set_nodelay(true);
-        let local = control.local_addr()?;
-        let session = Session::new(ctx.config.clone(), peer, local);
+    fn new(
+        sock: TcpStream,
+        peer: SocketAddr,
+        permit: Permit,
+        ctx: &Ctx,
+        implicit: bool,
+    ) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        let _ = sock.set_nodelay(true);
+        let local = sock.local_addr()?;
+        let (control, session) = match (&ctx.tls, implicit) {
+            (Some(tls), true) => (
+                Stream::Plain(sock).upgrade(tls)?,
+                Session::new_implicit_tls(ctx.config.clone(), peer, local),
+            ),
+            _ => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
+        };
         let now = Instant::now();
         Ok(Conn {
             control,
+            handshaking: false,
             session,
             local,
             peer,
@@ -321,6 +332,9 @@ impl Conn {
     }
 
     fn read_control(&mut self) {
+        if self.handshaking {
+            return;
+        }
         let mut buf = [0u8; 4096];
         loop {
             let room = self.session.input_room().min(buf.len());
@@ -345,6 +359,9 @@ impl Conn {
 
     /// Flushes output and runs actions until the session has nothing more to do now.
     fn pump(&mut self, poller: &mut dyn Poller, index: usize, ctx: &Ctx, stopping: bool) {
+        if self.handshaking && !self.advance_handshake() {
+            return;
+        }
         loop {
             if !self.flush() {
                 return;
@@ -362,13 +379,14 @@ impl Conn {
 
     /// Writes what the socket takes; false while output is still pending (or on error).
     fn flush(&mut self) -> bool {
-        while !self.session.pending_output().is_empty() {
-            match self.control.write(self.session.pending_output()) {
-                Ok(0) => {
-                    self.closed = true;
-                    return false;
-                }
-                Ok(n) => self.session.advance_output(n),
+        loop {
+            let result = match self.session.pending_output() {
+                [] => self.control.flush_tls(),
+                out => self.control.write(out).map(|n| self.session.advance_output(n)),
+            };
+            match result {
+                Ok(()) if self.session.pending_output().is_empty() => return true,
+                Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(_) => {
@@ -377,7 +395,45 @@ impl Conn {
                 }
             }
         }
-        true
+    }
+
+    /// AUTH TLS was accepted and its 234 written: wrap the control connection. The descriptor
+    /// changes, so it is registered anew.
+    fn start_tls(&mut self, poller: &mut dyn Poller, index: usize, ctx: &Ctx) {
+        let Some(tls) = &ctx.tls else {
+            return self.session.handle_shutdown();
+        };
+        let _ = poller.deregister(self.control.fd());
+        let upgraded = self.control.upgrade_in_place(tls);
+        let registered =
+            poller.register(self.control.fd(), token(index, CONTROL), Interest::READABLE);
+        if upgraded.is_err() || registered.is_err() {
+            self.closed = true;
+            return;
+        }
+        self.control_interest = Interest::READABLE;
+        self.handshaking = true;
+        self.advance_handshake();
+    }
+
+    /// Drives the control connection's handshake; true once it is complete.
+    fn advance_handshake(&mut self) -> bool {
+        let Stream::Tls(t) = &mut self.control else {
+            return true;
+        };
+        match t.handshake() {
+            Ok(true) if !t.is_handshaking() => {
+                self.handshaking = false;
+                self.session.handle_tls_established();
+                true
+            }
+            Ok(_) => false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(_) => {
+                self.closed = true;
+                false
+            }
+        }
     }
 
     fn act(&mut self, action: Action, poller: &mut dyn Poller, index: usize, ctx: &Ctx) {
@@ -394,7 +450,8 @@ impl Conn {
             Action::ClosePassive => self.passive = None,
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
-                match DataTask::new(t, self.passive.take(), self.local, self.peer.ip()) {
+                let passive = self.passive.take();
+                match DataTask::new(t, passive, self.local, self.peer.ip(), ctx.tls.as_ref()) {
                     Ok(task) => {
                         self.task = Some(Box::new(task));
                         self.step_task(poller, index);
@@ -409,7 +466,7 @@ impl Conn {
                 }
             }
             Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
-            Action::StartTls => self.session.handle_shutdown(),
+            Action::StartTls => self.start_tls(poller, index, ctx),
             Action::Close => self.closed = true,
         }
     }
@@ -432,11 +489,7 @@ impl Conn {
         if self.data_reg == Some((fd, writable)) {
             return;
         }
-        let interest = if writable {
-            Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
+        let interest = if writable { Interest::WRITABLE } else { Interest::READABLE };
         let result = match self.data_reg {
             Some((old, _)) if old == fd => poller.reregister(fd, token(index, DATA), interest),
             Some((old, _)) => {
@@ -464,8 +517,15 @@ impl Conn {
     }
 
     fn wanted_interest(&self) -> Interest {
+        if self.handshaking {
+            return if self.control.wants_write() {
+                Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+        }
         let read = self.session.input_room() > 0;
-        let write = !self.session.pending_output().is_empty();
+        let write = !self.session.pending_output().is_empty() || self.control.wants_write();
         match (read, write) {
             (_, true) if read => Interest::BOTH,
             (_, true) => Interest::WRITABLE,
@@ -474,14 +534,8 @@ impl Conn {
     }
 
     fn deadline(&self, ctx: &Ctx, stop_by: Option<Instant>) -> Option<Instant> {
-        let idle = self
-            .session
-            .is_idle()
-            .then(|| self.last_activity + ctx.idle_timeout);
-        let data = self
-            .task
-            .as_ref()
-            .map(|_| self.data_activity + ctx.data_timeout);
+        let idle = self.session.is_idle().then(|| self.last_activity + ctx.idle_timeout);
+        let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
         let stop = stop_by.filter(|_| self.task.is_some());
         [idle, data, self.wake_at, stop].into_iter().flatten().min()
     }

@@ -7,10 +7,5 @@ use super::{accept_loop, serve_blocking, Server};
 
 pub fn run(server: Server) -> io::Result<()> {
     let ctx = server.ctx.clone();
-    accept_loop(
-        &server,
-        |stream, _permit| serve_blocking(stream, &ctx),
-        || {},
-        None,
-    )
+    accept_loop(&server, |stream, _permit, tls| serve_blocking(stream, &ctx, tls), || {}, None)
 }

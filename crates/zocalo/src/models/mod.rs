@@ -91,11 +91,17 @@ fn default_pool_size() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
 }
 
+/// A listening socket, and whether its connections start in TLS (implicit FTPS).
+pub struct Listener {
+    pub sock: TcpListener,
+    pub implicit_tls: bool,
+}
+
 /// What every model is given.
 pub struct Server {
     pub ctx: Arc<Ctx>,
     pub limits: Arc<Limits>,
-    pub listeners: Vec<TcpListener>,
+    pub listeners: Vec<Listener>,
     /// Queue length for `pool` beyond its workers.
     pub pool_queue: usize,
     /// The listen backlog, for the extra listeners of `epoll:N`.
@@ -117,7 +123,7 @@ pub fn run(model: Model, server: Server) -> io::Result<()> {
 /// `handle`; a connection over a limit gets its 421 here and is closed.
 pub(crate) fn accept_loop(
     server: &Server,
-    mut handle: impl FnMut(TcpStream, Permit),
+    mut handle: impl FnMut(TcpStream, Permit, bool),
     mut on_wake: impl FnMut(),
     extra_fd: Option<i32>,
 ) -> io::Result<()> {
@@ -125,24 +131,12 @@ pub(crate) fn accept_loop(
     let mut fds: Vec<libc::pollfd> = server
         .listeners
         .iter()
-        .map(|l| libc::pollfd {
-            fd: l.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|l| libc::pollfd { fd: l.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
         .collect();
-    fds.push(libc::pollfd {
-        fd: shutdown_fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    fds.push(libc::pollfd {
-        fd: extra_fd.unwrap_or(-1),
-        events: libc::POLLIN,
-        revents: 0,
-    });
+    fds.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
+    fds.push(libc::pollfd { fd: extra_fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 });
     for l in &server.listeners {
-        l.set_nonblocking(true)?;
+        l.sock.set_nonblocking(true)?;
     }
     loop {
         fds.iter_mut().for_each(|p| p.revents = 0);
@@ -168,16 +162,16 @@ pub(crate) fn accept_loop(
 }
 
 fn accept_ready(
-    listener: &TcpListener,
+    listener: &Listener,
     server: &Server,
-    handle: &mut impl FnMut(TcpStream, Permit),
+    handle: &mut impl FnMut(TcpStream, Permit, bool),
 ) {
     loop {
-        match listener.accept() {
+        match listener.sock.accept() {
             Ok((stream, peer)) => match server.limits.admit(peer.ip()) {
                 Ok(permit) => {
                     let _ = stream.set_nonblocking(false);
-                    handle(stream, permit);
+                    handle(stream, permit, listener.implicit_tls);
                 }
                 Err(refusal) => net::refuse(&stream, refusal.reply()),
             },
@@ -192,11 +186,11 @@ fn accept_ready(
 }
 
 /// Serves one connection with the blocking driver, logging its start.
-pub(crate) fn serve_blocking(stream: TcpStream, ctx: &Ctx) {
+pub(crate) fn serve_blocking(stream: TcpStream, ctx: &Ctx, implicit_tls: bool) {
     if let Ok(peer) = stream.peer_addr() {
         tracing::debug!(%peer, "session started");
     }
-    conn::serve(stream, ctx);
+    conn::serve(stream, ctx, implicit_tls);
 }
 
 #[cfg(test)]
@@ -205,16 +199,9 @@ mod tests {
 
     #[test]
     fn model_names_round_trip() {
-        for name in [
-            "iterative",
-            "process",
-            "thread",
-            "pool:3",
-            "select",
-            "poll",
-            "epoll",
-            "epoll:2",
-        ] {
+        for name in
+            ["iterative", "process", "thread", "pool:3", "select", "poll", "epoll", "epoll:2"]
+        {
             assert_eq!(name.parse::<Model>().unwrap().to_string(), name);
         }
         assert!("pool:0".parse::<Model>().is_err());

@@ -11,7 +11,7 @@ use super::{accept_loop, serve_blocking, Server};
 use crate::limits::Permit;
 use crate::net;
 
-type Job = (TcpStream, Permit);
+type Job = (TcpStream, Permit, bool);
 
 pub fn run(server: Server, workers: usize) -> io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<Job>(server.pool_queue);
@@ -26,13 +26,10 @@ pub fn run(server: Server, workers: usize) -> io::Result<()> {
         .collect::<Result<_, _>>()?;
     let result = accept_loop(
         &server,
-        |stream, permit| match tx.try_send((stream, permit)) {
+        |stream, permit, tls| match tx.try_send((stream, permit, tls)) {
             Ok(()) => {}
-            Err(TrySendError::Full((stream, _)) | TrySendError::Disconnected((stream, _))) => {
-                net::refuse(
-                    &stream,
-                    b"421 All workers busy and the queue is full; try later.\r\n",
-                )
+            Err(TrySendError::Full((stream, ..)) | TrySendError::Disconnected((stream, ..))) => {
+                net::refuse(&stream, b"421 All workers busy and the queue is full; try later.\r\n")
             }
         },
         || {},
@@ -48,14 +45,14 @@ pub fn run(server: Server, workers: usize) -> io::Result<()> {
 fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::conn::Ctx) {
     loop {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((stream, permit)) = job else {
+        let Ok((stream, permit, tls)) = job else {
             return;
         };
         if ctx.shutdown.is_triggered() {
             net::refuse(&stream, b"421 Server shutting down.\r\n");
             continue;
         }
-        serve_blocking(stream, ctx);
+        serve_blocking(stream, ctx, tls);
         drop(permit);
     }
 }

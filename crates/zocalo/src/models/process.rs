@@ -52,7 +52,7 @@ pub fn run(server: Server) -> io::Result<()> {
         let children = std::cell::RefCell::new(&mut children);
         accept_loop(
             &server,
-            |stream, permit| {
+            |stream, permit, tls| {
                 // SAFETY: the accept loop is single-threaded, so the child starts with a
                 // consistent copy of the parent's memory.
                 match unsafe { libc::fork() } {
@@ -60,9 +60,9 @@ pub fn run(server: Server) -> io::Result<()> {
                         drop(permit);
                         for l in &server.listeners {
                             // SAFETY: closing our copy of the listening descriptor in the child.
-                            unsafe { libc::close(l.as_raw_fd()) };
+                            unsafe { libc::close(l.sock.as_raw_fd()) };
                         }
-                        serve_blocking(stream, &server.ctx);
+                        serve_blocking(stream, &server.ctx, tls);
                         // SAFETY: leave without running the parent's destructors or atexit.
                         unsafe { libc::_exit(0) }
                     }
@@ -82,11 +82,7 @@ pub fn run(server: Server) -> io::Result<()> {
             Some(child_waker.as_raw_fd()),
         )
     };
-    wait_children(
-        &mut children,
-        server.ctx.grace + Duration::from_secs(2),
-        &child_waker,
-    );
+    wait_children(&mut children, server.ctx.grace + Duration::from_secs(2), &child_waker);
     result
 }
 

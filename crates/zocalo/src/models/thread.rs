@@ -10,14 +10,12 @@ pub fn run(server: Server) -> io::Result<()> {
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let result = accept_loop(
         &server,
-        |stream, permit| {
+        |stream, permit, tls| {
             let ctx = server.ctx.clone();
-            let spawned = std::thread::Builder::new()
-                .name("zocalo-conn".into())
-                .spawn(move || {
-                    serve_blocking(stream, &ctx);
-                    drop(permit);
-                });
+            let spawned = std::thread::Builder::new().name("zocalo-conn".into()).spawn(move || {
+                serve_blocking(stream, &ctx, tls);
+                drop(permit);
+            });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => tracing::warn!("cannot spawn a thread: {e}"),

@@ -1,0 +1,292 @@
+//! FTPS with rustls (RFC 4217): the server configuration, a non-blocking TLS stream that both
+//! drivers use on control and data connections, and `zocalo cert --self-signed`.
+//!
+//! One `ServerConfig` (with its session cache) serves every connection, so a client can resume
+//! its control connection's TLS session on each data connection; `--tls-require-reuse` turns
+//! that into a requirement, as vsftpd and ProFTPD do by default.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::ServerSessionMemoryCache;
+use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Plaintext rustls may buffer for sending before writers are told to wait.
+const BUFFER_LIMIT: usize = 256 * 1024;
+
+/// The server's TLS setup.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<ServerConfig>,
+    /// Refuse data connections that do not resume the control connection's session.
+    pub require_reuse: bool,
+}
+
+impl Tls {
+    /// Loads a PEM certificate chain and private key.
+    pub fn load(cert: &Path, key: &Path, require_reuse: bool) -> io::Result<Self> {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| io::Error::other(format!("{}: {e}", cert.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| io::Error::other(format!("{}: {e}", key.display())))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(io::Error::other)?;
+        config.session_storage = ServerSessionMemoryCache::new(4096);
+        Ok(Tls { config: Arc::new(config), require_reuse })
+    }
+
+    /// A server-side TLS stream over `sock` (the handshake happens as bytes flow).
+    pub fn accept(&self, sock: TcpStream) -> io::Result<TlsStream> {
+        let mut conn = ServerConnection::new(self.config.clone()).map_err(io::Error::other)?;
+        conn.set_buffer_limit(Some(BUFFER_LIMIT));
+        Ok(TlsStream { conn, sock, eof: false })
+    }
+}
+
+/// A TLS connection over a non-blocking socket: `read` and `write` return `WouldBlock` when the
+/// socket does, like a plain `TcpStream`.
+pub struct TlsStream {
+    conn: ServerConnection,
+    sock: TcpStream,
+    eof: bool,
+}
+
+impl TlsStream {
+    /// Still negotiating.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// True when the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(HandshakeKind::Resumed)
+    }
+
+    /// TLS records wait to be written to the socket.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Decrypted bytes are buffered and can be read without touching the socket.
+    pub fn has_buffered(&mut self) -> bool {
+        self.conn.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+    }
+
+    /// Writes buffered TLS records; `WouldBlock` when the socket is full.
+    pub fn flush_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.sock) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives the handshake as far as the socket allows; `Ok(true)` once it is complete.
+    pub fn handshake(&mut self) -> io::Result<bool> {
+        while self.conn.is_handshaking() {
+            self.flush_tls()?;
+            if !self.conn.is_handshaking() {
+                break;
+            }
+            if self.read_records()? == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+        }
+        match self.flush_tls() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends close_notify (best effort; the socket may be full).
+    pub fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush_tls();
+    }
+
+    fn read_records(&mut self) -> io::Result<usize> {
+        let n = loop {
+            match self.conn.read_tls(&mut self.sock) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+            return Ok(0);
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            let _ = self.flush_tls();
+            return Err(io::Error::new(ErrorKind::InvalidData, e));
+        }
+        Ok(n)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            if let Err(e) = self.flush_tls() {
+                if e.kind() != ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+            }
+            if self.read_records()? == 0 {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.conn.wants_write() {
+            self.flush_tls()?;
+        }
+        let n = self.conn.writer().write(buf)?;
+        match self.flush_tls() {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock && n > 0 => {}
+            Err(e) => return Err(e),
+        }
+        if n == 0 && !buf.is_empty() {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls()
+    }
+}
+
+/// A control or data connection, in clear or in TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(t) => t.fd(),
+        }
+    }
+
+    /// Output is buffered in TLS and needs the socket to become writable.
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.wants_write())
+    }
+
+    /// Bytes can be read without waiting for the socket.
+    pub fn has_buffered(&mut self) -> bool {
+        match self {
+            Stream::Tls(t) => t.has_buffered(),
+            Stream::Plain(_) => false,
+        }
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.is_handshaking())
+    }
+
+    /// Pushes out buffered TLS records.
+    pub fn flush_tls(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(t) => t.flush_tls(),
+        }
+    }
+
+    /// Wraps a plain stream in TLS (AUTH TLS, implicit FTPS, PROT P data connections).
+    pub fn upgrade(self, tls: &Tls) -> io::Result<Stream> {
+        match self {
+            Stream::Plain(sock) => Ok(Stream::Tls(Box::new(tls.accept(sock)?))),
+            tls_already => Ok(tls_already),
+        }
+    }
+
+    /// Wraps a clear stream in TLS where it stands. The descriptor is duplicated, so its number
+    /// changes: an event loop must re-register it.
+    pub fn upgrade_in_place(&mut self, tls: &Tls) -> io::Result<()> {
+        if let Stream::Plain(sock) = self {
+            let dup = sock.try_clone()?;
+            *self = Stream::Tls(Box::new(tls.accept(dup)?));
+        }
+        Ok(())
+    }
+
+    /// Sends close_notify on a TLS stream.
+    pub fn close(&mut self) {
+        if let Stream::Tls(t) = self {
+            t.close();
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls()
+    }
+}
+
+/// Writes `cert.pem` and `key.pem` for a self-signed certificate for localhost into `dir`.
+pub fn self_signed(dir: &Path, names: &[String]) -> io::Result<()> {
+    let mut names = names.to_vec();
+    if names.is_empty() {
+        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    }
+    let cert = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+    let key_path = dir.join("key.pem");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+}
