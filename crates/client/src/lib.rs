@@ -20,6 +20,7 @@ pub mod reply;
 pub mod tls;
 pub mod url;
 
+pub use ops::{exit_code, get, ls, mirror, put, MirrorSummary, OpError, OpOptions, Progress};
 pub use ftp::{Client, ClientOptions, DataMode, FtpError};
 
 pub use url::{FtpUrl, Scheme};

@@ -27,6 +27,12 @@ pub enum Command {
     /// Manage the accounts of a users file.
     #[command(subcommand)]
     User(UserCommand),
+    /// Serve TFTP alone (FTP's connectionless cousin) from a directory.
+    Tftp(TftpArgs),
+    /// Download: `zocalo get tftp://HOST:PORT/PATH [DEST]` (or ftp://, ftps://).
+    Get(TransferArgs),
+    /// Upload: `zocalo put FILE tftp://HOST:PORT/PATH` (or ftp://, ftps://).
+    Put(PutArgs),
     /// Make a TLS certificate for FTPS.
     Cert {
         /// A self-signed certificate (the only kind for now): cert.pem and key.pem.
@@ -56,6 +62,53 @@ pub enum UserCommand {
         #[arg(long)]
         read_only: bool,
     },
+}
+
+/// `zocalo tftp`.
+#[derive(Debug, Args)]
+pub struct TftpArgs {
+    /// Directory to serve [default: the current directory].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// UDP address to listen on [default: 127.0.0.1:6969].
+    #[arg(long, default_value = "127.0.0.1:6969")]
+    pub listen: SocketAddr,
+    /// Accept write requests (TFTP has no login: this is the anonymous permission).
+    #[arg(long)]
+    pub write: bool,
+    /// Server model: iterative, thread or pool[:N] (others run a thread per transfer).
+    #[arg(long, default_value = "thread")]
+    pub model: String,
+}
+
+/// Options shared by the client commands.
+#[derive(Debug, Args, Clone)]
+pub struct ClientOpts {
+    /// TFTP block size (RFC 2348).
+    #[arg(long)]
+    pub blksize: Option<u16>,
+    /// TFTP window size (RFC 7440).
+    #[arg(long)]
+    pub windowsize: Option<u16>,
+}
+
+/// `zocalo get URL [DEST]`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    pub url: String,
+    /// Where to write [default: the file name from the URL; `-` for standard output].
+    pub dest: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: ClientOpts,
+}
+
+/// `zocalo put FILE URL`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    pub file: PathBuf,
+    pub url: String,
+    #[command(flatten)]
+    pub opts: ClientOpts,
 }
 
 /// `zocalo serve`: all settings are optional here so that a config file can supply them.
@@ -150,6 +203,9 @@ pub struct ServeArgs {
     /// Listen for implicit FTPS (TLS from the first byte, as ftps:// URLs expect); repeatable.
     #[arg(long, value_name = "ADDR")]
     pub implicit_tls: Vec<SocketAddr>,
+    /// Also serve TFTP on this UDP address, from the same root (anonymous permissions).
+    #[arg(long, value_name = "ADDR")]
+    pub tftp: Option<SocketAddr>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -183,6 +239,7 @@ pub struct FileConfig {
     tls: Option<String>,
     tls_require_reuse: Option<bool>,
     implicit_tls: Option<Vec<SocketAddr>>,
+    tftp: Option<SocketAddr>,
 }
 
 /// FTPS settings.
@@ -221,6 +278,7 @@ pub struct Settings {
     pub json_logs: bool,
     pub tls: Option<TlsSettings>,
     pub implicit_tls: Vec<SocketAddr>,
+    pub tftp: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -300,6 +358,7 @@ impl Settings {
             json_logs: log_format == "json",
             tls,
             implicit_tls,
+            tftp: args.tftp.or(file.tftp),
         })
     }
 }

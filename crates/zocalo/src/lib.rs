@@ -6,6 +6,7 @@
 //! - [`net`]: sockets; [`shutdown`]: SIGTERM/SIGINT; [`cli`] and [`serve`]: the command line.
 
 pub mod cli;
+pub mod commands;
 pub mod conn;
 pub mod data;
 pub mod fs;
@@ -14,5 +15,6 @@ pub mod models;
 pub mod net;
 pub mod serve;
 pub mod shutdown;
+pub mod tftp;
 pub mod tls;
 pub mod users;

@@ -13,6 +13,12 @@ fn main() -> ExitCode {
             init_logs(settings.json_logs);
             zocalo::serve::run(settings).map_err(|e| e.to_string())
         }),
+        Command::Tftp(args) => {
+            init_logs(false);
+            zocalo::commands::tftp(args)
+        }
+        Command::Get(args) => zocalo::commands::get(args),
+        Command::Put(args) => zocalo::commands::put(args),
         Command::Cert { out, name, .. } => zocalo::tls::self_signed(&out, &name)
             .map(|()| println!("wrote {0}/cert.pem and {0}/key.pem", out.display()))
             .map_err(|e| e.to_string()),

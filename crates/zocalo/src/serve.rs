@@ -33,13 +33,25 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if let Some(user) = &settings.run_as {
         drop_privileges(user)?;
     }
-    let server = build(&settings, listeners, shutdown)?;
+    let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
+    let (server, root_storage) = build(&settings, listeners, shutdown)?;
     announce(&server.listeners, &settings)?;
+    if let Some(socket) = tftp_socket {
+        let addr = socket.local_addr()?;
+        let (write, model) = (settings.anonymous_write, crate::tftp::model(settings.model));
+        crate::tftp::spawn(socket, root_storage, write, model, &server.ctx.shutdown)?;
+        println!("listening tftp://{addr}");
+        io::stdout().flush()?;
+    }
     tracing::info!(model = %settings.model, root = %settings.root.display(), "serving");
     models::run(settings.model, server)
 }
 
-fn build(settings: &Settings, listeners: Vec<Listener>, shutdown: Shutdown) -> io::Result<Server> {
+fn build(
+    settings: &Settings,
+    listeners: Vec<Listener>,
+    shutdown: Shutdown,
+) -> io::Result<(Server, Arc<dyn zocalo_proto::Storage>)> {
     let tls = match &settings.tls {
         Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
         None => None,
@@ -55,6 +67,7 @@ fn build(settings: &Settings, listeners: Vec<Listener>, shutdown: Shutdown) -> i
         },
         guard,
     )?;
+    let root_storage = users.root_storage();
     let mut config = Config::new(Arc::new(users));
     config.masquerade = settings.masquerade;
     config.login_fail_delay = settings.login_fail_delay;
@@ -76,13 +89,14 @@ fn build(settings: &Settings, listeners: Vec<Listener>, shutdown: Shutdown) -> i
         Model::Pool(n) => n,
         _ => 1,
     };
-    Ok(Server {
+    let server = Server {
         ctx: Arc::new(ctx),
         limits: Limits::new(settings.max_connections, settings.max_per_ip),
         listeners,
         pool_queue: settings.pool_queue.unwrap_or(workers),
         backlog: settings.backlog,
-    })
+    };
+    Ok((server, root_storage))
 }
 
 /// Prints one `listening ftp://ADDR` line per listener, once each accepts connections.

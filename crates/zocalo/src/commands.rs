@@ -1,0 +1,125 @@
+//! The client-side and standalone commands: `zocalo tftp`, `zocalo get`, `zocalo put`.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use zocalo_tftp::{ClientOptions, TftpStorage};
+
+use crate::cli::{ClientOpts, PutArgs, TftpArgs, TransferArgs};
+use crate::fs::LocalFs;
+use crate::shutdown::Shutdown;
+use crate::tftp::StorageAdapter;
+
+/// `zocalo tftp`: TFTP alone, until SIGTERM or SIGINT.
+pub fn tftp(args: TftpArgs) -> Result<(), String> {
+    let root = match args.root {
+        Some(r) => r,
+        None => std::env::current_dir().map_err(|e| e.to_string())?,
+    };
+    let model: crate::models::Model = args.model.parse()?;
+    let storage = Arc::new(LocalFs::open(&root, false).map_err(|e| format!("{}: {e}", root.display()))?);
+    let socket = crate::tftp::bind(args.listen).map_err(|e| e.to_string())?;
+    let shutdown = Shutdown::new().map_err(|e| e.to_string())?;
+    shutdown.install_signal_handlers().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = stop.clone();
+    let fd = shutdown.fd();
+    std::thread::spawn(move || {
+        while !crate::conn::poll_one(fd, libc::POLLIN, std::time::Duration::from_secs(3600))
+            .unwrap_or(true)
+        {}
+        watcher.store(true, Ordering::SeqCst);
+    });
+    let addr = socket.local_addr().map_err(|e| e.to_string())?;
+    println!("listening tftp://{addr} model={model} root={}", root.display());
+    io::stdout().flush().map_err(|e| e.to_string())?;
+    let adapter: Arc<dyn TftpStorage> = Arc::new(StorageAdapter::new(storage));
+    let config = zocalo_tftp::ServerConfig { write_allowed: args.write, ..Default::default() };
+    zocalo_tftp::serve(socket, adapter, config, crate::tftp::model(model), &stop)
+        .map_err(|e| e.to_string())
+}
+
+/// A parsed `tftp://host[:port]/path`.
+struct TftpUrl {
+    addr: SocketAddr,
+    path: String,
+}
+
+fn parse_tftp(url: &str) -> Result<Option<TftpUrl>, String> {
+    let Some(rest) = url.strip_prefix("tftp://") else {
+        return Ok(None);
+    };
+    let (host, path) = rest.split_once('/').ok_or_else(|| format!("{url}: no path"))?;
+    let host = if host.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok()) {
+        host.to_string()
+    } else {
+        format!("{host}:69")
+    };
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    Ok(Some(TftpUrl { addr, path: format!("/{path}") }))
+}
+
+fn tftp_options(opts: &ClientOpts) -> ClientOptions {
+    ClientOptions { blksize: opts.blksize, windowsize: opts.windowsize, tsize: true, ..Default::default() }
+}
+
+fn dest_for(url_path: &str, dest: Option<PathBuf>) -> PathBuf {
+    dest.unwrap_or_else(|| PathBuf::from(url_path.rsplit('/').next().unwrap_or("download")))
+}
+
+/// `zocalo get URL [DEST]`.
+pub fn get(args: TransferArgs) -> Result<(), String> {
+    let Some(url) = parse_tftp(&args.url)? else {
+        return Err(format!("{}: only tftp:// URLs are supported by this build", args.url));
+    };
+    let dest = dest_for(&url.path, args.dest);
+    let opts = tftp_options(&args.opts);
+    if dest == Path::new("-") {
+        let mut out = io::stdout().lock();
+        zocalo_tftp::get(url.addr, &url.path, &mut out, &opts).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let mut file = File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let n = zocalo_tftp::get(url.addr, &url.path, &mut file, &opts).map_err(|e| e.to_string())?;
+    eprintln!("{n} bytes to {}", dest.display());
+    Ok(())
+}
+
+/// `zocalo put FILE URL`.
+pub fn put(args: PutArgs) -> Result<(), String> {
+    let Some(url) = parse_tftp(&args.url)? else {
+        return Err(format!("{}: only tftp:// URLs are supported by this build", args.url));
+    };
+    let mut file = File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let size = file.metadata().ok().map(|m| m.len());
+    let opts = tftp_options(&args.opts);
+    let n = zocalo_tftp::put(url.addr, &url.path, &mut file, size, &opts).map_err(|e| e.to_string())?;
+    eprintln!("{n} bytes from {}", args.file.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tftp_urls() {
+        let u = parse_tftp("tftp://127.0.0.1:6969/a/b.bin").unwrap().unwrap();
+        assert_eq!(u.addr, "127.0.0.1:6969".parse().unwrap());
+        assert_eq!(u.path, "/a/b.bin");
+        let u = parse_tftp("tftp://[::1]:70/x").unwrap().unwrap();
+        assert_eq!(u.addr, "[::1]:70".parse().unwrap());
+        let u = parse_tftp("tftp://127.0.0.1/x").unwrap().unwrap();
+        assert_eq!(u.addr.port(), 69);
+        assert!(parse_tftp("ftp://h/x").unwrap().is_none());
+        assert!(parse_tftp("tftp://127.0.0.1:5").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! TFTP beside FTP: the same confined storage, the connectionless half of the notes.
+//!
+//! `zocalo serve --tftp ADDR` runs the TFTP server in a thread of its own; `zocalo tftp` runs it
+//! alone. The transfer state machines and the server live in `zocalo-tftp`; this module adapts
+//! the FTP storage to them and maps the `--model` switch.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use zocalo_proto::{FileHandle, Storage, WriteMode};
+use zocalo_tftp::{Model as TftpModel, ServerConfig, TftpStorage};
+
+use crate::models::Model;
+use crate::shutdown::Shutdown;
+
+/// The FTP storage (kernel-confined) seen through the TFTP storage trait.
+pub struct StorageAdapter {
+    storage: Arc<dyn Storage>,
+}
+
+impl StorageAdapter {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        StorageAdapter { storage }
+    }
+}
+
+fn relative(path: &str) -> String {
+    zocalo_proto::path::relative(&zocalo_proto::path::resolve("/", path)).to_string()
+}
+
+impl TftpStorage for StorageAdapter {
+    fn open_read(&self, path: &str) -> io::Result<(Box<dyn Read + Send>, Option<u64>)> {
+        let path = relative(path);
+        let meta = self.storage.metadata(&path)?;
+        if meta.kind != zocalo_proto::FileKind::File {
+            return Err(io::ErrorKind::IsADirectory.into());
+        }
+        let file = self.storage.open_read(&path, 0)?;
+        Ok((Box::new(Upload(Some(file))), Some(meta.size)))
+    }
+
+    fn open_write(&self, path: &str) -> io::Result<Box<dyn Write + Send>> {
+        let file = self.storage.open_write(&relative(path), WriteMode::Truncate)?;
+        Ok(Box::new(Upload(Some(file))))
+    }
+}
+
+/// A file handle that is finished (renamed into place, for atomic uploads) when dropped.
+struct Upload(Option<Box<dyn FileHandle>>);
+
+impl Read for Upload {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.as_mut().map_or(Ok(0), |f| f.read(buf))
+    }
+}
+
+impl Write for Upload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.as_mut().map_or(Ok(0), |f| f.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            let _ = f.finish();
+        }
+    }
+}
+
+/// The TFTP model for a `--model` value. TFTP has no event-loop driver yet: the event-loop
+/// models and `process` run TFTP with a thread per transfer.
+pub fn model(model: Model) -> TftpModel {
+    match model {
+        Model::Iterative => TftpModel::Iterative,
+        Model::Pool(n) => TftpModel::Pool(n),
+        _ => TftpModel::Thread,
+    }
+}
+
+/// Binds a TFTP socket.
+pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot bind TFTP {addr}: {e}")))
+}
+
+/// Runs the TFTP server in a thread until `shutdown` fires.
+pub fn spawn(
+    socket: UdpSocket,
+    storage: Arc<dyn Storage>,
+    write: bool,
+    model: TftpModel,
+    shutdown: &Shutdown,
+) -> io::Result<JoinHandle<()>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher_stop = stop.clone();
+    let fd = shutdown.fd();
+    std::thread::Builder::new().name("zocalo-tftp-stop".into()).spawn(move || {
+        while !crate::conn::poll_one(fd, libc::POLLIN, std::time::Duration::from_secs(3600))
+            .unwrap_or(true)
+        {}
+        watcher_stop.store(true, Ordering::SeqCst);
+    })?;
+    let config = ServerConfig { write_allowed: write, ..ServerConfig::default() };
+    let adapter: Arc<dyn TftpStorage> = Arc::new(StorageAdapter::new(storage));
+    std::thread::Builder::new().name("zocalo-tftp".into()).spawn(move || {
+        if let Err(e) = zocalo_tftp::serve(socket, adapter, config, model, &stop) {
+            tracing::error!("TFTP server stopped: {e}");
+        }
+    })
+}
