@@ -515,7 +515,7 @@ impl Client {
             self.epsv_refused = true;
         }
         let reply = self.expect("PASV", false)?;
-        let addr = zocalo_proto::command::pasv_reply_addr(&reply.text())
+        let addr = zocalo_proto::command::pasv_reply_addr(&format!("227 {}", reply.text()))
             .ok_or_else(|| FtpError::Protocol(format!("bad PASV reply: {reply}")))?;
         // A server behind NAT may announce an address of no use to us: prefer the peer's.
         Ok(match addr.ip() {

@@ -81,6 +81,8 @@ pub enum ParseError {
     Syntax(&'static str),
     /// 504: a well-formed parameter that zocalo does not implement.
     Unsupported(&'static str),
+    /// 522: an EPRT/EPSV network protocol other than 1 (IPv4) or 2 (IPv6) (RFC 2428).
+    NetworkProtocol,
 }
 
 impl Command<'_> {
@@ -265,7 +267,7 @@ fn epsv(arg: &str) -> Result<EpsvArg, ParseError> {
         a if a.eq_ignore_ascii_case("ALL") => Ok(EpsvArg::All),
         "1" => Ok(EpsvArg::Protocol(Some(1))),
         "2" => Ok(EpsvArg::Protocol(Some(2))),
-        _ => Err(ParseError::Unsupported("Network protocol not supported, use (1,2)")),
+        _ => Err(ParseError::NetworkProtocol),
     }
 }
 
@@ -300,7 +302,7 @@ pub fn eprt(arg: &str) -> Result<SocketAddr, ParseError> {
     let ip: IpAddr = match *proto {
         "1" => IpAddr::V4(addr.parse().map_err(|_| BAD)?),
         "2" => IpAddr::V6(addr.parse().map_err(|_| BAD)?),
-        _ => return Err(ParseError::Unsupported("Network protocol not supported, use (1,2)")),
+        _ => return Err(ParseError::NetworkProtocol),
     };
     Ok(SocketAddr::new(ip, port))
 }
@@ -410,7 +412,7 @@ mod tests {
     fn eprt_forms() {
         assert_eq!(ok("EPRT |1|127.0.0.1|6446|"), Command::Eprt("127.0.0.1:6446".parse().unwrap()));
         assert_eq!(ok("EPRT !2!::1!6446!"), Command::Eprt("[::1]:6446".parse().unwrap()));
-        assert!(matches!(parse(b"EPRT |3|x|1|"), Err(ParseError::Unsupported(_))));
+        assert!(matches!(parse(b"EPRT |3|x|1|"), Err(ParseError::NetworkProtocol)));
         for bad in ["EPRT |1|::1|1|", "EPRT |1|1.2.3.4|99999|", "EPRT |1|1.2.3.4|1", "EPRT x"] {
             assert!(parse(bad.as_bytes()).is_err(), "{bad}");
         }
@@ -421,7 +423,7 @@ mod tests {
         assert_eq!(ok("EPSV"), Command::Epsv(EpsvArg::Protocol(None)));
         assert_eq!(ok("EPSV all"), Command::Epsv(EpsvArg::All));
         assert_eq!(ok("EPSV 2"), Command::Epsv(EpsvArg::Protocol(Some(2))));
-        assert!(matches!(parse(b"EPSV 7"), Err(ParseError::Unsupported(_))));
+        assert!(matches!(parse(b"EPSV 7"), Err(ParseError::NetworkProtocol)));
     }
 
     #[test]

@@ -457,6 +457,9 @@ impl Session {
             }
             Err(ParseError::Syntax(msg)) => self.reply(501, msg),
             Err(ParseError::Unsupported(msg)) => self.reply(504, msg),
+            Err(ParseError::NetworkProtocol) => {
+                self.reply(522, "Network protocol not supported, use (1,2)")
+            }
         }
     }
 

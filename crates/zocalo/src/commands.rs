@@ -21,7 +21,8 @@ pub fn tftp(args: TftpArgs) -> Result<(), String> {
         None => std::env::current_dir().map_err(|e| e.to_string())?,
     };
     let model: crate::models::Model = args.model.parse()?;
-    let storage = Arc::new(LocalFs::open(&root, false).map_err(|e| format!("{}: {e}", root.display()))?);
+    let storage =
+        Arc::new(LocalFs::open(&root, false).map_err(|e| format!("{}: {e}", root.display()))?);
     let socket = crate::tftp::bind(args.listen).map_err(|e| e.to_string())?;
     let shutdown = Shutdown::new().map_err(|e| e.to_string())?;
     shutdown.install_signal_handlers().map_err(|e| e.to_string())?;
@@ -54,7 +55,10 @@ fn parse_tftp(url: &str) -> Result<Option<TftpUrl>, String> {
         return Ok(None);
     };
     let (host, path) = rest.split_once('/').ok_or_else(|| format!("{url}: no path"))?;
-    let host = if host.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok()) {
+    let host = if host
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
+    {
         host.to_string()
     } else {
         format!("{host}:69")
@@ -68,7 +72,12 @@ fn parse_tftp(url: &str) -> Result<Option<TftpUrl>, String> {
 }
 
 fn tftp_options(opts: &ClientOpts) -> ClientOptions {
-    ClientOptions { blksize: opts.blksize, windowsize: opts.windowsize, tsize: true, ..Default::default() }
+    ClientOptions {
+        blksize: opts.blksize,
+        windowsize: opts.windowsize,
+        tsize: true,
+        ..Default::default()
+    }
 }
 
 fn dest_for(url_path: &str, dest: Option<PathBuf>) -> PathBuf {
@@ -101,7 +110,8 @@ pub fn put(args: PutArgs) -> Result<(), String> {
     let mut file = File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let size = file.metadata().ok().map(|m| m.len());
     let opts = tftp_options(&args.opts);
-    let n = zocalo_tftp::put(url.addr, &url.path, &mut file, size, &opts).map_err(|e| e.to_string())?;
+    let n =
+        zocalo_tftp::put(url.addr, &url.path, &mut file, size, &opts).map_err(|e| e.to_string())?;
     eprintln!("{n} bytes from {}", args.file.display());
     Ok(())
 }

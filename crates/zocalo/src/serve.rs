@@ -34,15 +34,21 @@ pub fn run(settings: Settings) -> io::Result<()> {
         drop_privileges(user)?;
     }
     let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
-    let (server, root_storage) = build(&settings, listeners, shutdown)?;
-    announce(&server.listeners, &settings)?;
+    let (mut server, root_storage) = build(&settings, listeners, shutdown)?;
+    let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
         let (write, model) = (settings.anonymous_write, crate::tftp::model(settings.model));
         crate::tftp::spawn(socket, root_storage, write, model, &server.ctx.shutdown)?;
-        println!("listening tftp://{addr}");
-        io::stdout().flush()?;
+        lines.push(format!("listening tftp://{addr}"));
     }
+    server.ready = Some(Box::new(move || {
+        let mut out = io::stdout().lock();
+        for line in &lines {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }));
     tracing::info!(model = %settings.model, root = %settings.root.display(), "serving");
     models::run(settings.model, server)
 }
@@ -90,6 +96,7 @@ fn build(
         _ => 1,
     };
     let server = Server {
+        ready: None,
         ctx: Arc::new(ctx),
         limits: Limits::new(settings.max_connections, settings.max_per_ip),
         listeners,
@@ -99,16 +106,16 @@ fn build(
     Ok((server, root_storage))
 }
 
-/// Prints one `listening ftp://ADDR` line per listener, once each accepts connections.
-fn announce(listeners: &[Listener], settings: &Settings) -> io::Result<()> {
-    let mut out = io::stdout().lock();
+/// One `listening ftp://ADDR` line per listener, printed once the model accepts connections.
+fn announcements(listeners: &[Listener], settings: &Settings) -> io::Result<Vec<String>> {
+    let (model, root) = (settings.model, settings.root.display());
+    let mut lines = Vec::new();
     for l in listeners {
         let addr = l.sock.local_addr()?;
         let scheme = if l.implicit_tls { "ftps" } else { "ftp" };
-        let (model, root) = (settings.model, settings.root.display());
-        writeln!(out, "listening {scheme}://{addr} model={model} root={root}")?;
+        lines.push(format!("listening {scheme}://{addr} model={model} root={root}"));
     }
-    out.flush()
+    Ok(lines)
 }
 
 /// Many idle sessions need many descriptors: lift the soft limit to the hard one.

@@ -87,7 +87,8 @@ pub fn model(model: Model) -> TftpModel {
 
 /// Binds a TFTP socket.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot bind TFTP {addr}: {e}")))
+    UdpSocket::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind TFTP {addr}: {e}")))
 }
 
 /// Runs the TFTP server in a thread until `shutdown` fires.

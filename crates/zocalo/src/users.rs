@@ -182,7 +182,9 @@ impl Users {
             return None;
         }
         let dummy = || hash_password("zocalo-dummy").unwrap_or_default();
-        let hash = found.as_ref().map_or_else(|| self.dummy_hash.get_or_init(dummy).as_str(), |u| u.hash.as_str());
+        let hash = found
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.get_or_init(dummy).as_str(), |u| u.hash.as_str());
         let ok = verify(hash, password) && found.is_some();
         let user = found.filter(|_| ok)?;
         let storage = self.home_storage(&user.home).ok()?;

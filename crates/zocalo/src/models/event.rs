@@ -35,7 +35,8 @@ fn token(index: usize, kind: usize) -> Token {
     Token(index << KIND_BITS | kind)
 }
 
-pub fn run(server: Server, backend: Backend, loops: usize) -> io::Result<()> {
+pub fn run(mut server: Server, backend: Backend, loops: usize) -> io::Result<()> {
+    let ready = server.ready.take();
     let mut extra = Vec::new();
     for _ in 1..loops {
         let mut listeners = Vec::new();
@@ -45,17 +46,19 @@ pub fn run(server: Server, backend: Backend, loops: usize) -> io::Result<()> {
         }
         extra.push(listeners);
     }
+    let (ctx, limits) = (server.ctx.clone(), server.limits.clone());
+    let first = EventLoop::new(backend, ctx, limits, server.listeners)?;
     let mut threads = Vec::new();
     for (i, listeners) in extra.into_iter().enumerate() {
         let (ctx, limits) = (server.ctx.clone(), server.limits.clone());
+        let event_loop = EventLoop::new(backend, ctx, limits, listeners)?;
         let name = format!("zocalo-loop-{}", i + 1);
-        threads.push(
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || EventLoop::new(backend, ctx, limits, listeners)?.run())?,
-        );
+        threads.push(std::thread::Builder::new().name(name).spawn(move || event_loop.run())?);
     }
-    let result = EventLoop::new(backend, server.ctx, server.limits, server.listeners)?.run();
+    if let Some(ready) = ready {
+        ready();
+    }
+    let result = first.run();
     for t in threads {
         let _ = t.join();
     }

@@ -5,7 +5,14 @@ use std::io;
 
 use super::{accept_loop, serve_blocking, Server};
 
-pub fn run(server: Server) -> io::Result<()> {
+pub fn run(mut server: Server) -> io::Result<()> {
+    let ready = server.ready.take();
     let ctx = server.ctx.clone();
-    accept_loop(&server, |stream, _permit, tls| serve_blocking(stream, &ctx, tls), || {}, None)
+    accept_loop(
+        &server,
+        ready,
+        |stream, _permit, tls| serve_blocking(stream, &ctx, tls),
+        || {},
+        None,
+    )
 }

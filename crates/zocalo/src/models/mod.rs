@@ -97,8 +97,12 @@ pub struct Listener {
     pub implicit_tls: bool,
 }
 
+/// Called once when a model is fully set up and accepting (the `listening` lines).
+pub type Ready = Option<Box<dyn FnOnce() + Send>>;
+
 /// What every model is given.
 pub struct Server {
+    pub ready: Ready,
     pub ctx: Arc<Ctx>,
     pub limits: Arc<Limits>,
     pub listeners: Vec<Listener>,
@@ -123,6 +127,7 @@ pub fn run(model: Model, server: Server) -> io::Result<()> {
 /// `handle`; a connection over a limit gets its 421 here and is closed.
 pub(crate) fn accept_loop(
     server: &Server,
+    ready: Ready,
     mut handle: impl FnMut(TcpStream, Permit, bool),
     mut on_wake: impl FnMut(),
     extra_fd: Option<i32>,
@@ -137,6 +142,9 @@ pub(crate) fn accept_loop(
     fds.push(libc::pollfd { fd: extra_fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 });
     for l in &server.listeners {
         l.sock.set_nonblocking(true)?;
+    }
+    if let Some(ready) = ready {
+        ready();
     }
     loop {
         fds.iter_mut().for_each(|p| p.revents = 0);

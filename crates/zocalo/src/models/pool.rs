@@ -13,7 +13,8 @@ use crate::net;
 
 type Job = (TcpStream, Permit, bool);
 
-pub fn run(server: Server, workers: usize) -> io::Result<()> {
+pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
+    let ready = server.ready.take();
     let (tx, rx) = mpsc::sync_channel::<Job>(server.pool_queue);
     let rx = Arc::new(Mutex::new(rx));
     let handles: Vec<_> = (0..workers)
@@ -26,6 +27,7 @@ pub fn run(server: Server, workers: usize) -> io::Result<()> {
         .collect::<Result<_, _>>()?;
     let result = accept_loop(
         &server,
+        ready,
         |stream, permit, tls| match tx.try_send((stream, permit, tls)) {
             Ok(()) => {}
             Err(TrySendError::Full((stream, ..)) | TrySendError::Disconnected((stream, ..))) => {

@@ -44,7 +44,8 @@ fn install_sigchld(waker: &Waker) -> io::Result<()> {
     Ok(())
 }
 
-pub fn run(server: Server) -> io::Result<()> {
+pub fn run(mut server: Server) -> io::Result<()> {
+    let ready = server.ready.take();
     let child_waker = Waker::new()?;
     install_sigchld(&child_waker)?;
     let mut children: HashMap<libc::pid_t, Permit> = HashMap::new();
@@ -52,6 +53,7 @@ pub fn run(server: Server) -> io::Result<()> {
         let children = std::cell::RefCell::new(&mut children);
         accept_loop(
             &server,
+            ready,
             |stream, permit, tls| {
                 // SAFETY: the accept loop is single-threaded, so the child starts with a
                 // consistent copy of the parent's memory.

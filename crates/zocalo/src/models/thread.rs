@@ -6,10 +6,12 @@ use std::thread::JoinHandle;
 
 use super::{accept_loop, serve_blocking, Server};
 
-pub fn run(server: Server) -> io::Result<()> {
+pub fn run(mut server: Server) -> io::Result<()> {
+    let ready = server.ready.take();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let result = accept_loop(
         &server,
+        ready,
         |stream, permit, tls| {
             let ctx = server.ctx.clone();
             let spawned = std::thread::Builder::new().name("zocalo-conn".into()).spawn(move || {

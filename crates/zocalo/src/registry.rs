@@ -1,0 +1,288 @@
+//! The table of live sessions that `zocalo ctl status` reads and `kick` acts on.
+//!
+//! It is a fixed array of slots in an anonymous shared mapping created before any fork, so the
+//! `process` model's children write their sessions where the parent (which answers the admin
+//! socket) can read them. Each slot has one writer, the session's own driver, which publishes
+//! with a sequence counter (odd while writing); readers retry until they see an even, unchanged
+//! counter. Every field is an atomic, so there are no data races even across processes.
+//!
+//! A kick marks the slot and shuts down the reading side of the control socket: the driver sees
+//! end-of-file, notices the mark, says `421` and closes. In the `process` model the parent
+//! cannot reach the child's socket, so it sends SIGUSR1 and the child does the shutdown itself.
+
+use std::fmt::Write as _;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+const TEXT_WORDS: usize = 26;
+const TEXT_BYTES: usize = TEXT_WORDS * 8;
+
+/// One session's published state (256 bytes).
+#[repr(C)]
+struct Slot {
+    seq: AtomicU32,
+    kick: AtomicU32,
+    id: AtomicU64,
+    pid: AtomicI32,
+    fd: AtomicI32,
+    bytes: AtomicU64,
+    /// `peer \t user \t transfer`, NUL-padded.
+    text: [AtomicU64; TEXT_WORDS],
+}
+
+/// The shared slot table.
+pub struct Registry {
+    slots: *mut Slot,
+    len: usize,
+    next_id: AtomicU64,
+}
+
+// SAFETY: all access to the mapping goes through atomics; the mapping lives as long as the
+// registry (it is never unmapped while a process uses it).
+unsafe impl Send for Registry {}
+// SAFETY: as above.
+unsafe impl Sync for Registry {}
+
+/// A session's hold on its slot; frees it when dropped.
+pub struct Entry<'a> {
+    registry: &'a Registry,
+    index: Option<usize>,
+    id: u64,
+}
+
+/// What a reader sees of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    pub id: u64,
+    pub pid: i32,
+    pub peer: String,
+    pub user: String,
+    pub transfer: String,
+    pub bytes: u64,
+}
+
+static KICK_FD: AtomicI32 = AtomicI32::new(-1);
+
+impl Registry {
+    /// Maps room for `len` sessions (shared with forked children).
+    pub fn new(len: usize) -> io::Result<Self> {
+        let len = len.clamp(1, 65_536);
+        let size = len * std::mem::size_of::<Slot>();
+        // SAFETY: an anonymous shared mapping; zero-filled memory is a valid array of `Slot`
+        // (all-zero atomics), and it is never unmapped.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Registry { slots: ptr.cast(), len, next_id: AtomicU64::new(1) })
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        // SAFETY: `i < len`, inside the mapping, which outlives `self`.
+        unsafe { &*self.slots.add(i) }
+    }
+
+    /// Claims a free slot for a new session (none when the table is full: the session runs
+    /// but is not listed).
+    pub fn enter(&self, fd: RawFd, peer: &str) -> Entry<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 0;
+        for i in 0..self.len {
+            let slot = self.slot(i);
+            if slot.id.compare_exchange(0, id, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                slot.kick.store(0, Ordering::Relaxed);
+                // SAFETY: getpid has no preconditions.
+                slot.pid.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+                slot.fd.store(fd, Ordering::Release);
+                let entry = Entry { registry: self, index: Some(i), id };
+                entry.publish(peer, "", "", 0);
+                return entry;
+            }
+        }
+        Entry { registry: self, index: None, id }
+    }
+
+    /// Every session now listed.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        (0..self.len).filter_map(|i| self.read(i)).collect()
+    }
+
+    fn read(&self, i: usize) -> Option<SessionView> {
+        let slot = self.slot(i);
+        for _ in 0..100 {
+            let before = slot.seq.load(Ordering::Acquire);
+            let id = slot.id.load(Ordering::Acquire);
+            if id == 0 {
+                return None;
+            }
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut text = [0u8; TEXT_BYTES];
+            for (w, chunk) in slot.text.iter().zip(text.chunks_mut(8)) {
+                chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+            let (pid, bytes) = (slot.pid.load(Ordering::Relaxed), slot.bytes.load(Ordering::Relaxed));
+            if slot.seq.load(Ordering::Acquire) == before {
+                return Some(view(id, pid, bytes, &text));
+            }
+        }
+        None
+    }
+
+    /// Asks session `id` to leave. False if no such session is listed.
+    pub fn kick(&self, id: u64) -> bool {
+        for i in 0..self.len {
+            let slot = self.slot(i);
+            if slot.id.load(Ordering::Acquire) != id {
+                continue;
+            }
+            slot.kick.store(1, Ordering::Release);
+            let pid = slot.pid.load(Ordering::Relaxed);
+            // SAFETY: getpid has no preconditions.
+            if pid != unsafe { libc::getpid() } {
+                // SAFETY: signalling a child of ours that serves this session.
+                return unsafe { libc::kill(pid, libc::SIGUSR1) } == 0;
+            }
+            let fd = slot.fd.load(Ordering::Acquire);
+            // SAFETY: the slot is released (id reset) before its socket is closed, and we
+            // re-check the id after shutdown; a stale fd at worst gets a spurious SHUT_RD.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            return slot.id.load(Ordering::Acquire) == id;
+        }
+        false
+    }
+}
+
+fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let text = String::from_utf8_lossy(&text[..end]);
+    let mut parts = text.splitn(3, '\t');
+    let mut next = || parts.next().unwrap_or("").to_string();
+    let (peer, user, transfer) = (next(), next(), next());
+    SessionView { id, pid, peer, user, transfer, bytes }
+}
+
+impl Entry<'_> {
+    /// The session's id, as `zocalo ctl kick` takes it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// True once an administrator asked this session to leave.
+    pub fn kicked(&self) -> bool {
+        self.index.is_some_and(|i| self.registry.slot(i).kick.load(Ordering::Acquire) != 0)
+    }
+
+    /// Publishes the session's state (one writer per slot).
+    pub fn publish(&self, peer: &str, user: &str, transfer: &str, bytes: u64) {
+        let Some(i) = self.index else {
+            return;
+        };
+        let slot = self.registry.slot(i);
+        let mut text = [0u8; TEXT_BYTES];
+        let mut joined = String::with_capacity(TEXT_BYTES);
+        let _ = write!(joined, "{peer}\t{user}\t{transfer}");
+        let n = floor_char_boundary(&joined, TEXT_BYTES - 1);
+        text[..n].copy_from_slice(&joined.as_bytes()[..n]);
+        let seq = slot.seq.fetch_add(1, Ordering::AcqRel);
+        for (w, chunk) in slot.text.iter().zip(text.chunks(8)) {
+            w.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), Ordering::Relaxed);
+        }
+        slot.bytes.store(bytes, Ordering::Relaxed);
+        slot.seq.store(seq.wrapping_add(2) & !1, Ordering::Release);
+    }
+
+    /// Publishes only the byte count of the running transfer.
+    pub fn progress(&self, bytes: u64) {
+        if let Some(i) = self.index {
+            self.registry.slot(i).bytes.store(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.index {
+            let slot = self.registry.slot(i);
+            slot.fd.store(-1, Ordering::Relaxed);
+            slot.id.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// In a `process` child: SIGUSR1 shuts down the reading side of this control socket.
+pub fn install_child_kick(fd: RawFd) {
+    KICK_FD.store(fd, Ordering::SeqCst);
+    // SAFETY: a fully initialised sigaction whose handler only calls shutdown(2).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_kick as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn on_kick(_sig: libc::c_int) {
+    let fd = KICK_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: shutdown(2) is async-signal-safe.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_read_and_release() {
+        let r = Registry::new(2).unwrap();
+        let a = r.enter(-1, "127.0.0.1:5");
+        a.publish("127.0.0.1:5", "alice", "RETR /x", 10);
+        let b = r.enter(-1, "[::1]:6");
+        let c = r.enter(-1, "no room");
+        assert!(c.index.is_none());
+        let list = r.sessions();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].user, "alice");
+        assert_eq!(list[0].transfer, "RETR /x");
+        assert_eq!(list[0].bytes, 10);
+        assert_eq!(list[1].peer, "[::1]:6");
+        drop(a);
+        assert_eq!(r.sessions().len(), 1);
+        assert!(!b.kicked());
+        assert!(r.kick(b.id()));
+        assert!(b.kicked());
+        assert!(!r.kick(9999));
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_char_boundary() {
+        let r = Registry::new(1).unwrap();
+        let e = r.enter(-1, "p");
+        e.publish("p", "ü", &"ñ".repeat(300), 0);
+        let v = &r.sessions()[0];
+        assert!(v.transfer.starts_with("ññ"));
+        assert!(v.transfer.len() < TEXT_BYTES);
+    }
+}
