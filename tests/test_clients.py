@@ -41,7 +41,7 @@ def work(tmp_path):
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if not path:
-        pytest.skip(f"{tool} is not installed")
+        pytest.fail(f"{tool} is not installed: scripts/test.sh installs it")
     return path
 
 

@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from conftest import skip_if_iterative
 from helpers import (PASSWORD, TIMEOUT, USER, Ctl, code_of, download, have_ipv6,
                      poll_until, read_all, read_exactly, reply_of, sha256, upload, use_epsv)
 

@@ -233,10 +233,7 @@ impl Client {
             protect_data: false,
             epsv_refused: false,
             data_resumed: None,
-            welcome: Reply {
-                code: 0,
-                lines: Vec::new(),
-            },
+            welcome: Reply { code: 0, lines: Vec::new() },
         };
         client.welcome = client.greeting()?;
         if url.scheme == Scheme::Ftp && client.tls.is_some() {
@@ -248,11 +245,8 @@ impl Client {
     /// USER, then PASS if asked for.
     pub fn login(&mut self, user: &str, pass: &str) -> Result<()> {
         let reply = self.command(&format!("USER {user}"))?;
-        let reply = if reply.is_intermediate() {
-            self.command(&format!("PASS {pass}"))?
-        } else {
-            reply
-        };
+        let reply =
+            if reply.is_intermediate() { self.command(&format!("PASS {pass}"))? } else { reply };
         match reply.code {
             230 | 202 => Ok(()),
             _ => Err(FtpError::Login(reply)),
@@ -552,17 +546,13 @@ fn with_arg(command: &str, path: &str) -> String {
 fn refused(command: &str, reply: Reply) -> FtpError {
     // Never echo a password back into an error message.
     let command = if command.starts_with("PASS ") { "PASS" } else { command };
-    FtpError::Refused {
-        command: command.to_owned(),
-        reply,
-    }
+    FtpError::Refused { command: command.to_owned(), reply }
 }
 
 /// Resolves `authority` and connects to the first address that answers.
 fn connect_tcp(authority: &str, timeout: Duration) -> Result<TcpStream> {
-    let addrs = authority
-        .to_socket_addrs()
-        .map_err(|e| FtpError::Connect(format!("{authority}: {e}")))?;
+    let addrs =
+        authority.to_socket_addrs().map_err(|e| FtpError::Connect(format!("{authority}: {e}")))?;
     let mut last = format!("{authority}: no address");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
@@ -580,20 +570,14 @@ fn connect_tcp(authority: &str, timeout: Duration) -> Result<TcpStream> {
 
 /// Accepts the server's active-mode data connection, waiting at most `timeout`.
 fn accept(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd, and the count passed is 1.
     let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
     if ready <= 0 {
         return Err(FtpError::Transfer("the server did not open the data connection".into()));
     }
-    let (tcp, _) = listener
-        .accept()
-        .map_err(|e| FtpError::Transfer(format!("accept: {e}")))?;
+    let (tcp, _) = listener.accept().map_err(|e| FtpError::Transfer(format!("accept: {e}")))?;
     Ok(tcp)
 }
 

@@ -20,7 +20,7 @@ pub mod reply;
 pub mod tls;
 pub mod url;
 
-pub use ops::{exit_code, get, ls, mirror, put, MirrorSummary, OpError, OpOptions, Progress};
 pub use ftp::{Client, ClientOptions, DataMode, FtpError};
+pub use ops::{exit_code, get, ls, mirror, put, MirrorSummary, OpError, OpOptions, Progress};
 
 pub use url::{FtpUrl, Scheme};

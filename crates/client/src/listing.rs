@@ -40,11 +40,7 @@ pub fn parse_mlsd_line(line: &str) -> Option<Entry> {
             _ => {}
         }
     }
-    Some(Entry {
-        name: name.to_owned(),
-        kind,
-        size,
-    })
+    Some(Entry { name: name.to_owned(), kind, size })
 }
 
 /// `None` for `cdir` and `pdir`, which name no child.
@@ -87,11 +83,7 @@ pub fn parse_unix_line(line: &str) -> Option<Entry> {
     if kind == Kind::Link {
         name = name.split(" -> ").next().unwrap_or(name);
     }
-    Some(Entry {
-        name: name.to_owned(),
-        kind,
-        size,
-    })
+    Some(Entry { name: name.to_owned(), kind, size })
 }
 
 /// `01-31-24  10:15AM       <DIR>          name` or `... 1234 name`.
@@ -110,11 +102,7 @@ pub fn parse_dos_line(line: &str) -> Option<Entry> {
     } else {
         (Kind::File, Some(what.parse().ok()?))
     };
-    Some(Entry {
-        name: line[name_at..].to_owned(),
-        kind,
-        size,
-    })
+    Some(Entry { name: line[name_at..].to_owned(), kind, size })
 }
 
 /// The first `n` whitespace-separated tokens with their byte offsets.
@@ -126,9 +114,7 @@ fn tokens(line: &str, n: usize) -> Vec<(usize, &str)> {
             break;
         };
         let start = rest + start;
-        let end = line[start..]
-            .find(char::is_whitespace)
-            .map_or(line.len(), |e| start + e);
+        let end = line[start..].find(char::is_whitespace).map_or(line.len(), |e| start + e);
         out.push((start, &line[start..end]));
         rest = end;
     }
@@ -136,9 +122,8 @@ fn tokens(line: &str, n: usize) -> Vec<(usize, &str)> {
 }
 
 fn is_month(token: &str) -> bool {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
+    const MONTHS: [&str; 12] =
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
     token.len() == 3 && MONTHS.iter().any(|m| m.eq_ignore_ascii_case(token))
 }
 
@@ -185,8 +170,10 @@ mod tests {
 
     #[test]
     fn dos_list() {
-        let entries = parse_list("01-31-24  10:15AM       <DIR>          My Dir\r\n\
-                                  01-31-24  10:16AM                 1234 f.txt\r\n");
+        let entries = parse_list(
+            "01-31-24  10:15AM       <DIR>          My Dir\r\n\
+                                  01-31-24  10:16AM                 1234 f.txt\r\n",
+        );
         assert_eq!(entries.len(), 2);
         assert_eq!((entries[0].name.as_str(), entries[0].kind), ("My Dir", Kind::Dir));
         assert_eq!(entries[1].size, Some(1234));

@@ -109,9 +109,7 @@ pub struct MirrorSummary {
 /// `None` for the URL's file name in the current directory). Returns the bytes received.
 pub fn get(url: &str, dest: Option<&Path>, opts: &OpOptions) -> Result<u64, OpError> {
     let url = FtpUrl::parse(url)?;
-    let name = url
-        .file_name()
-        .ok_or_else(|| OpError::Usage(format!("{url} names no file")))?;
+    let name = url.file_name().ok_or_else(|| OpError::Usage(format!("{url} names no file")))?;
     let dest = local_target(dest, name);
     let mut client = Client::open(&url, &opts.client)?;
     let received = match &dest {
@@ -134,14 +132,8 @@ pub fn put(file: &Path, url: &str, opts: &OpOptions) -> Result<u64, OpError> {
     let mut source = File::open(file).map_err(|e| local(file, e))?;
     let total = source.metadata().map_err(|e| local(file, e))?.len();
     let mut client = Client::open(&url, &opts.client)?;
-    let offset = if opts.resume {
-        client.size(&url.path).unwrap_or(0).min(total)
-    } else {
-        0
-    };
-    source
-        .seek(SeekFrom::Start(offset))
-        .map_err(|e| local(file, e))?;
+    let offset = if opts.resume { client.size(&url.path).unwrap_or(0).min(total) } else { 0 };
+    source.seek(SeekFrom::Start(offset)).map_err(|e| local(file, e))?;
     let bar = progress_bar(opts, Some(total), offset);
     let sent = client.stor(&url.path, offset, &mut source, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
@@ -154,8 +146,7 @@ pub fn ls(url: &str, opts: &OpOptions, out: &mut dyn Write) -> Result<(), OpErro
     let url = FtpUrl::parse(url)?;
     let mut client = Client::open(&url, &opts.client)?;
     let body = client.list(&url.path)?;
-    out.write_all(body.as_bytes())
-        .map_err(|e| local(Path::new("<stdout>"), e))?;
+    out.write_all(body.as_bytes()).map_err(|e| local(Path::new("<stdout>"), e))?;
     client.quit()?;
     Ok(())
 }
@@ -193,7 +184,9 @@ fn mirror_dir(
         let child_local = local_dir.join(&entry.name);
         match entry.kind {
             Kind::Dir => mirror_dir(client, &child_remote, &child_local, opts, depth + 1, summary)?,
-            Kind::File => mirror_file(client, &child_remote, &child_local, entry.size, opts, summary)?,
+            Kind::File => {
+                mirror_file(client, &child_remote, &child_local, entry.size, opts, summary)?
+            }
             Kind::Link | Kind::Other => {}
         }
     }
@@ -282,10 +275,7 @@ fn progress_bar(opts: &OpOptions, total: Option<u64>, done: u64) -> ProgressBar 
 }
 
 fn local(path: &Path, error: io::Error) -> OpError {
-    OpError::Local {
-        path: path.to_owned(),
-        error,
-    }
+    OpError::Local { path: path.to_owned(), error }
 }
 
 #[cfg(test)]
@@ -294,20 +284,13 @@ mod tests {
     use crate::reply::Reply;
 
     fn reply(code: u16) -> Reply {
-        Reply {
-            code,
-            lines: vec!["text".into()],
-        }
+        Reply { code, lines: vec!["text".into()] }
     }
 
     #[test]
     fn exit_codes_are_stable() {
-        let refused = |code| {
-            OpError::Ftp(FtpError::Refused {
-                command: "RETR x".into(),
-                reply: reply(code),
-            })
-        };
+        let refused =
+            |code| OpError::Ftp(FtpError::Refused { command: "RETR x".into(), reply: reply(code) });
         assert_eq!(exit_code(&OpError::Usage("x".into())), 2);
         assert_eq!(exit_code(&OpError::Ftp(FtpError::Connect("x".into()))), 3);
         assert_eq!(exit_code(&OpError::Ftp(FtpError::Login(reply(530)))), 4);
@@ -320,10 +303,8 @@ mod tests {
 
     #[test]
     fn error_text_carries_the_reply() {
-        let err = OpError::Ftp(FtpError::Refused {
-            command: "RETR /nope".into(),
-            reply: reply(550),
-        });
+        let err =
+            OpError::Ftp(FtpError::Refused { command: "RETR /nope".into(), reply: reply(550) });
         assert_eq!(err.to_string(), "RETR /nope: 550 text");
     }
 

@@ -95,10 +95,7 @@ impl ReplyParser {
     fn start(&mut self, line: &str) -> Result<Option<Reply>, ReplyError> {
         let code = reply_code(line).ok_or_else(|| ReplyError(line.to_owned()))?;
         let text = line.get(4..).unwrap_or("").to_owned();
-        let reply = Reply {
-            code,
-            lines: vec![text],
-        };
+        let reply = Reply { code, lines: vec![text] };
         match line.as_bytes().get(3) {
             Some(b'-') => {
                 self.open = Some(reply);
@@ -172,10 +169,7 @@ mod tests {
 
     fn parse_all(lines: &[&str]) -> Vec<Reply> {
         let mut parser = ReplyParser::new();
-        lines
-            .iter()
-            .filter_map(|l| parser.feed_line(l).unwrap())
-            .collect()
+        lines.iter().filter_map(|l| parser.feed_line(l).unwrap()).collect()
     }
 
     #[test]

@@ -37,9 +37,7 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
             .with_no_client_auth()
     } else {
-        builder
-            .with_root_certificates(roots(opts)?)
-            .with_no_client_auth()
+        builder.with_root_certificates(roots(opts)?).with_no_client_auth()
     };
     Ok(Arc::new(config))
 }
@@ -50,17 +48,16 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 }
 
 fn roots(opts: &TlsOptions) -> Result<RootCertStore, String> {
-    let path = opts.cacert.as_ref().ok_or(
-        "no certificate to trust: give --cacert FILE, or --insecure to skip verification",
-    )?;
+    let path = opts
+        .cacert
+        .as_ref()
+        .ok_or("no certificate to trust: give --cacert FILE, or --insecure to skip verification")?;
     let mut store = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
     for cert in certs {
         let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-        store
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        store.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if store.is_empty() {
         return Err(format!("{}: no certificate found", path.display()));

@@ -54,14 +54,7 @@ impl FtpUrl {
         let (user, password) = split_userinfo(userinfo)?;
         let default_port = if scheme == Scheme::Ftps { 990 } else { 21 };
         let (host, port) = split_host_port(hostport, default_port)?;
-        Ok(FtpUrl {
-            scheme,
-            user,
-            password,
-            host,
-            port,
-            path: percent_decode(path)?,
-        })
+        Ok(FtpUrl { scheme, user, password, host, port, path: percent_decode(path)? })
     }
 
     /// `host:port`, with brackets around an IPv6 literal: what `TcpStream::connect` takes.
@@ -75,10 +68,7 @@ impl FtpUrl {
 
     /// The same URL with another path (used by `mirror` to walk a tree).
     pub fn with_path(&self, path: &str) -> FtpUrl {
-        FtpUrl {
-            path: path.to_owned(),
-            ..self.clone()
-        }
+        FtpUrl { path: path.to_owned(), ..self.clone() }
     }
 
     /// The last path component, if the path names something other than a directory.
@@ -124,9 +114,7 @@ fn split_userinfo(info: Option<&str>) -> Result<(Option<String>, Option<String>)
 
 fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), UrlError> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let end = rest
-            .find(']')
-            .ok_or_else(|| UrlError("unclosed [ in host".into()))?;
+        let end = rest.find(']').ok_or_else(|| UrlError("unclosed [ in host".into()))?;
         let after = &rest[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
@@ -144,9 +132,7 @@ fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), UrlEr
         return Err(UrlError("empty host".into()));
     }
     let port = match port {
-        Some(p) => p
-            .parse()
-            .map_err(|_| UrlError(format!("bad port {p:?}")))?,
+        Some(p) => p.parse().map_err(|_| UrlError(format!("bad port {p:?}")))?,
         None => default_port,
     };
     Ok((host.to_owned(), port))

@@ -298,13 +298,7 @@ impl Engine {
 }
 
 fn failure(id: usize, started: Instant, why: String) -> Outcome {
-    Outcome {
-        id,
-        ok: false,
-        latency: started.elapsed(),
-        bytes: 0,
-        error: Some(why),
-    }
+    Outcome { id, ok: false, latency: started.elapsed(), bytes: 0, error: Some(why) }
 }
 
 impl Data {
@@ -448,12 +442,7 @@ impl Session {
             Step::Mlsd(p) => (format!("MLSD {p}"), false, 0),
             other => return Next::Failed(format!("no transfer in {other:?}")),
         };
-        self.data = Some(Data {
-            tcp,
-            upload,
-            to_send,
-            done: false,
-        });
+        self.data = Some(Data { tcp, upload, to_send, done: false });
         self.final_ok = false;
         self.send(&command, Phase::Transfer)
     }
@@ -463,11 +452,7 @@ impl Session {
         let Some(data) = self.data.as_mut() else {
             return Next::Continue;
         };
-        let result = if data.upload {
-            pump_out(data, scratch)
-        } else {
-            pump_in(data, scratch)
-        };
+        let result = if data.upload { pump_out(data, scratch) } else { pump_in(data, scratch) };
         match result {
             Ok(n) => self.bytes += n,
             Err(e) => return Next::Failed(format!("data: {e}")),
@@ -592,9 +577,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -606,9 +589,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
                 sin6_scope_id: v6.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.

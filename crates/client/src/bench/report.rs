@@ -157,10 +157,13 @@ pub fn svg_chart(title: &str, rows: &[&ScenarioResult]) -> String {
 
 /// Draws one metric's group of bars starting at `y`; returns the next free `y`.
 fn svg_group(svg: &mut String, rows: &[&ScenarioResult], name: &str, unit: &str, y: f64) -> f64 {
-    let better = rows
-        .iter()
-        .find_map(|r| find(r, name))
-        .map_or("", |m| if m.higher_is_better { "higher is better" } else { "lower is better" });
+    let better = rows.iter().find_map(|r| find(r, name)).map_or("", |m| {
+        if m.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        }
+    });
     let _ = writeln!(
         svg,
         "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{} ({}; {better})</text>",
@@ -168,11 +171,7 @@ fn svg_group(svg: &mut String, rows: &[&ScenarioResult], name: &str, unit: &str,
         escape(name),
         escape(unit)
     );
-    let max = rows
-        .iter()
-        .filter_map(|r| find(r, name))
-        .map(|m| m.value)
-        .fold(0.0_f64, f64::max);
+    let max = rows.iter().filter_map(|r| find(r, name)).map(|m| m.value).fold(0.0_f64, f64::max);
     let span = CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH;
     let mut y = y + ROW;
     for r in rows {
@@ -241,11 +240,8 @@ mod tests {
             let end = rest[start..].find('>').expect("unclosed tag") + start;
             let tag = &rest[start + 1..end];
             assert!(!tag.contains('<'), "nested < in {tag}");
-            let name: String = tag
-                .trim_start_matches('/')
-                .chars()
-                .take_while(|c| c.is_alphanumeric())
-                .collect();
+            let name: String =
+                tag.trim_start_matches('/').chars().take_while(|c| c.is_alphanumeric()).collect();
             if tag.starts_with('/') {
                 assert_eq!(stack.pop().as_deref(), Some(name.as_str()));
             } else if !tag.ends_with('/') {
@@ -254,9 +250,13 @@ mod tests {
             let text = &rest[end + 1..];
             let next = text.find('<').unwrap_or(text.len());
             for (i, _) in text[..next].match_indices('&') {
-                assert!(text[i..].starts_with("&lt;") || text[i..].starts_with("&gt;")
-                    || text[i..].starts_with("&amp;") || text[i..].starts_with("&quot;")
-                    || text[i..].starts_with("&apos;"));
+                assert!(
+                    text[i..].starts_with("&lt;")
+                        || text[i..].starts_with("&gt;")
+                        || text[i..].starts_with("&amp;")
+                        || text[i..].starts_with("&quot;")
+                        || text[i..].starts_with("&apos;")
+                );
             }
             rest = &rest[end + 1..];
         }

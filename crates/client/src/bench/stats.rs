@@ -18,19 +18,11 @@ pub struct Metric {
 
 impl Metric {
     pub fn higher(name: &str, value: f64, unit: &str) -> Metric {
-        Metric {
-            name: name.to_owned(),
-            value,
-            unit: unit.to_owned(),
-            higher_is_better: true,
-        }
+        Metric { name: name.to_owned(), value, unit: unit.to_owned(), higher_is_better: true }
     }
 
     pub fn lower(name: &str, value: f64, unit: &str) -> Metric {
-        Metric {
-            higher_is_better: false,
-            ..Metric::higher(name, value, unit)
-        }
+        Metric { higher_is_better: false, ..Metric::higher(name, value, unit) }
     }
 }
 
@@ -56,10 +48,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 /// Latencies in milliseconds, sorted.
 pub fn sorted_ms(latencies: impl IntoIterator<Item = Duration>) -> Vec<f64> {
-    let mut ms: Vec<f64> = latencies
-        .into_iter()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
+    let mut ms: Vec<f64> = latencies.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
     ms
 }
