@@ -30,6 +30,8 @@ LEAK_DEADLINE = 5.0  # how long resources may take to return to the baseline
 MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll", "epoll:2"]
 
 LISTEN_RE = re.compile(r"^listening ftp://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>\d+)")
+# Implicit FTPS listeners (--implicit-tls ADDR): `listening ftps://ADDR ...`.
+LISTEN_TLS_RE = re.compile(r"^listening ftps://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>\d+)")
 
 # Servers started during the current test (one pytest process = one test at a time).
 ACTIVE: list["Server"] = []
@@ -299,6 +301,7 @@ class Server:
         self.clients: list = []
         self.baseline = resources(proc.pid)
         self.stdout_tail: list[str] = []
+        self.tls_addrs: list = []  # implicit FTPS listeners, (family, host, port)
 
     # -- addresses
     def addr(self, family: int = 4) -> tuple[str, int]:
@@ -435,7 +438,9 @@ def _drain(stream, sink: list) -> None:
 
 def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
            anonymous: bool = True, write: bool = False, ipv4: bool = True, ipv6: bool = False,
-           fail_delay_ms: int | None = 0, extra=()) -> Server:
+           fail_delay_ms: int | None = 0, extra=(), implicit_tls: int = 0) -> Server:
+    """Start the server. `implicit_tls`: how many `listening ftps://` lines (from
+    --implicit-tls ADDR in `extra`) to wait for, besides the plain listeners."""
     binary = zocalo_bin()
     if not binary.exists():
         raise AssertionError(f"zocalo binary not found at {binary} "
@@ -461,13 +466,14 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
                             stderr=log, cwd=root)
     log.close()
     addrs: list = []
+    tls_addrs: list = []
     seen: list[str] = []
     buf = b""
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + START_DEADLINE
     try:
         for _ in range(10000):
-            if len(addrs) >= expected:
+            if len(addrs) >= expected and len(tls_addrs) >= implicit_tls:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -482,10 +488,15 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
                 raise AssertionError(f"server exited with {proc.returncode} before listening; "
                                      f"stdout {seen!r}; stderr:\n{log_path.read_text(errors='replace')[-3000:]}")
             buf += chunk
-            while b"\n" in buf and len(addrs) < expected:
+            while b"\n" in buf and (len(addrs) < expected or len(tls_addrs) < implicit_tls):
                 raw, buf = buf.split(b"\n", 1)
                 line = raw.decode("utf-8", "replace").strip()
                 seen.append(line)
+                t = LISTEN_TLS_RE.match(line)
+                if t:
+                    fam = socket.AF_INET6 if t["v6"] else socket.AF_INET
+                    tls_addrs.append((fam, t["v6"] or t["v4"], int(t["port"])))
+                    continue
                 m = LISTEN_RE.match(line)
                 if m:
                     if m["v6"]:
@@ -498,6 +509,7 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
             proc.wait(STOP_DEADLINE)
         raise
     server = Server(proc, root, addrs, log_path, argv)
+    server.tls_addrs = tls_addrs
     server.stdout_tail = seen
     # Keep reading stdout so the server can never block on a full pipe.
     threading.Thread(target=_drain, args=(proc.stdout, server.stdout_tail), daemon=True).start()

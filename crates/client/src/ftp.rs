@@ -114,13 +114,16 @@ impl Stream {
         }
     }
 
-    /// Sends TLS close_notify (if any) and half-closes, so the peer sees a clean end of file.
+    /// Sends TLS close_notify (if any) and half-closes, so the peer sees a clean end of file,
+    /// then reads until the peer closes too. Closing with unread bytes (a TLS 1.3 session
+    /// ticket, say) would send a reset that can overtake the upload's last bytes.
     fn finish_writing(&mut self) -> io::Result<()> {
         if let Stream::Tls(s) = self {
             s.conn.send_close_notify();
             s.flush()?;
         }
-        self.tcp().shutdown(Shutdown::Write)
+        self.tcp().shutdown(Shutdown::Write)?;
+        io::copy(self, &mut io::sink()).map(drop)
     }
 }
 

@@ -65,10 +65,7 @@ fn continue_resumes_both_directions() {
     fs::write(server.root.path().join("full.bin"), &data).unwrap();
     let dest = local.path().join("full.bin");
     fs::write(&dest, &data[..400_000]).unwrap();
-    let resume = OpOptions {
-        resume: true,
-        ..opts(DataMode::Passive)
-    };
+    let resume = OpOptions { resume: true, ..opts(DataMode::Passive) };
     let got = ops::get(&server.url("/full.bin"), Some(local.path()), &resume).unwrap();
     assert_eq!(got, 600_003, "only the missing part is fetched");
     assert_eq!(fs::read(&dest).unwrap(), data);
@@ -117,15 +114,13 @@ fn mirror_copies_a_tree() {
     fs::write(root.join("tree/a/b/deep.bin"), pattern(70_000)).unwrap();
     fs::create_dir(root.join("tree/empty")).unwrap();
     let local = TempDir::new("mirror");
-    let summary = ops::mirror(&server.url("/tree"), local.path(), &opts(DataMode::Passive)).unwrap();
+    let summary =
+        ops::mirror(&server.url("/tree"), local.path(), &opts(DataMode::Passive)).unwrap();
     assert_eq!((summary.files, summary.dirs, summary.bytes), (2, 4, 70_003));
     assert_eq!(fs::read(local.path().join("top.txt")).unwrap(), b"top");
     assert_eq!(fs::read(local.path().join("a/b/deep.bin")).unwrap(), pattern(70_000));
     assert!(local.path().join("empty").is_dir());
-    let resume = OpOptions {
-        resume: true,
-        ..opts(DataMode::Passive)
-    };
+    let resume = OpOptions { resume: true, ..opts(DataMode::Passive) };
     let again = ops::mirror(&server.url("/tree"), local.path(), &resume).unwrap();
     assert_eq!((again.files, again.skipped), (0, 2));
 }
@@ -193,11 +188,7 @@ fn metric(results: &[bench::stats::ScenarioResult], scenario: &str, name: &str) 
         .iter()
         .find(|r| r.scenario == scenario)
         .unwrap_or_else(|| panic!("no {scenario} in {results:?}"));
-    r.metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("no {name} in {r:?}"))
-        .value
+    r.metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no {name} in {r:?}")).value
 }
 
 #[test]
@@ -227,7 +218,10 @@ fn bench_runs_every_scenario_without_failures() {
     assert_eq!(fs::read_dir(server.root.path().join("zocalo-bench-list")).unwrap().count(), 120);
     // Uploaded copies of `multi` are cleaned up; the fixtures stay.
     assert!(!server.root.path().join("zocalo-bench-up-0.bin").exists());
-    assert_eq!(fs::metadata(server.root.path().join("zocalo-bench-1m.bin")).unwrap().len(), 100_000);
+    assert_eq!(
+        fs::metadata(server.root.path().join("zocalo-bench-1m.bin")).unwrap().len(),
+        100_000
+    );
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), results.len(), "one JSON line per result");
     for scenario in ["transfer", "logins", "sessions-c8", "memory", "listing"] {

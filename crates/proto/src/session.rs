@@ -389,6 +389,14 @@ impl Session {
         self.close();
     }
 
+    /// An administrator closed the session (`zocalo ctl kick`).
+    pub fn handle_admin_close(&mut self) {
+        if !self.closed {
+            self.reply(421, "Session closed by the administrator.");
+            self.close();
+        }
+    }
+
     /// The server is stopping: say so and close.
     pub fn handle_shutdown(&mut self) {
         if !self.closed {

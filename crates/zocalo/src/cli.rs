@@ -33,6 +33,14 @@ pub enum Command {
     Get(TransferArgs),
     /// Upload: `zocalo put FILE tftp://HOST:PORT/PATH` (or ftp://, ftps://).
     Put(PutArgs),
+    /// Talk to a running server's admin channel.
+    Ctl {
+        /// The server's --admin-socket path.
+        #[arg(long)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        request: CtlRequest,
+    },
     /// Make a TLS certificate for FTPS.
     Cert {
         /// A self-signed certificate (the only kind for now): cert.pem and key.pem.
@@ -45,6 +53,16 @@ pub enum Command {
         #[arg(long)]
         name: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlRequest {
+    /// Listeners, model, and each session's user, peer and transfer.
+    Status,
+    /// Close one session (its id from `status`) with a 421.
+    Kick { session: u64 },
+    /// Re-read the users file; logged-in sessions keep their accounts.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +224,9 @@ pub struct ServeArgs {
     /// Also serve TFTP on this UDP address, from the same root (anonymous permissions).
     #[arg(long, value_name = "ADDR")]
     pub tftp: Option<SocketAddr>,
+    /// Open the admin channel (AF_UNIX SOCK_SEQPACKET, mode 0600) for `zocalo ctl`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -240,6 +261,7 @@ pub struct FileConfig {
     tls_require_reuse: Option<bool>,
     implicit_tls: Option<Vec<SocketAddr>>,
     tftp: Option<SocketAddr>,
+    admin_socket: Option<PathBuf>,
 }
 
 /// FTPS settings.
@@ -279,6 +301,7 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub implicit_tls: Vec<SocketAddr>,
     pub tftp: Option<SocketAddr>,
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Settings {
@@ -359,6 +382,7 @@ impl Settings {
             tls,
             implicit_tls,
             tftp: args.tftp.or(file.tftp),
+            admin_socket: args.admin_socket.clone().or(file.admin_socket),
         })
     }
 }

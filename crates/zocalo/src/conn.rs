@@ -16,6 +16,7 @@ use zocalo_proto::session::{Action, Config, Outcome, Session};
 
 use crate::data::{DataTask, Step};
 use crate::net;
+use crate::registry::{Entry, Registry};
 use crate::shutdown::Shutdown;
 use crate::tls::{Stream, Tls};
 
@@ -30,6 +31,41 @@ pub struct Ctx {
     pub shutdown: Shutdown,
     /// FTPS: AUTH TLS, PROT P and implicit-TLS listeners.
     pub tls: Option<Tls>,
+    /// The table `zocalo ctl` reads, when the admin socket is on.
+    pub registry: Option<Arc<Registry>>,
+}
+
+/// A session's published state, kept in step with the registry.
+pub struct Published {
+    entry: Entry,
+    peer: String,
+    shown: (Option<String>, Option<(&'static str, String)>),
+}
+
+impl Published {
+    pub fn new(registry: &Arc<Registry>, fd: RawFd, peer: SocketAddr) -> Self {
+        let peer = peer.to_string();
+        Published { entry: registry.enter(fd, &peer), peer, shown: (None, None) }
+    }
+
+    /// Publishes what changed since the last call.
+    pub fn update(&mut self, session: &Session) {
+        let status = session.transfer_status();
+        let user = session.user();
+        let transfer = status.map(|(verb, path, _)| (verb, path.to_string()));
+        if user != self.shown.0.as_deref() || transfer != self.shown.1 {
+            self.shown = (user.map(str::to_string), transfer);
+            let text = self.shown.1.as_ref().map(|(v, p)| format!("{v} {p}")).unwrap_or_default();
+            let bytes = status.map_or(0, |s| s.2);
+            self.entry.publish(&self.peer, user.unwrap_or(""), &text, bytes);
+        } else if let Some((_, _, bytes)) = status {
+            self.entry.progress(bytes);
+        }
+    }
+
+    pub fn kicked(&self) -> bool {
+        self.entry.kicked()
+    }
 }
 
 /// Serves one client until it leaves; never panics on what the client sends. With `implicit`,
@@ -38,7 +74,14 @@ pub fn serve(stream: TcpStream, ctx: &Ctx, implicit: bool) {
     let Ok(mut conn) = Conn::new(stream, ctx, implicit) else {
         return;
     };
-    while conn.turn() {}
+    loop {
+        if let Some(p) = &mut conn.published {
+            p.update(&conn.session);
+        }
+        if !conn.turn() {
+            break;
+        }
+    }
     conn.control.close();
     tracing::debug!(peer = %conn.peer, "session ended");
 }
@@ -57,6 +100,7 @@ struct Conn<'a> {
     wake_at: Option<Instant>,
     stop_by: Option<Instant>,
     closed: bool,
+    published: Option<Published>,
 }
 
 impl<'a> Conn<'a> {
@@ -72,6 +116,7 @@ impl<'a> Conn<'a> {
             _ => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
         };
         let now = Instant::now();
+        let fd = control.fd();
         Ok(Conn {
             ctx,
             control,
@@ -86,6 +131,7 @@ impl<'a> Conn<'a> {
             wake_at: None,
             stop_by: None,
             closed: false,
+            published: ctx.registry.as_ref().map(|r| Published::new(r, fd, peer)),
         })
     }
 
@@ -269,6 +315,10 @@ impl<'a> Conn<'a> {
         let mut buf = [0u8; 4096];
         let room = self.session.input_room().min(buf.len());
         match self.control.read(&mut buf[..room]) {
+            Ok(0) if self.published.as_ref().is_some_and(Published::kicked) => {
+                self.abort_task();
+                self.session.handle_admin_close();
+            }
             Ok(0) => {
                 self.abort_task();
                 self.closed = true;

@@ -5,6 +5,7 @@
 //! - [`fs`]: the kernel-confined local storage; [`users`]: accounts; [`limits`]: shared limits;
 //! - [`net`]: sockets; [`shutdown`]: SIGTERM/SIGINT; [`cli`] and [`serve`]: the command line.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod conn;
@@ -13,6 +14,7 @@ pub mod fs;
 pub mod limits;
 pub mod models;
 pub mod net;
+pub mod registry;
 pub mod serve;
 pub mod shutdown;
 pub mod tftp;

@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use clap::Parser;
-use zocalo::cli::{Cli, Command, Settings, UserCommand};
+use zocalo::cli::{Cli, Command, CtlRequest, Settings, UserCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         }
         Command::Get(args) => zocalo::commands::get(args),
         Command::Put(args) => zocalo::commands::put(args),
+        Command::Ctl { socket, request } => ctl(&socket, request),
         Command::Cert { out, name, .. } => zocalo::tls::self_signed(&out, &name)
             .map(|()| println!("wrote {0}/cert.pem and {0}/key.pem", out.display()))
             .map_err(|e| e.to_string()),
@@ -31,6 +32,21 @@ fn main() -> ExitCode {
             eprintln!("zocalo: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
+    let text = match request {
+        CtlRequest::Status => "status".to_string(),
+        CtlRequest::Kick { session } => format!("kick {session}"),
+        CtlRequest::Reload => "reload".to_string(),
+    };
+    let answer =
+        zocalo::admin::request(socket, &text).map_err(|e| format!("{}: {e}", socket.display()))?;
+    print!("{answer}");
+    match answer.strip_prefix("error: ") {
+        Some(e) => Err(e.trim().to_string()),
+        None => Ok(()),
     }
 }
 

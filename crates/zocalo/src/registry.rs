@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 const TEXT_WORDS: usize = 26;
 const TEXT_BYTES: usize = TEXT_WORDS * 8;
@@ -31,12 +32,15 @@ struct Slot {
     text: [AtomicU64; TEXT_WORDS],
 }
 
-/// The shared slot table.
+/// The shared slot table. The id counter lives in the mapping too, so ids stay unique across
+/// the processes of the `process` model.
 pub struct Registry {
+    next_id: *const AtomicU64,
     slots: *mut Slot,
     len: usize,
-    next_id: AtomicU64,
 }
+
+const HEADER: usize = 64;
 
 // SAFETY: all access to the mapping goes through atomics; the mapping lives as long as the
 // registry (it is never unmapped while a process uses it).
@@ -45,8 +49,8 @@ unsafe impl Send for Registry {}
 unsafe impl Sync for Registry {}
 
 /// A session's hold on its slot; frees it when dropped.
-pub struct Entry<'a> {
-    registry: &'a Registry,
+pub struct Entry {
+    registry: Arc<Registry>,
     index: Option<usize>,
     id: u64,
 }
@@ -68,7 +72,7 @@ impl Registry {
     /// Maps room for `len` sessions (shared with forked children).
     pub fn new(len: usize) -> io::Result<Self> {
         let len = len.clamp(1, 65_536);
-        let size = len * std::mem::size_of::<Slot>();
+        let size = HEADER + len * std::mem::size_of::<Slot>();
         // SAFETY: an anonymous shared mapping; zero-filled memory is a valid array of `Slot`
         // (all-zero atomics), and it is never unmapped.
         let ptr = unsafe {
@@ -84,7 +88,11 @@ impl Registry {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Registry { slots: ptr.cast(), len, next_id: AtomicU64::new(1) })
+        let next_id = ptr.cast::<AtomicU64>();
+        // SAFETY: the slots start HEADER bytes into the mapping, which is page-aligned and
+        // `size` bytes long.
+        let slots = unsafe { ptr.cast::<u8>().add(HEADER).cast::<Slot>() };
+        Ok(Registry { next_id, slots, len })
     }
 
     fn slot(&self, i: usize) -> &Slot {
@@ -94,8 +102,9 @@ impl Registry {
 
     /// Claims a free slot for a new session (none when the table is full: the session runs
     /// but is not listed).
-    pub fn enter(&self, fd: RawFd, peer: &str) -> Entry<'_> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 0;
+    pub fn enter(self: &Arc<Self>, fd: RawFd, peer: &str) -> Entry {
+        // SAFETY: the header is inside the mapping and holds a zero-initialised AtomicU64.
+        let id = unsafe { &*self.next_id }.fetch_add(1, Ordering::Relaxed) + 1;
         for i in 0..self.len {
             let slot = self.slot(i);
             if slot.id.compare_exchange(0, id, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -103,12 +112,12 @@ impl Registry {
                 // SAFETY: getpid has no preconditions.
                 slot.pid.store(unsafe { libc::getpid() }, Ordering::Relaxed);
                 slot.fd.store(fd, Ordering::Release);
-                let entry = Entry { registry: self, index: Some(i), id };
+                let entry = Entry { registry: self.clone(), index: Some(i), id };
                 entry.publish(peer, "", "", 0);
                 return entry;
             }
         }
-        Entry { registry: self, index: None, id }
+        Entry { registry: self.clone(), index: None, id }
     }
 
     /// Every session now listed.
@@ -132,7 +141,8 @@ impl Registry {
             for (w, chunk) in slot.text.iter().zip(text.chunks_mut(8)) {
                 chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
             }
-            let (pid, bytes) = (slot.pid.load(Ordering::Relaxed), slot.bytes.load(Ordering::Relaxed));
+            let (pid, bytes) =
+                (slot.pid.load(Ordering::Relaxed), slot.bytes.load(Ordering::Relaxed));
             if slot.seq.load(Ordering::Acquire) == before {
                 return Some(view(id, pid, bytes, &text));
             }
@@ -173,7 +183,7 @@ fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {
     SessionView { id, pid, peer, user, transfer, bytes }
 }
 
-impl Entry<'_> {
+impl Entry {
     /// The session's id, as `zocalo ctl kick` takes it.
     pub fn id(&self) -> u64 {
         self.id
@@ -219,7 +229,7 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     n
 }
 
-impl Drop for Entry<'_> {
+impl Drop for Entry {
     fn drop(&mut self) {
         if let Some(i) = self.index {
             let slot = self.registry.slot(i);
@@ -256,7 +266,7 @@ mod tests {
 
     #[test]
     fn publish_read_and_release() {
-        let r = Registry::new(2).unwrap();
+        let r = Arc::new(Registry::new(2).unwrap());
         let a = r.enter(-1, "127.0.0.1:5");
         a.publish("127.0.0.1:5", "alice", "RETR /x", 10);
         let b = r.enter(-1, "[::1]:6");
@@ -278,7 +288,7 @@ mod tests {
 
     #[test]
     fn long_text_is_cut_on_a_char_boundary() {
-        let r = Registry::new(1).unwrap();
+        let r = Arc::new(Registry::new(1).unwrap());
         let e = r.enter(-1, "p");
         e.publish("p", "ü", &"ñ".repeat(300), 0);
         let v = &r.sessions()[0];

@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use zocalo_proto::session::{Config, TlsPolicy};
 
+use crate::admin::Admin;
 use crate::cli::Settings;
 use crate::conn::Ctx;
 use crate::limits::{Limits, MemoryGuard};
 use crate::models::{self, Listener, Model, Server};
 use crate::net;
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::tls::Tls;
 use crate::users::{Users, UsersConfig};
@@ -30,17 +32,27 @@ pub fn run(settings: Settings) -> io::Result<()> {
             Ok(Listener { sock, implicit_tls })
         })
         .collect::<io::Result<Vec<Listener>>>()?;
+    let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
     if let Some(user) = &settings.run_as {
         drop_privileges(user)?;
     }
-    let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
-    let (mut server, root_storage) = build(&settings, listeners, shutdown)?;
+    let (mut server, root_storage, users) = build(&settings, listeners, shutdown)?;
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
         let (write, model) = (settings.anonymous_write, crate::tftp::model(settings.model));
         crate::tftp::spawn(socket, root_storage, write, model, &server.ctx.shutdown)?;
         lines.push(format!("listening tftp://{addr}"));
+    }
+    if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {
+        let mut summary = vec![format!("model {}", settings.model)];
+        summary.extend(lines.iter().cloned());
+        let admin = Admin::bind(path, registry.clone(), users, summary)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        match settings.model {
+            Model::Process => server.admin = Some(admin),
+            _ => drop(admin.spawn(server.ctx.shutdown.clone())?),
+        }
     }
     server.ready = Some(Box::new(move || {
         let mut out = io::stdout().lock();
@@ -57,7 +69,7 @@ fn build(
     settings: &Settings,
     listeners: Vec<Listener>,
     shutdown: Shutdown,
-) -> io::Result<(Server, Arc<dyn zocalo_proto::Storage>)> {
+) -> io::Result<(Server, Arc<dyn zocalo_proto::Storage>, Arc<Users>)> {
     let tls = match &settings.tls {
         Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
         None => None,
@@ -74,7 +86,8 @@ fn build(
         guard,
     )?;
     let root_storage = users.root_storage();
-    let mut config = Config::new(Arc::new(users));
+    let users = Arc::new(users);
+    let mut config = Config::new(users.clone());
     config.masquerade = settings.masquerade;
     config.login_fail_delay = settings.login_fail_delay;
     config.tls = match &settings.tls {
@@ -90,6 +103,10 @@ fn build(
         grace: settings.shutdown_grace,
         shutdown,
         tls,
+        registry: match &settings.admin_socket {
+            Some(_) => Some(Arc::new(Registry::new(settings.max_connections.min(65_536))?)),
+            None => None,
+        },
     };
     let workers = match settings.model {
         Model::Pool(n) => n,
@@ -97,13 +114,14 @@ fn build(
     };
     let server = Server {
         ready: None,
+        admin: None,
         ctx: Arc::new(ctx),
         limits: Limits::new(settings.max_connections, settings.max_per_ip),
         listeners,
         pool_queue: settings.pool_queue.unwrap_or(workers),
         backlog: settings.backlog,
     };
-    Ok((server, root_storage))
+    Ok((server, root_storage, users))
 }
 
 /// One `listening ftp://ADDR` line per listener, printed once the model accepts connections.

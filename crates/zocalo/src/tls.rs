@@ -193,6 +193,12 @@ impl Write for TlsStream {
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    /// Left behind by a failed upgrade; every operation fails.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::from(ErrorKind::NotConnected)
 }
 
 impl Stream {
@@ -200,6 +206,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.as_raw_fd(),
             Stream::Tls(t) => t.fd(),
+            Stream::Closed => -1,
         }
     }
 
@@ -212,7 +219,7 @@ impl Stream {
     pub fn has_buffered(&mut self) -> bool {
         match self {
             Stream::Tls(t) => t.has_buffered(),
-            Stream::Plain(_) => false,
+            Stream::Plain(_) | Stream::Closed => false,
         }
     }
 
@@ -225,6 +232,7 @@ impl Stream {
         match self {
             Stream::Plain(_) => Ok(()),
             Stream::Tls(t) => t.flush_tls(),
+            Stream::Closed => Err(closed()),
         }
     }
 
@@ -236,12 +244,10 @@ impl Stream {
         }
     }
 
-    /// Wraps a clear stream in TLS where it stands. The descriptor is duplicated, so its number
-    /// changes: an event loop must re-register it.
+    /// Wraps a clear stream in TLS where it stands; the descriptor keeps its number.
     pub fn upgrade_in_place(&mut self, tls: &Tls) -> io::Result<()> {
-        if let Stream::Plain(sock) = self {
-            let dup = sock.try_clone()?;
-            *self = Stream::Tls(Box::new(tls.accept(dup)?));
+        if let Stream::Plain(sock) = std::mem::replace(self, Stream::Closed) {
+            *self = Stream::Tls(Box::new(tls.accept(sock)?));
         }
         Ok(())
     }
@@ -259,6 +265,7 @@ impl Read for Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(t) => t.read(buf),
+            Stream::Closed => Err(closed()),
         }
     }
 }
@@ -268,6 +275,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(t) => t.write(buf),
+            Stream::Closed => Err(closed()),
         }
     }
 

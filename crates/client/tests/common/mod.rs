@@ -17,7 +17,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("zocalo-client-{tag}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("zocalo-client-{tag}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -84,11 +85,7 @@ impl Server {
             .spawn()
             .expect("zocalo starts");
         let authority = read_listening_line(&mut child);
-        Server {
-            child,
-            authority,
-            root,
-        }
+        Server { child, authority, root }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -111,10 +108,7 @@ impl Drop for Server {
 fn read_listening_line(child: &mut Child) -> String {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let line = lines
-        .next()
-        .expect("the server printed a line")
-        .expect("stdout is readable");
+    let line = lines.next().expect("the server printed a line").expect("stdout is readable");
     let rest = line
         .strip_prefix("listening ftp://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));

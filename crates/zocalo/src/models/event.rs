@@ -19,7 +19,7 @@ use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Action, Outcome, Session};
 
 use super::{Listener, Server};
-use crate::conn::Ctx;
+use crate::conn::{Ctx, Published};
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit};
 use crate::net;
@@ -95,6 +95,7 @@ struct Conn {
     wake_at: Option<Instant>,
     scheduled: Option<Instant>,
     closed: bool,
+    published: Option<Published>,
 }
 
 impl EventLoop {
@@ -237,6 +238,9 @@ impl EventLoop {
             self.remove(index);
             return;
         }
+        if let Some(p) = &mut conn.published {
+            p.update(&conn.session);
+        }
         let interest = conn.wanted_interest();
         if interest != conn.control_interest {
             let fd = conn.control.fd();
@@ -315,7 +319,9 @@ impl Conn {
             _ => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
         };
         let now = Instant::now();
+        let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer));
         Ok(Conn {
+            published,
             control,
             handshaking: false,
             session,
@@ -345,6 +351,9 @@ impl Conn {
                 return;
             }
             match self.control.read(&mut buf[..room]) {
+                Ok(0) if self.published.as_ref().is_some_and(Published::kicked) => {
+                    return self.session.handle_admin_close();
+                }
                 Ok(0) => return self.closed = true,
                 Ok(n) => {
                     self.last_activity = Instant::now();

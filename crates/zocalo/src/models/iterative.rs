@@ -13,6 +13,6 @@ pub fn run(mut server: Server) -> io::Result<()> {
         ready,
         |stream, _permit, tls| serve_blocking(stream, &ctx, tls),
         || {},
-        None,
+        &[],
     )
 }

@@ -103,6 +103,9 @@ pub type Ready = Option<Box<dyn FnOnce() + Send>>;
 /// What every model is given.
 pub struct Server {
     pub ready: Ready,
+    /// The admin channel, served by the accept loop itself in the `process` model (elsewhere
+    /// it has a thread of its own).
+    pub admin: Option<crate::admin::Admin>,
     pub ctx: Arc<Ctx>,
     pub limits: Arc<Limits>,
     pub listeners: Vec<Listener>,
@@ -130,7 +133,7 @@ pub(crate) fn accept_loop(
     ready: Ready,
     mut handle: impl FnMut(TcpStream, Permit, bool),
     mut on_wake: impl FnMut(),
-    extra_fd: Option<i32>,
+    extra_fds: &[i32],
 ) -> io::Result<()> {
     let shutdown_fd = server.ctx.shutdown.fd();
     let mut fds: Vec<libc::pollfd> = server
@@ -139,7 +142,9 @@ pub(crate) fn accept_loop(
         .map(|l| libc::pollfd { fd: l.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
         .collect();
     fds.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
-    fds.push(libc::pollfd { fd: extra_fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 });
+    for &fd in extra_fds {
+        fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    }
     for l in &server.listeners {
         l.sock.set_nonblocking(true)?;
     }

@@ -35,7 +35,7 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
             }
         },
         || {},
-        None,
+        &[],
     );
     drop(tx);
     for h in handles {

@@ -49,6 +49,8 @@ pub fn run(mut server: Server) -> io::Result<()> {
     let child_waker = Waker::new()?;
     install_sigchld(&child_waker)?;
     let mut children: HashMap<libc::pid_t, Permit> = HashMap::new();
+    let admin_fd = server.admin.as_ref().map(|a| a.fd());
+    let extra: Vec<i32> = std::iter::once(child_waker.as_raw_fd()).chain(admin_fd).collect();
     let result = {
         let children = std::cell::RefCell::new(&mut children);
         accept_loop(
@@ -63,6 +65,9 @@ pub fn run(mut server: Server) -> io::Result<()> {
                         for l in &server.listeners {
                             // SAFETY: closing our copy of the listening descriptor in the child.
                             unsafe { libc::close(l.sock.as_raw_fd()) };
+                        }
+                        if server.ctx.registry.is_some() {
+                            crate::registry::install_child_kick(stream.as_raw_fd());
                         }
                         serve_blocking(stream, &server.ctx, tls);
                         // SAFETY: leave without running the parent's destructors or atexit.
@@ -80,8 +85,11 @@ pub fn run(mut server: Server) -> io::Result<()> {
             || {
                 let _ = child_waker.drain();
                 reap(&mut children.borrow_mut());
+                if let Some(admin) = &server.admin {
+                    admin.serve_ready();
+                }
             },
-            Some(child_waker.as_raw_fd()),
+            &extra,
         )
     };
     wait_children(&mut children, server.ctx.grace + Duration::from_secs(2), &child_waker);

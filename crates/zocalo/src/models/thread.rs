@@ -25,7 +25,7 @@ pub fn run(mut server: Server) -> io::Result<()> {
             threads.retain(|t| !t.is_finished());
         },
         || {},
-        None,
+        &[],
     );
     for t in threads {
         let _ = t.join();

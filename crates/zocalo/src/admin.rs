@@ -1,0 +1,154 @@
+//! The local admin channel: an AF_UNIX SOCK_SEQPACKET socket (mode 0600), the notes' other
+//! address family and the socket type that keeps message boundaries.
+//!
+//! A client sends one message, `status`, `kick ID` or `reload`, and gets the answer as one or
+//! more messages followed by an empty one. `zocalo ctl` is that client.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::users::Users;
+
+const MAX_MESSAGE: usize = 32 * 1024;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin channel reports and acts on.
+pub struct Admin {
+    socket: Socket,
+    path: PathBuf,
+    registry: Arc<Registry>,
+    users: Arc<Users>,
+    /// The model and the `listening` lines.
+    summary: Vec<String>,
+}
+
+impl Admin {
+    /// Binds the socket at `path` (replacing a stale one) with mode 0600.
+    pub fn bind(
+        path: &Path,
+        registry: Arc<Registry>,
+        users: Arc<Users>,
+        summary: Vec<String>,
+    ) -> io::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+        socket.bind(&SockAddr::unix(path)?)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        socket.listen(16)?;
+        socket.set_nonblocking(true)?;
+        Ok(Admin { socket, path: path.to_path_buf(), registry, users, summary })
+    }
+
+    /// The listening descriptor, for a poll set.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Serves every waiting client (each with a short deadline), without blocking.
+    pub fn serve_ready(&self) {
+        while let Ok((client, _)) = self.socket.accept() {
+            let _ = self.serve_client(client);
+        }
+    }
+
+    fn serve_client(&self, client: Socket) -> io::Result<()> {
+        client.set_nonblocking(false)?;
+        client.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        client.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+        let n = client.recv(&mut buf)?;
+        // SAFETY: recv initialised the first `n` bytes.
+        let request: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let reply = self.answer(String::from_utf8_lossy(&request).trim());
+        for chunk in reply.as_bytes().chunks(MAX_MESSAGE) {
+            client.send(chunk)?;
+        }
+        client.send(&[])?;
+        Ok(())
+    }
+
+    /// The text answering one request.
+    pub fn answer(&self, request: &str) -> String {
+        let mut words = request.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("status"), None) => self.status(),
+            (Some("kick"), Some(id)) => match id.parse() {
+                Ok(id) if self.registry.kick(id) => format!("kicked session {id}\n"),
+                _ => format!("error: no session {id}\n"),
+            },
+            (Some("reload"), None) => match self.users.reload() {
+                Ok(n) => format!("reloaded: {n} accounts in the users file\n"),
+                Err(e) => format!("error: {e}\n"),
+            },
+            _ => "error: requests are `status`, `kick ID` and `reload`\n".into(),
+        }
+    }
+
+    fn status(&self) -> String {
+        let mut out = String::new();
+        for line in &self.summary {
+            out.push_str(line);
+            out.push('\n');
+        }
+        let sessions = self.registry.sessions();
+        out.push_str(&format!("sessions {}\n", sessions.len()));
+        for s in sessions {
+            let user = if s.user.is_empty() { "-" } else { &s.user };
+            let transfer = if s.transfer.is_empty() { "-".to_string() } else { s.transfer.clone() };
+            out.push_str(&format!(
+                "session id={} pid={} peer={} user={user} transfer={transfer:?} bytes={}\n",
+                s.id, s.pid, s.peer, s.bytes
+            ));
+        }
+        out
+    }
+
+    /// Serves admin clients in a thread of its own until `shutdown` fires.
+    pub fn spawn(self, shutdown: Shutdown) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name("zocalo-admin".into()).spawn(move || loop {
+            let mut fds = [
+                libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: shutdown.fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n > 0 && fds[1].revents != 0 {
+                return;
+            }
+            self.serve_ready();
+        })
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `zocalo ctl`: sends one request and returns the answer.
+pub fn request(path: &Path, request: &str) -> io::Result<String> {
+    let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+    socket.connect(&SockAddr::unix(path)?)?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    socket.send(request.as_bytes())?;
+    let mut answer = Vec::new();
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); MAX_MESSAGE];
+    loop {
+        let n = socket.recv(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        // SAFETY: recv initialised the first `n` bytes.
+        answer.extend(buf[..n].iter().map(|b| unsafe { b.assume_init() }));
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
