@@ -170,10 +170,13 @@ run_one() {
 }
 
 loopback() {
+    command -v iperf3 >/dev/null || apt_install iperf3 || true
     if command -v iperf3 >/dev/null; then
-        iperf3 -s -1 -p 5299 -B 127.0.0.1 >/dev/null 2>&1 &
+        local port
+        port=$(free_port)
+        iperf3 -s -1 -p "$port" -B 127.0.0.1 >/dev/null 2>&1 &
         sleep 0.5
-        iperf3 -c 127.0.0.1 -p 5299 -n "$LOOPBACK_BYTES" -J |
+        iperf3 -c 127.0.0.1 -p "$port" -n "$LOOPBACK_BYTES" -J |
             python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))'
     else
         python3 "$CONF/loopback.py" "$LOOPBACK_BYTES"

@@ -25,6 +25,7 @@ from helpers import TIMEOUT, poll_until, read_all, read_exactly, sha256
 
 SHUTDOWN_MODELS = ["epoll", "thread", "process", "pool:4", "select"]
 EXIT_DEADLINE = 8.0  # how long the server may take to exit once its sessions are over
+REFUSE_DEADLINE = 5.0  # how long a new client after SIGTERM may wait to be refused
 
 
 @pytest.fixture(params=SHUTDOWN_MODELS)
@@ -51,7 +52,7 @@ def wait_exit(srv, timeout: float = EXIT_DEADLINE) -> int:
 def expect_closed_without_greeting(srv) -> str:
     """A new connection must be refused, or closed without a 220. Returns what happened."""
     try:
-        sock = socket.create_connection((srv.host, srv.port), timeout=TIMEOUT)
+        sock = socket.create_connection((srv.host, srv.port), timeout=REFUSE_DEADLINE)
     except (ConnectionRefusedError, ConnectionResetError):
         return "refused"
     with sock:
@@ -61,6 +62,9 @@ def expect_closed_without_greeting(srv) -> str:
             line = c.readline()
         except (EOFError, ConnectionResetError):
             return "closed"
+        except TimeoutError:
+            raise AssertionError(f"a new client after SIGTERM was accepted but left hanging "
+                                 f"(no reply, not closed) for {REFUSE_DEADLINE}s") from None
         assert not line.startswith("220"), f"a new client was greeted after SIGTERM: {line!r}"
         assert line.startswith("421"), f"unexpected reply to a new client after SIGTERM: {line!r}"
         assert c.wait_closed(), "the refused client was not disconnected"
@@ -179,8 +183,6 @@ def test_download_completed_within_grace_gets_226_then_421(start_server, model):
         code, text = idle.reply()
         assert code == 421, text
         assert idle.wait_closed()
-        # ... and new clients are no longer welcome, while the transfer still runs
-        expect_closed_without_greeting(srv)
         assert srv.alive(), "the server exited before the running transfer finished"
         rest = read_all(d)
     finally:
@@ -191,6 +193,28 @@ def test_download_completed_within_grace_gets_226_then_421(start_server, model):
     code, text = c.reply()
     assert code == 421, text
     assert c.wait_closed()
+    assert wait_exit(srv) == 0
+
+
+def test_new_connections_refused_during_the_grace(start_server, model):
+    """While a transfer keeps the server alive in its grace period, a new client must be
+    refused at once (listener closed) or closed without a 220 -- not left hanging."""
+    srv = start_server(model, extra=["--shutdown-grace", "20"])
+    c, d, data, first = start_paused_retr(srv, 16 * 1024 * 1024)
+    idle = srv.ctl()
+    idle.login()
+    try:
+        sigterm(srv)
+        code, text = idle.reply()  # proof that the server has seen the signal
+        assert code == 421, text
+        outcome = expect_closed_without_greeting(srv)
+        assert outcome in ("refused", "closed", "421"), outcome
+        assert srv.alive(), "the server exited before the running transfer finished"
+        rest = read_all(d)  # let the transfer end so the server exits now
+    finally:
+        d.close()
+    assert sha256(first + rest) == sha256(data)
+    assert c.final_reply()[0] == 226
     assert wait_exit(srv) == 0
 
 

@@ -82,6 +82,7 @@ pub fn serve(stream: TcpStream, ctx: &Ctx, implicit: bool) {
             break;
         }
     }
+    conn.published.take();
     conn.control.close();
     tracing::debug!(peer = %conn.peer, "session ended");
 }

@@ -165,10 +165,14 @@ impl Registry {
                 return unsafe { libc::kill(pid, libc::SIGUSR1) } == 0;
             }
             let fd = slot.fd.load(Ordering::Acquire);
-            // SAFETY: the slot is released (id reset) before its socket is closed, and we
-            // re-check the id after shutdown; a stale fd at worst gets a spurious SHUT_RD.
+            if fd < 0 || slot.id.load(Ordering::Acquire) != id {
+                return false;
+            }
+            // SAFETY: a session frees its slot before it closes its socket, and the id was
+            // checked just now; in the narrow race where the session ends in between, the
+            // worst case is a spurious SHUT_RD on a recycled descriptor.
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-            return slot.id.load(Ordering::Acquire) == id;
+            return true;
         }
         false
     }

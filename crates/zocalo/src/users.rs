@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -102,7 +102,6 @@ pub struct Users {
     plain: HashMap<String, String>,
     users_file: Option<PathBuf>,
     file_users: RwLock<HashMap<String, FileUser>>,
-    homes: Mutex<HashMap<PathBuf, Arc<dyn Storage>>>,
     atomic_uploads: bool,
     guard: Arc<dyn LoginGuard>,
     /// Verified against for unknown users, so they cost as much time as known ones.
@@ -130,7 +129,6 @@ impl Users {
             plain: config.plain.into_iter().collect(),
             users_file: config.users_file,
             file_users: RwLock::new(HashMap::new()),
-            homes: Mutex::new(HashMap::new()),
             atomic_uploads: config.atomic_uploads,
             guard,
             dummy_hash: std::sync::OnceLock::new(),
@@ -157,15 +155,10 @@ impl Users {
         self.root_storage.clone()
     }
 
+    /// Opens a users-file account's home for one session (closed when the session ends).
     fn home_storage(&self, home: &Path) -> io::Result<Arc<dyn Storage>> {
         let path = self.root.join(home);
-        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = homes.get(&path) {
-            return Ok(s.clone());
-        }
-        let storage: Arc<dyn Storage> = Arc::new(LocalFs::open(&path, self.atomic_uploads)?);
-        homes.insert(path, storage.clone());
-        Ok(storage)
+        Ok(Arc::new(LocalFs::open(&path, self.atomic_uploads)?))
     }
 
     fn check(&self, user: &str, password: &str) -> Option<Account> {

@@ -103,6 +103,11 @@ pub fn markdown(all: &[ScenarioResult]) -> String {
     for (scenario, rows) in by_scenario(all) {
         let metrics = metric_names(&rows);
         let _ = writeln!(out, "### {scenario}\n");
+        if metrics.is_empty() {
+            let notes = rows.iter().map(|r| format!("{}: {}", r.label, r.notes.join("; ")));
+            let _ = writeln!(out, "{}\n", notes.collect::<Vec<_>>().join("\n\n"));
+            continue;
+        }
         let header: Vec<String> = metrics.iter().map(|(n, u)| format!("{n} ({u})")).collect();
         let _ = writeln!(out, "| server | {} |", header.join(" | "));
         let _ = writeln!(out, "|---|{}", "---:|".repeat(metrics.len()));

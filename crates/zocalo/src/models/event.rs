@@ -252,6 +252,7 @@ impl EventLoop {
 
     fn remove(&mut self, index: usize) {
         if let Some(mut conn) = self.conns[index].take() {
+            conn.published.take();
             conn.drop_task(self.poller.as_mut());
             let _ = self.poller.deregister(conn.control.fd());
             conn.control.close();

@@ -1,0 +1,215 @@
+"""TFTP served by the zocalo binary (real tftp-hpa and atftp clients, and zocalo's own client)
+and the admin channel (`zocalo ctl`) end to end, in several server models."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+
+TFTP_RE = re.compile(r"listening tftp://127\.0\.0\.1:(\d+)")
+DEADLINE = 20
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        pytest.fail(f"{tool} is not installed: scripts/test.sh installs it")
+    return path
+
+
+class TftpServer:
+    """`zocalo serve --tftp` or `zocalo tftp`, waited for through its `listening tftp://` line."""
+
+    def __init__(self, argv: list[str], log: Path):
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
+                                         stdin=subprocess.DEVNULL)
+        self.port = self._wait_port()
+
+    def _wait_port(self) -> int:
+        buf, deadline = b"", time.monotonic() + DEADLINE
+        fd = self.proc.stdout.fileno()
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+            if not r:
+                continue
+            chunk = os.read(fd, 4096)
+            assert chunk, "server exited before listening"
+            buf += chunk
+            m = TFTP_RE.search(buf.decode(errors="replace"))
+            if m:
+                return int(m[1])
+        raise AssertionError(f"no tftp listener reported; stdout {buf!r}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(DEADLINE)
+
+
+@pytest.fixture
+def tftp_root(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "small.txt").write_bytes(b"hello\nworld\n")
+    (root / "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    return root
+
+
+@pytest.fixture(params=["iterative", "thread", "pool:4", "epoll"])
+def served(request, tftp_root, tmp_path):
+    argv = [str(helpers.zocalo_bin()), "serve", "--root", str(tftp_root), "--listen",
+            "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--write", "--model", request.param]
+    server = TftpServer(argv, tmp_path / "serve.log")
+    yield server
+    assert server.stop() == 0
+
+
+def test_tftp_hpa_get(served, tftp_root, tmp_path):
+    out = tmp_path / "got.bin"
+    subprocess.run([need("tftp"), "127.0.0.1", str(served.port), "-m", "binary", "-c", "get",
+                    "blob.bin", str(out)], check=True, timeout=DEADLINE)
+    assert helpers.file_sha256(out) == helpers.file_sha256(tftp_root / "blob.bin")
+
+
+def test_atftp_put_with_blksize_and_windowsize(served, tftp_root, tmp_path):
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(1024 * 1024 + 3))
+    subprocess.run([need("atftp"), "--option", "blksize 1428", "--option", "windowsize 8",
+                    "-p", "-l", str(src), "-r", "up.bin", "127.0.0.1", str(served.port)],
+                   check=True, timeout=DEADLINE, capture_output=True)
+    assert helpers.file_sha256(tftp_root / "up.bin") == helpers.file_sha256(src)
+
+
+def test_zocalo_client_get_and_put(served, tftp_root, tmp_path):
+    zocalo = str(helpers.zocalo_bin())
+    url = f"tftp://127.0.0.1:{served.port}"
+    got = tmp_path / "got.bin"
+    subprocess.run([zocalo, "get", f"{url}/blob.bin", str(got), "--blksize", "1428",
+                    "--windowsize", "16"], check=True, timeout=DEADLINE, capture_output=True)
+    assert helpers.file_sha256(got) == helpers.file_sha256(tftp_root / "blob.bin")
+    subprocess.run([zocalo, "put", str(got), f"{url}/copy.bin"], check=True, timeout=DEADLINE,
+                   capture_output=True)
+    assert helpers.file_sha256(tftp_root / "copy.bin") == helpers.file_sha256(got)
+
+
+def test_tftp_paths_are_confined(served, tftp_root, tmp_path):
+    (tftp_root.parent / "secret").write_text("outside")
+    os.symlink(tftp_root.parent / "secret", tftp_root / "link")
+    for name in ["../secret", "/../secret", "link"]:
+        p = subprocess.run([need("tftp"), "127.0.0.1", str(served.port), "-m", "binary", "-c",
+                            "get", name, str(tmp_path / "x")], timeout=DEADLINE,
+                           capture_output=True, text=True)
+        got = (tmp_path / "x").read_text() if (tmp_path / "x").exists() else ""
+        assert "outside" not in got, name
+        assert "Error" in p.stdout + p.stderr or p.returncode != 0, name
+
+
+def test_standalone_tftp_is_read_only_by_default(tftp_root, tmp_path):
+    argv = [str(helpers.zocalo_bin()), "tftp", "--root", str(tftp_root), "--listen",
+            "127.0.0.1:0"]
+    server = TftpServer(argv, tmp_path / "tftp.log")
+    try:
+        src = tmp_path / "up.txt"
+        src.write_text("no")
+        p = subprocess.run([need("atftp"), "-p", "-l", str(src), "-r", "up.txt", "127.0.0.1",
+                            str(server.port)], timeout=DEADLINE, capture_output=True, text=True)
+        assert p.returncode != 0
+        assert not (tftp_root / "up.txt").exists()
+        got = tmp_path / "small.txt"
+        subprocess.run([need("tftp"), "127.0.0.1", str(server.port), "-m", "binary", "-c", "get",
+                        "small.txt", str(got)], check=True, timeout=DEADLINE)
+        assert got.read_bytes() == b"hello\nworld\n"
+    finally:
+        assert server.stop() == 0
+
+
+# ---- the admin channel ------------------------------------------------------------------
+
+ADMIN_MODELS = ["epoll", "thread", "process", "pool:4", "select", "iterative"]
+
+
+def ctl(sock: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(helpers.zocalo_bin()), "ctl", "--socket", str(sock), *args],
+                          capture_output=True, text=True, timeout=DEADLINE)
+
+
+@pytest.fixture(params=ADMIN_MODELS)
+def admin_srv(request, start_server, tmp_path):
+    sock = tmp_path / "admin.sock"
+    srv = start_server(request.param, extra=["--admin-socket", sock])
+    return srv, sock
+
+
+def test_admin_socket_is_private_seqpacket(admin_srv):
+    _, sock = admin_srv
+    mode = os.stat(sock).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_admin_status_lists_sessions_and_transfers(admin_srv, big):
+    srv, sock = admin_srv
+    srv.root.joinpath("big.bin").write_bytes(big)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    conn.recv(4096)
+    out = ctl(sock, "status")
+    assert out.returncode == 0, out.stderr
+    assert f"listening ftp://127.0.0.1:{srv.port}" in out.stdout
+    assert "sessions 1" in out.stdout
+    line = next(l for l in out.stdout.splitlines() if l.startswith("session "))
+    assert f"user={helpers.USER}" in line
+    assert 'transfer="RETR /big.bin"' in line
+    assert int(re.search(r"bytes=(\d+)", line)[1]) > 0
+    rest = helpers.read_all(conn)
+    conn.close()
+    assert 4096 + len(rest) >= len(big) - 4096
+    ftp.voidresp()
+
+
+def test_admin_kick_closes_with_421(admin_srv):
+    srv, sock = admin_srv
+    c = srv.ctl()
+    c.login()
+    status = ctl(sock, "status").stdout
+    session = re.search(r"session id=(\d+)", status)[1]
+    out = ctl(sock, "kick", session)
+    assert out.returncode == 0 and f"kicked session {session}" in out.stdout
+    code, text = c.reply()
+    assert code == 421 and "administrator" in text
+    assert c.wait_closed()
+    assert ctl(sock, "kick", "99999").returncode != 0
+
+
+def test_admin_reload_reads_new_users_without_dropping_sessions(start_server, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "bob").mkdir()
+    users = tmp_path / "users.txt"
+    zocalo = str(helpers.zocalo_bin())
+    subprocess.run([zocalo, "user", "add", "bob", "--users", str(users), "--home", "bob"],
+                   input="bobpw\n", text=True, check=True, timeout=DEADLINE)
+    sock = tmp_path / "admin.sock"
+    srv = start_server("epoll", root=root, extra=["--admin-socket", sock, "--users", users])
+    bob = srv.ftp("bob", "bobpw")
+    with pytest.raises(Exception):
+        srv.ftp("carol", "carolpw")
+    subprocess.run([zocalo, "user", "add", "carol", "--users", str(users), "--read-only"],
+                   input="carolpw\n", text=True, check=True, timeout=DEADLINE)
+    out = ctl(sock, "reload")
+    assert out.returncode == 0 and "2 accounts" in out.stdout
+    carol = srv.ftp("carol", "carolpw")
+    assert helpers.code_of(carol, "MKD x") == 550
+    assert bob.pwd() == "/"
