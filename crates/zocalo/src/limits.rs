@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,44 +95,122 @@ pub trait LoginGuard: Send + Sync {
 }
 
 /// Locks an address out for `ban` after `max_failures` failed logins within that time.
-#[derive(Debug)]
-pub struct MemoryGuard {
+///
+/// The table lives in an anonymous shared mapping made before any fork, so failures counted by
+/// one `process`-model child lock the address out for all of them (pyftpdlib's bug #436 is
+/// counting per child). Buckets are found by hashing the address, with a short linear probe;
+/// when the probe finds no room the oldest entry it saw is reused. Every field is an atomic.
+pub struct SharedGuard {
+    buckets: *const Bucket,
+    len: usize,
     max_failures: u32,
     ban: Duration,
-    state: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    epoch: Instant,
 }
 
-impl MemoryGuard {
-    pub fn new(max_failures: u32, ban: Duration) -> Self {
-        MemoryGuard { max_failures, ban, state: Mutex::new(HashMap::new()) }
+// SAFETY: the mapping is only accessed through atomics and lives as long as the guard.
+unsafe impl Send for SharedGuard {}
+// SAFETY: as above.
+unsafe impl Sync for SharedGuard {}
+
+#[repr(C)]
+struct Bucket {
+    /// The address as 16 bytes (IPv4 mapped), in two words; all zero when free.
+    addr: [AtomicU64; 2],
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` of the last failure.
+    last: AtomicU64,
+}
+
+const PROBES: usize = 8;
+
+impl SharedGuard {
+    pub fn new(max_failures: u32, ban: Duration) -> std::io::Result<Self> {
+        let len = 4096;
+        let size = len * std::mem::size_of::<Bucket>();
+        // SAFETY: an anonymous shared mapping; all-zero bytes are valid atomics. Never unmapped.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let epoch = Instant::now();
+        Ok(SharedGuard { buckets: ptr.cast(), len, max_failures, ban, epoch })
+    }
+
+    fn bucket(&self, i: usize) -> &Bucket {
+        // SAFETY: `i % len` is inside the mapping, which outlives `self`.
+        unsafe { &*self.buckets.add(i % self.len) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn find(&self, key: [u64; 2]) -> Option<&Bucket> {
+        let start = hash(key);
+        (0..PROBES).map(|p| self.bucket(start + p)).find(|b| words(b) == key)
+    }
+
+    fn claim(&self, key: [u64; 2]) -> &Bucket {
+        if let Some(b) = self.find(key) {
+            return b;
+        }
+        let start = hash(key);
+        let oldest = (0..PROBES)
+            .map(|p| self.bucket(start + p))
+            .min_by_key(|b| if words(b) == [0, 0] { 0 } else { b.last.load(Ordering::Relaxed) })
+            .unwrap_or_else(|| self.bucket(start));
+        oldest.failures.store(0, Ordering::Relaxed);
+        oldest.addr[0].store(key[0], Ordering::Relaxed);
+        oldest.addr[1].store(key[1], Ordering::Relaxed);
+        oldest
     }
 }
 
-impl LoginGuard for MemoryGuard {
+fn key(ip: IpAddr) -> [u64; 2] {
+    let bytes = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let (hi, lo) = bytes.split_at(8);
+    [u64::from_be_bytes(hi.try_into().unwrap_or([0; 8])), u64::from_be_bytes(lo.try_into().unwrap_or([0; 8]))]
+}
+
+fn words(b: &Bucket) -> [u64; 2] {
+    [b.addr[0].load(Ordering::Relaxed), b.addr[1].load(Ordering::Relaxed)]
+}
+
+fn hash(key: [u64; 2]) -> usize {
+    let h = (key[0] ^ key[1].rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 32) as usize
+}
+
+impl LoginGuard for SharedGuard {
     fn is_locked(&self, ip: IpAddr) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match s.get(&ip) {
-            Some(&(n, since)) if since.elapsed() < self.ban => n >= self.max_failures,
-            Some(_) => {
-                s.remove(&ip);
-                false
-            }
-            None => false,
-        }
+        let Some(b) = self.find(key(ip)) else {
+            return false;
+        };
+        let age = self.now_ms().saturating_sub(b.last.load(Ordering::Relaxed));
+        age < self.ban.as_millis() as u64 && b.failures.load(Ordering::Relaxed) >= self.max_failures
     }
 
     fn record_failure(&self, ip: IpAddr) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.len() > 100_000 {
-            let ban = self.ban;
-            s.retain(|_, (_, since)| since.elapsed() < ban);
+        let b = self.claim(key(ip));
+        let now = self.now_ms();
+        if now.saturating_sub(b.last.load(Ordering::Relaxed)) >= self.ban.as_millis() as u64 {
+            b.failures.store(0, Ordering::Relaxed);
         }
-        let entry = s.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.ban {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
-        entry.1 = Instant::now();
+        b.failures.fetch_add(1, Ordering::Relaxed);
+        b.last.store(now, Ordering::Relaxed);
     }
 }
 
@@ -155,12 +234,31 @@ mod tests {
 
     #[test]
     fn lockout_after_failures() {
-        let g = MemoryGuard::new(2, Duration::from_secs(60));
+        let g = SharedGuard::new(2, Duration::from_secs(60)).unwrap();
         let ip: IpAddr = "::1".parse().unwrap();
         assert!(!g.is_locked(ip));
         g.record_failure(ip);
         assert!(!g.is_locked(ip));
         g.record_failure(ip);
         assert!(g.is_locked(ip));
+        assert!(!g.is_locked("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn lockout_is_shared_with_a_forked_child() {
+        let g = SharedGuard::new(1, Duration::from_secs(60)).unwrap();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        // SAFETY: the child only records a failure in the shared table and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                g.record_failure(ip);
+                unsafe { libc::_exit(0) }
+            }
+            pid => {
+                let mut status = 0;
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+        }
+        assert!(g.is_locked(ip), "the parent sees the child's failure");
     }
 }

@@ -8,7 +8,7 @@ use zocalo_proto::session::{Config, TlsPolicy};
 use crate::admin::Admin;
 use crate::cli::Settings;
 use crate::conn::Ctx;
-use crate::limits::{Limits, MemoryGuard};
+use crate::limits::{Limits, SharedGuard};
 use crate::models::{self, Listener, Model, Server};
 use crate::net;
 use crate::registry::Registry;
@@ -74,7 +74,7 @@ fn build(
         Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
         None => None,
     };
-    let guard = Arc::new(MemoryGuard::new(settings.max_login_failures, settings.ban_time));
+    let guard = Arc::new(SharedGuard::new(settings.max_login_failures, settings.ban_time)?);
     let users = Users::new(
         UsersConfig {
             root: settings.root.clone(),
