@@ -156,6 +156,7 @@ scenarios_for() {
 run_one() {
     local name=$1
     log "$name"
+    chown -R "$BENCH_USER" "$DATA" # files left by a server running as root stay writable
     if ! start_server "$name"; then
         log "$name did not start; see below"
         tail -n 5 "$WORK/$name.err" >&2 || true

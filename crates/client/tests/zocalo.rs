@@ -200,7 +200,6 @@ fn bench_runs_every_scenario_without_failures() {
     options.json = true;
     let mut out = Vec::new();
     let results = bench::run(&server.url("/"), &options, &mut out).unwrap();
-    eprintln!("{}", bench::report::table(&results));
     let all_notes: Vec<&String> = results.iter().flat_map(|r| &r.notes).collect();
     assert!(all_notes.is_empty(), "{all_notes:?}");
     assert!(metric(&results, "transfer", "retr") > 0.0);

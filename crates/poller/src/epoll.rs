@@ -37,18 +37,11 @@ impl EpollPoller {
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
         let buffer = Vec::with_capacity(EVENT_BUFFER);
-        Ok(EpollPoller {
-            epfd,
-            buffer,
-            slots: Vec::new(),
-        })
+        Ok(EpollPoller { epfd, buffer, slots: Vec::new() })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: epoll_events(interest),
-            u64: fd as u64,
-        };
+        let mut ev = libc::epoll_event { events: epoll_events(interest), u64: fd as u64 };
         // SAFETY: `ev` is a valid epoll_event that outlives the call (the kernel copies it).
         let ret = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) };
         match ret {

@@ -50,20 +50,11 @@ pub struct Interest {
 
 impl Interest {
     /// Watch for data to read, a pending accept, end of file, hang-up or error.
-    pub const READABLE: Interest = Interest {
-        readable: true,
-        writable: false,
-    };
+    pub const READABLE: Interest = Interest { readable: true, writable: false };
     /// Watch for room in the send buffer, a finished connect, or error.
-    pub const WRITABLE: Interest = Interest {
-        readable: false,
-        writable: true,
-    };
+    pub const WRITABLE: Interest = Interest { readable: false, writable: true };
     /// Watch for both.
-    pub const BOTH: Interest = Interest {
-        readable: true,
-        writable: true,
-    };
+    pub const BOTH: Interest = Interest { readable: true, writable: true };
 
     pub fn readable(self) -> bool {
         self.readable
@@ -162,11 +153,7 @@ pub struct ParseBackendError(String);
 
 impl fmt::Display for ParseBackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown poller backend {:?} (expected select, poll or epoll)",
-            self.0
-        )
+        write!(f, "unknown poller backend {:?} (expected select, poll or epoll)", self.0)
     }
 }
 
@@ -220,17 +207,11 @@ fn ready_count(ret: libc::c_int) -> io::Result<usize> {
 }
 
 fn already_registered(fd: RawFd) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        format!("fd {fd} is already registered"),
-    )
+    io::Error::new(io::ErrorKind::AlreadyExists, format!("fd {fd} is already registered"))
 }
 
 fn not_registered(fd: RawFd) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("fd {fd} is not registered"),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("fd {fd} is not registered"))
 }
 
 fn negative_fd(fd: RawFd) -> io::Error {

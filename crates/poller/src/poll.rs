@@ -30,10 +30,7 @@ impl PollPoller {
     }
 
     fn position(&self, fd: RawFd) -> io::Result<usize> {
-        self.index
-            .get(&fd)
-            .copied()
-            .ok_or_else(|| not_registered(fd))
+        self.index.get(&fd).copied().ok_or_else(|| not_registered(fd))
     }
 
     /// Pushes an event for each entry with non-zero `revents`, stopping after `ready` of them.
@@ -55,11 +52,7 @@ impl Poller for PollPoller {
             return Err(already_registered(fd));
         }
         self.index.insert(fd, self.fds.len());
-        self.fds.push(libc::pollfd {
-            fd,
-            events: poll_events(interest),
-            revents: 0,
-        });
+        self.fds.push(libc::pollfd { fd, events: poll_events(interest), revents: 0 });
         self.regs.push((token, interest));
         Ok(())
     }

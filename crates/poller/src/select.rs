@@ -74,10 +74,7 @@ impl SelectPoller {
             return Err(negative_fd(fd));
         }
         if !fits_select(fd) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                FdTooLarge { fd },
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, FdTooLarge { fd }));
         }
         Ok(())
     }
@@ -119,13 +116,7 @@ impl SelectPoller {
             }
             ready = ready.saturating_sub(usize::from(readable) + usize::from(writable));
             if let Some((token, _)) = self.slot(fd) {
-                events.push(Event {
-                    token,
-                    readable,
-                    writable,
-                    hup: false,
-                    error: false,
-                });
+                events.push(Event { token, readable, writable, hup: false, error: false });
             }
         }
     }
@@ -169,20 +160,12 @@ impl Poller for SelectPoller {
         events.clear();
         let (mut read, mut write) = (self.read_set.clone(), self.write_set.clone());
         let mut tv = timeout.map(timeval);
-        let tv_ptr = tv
-            .as_mut()
-            .map_or(ptr::null_mut(), |tv| tv as *mut libc::timeval);
+        let tv_ptr = tv.as_mut().map_or(ptr::null_mut(), |tv| tv as *mut libc::timeval);
         // SAFETY: both sets are valid, initialised fd_sets that live across the call, the
         // except set may be null, `tv_ptr` is null or points to `tv` which outlives the call,
         // and `max_fd + 1 <= FD_SETSIZE` so the kernel reads and writes only within the sets.
         let ret = unsafe {
-            libc::select(
-                self.max_fd + 1,
-                &mut read.0,
-                &mut write.0,
-                ptr::null_mut(),
-                tv_ptr,
-            )
+            libc::select(self.max_fd + 1, &mut read.0, &mut write.0, ptr::null_mut(), tv_ptr)
         };
         let ready = ready_count(ret)?;
         self.collect(&read, &write, ready, events);

@@ -22,9 +22,7 @@ impl Waker {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        Ok(Waker {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Waker { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     /// Makes the eventfd readable. Async-signal-safe: one write(2), no allocation, no lock.

@@ -67,11 +67,7 @@ fn wait(p: &mut dyn Poller, timeout: Option<Duration>) -> Vec<Event> {
 }
 
 fn only(events: &[Event]) -> Event {
-    assert_eq!(
-        events.len(),
-        1,
-        "expected exactly one event, got {events:?}"
-    );
+    assert_eq!(events.len(), 1, "expected exactly one event, got {events:?}");
     events[0]
 }
 
@@ -102,17 +98,13 @@ fn readable_after_peer_writes(backend: Backend, fd: RawFd, peer: &mut impl Write
     assert!(wait(&mut *p, NOW).is_empty(), "readable before any data");
     peer.write_all(b"hello").unwrap();
     let ev = only(&wait(&mut *p, BOUND));
-    assert_eq!(
-        (ev.token, ev.readable, ev.writable),
-        (Token(7), true, false)
-    );
+    assert_eq!((ev.token, ev.readable, ev.writable), (Token(7), true, false));
 }
 
 fn listener_readable_when_connection_pending(backend: Backend) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut p = poller(backend);
-    p.register(listener.as_raw_fd(), Token(1), Interest::READABLE)
-        .unwrap();
+    p.register(listener.as_raw_fd(), Token(1), Interest::READABLE).unwrap();
     assert!(wait(&mut *p, NOW).is_empty());
     let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let ev = only(&wait(&mut *p, BOUND));
@@ -122,13 +114,9 @@ fn listener_readable_when_connection_pending(backend: Backend) {
 fn writable_when_send_buffer_has_room(backend: Backend) {
     let (a, _peer) = tcp_pair();
     let mut p = poller(backend);
-    p.register(a.as_raw_fd(), Token(3), Interest::WRITABLE)
-        .unwrap();
+    p.register(a.as_raw_fd(), Token(3), Interest::WRITABLE).unwrap();
     let ev = only(&wait(&mut *p, BOUND));
-    assert_eq!(
-        (ev.token, ev.readable, ev.writable),
-        (Token(3), false, true)
-    );
+    assert_eq!((ev.token, ev.readable, ev.writable), (Token(3), false, true));
 }
 
 fn both_interests_in_one_event(backend: Backend) {
@@ -144,13 +132,11 @@ fn deregister_stops_events(backend: Backend) {
     let (a, mut peer) = unix_pair();
     peer.write_all(b"x").unwrap();
     let mut p = poller(backend);
-    p.register(a.as_raw_fd(), Token(1), Interest::READABLE)
-        .unwrap();
+    p.register(a.as_raw_fd(), Token(1), Interest::READABLE).unwrap();
     assert_eq!(only(&wait(&mut *p, BOUND)).token, Token(1));
     p.deregister(a.as_raw_fd()).unwrap();
     assert!(wait(&mut *p, NOW).is_empty(), "event after deregister");
-    p.register(a.as_raw_fd(), Token(2), Interest::READABLE)
-        .unwrap();
+    p.register(a.as_raw_fd(), Token(2), Interest::READABLE).unwrap();
     assert_eq!(only(&wait(&mut *p, BOUND)).token, Token(2));
 }
 
@@ -162,17 +148,11 @@ fn reregister_changes_interest(backend: Backend) {
     assert!(wait(&mut *p, NOW).is_empty());
     p.reregister(fd, Token(2), Interest::WRITABLE).unwrap();
     let ev = only(&wait(&mut *p, BOUND));
-    assert_eq!(
-        (ev.token, ev.readable, ev.writable),
-        (Token(2), false, true)
-    );
+    assert_eq!((ev.token, ev.readable, ev.writable), (Token(2), false, true));
     peer.write_all(b"x").unwrap();
     p.reregister(fd, Token(3), Interest::READABLE).unwrap();
     let ev = only(&wait(&mut *p, BOUND));
-    assert_eq!(
-        (ev.token, ev.readable, ev.writable),
-        (Token(3), true, false)
-    );
+    assert_eq!((ev.token, ev.readable, ev.writable), (Token(3), true, false));
 }
 
 /// Exercises the backends' bookkeeping (poll's swap_remove, select's max fd).
@@ -180,8 +160,7 @@ fn tokens_survive_deregistering_others(backend: Backend) {
     let pairs: Vec<_> = (0..4).map(|_| unix_pair()).collect();
     let mut p = poller(backend);
     for (i, (a, _)) in pairs.iter().enumerate() {
-        p.register(a.as_raw_fd(), Token(10 + i), Interest::READABLE)
-            .unwrap();
+        p.register(a.as_raw_fd(), Token(10 + i), Interest::READABLE).unwrap();
     }
     p.deregister(pairs[0].0.as_raw_fd()).unwrap();
     p.deregister(pairs[3].0.as_raw_fd()).unwrap();
@@ -197,19 +176,14 @@ fn tokens_survive_deregistering_others(backend: Backend) {
 fn hang_up_is_reported(backend: Backend) {
     let (mut a, peer) = unix_pair();
     let mut p = poller(backend);
-    p.register(a.as_raw_fd(), Token(5), Interest::READABLE)
-        .unwrap();
+    p.register(a.as_raw_fd(), Token(5), Interest::READABLE).unwrap();
     assert!(wait(&mut *p, NOW).is_empty());
     drop(peer);
     let ev = only(&wait(&mut *p, BOUND));
     assert!(ev.readable, "hang-up must make the fd readable: {ev:?}");
     // select cannot tell a hang-up from data; the others say so.
     assert_eq!(ev.hup, backend != Backend::Select, "{ev:?}");
-    assert_eq!(
-        a.read(&mut [0; 8]).unwrap(),
-        0,
-        "read after hang-up is end of file"
-    );
+    assert_eq!(a.read(&mut [0; 8]).unwrap(), 0, "read after hang-up is end of file");
 }
 
 /// A pipe whose writer is gone reports only POLLHUP, not POLLIN: the backends must still call
@@ -217,16 +191,11 @@ fn hang_up_is_reported(backend: Backend) {
 fn pipe_hang_up_is_readable(backend: Backend) {
     let (reader, writer) = pipe();
     let mut p = poller(backend);
-    p.register(reader.as_raw_fd(), Token(6), Interest::READABLE)
-        .unwrap();
+    p.register(reader.as_raw_fd(), Token(6), Interest::READABLE).unwrap();
     assert!(wait(&mut *p, NOW).is_empty());
     drop(writer);
     let ev = only(&wait(&mut *p, BOUND));
-    assert_eq!(
-        (ev.token, ev.readable, ev.writable),
-        (Token(6), true, false),
-        "{ev:?}"
-    );
+    assert_eq!((ev.token, ev.readable, ev.writable), (Token(6), true, false), "{ev:?}");
 }
 
 /// A pipe, as (read end, write end).
@@ -241,18 +210,10 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 fn timeout_returns_no_events(backend: Backend) {
     let (a, _peer) = unix_pair();
     let mut p = poller(backend);
-    p.register(a.as_raw_fd(), Token(1), Interest::READABLE)
-        .unwrap();
-    let stale = Event {
-        token: Token(99),
-        readable: true,
-        writable: true,
-        hup: true,
-        error: true,
-    };
+    p.register(a.as_raw_fd(), Token(1), Interest::READABLE).unwrap();
+    let stale = Event { token: Token(99), readable: true, writable: true, hup: true, error: true };
     let mut events = vec![stale];
-    p.wait(&mut events, Some(Duration::from_millis(20)))
-        .unwrap();
+    p.wait(&mut events, Some(Duration::from_millis(20))).unwrap();
     assert!(events.is_empty(), "{events:?}");
 }
 
@@ -281,8 +242,7 @@ fn signal_interrupts_wait_without_error(backend: Backend) {
     install_sigusr1_handler();
     let (a, _peer) = unix_pair();
     let mut p = poller(backend);
-    p.register(a.as_raw_fd(), Token(1), Interest::READABLE)
-        .unwrap();
+    p.register(a.as_raw_fd(), Token(1), Interest::READABLE).unwrap();
     let (tx, rx) = mpsc::channel();
     let waiter = thread::spawn(move || {
         let mut events = Vec::new();
@@ -305,8 +265,7 @@ fn signal_interrupts_wait_without_error(backend: Backend) {
 fn waker_wakes_wait_from_another_thread(backend: Backend) {
     let waker = Arc::new(Waker::new().unwrap());
     let mut p = poller(backend);
-    p.register(waker.as_raw_fd(), Token(42), Interest::READABLE)
-        .unwrap();
+    p.register(waker.as_raw_fd(), Token(42), Interest::READABLE).unwrap();
     assert!(wait(&mut *p, NOW).is_empty(), "awake before wake()");
     let remote = Arc::clone(&waker);
     let waking = thread::spawn(move || remote.wake().unwrap());
@@ -320,10 +279,7 @@ fn waker_wakes_wait_from_another_thread(backend: Backend) {
 /// Makes sure the soft RLIMIT_NOFILE allows descriptor `fd`.
 fn allow_fd(fd: RawFd) {
     let want = fd as libc::rlim_t + 1;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid rlimit for getrlimit to fill and setrlimit to read.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
@@ -373,10 +329,7 @@ fn errors_are_consistent(backend: Backend) {
     let fd = a.as_raw_fd();
     let mut p = poller(backend);
     let kind = |r: io::Result<()>| r.unwrap_err().kind();
-    assert_eq!(
-        kind(p.reregister(fd, Token(1), Interest::READABLE)),
-        io::ErrorKind::NotFound
-    );
+    assert_eq!(kind(p.reregister(fd, Token(1), Interest::READABLE)), io::ErrorKind::NotFound);
     assert_eq!(kind(p.deregister(fd)), io::ErrorKind::NotFound);
     p.register(fd, Token(1), Interest::READABLE).unwrap();
     let twice = p.register(fd, Token(1), Interest::READABLE);
@@ -407,12 +360,8 @@ fn waker_wakes_from_signal_handler() {
     }
     for backend in Backend::ALL {
         let mut p = poller(backend);
-        p.register(waker.as_raw_fd(), Token(9), Interest::READABLE)
-            .unwrap();
-        assert!(
-            wait(&mut *p, NOW).is_empty(),
-            "{backend}: awake before the signal"
-        );
+        p.register(waker.as_raw_fd(), Token(9), Interest::READABLE).unwrap();
+        assert!(wait(&mut *p, NOW).is_empty(), "{backend}: awake before the signal");
         // SAFETY: raise delivers SIGUSR2 to this thread, whose handler is installed above.
         assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
         assert_eq!(only(&wait(&mut *p, BOUND)).token, Token(9), "{backend}");
@@ -428,12 +377,8 @@ fn wakes_coalesce_and_drain_is_idempotent() {
         waker.wake().unwrap();
     }
     let mut p = poller(Backend::Poll);
-    p.register(waker.as_raw_fd(), Token(1), Interest::READABLE)
-        .unwrap();
+    p.register(waker.as_raw_fd(), Token(1), Interest::READABLE).unwrap();
     assert_eq!(only(&wait(&mut *p, NOW)).token, Token(1));
     waker.drain().unwrap();
-    assert!(
-        wait(&mut *p, NOW).is_empty(),
-        "one drain must consume every wake"
-    );
+    assert!(wait(&mut *p, NOW).is_empty(), "one drain must consume every wake");
 }

@@ -279,6 +279,11 @@ impl Session {
         }
     }
 
+    /// True when the logged-in user is the anonymous account.
+    pub fn is_anonymous(&self) -> bool {
+        self.account().is_some_and(|a| a.anonymous)
+    }
+
     /// The peer address of the control connection.
     pub fn peer(&self) -> SocketAddr {
         self.peer
@@ -387,6 +392,14 @@ impl Session {
     pub fn handle_idle_timeout(&mut self) {
         self.reply(421, "Idle timeout; closing control connection.");
         self.close();
+    }
+
+    /// The client did not log in within the time the server allows.
+    pub fn handle_login_timeout(&mut self) {
+        if !self.closed {
+            self.reply(421, "Login timeout; closing control connection.");
+            self.close();
+        }
     }
 
     /// An administrator closed the session (`zocalo ctl kick`).

@@ -80,10 +80,7 @@ impl ClientOptions {
     }
 
     fn config(&self) -> transfer::Config {
-        transfer::Config {
-            timeout: self.retransmit,
-            max_retries: self.max_retries,
-        }
+        transfer::Config { timeout: self.retransmit, max_retries: self.max_retries }
     }
 }
 
@@ -147,11 +144,7 @@ pub fn put(
 }
 
 fn client_start(path: &str, opts: &ClientOptions, tsize: Option<u64>) -> Start {
-    Start::Client {
-        filename: path.to_string(),
-        mode: opts.mode,
-        requested: opts.requested(tsize),
-    }
+    Start::Client { filename: path.to_string(), mode: opts.mode, requested: opts.requested(tsize) }
 }
 
 fn run(

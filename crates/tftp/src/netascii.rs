@@ -113,10 +113,7 @@ mod tests {
         encode(text, &mut wire);
         for chunk in 1..=wire.len() {
             let mut after_cr = false;
-            let total: usize = wire
-                .chunks(chunk)
-                .map(|c| decoded_len(c, &mut after_cr))
-                .sum();
+            let total: usize = wire.chunks(chunk).map(|c| decoded_len(c, &mut after_cr)).sum();
             assert_eq!(total, text.len(), "chunk size {chunk}");
         }
     }

@@ -29,12 +29,8 @@ impl Options {
     pub fn from_list(list: &OptionList<'_>) -> Options {
         let number = |name| list.find(name).and_then(|v: &str| v.parse::<u64>().ok());
         Options {
-            blksize: number("blksize")
-                .filter(|n| *n >= u64::from(MIN_BLKSIZE))
-                .map(clamp_u16),
-            timeout: number("timeout")
-                .filter(|n| (1..=255).contains(n))
-                .map(|n| n as u8),
+            blksize: number("blksize").filter(|n| *n >= u64::from(MIN_BLKSIZE)).map(clamp_u16),
+            timeout: number("timeout").filter(|n| (1..=255).contains(n)).map(|n| n as u8),
             tsize: number("tsize"),
             windowsize: number("windowsize").filter(|n| *n >= 1).map(clamp_u16),
         }
@@ -66,9 +62,7 @@ impl Options {
         Params {
             blksize: self.blksize.unwrap_or(DEFAULT_BLKSIZE),
             windowsize: self.windowsize.unwrap_or(1),
-            timeout: self
-                .timeout
-                .map_or(default_timeout, |s| Duration::from_secs(u64::from(s))),
+            timeout: self.timeout.map_or(default_timeout, |s| Duration::from_secs(u64::from(s))),
         }
     }
 
@@ -96,9 +90,7 @@ impl Options {
             ("tsize", self.tsize.is_some()),
             ("windowsize", self.windowsize.is_some()),
         ];
-        asked
-            .iter()
-            .any(|(n, set)| *set && n.eq_ignore_ascii_case(name))
+        asked.iter().any(|(n, set)| *set && n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -159,13 +151,9 @@ pub fn negotiate(
         Direction::Write => requested.tsize,
     };
     Options {
-        blksize: requested
-            .blksize
-            .map(|n| n.min(limits.max_blksize).min(MAX_BLKSIZE)),
+        blksize: requested.blksize.map(|n| n.min(limits.max_blksize).min(MAX_BLKSIZE)),
         timeout: requested.timeout,
         tsize,
-        windowsize: requested
-            .windowsize
-            .map(|n| n.min(limits.max_windowsize).max(1)),
+        windowsize: requested.windowsize.map(|n| n.min(limits.max_windowsize).max(1)),
     }
 }

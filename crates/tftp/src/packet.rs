@@ -184,9 +184,7 @@ impl<'a> OptionList<'a> {
 
     /// The value of an option, looked up ignoring case (RFC 2347: names are case-insensitive).
     pub fn find(&self, name: &str) -> Option<&'a str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Whether there are no options.
@@ -319,11 +317,7 @@ fn parse_request(total_len: usize, body: &[u8]) -> Result<Request<'_>, ParseErro
     let (mode, rest) = take_ascii(rest)?;
     let mode = Mode::parse(mode).ok_or(ParseError::UnknownMode)?;
     let options = OptionList::parse(rest)?;
-    Ok(Request {
-        filename,
-        mode,
-        options,
-    })
+    Ok(Request { filename, mode, options })
 }
 
 fn parse_data(body: &[u8]) -> Result<Packet<'_>, ParseError> {
@@ -352,10 +346,7 @@ fn parse_error(body: &[u8]) -> Result<Packet<'_>, ParseError> {
         return Err(ParseError::TrailingBytes);
     }
     let message = std::str::from_utf8(message).map_err(|_| ParseError::NotText)?;
-    Ok(Packet::Error {
-        code: ErrorCode(code),
-        message,
-    })
+    Ok(Packet::Error { code: ErrorCode(code), message })
 }
 
 fn parse_oack(body: &[u8]) -> Result<Packet<'_>, ParseError> {
@@ -374,10 +365,7 @@ fn take_u16(bytes: &[u8]) -> Result<(u16, &[u8]), ParseError> {
 
 /// Splits off a NUL-terminated field; returns it without the NUL, and the bytes after the NUL.
 fn take_field(bytes: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
-    let nul = bytes
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(ParseError::MissingNul)?;
+    let nul = bytes.iter().position(|&b| b == 0).ok_or(ParseError::MissingNul)?;
     Ok((&bytes[..nul], &bytes[nul + 1..]))
 }
 

@@ -59,17 +59,11 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     fn transfer_config(&self) -> transfer::Config {
-        transfer::Config {
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-        }
+        transfer::Config { timeout: self.timeout, max_retries: self.max_retries }
     }
 
     fn limits(&self) -> Limits {
-        Limits {
-            max_blksize: self.max_blksize,
-            max_windowsize: self.max_windowsize,
-        }
+        Limits { max_blksize: self.max_blksize, max_windowsize: self.max_windowsize }
     }
 }
 
@@ -128,16 +122,10 @@ impl Recent {
         if entries.len() >= RECENT_CAP {
             entries.retain(|_, e| fresh(e));
         }
-        if entries
-            .get(&peer)
-            .is_some_and(|e| e.request == request && fresh(e))
-        {
+        if entries.get(&peer).is_some_and(|e| e.request == request && fresh(e)) {
             return false;
         }
-        let entry = RecentEntry {
-            request: request.to_vec(),
-            finished: None,
-        };
+        let entry = RecentEntry { request: request.to_vec(), finished: None };
         if entries.len() < RECENT_CAP || entries.contains_key(&peer) {
             entries.insert(peer, entry);
         }
@@ -199,9 +187,7 @@ fn serve_pool<'scope>(
         let jobs = Arc::clone(&jobs);
         scope.spawn(move || worker(ctx, &jobs));
     }
-    listen(socket, ctx, &mut |job| {
-        enqueue(socket, &ctx.recent, &queue, job)
-    })
+    listen(socket, ctx, &mut |job| enqueue(socket, &ctx.recent, &queue, job))
     // Dropping `queue` here lets the workers drain the queue and exit.
 }
 
@@ -239,26 +225,15 @@ fn listen(socket: &UdpSocket, ctx: &Context<'_>, dispatch: &mut dyn FnMut(Job)) 
         let datagram = &buf[..len];
         match Packet::parse(datagram) {
             Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
-                if ctx
-                    .recent
-                    .admit(peer, datagram, Instant::now(), ctx.config.timeout)
-                {
-                    dispatch(Job {
-                        peer,
-                        datagram: datagram.to_vec(),
-                    });
+                if ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
+                    dispatch(Job { peer, datagram: datagram.to_vec() });
                 } else {
                     tracing::debug!(%peer, "repeated request ignored");
                 }
             }
             // A stray ERROR needs no answer (and answering could start a ping-pong).
             Ok(Packet::Error { .. }) => {}
-            Ok(_) => send_error(
-                socket,
-                peer,
-                ErrorCode::ILLEGAL_OPERATION,
-                "expected RRQ or WRQ",
-            ),
+            Ok(_) => send_error(socket, peer, ErrorCode::ILLEGAL_OPERATION, "expected RRQ or WRQ"),
             Err(err) => send_error(socket, peer, err.error_code(), &err.to_string()),
         }
     }
@@ -338,10 +313,7 @@ fn start(
     write: bool,
 ) -> Result<Box<dyn Transfer>, Refusal> {
     if request.mode == Mode::Mail {
-        return Err((
-            ErrorCode::ILLEGAL_OPERATION,
-            "mail mode is not supported".into(),
-        ));
+        return Err((ErrorCode::ILLEGAL_OPERATION, "mail mode is not supported".into()));
     }
     let path = normalize(request.filename)
         .ok_or_else(|| (ErrorCode::ACCESS_VIOLATION, "illegal file name".to_string()))?;
@@ -362,23 +334,9 @@ fn start_read(
     requested: &Options,
 ) -> Result<Box<dyn Transfer>, Refusal> {
     let (source, size) = ctx.storage.open_read(path).map_err(refusal)?;
-    let granted = negotiate(
-        requested,
-        mode,
-        Direction::Read { size },
-        &ctx.config.limits(),
-    );
-    let start = Start::Server {
-        granted,
-        total: size,
-    };
-    let sender = Sender::new(
-        source,
-        mode,
-        start,
-        ctx.config.transfer_config(),
-        Instant::now(),
-    );
+    let granted = negotiate(requested, mode, Direction::Read { size }, &ctx.config.limits());
+    let start = Start::Server { granted, total: size };
+    let sender = Sender::new(source, mode, start, ctx.config.transfer_config(), Instant::now());
     Ok(Box::new(sender))
 }
 
@@ -390,17 +348,8 @@ fn start_write(
 ) -> Result<Box<dyn Transfer>, Refusal> {
     let sink = ctx.storage.open_write(path).map_err(refusal)?;
     let granted = negotiate(requested, mode, Direction::Write, &ctx.config.limits());
-    let start = Start::Server {
-        granted,
-        total: requested.tsize,
-    };
-    let receiver = Receiver::new(
-        sink,
-        mode,
-        start,
-        ctx.config.transfer_config(),
-        Instant::now(),
-    );
+    let start = Start::Server { granted, total: requested.tsize };
+    let receiver = Receiver::new(sink, mode, start, ctx.config.transfer_config(), Instant::now());
     Ok(Box::new(receiver))
 }
 

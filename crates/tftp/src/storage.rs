@@ -56,10 +56,7 @@ impl DirStorage {
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().canonicalize()?;
         if !root.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "root is not a directory",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "root is not a directory"));
         }
         Ok(DirStorage {
             #[cfg(target_os = "linux")]
@@ -93,22 +90,13 @@ impl DirStorage {
         let parent = full.parent().unwrap_or(&self.root).canonicalize()?;
         let name = full.file_name().ok_or(io::ErrorKind::InvalidInput)?;
         if !parent.starts_with(&self.root) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "outside the root",
-            ));
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "outside the root"));
         }
         let target = parent.join(name);
-        if target
-            .symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink())
-        {
+        if target.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
             let real = target.canonicalize()?;
             if !real.starts_with(&self.root) {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "outside the root",
-                ));
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "outside the root"));
             }
         }
         let mut options = File::options();
@@ -125,10 +113,7 @@ impl TftpStorage for DirStorage {
         let file = self.open(path, false)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "not a regular file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not a regular file"));
         }
         Ok((Box::new(file), Some(meta.len())))
     }

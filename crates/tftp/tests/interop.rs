@@ -33,20 +33,11 @@ impl Fixture {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         let storage = Arc::new(DirStorage::new(&root).unwrap());
-        let config = ServerConfig {
-            write_allowed: true,
-            ..ServerConfig::default()
-        };
+        let config = ServerConfig { write_allowed: true, ..ServerConfig::default() };
         let shutdown = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&shutdown);
         let thread = std::thread::spawn(move || serve(socket, storage, config, model, &flag));
-        Fixture {
-            addr,
-            root,
-            local,
-            shutdown,
-            thread: Some(thread),
-        }
+        Fixture { addr, root, local, shutdown, thread: Some(thread) }
     }
 
     fn port(&self) -> String {
@@ -95,9 +86,7 @@ impl Drop for Fixture {
         if let Some(thread) = self.thread.take() {
             let result = thread.join();
             if !std::thread::panicking() {
-                result
-                    .expect("server thread panicked")
-                    .expect("serve failed");
+                result.expect("server thread panicked").expect("serve failed");
             }
         }
         if let Some(base) = self.root.parent() {
@@ -109,18 +98,15 @@ impl Drop for Fixture {
 fn require(program: &str) {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
-    assert!(
-        found,
-        "{program} is not installed: apt-get install -y tftp-hpa atftp"
-    );
+    assert!(found, "{program} is not installed: apt-get install -y tftp-hpa atftp");
 }
 
 /// FNV-1a, 64 bits: a checksum with no dependency.
 fn checksum(path: &Path) -> (u64, u64) {
     let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     (bytes.len() as u64, hash)
 }
 
@@ -142,17 +128,11 @@ fn tftp_hpa_get_and_put() {
     let fx = Fixture::start(Model::Thread);
     write_pattern(&fx.root.join("down.bin"), 300_000, 1);
     fx.tftp("binary", "get down.bin got.bin");
-    assert_eq!(
-        checksum(&fx.local.join("got.bin")),
-        checksum(&fx.root.join("down.bin"))
-    );
+    assert_eq!(checksum(&fx.local.join("got.bin")), checksum(&fx.root.join("down.bin")));
 
     write_pattern(&fx.local.join("up.bin"), 123_457, 2);
     fx.tftp("binary", "put up.bin /sub-less-up.bin");
-    assert_eq!(
-        checksum(&fx.root.join("sub-less-up.bin")),
-        checksum(&fx.local.join("up.bin"))
-    );
+    assert_eq!(checksum(&fx.root.join("sub-less-up.bin")), checksum(&fx.local.join("up.bin")));
 }
 
 #[test]
@@ -161,15 +141,9 @@ fn tftp_hpa_ascii_mode() {
     let text = "alpha\nbeta gamma\n\ndelta\n".repeat(500);
     std::fs::write(fx.root.join("notes.txt"), &text).unwrap();
     fx.tftp("ascii", "get notes.txt notes.txt");
-    assert_eq!(
-        std::fs::read_to_string(fx.local.join("notes.txt")).unwrap(),
-        text
-    );
+    assert_eq!(std::fs::read_to_string(fx.local.join("notes.txt")).unwrap(), text);
     fx.tftp("ascii", "put notes.txt back.txt");
-    assert_eq!(
-        std::fs::read_to_string(fx.root.join("back.txt")).unwrap(),
-        text
-    );
+    assert_eq!(std::fs::read_to_string(fx.root.join("back.txt")).unwrap(), text);
 }
 
 #[test]
@@ -186,15 +160,9 @@ fn tftp_hpa_rolls_over_block_numbers() {
     let fx = Fixture::start(Model::Thread);
     write_pattern(&fx.root.join("big.bin"), 40 << 20, 3);
     fx.tftp("binary", "get big.bin big.bin");
-    assert_eq!(
-        checksum(&fx.local.join("big.bin")),
-        checksum(&fx.root.join("big.bin"))
-    );
+    assert_eq!(checksum(&fx.local.join("big.bin")), checksum(&fx.root.join("big.bin")));
     fx.tftp("binary", "put big.bin big-up.bin");
-    assert_eq!(
-        checksum(&fx.root.join("big-up.bin")),
-        checksum(&fx.local.join("big.bin"))
-    );
+    assert_eq!(checksum(&fx.root.join("big-up.bin")), checksum(&fx.local.join("big.bin")));
 }
 
 #[test]
@@ -202,27 +170,18 @@ fn atftp_get_and_put_with_options() {
     let fx = Fixture::start(Model::Pool(2));
     write_pattern(&fx.root.join("a.bin"), 1_000_001, 4);
     write_pattern(&fx.local.join("b.bin"), 777_777, 5);
-    let option_sets: [&[&str]; 3] = [
-        &[],
-        &["blksize 1428", "tsize 0"],
-        &["blksize 8192", "windowsize 8", "timeout 2"],
-    ];
+    let option_sets: [&[&str]; 3] =
+        [&[], &["blksize 1428", "tsize 0"], &["blksize 8192", "windowsize 8", "timeout 2"]];
     for (i, options) in option_sets.into_iter().enumerate() {
         let got = format!("got{i}.bin");
         let (ok, text) = fx.atftp(&["-g", "-r", "a.bin", "-l", &got], options);
         assert!(ok, "atftp get {options:?}: {text}");
-        assert_eq!(
-            checksum(&fx.local.join(&got)),
-            checksum(&fx.root.join("a.bin"))
-        );
+        assert_eq!(checksum(&fx.local.join(&got)), checksum(&fx.root.join("a.bin")));
 
         let put = format!("put{i}.bin");
         let (ok, text) = fx.atftp(&["-p", "-l", "b.bin", "-r", &put], options);
         assert!(ok, "atftp put {options:?}: {text}");
-        assert_eq!(
-            checksum(&fx.root.join(&put)),
-            checksum(&fx.local.join("b.bin"))
-        );
+        assert_eq!(checksum(&fx.root.join(&put)), checksum(&fx.local.join("b.bin")));
     }
 }
 
@@ -234,14 +193,8 @@ fn atftp_windowsize_negotiated() {
     let (ok, text) = fx.atftp(&["--trace", "-g", "-r", "w.bin", "-l", "w.bin"], &options);
     assert!(ok, "{text}");
     eprintln!("{}", &text[..text.len().min(1500)]);
-    assert!(
-        text.contains("windowsize") && text.contains("16"),
-        "OACK not reported: {text}"
-    );
-    assert_eq!(
-        checksum(&fx.local.join("w.bin")),
-        checksum(&fx.root.join("w.bin"))
-    );
+    assert!(text.contains("windowsize") && text.contains("16"), "OACK not reported: {text}");
+    assert_eq!(checksum(&fx.local.join("w.bin")), checksum(&fx.root.join("w.bin")));
 }
 
 /// A windowed transfer past rollover: 40 MiB at blksize 512, window 16.
@@ -252,25 +205,16 @@ fn atftp_windowed_rollover() {
     let options = ["blksize 512", "windowsize 16"];
     let (ok, text) = fx.atftp(&["-g", "-r", "big.bin", "-l", "big.bin"], &options);
     assert!(ok, "{text}");
-    assert_eq!(
-        checksum(&fx.local.join("big.bin")),
-        checksum(&fx.root.join("big.bin"))
-    );
+    assert_eq!(checksum(&fx.local.join("big.bin")), checksum(&fx.root.join("big.bin")));
 }
 
 #[test]
 fn atftp_refused_write_and_missing_file() {
     let fx = Fixture::start(Model::Thread);
     let (ok, text) = fx.atftp(&["-g", "-r", "missing", "-l", "m"], &[]);
-    assert!(
-        !ok && text.contains("error received from server"),
-        "missing file: {text}"
-    );
+    assert!(!ok && text.contains("error received from server"), "missing file: {text}");
     std::fs::write(fx.local.join("x"), b"x").unwrap();
     let (ok, text) = fx.atftp(&["-p", "-l", "x", "-r", "../escape"], &[]);
-    assert!(
-        !ok && text.contains("error received from server"),
-        "escaping name: {text}"
-    );
+    assert!(!ok && text.contains("error received from server"), "escaping name: {text}");
     assert!(!fx.root.parent().unwrap().join("escape").exists());
 }

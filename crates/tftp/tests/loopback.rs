@@ -35,31 +35,17 @@ impl TestServer {
         let shutdown = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&shutdown);
         let thread = std::thread::spawn(move || serve(socket, storage, config, model, &flag));
-        TestServer {
-            addr,
-            root,
-            shutdown,
-            thread: Some(thread),
-        }
+        TestServer { addr, root, shutdown, thread: Some(thread) }
     }
 
     fn writable(model: Model) -> TestServer {
-        TestServer::start(
-            model,
-            ServerConfig {
-                write_allowed: true,
-                ..ServerConfig::default()
-            },
-        )
+        TestServer::start(model, ServerConfig { write_allowed: true, ..ServerConfig::default() })
     }
 
     fn stop(&mut self) {
         self.shutdown.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .expect("server thread panicked")
-                .expect("serve failed");
+            thread.join().expect("server thread panicked").expect("serve failed");
         }
     }
 }
@@ -85,11 +71,7 @@ fn option_sets() -> Vec<ClientOptions> {
             timeout: Some(2),
             ..ClientOptions::default()
         },
-        ClientOptions {
-            blksize: Some(65464),
-            windowsize: Some(4),
-            ..ClientOptions::default()
-        },
+        ClientOptions { blksize: Some(65464), windowsize: Some(4), ..ClientOptions::default() },
     ]
 }
 
@@ -98,10 +80,7 @@ fn put_then_get(server: &TestServer, name: &str, data: &[u8], opts: &ClientOptio
     let sent = put(server.addr, name, &mut Cursor::new(data), size, opts);
     let sent = sent.unwrap_or_else(|err| panic!("put {name} {opts:?}: {err}"));
     assert_eq!(sent, data.len() as u64);
-    assert_eq!(
-        std::fs::read(server.root.join(name.trim_start_matches('/'))).unwrap(),
-        data
-    );
+    assert_eq!(std::fs::read(server.root.join(name.trim_start_matches('/'))).unwrap(), data);
     let mut back = Vec::new();
     let got = get(server.addr, name, &mut back, opts);
     let got = got.unwrap_or_else(|err| panic!("get {name} {opts:?}: {err}"));
@@ -146,10 +125,7 @@ fn thread_model_serves_clients_at_once() {
 #[test]
 fn netascii_converts_line_ends() {
     let server = TestServer::writable(Model::Thread);
-    let opts = ClientOptions {
-        mode: Mode::Netascii,
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions { mode: Mode::Netascii, ..ClientOptions::default() };
     let text = b"first\nsecond\r\nthird\rend\n".repeat(100);
     put_then_get(&server, "text.txt", &text, &opts);
     // The server decoded the upload: the stored file is local text again.
@@ -178,10 +154,7 @@ fn refusals_carry_the_right_codes() {
     assert_eq!(peer_error(missing).0, ErrorCode::FILE_NOT_FOUND);
     let escape = get(server.addr, "../etc/passwd", &mut Vec::new(), &opts);
     assert_eq!(peer_error(escape).0, ErrorCode::ACCESS_VIOLATION);
-    let mail = ClientOptions {
-        mode: Mode::Mail,
-        ..ClientOptions::default()
-    };
+    let mail = ClientOptions { mode: Mode::Mail, ..ClientOptions::default() };
     let refused = get(server.addr, "x", &mut Vec::new(), &mail);
     assert_eq!(peer_error(refused).0, ErrorCode::ILLEGAL_OPERATION);
 }
@@ -204,11 +177,7 @@ fn progress_reaches_the_total() {
     };
     get(server.addr, "p", &mut Vec::new(), &opts).unwrap();
     assert_eq!(last.load(Ordering::Relaxed), 50_000);
-    assert_eq!(
-        total.load(Ordering::Relaxed),
-        50_000,
-        "tsize reported by the server"
-    );
+    assert_eq!(total.load(Ordering::Relaxed), 50_000, "tsize reported by the server");
 }
 
 /// A hand-driven client socket, for what the real client would never do.
@@ -217,9 +186,7 @@ struct Raw(UdpSocket);
 impl Raw {
     fn new() -> Raw {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Raw(socket)
     }
 
@@ -259,13 +226,7 @@ fn stranger_gets_error_5_and_transfer_goes_on() {
     client.rrq(server.addr, "f", &[]);
     let (first, tid) = client.recv();
     assert_ne!(tid, server.addr, "the transfer uses a new port");
-    assert_eq!(
-        Packet::parse(&first),
-        Ok(Packet::Data {
-            block: 1,
-            data: &data[..512]
-        })
-    );
+    assert_eq!(Packet::parse(&first), Ok(Packet::Data { block: 1, data: &data[..512] }));
 
     let stranger = Raw::new();
     stranger.send(tid, &ack(1));
@@ -273,21 +234,12 @@ fn stranger_gets_error_5_and_transfer_goes_on() {
     assert_eq!(from, tid);
     assert!(matches!(
         Packet::parse(&reply),
-        Ok(Packet::Error {
-            code: ErrorCode::UNKNOWN_TID,
-            ..
-        })
+        Ok(Packet::Error { code: ErrorCode::UNKNOWN_TID, .. })
     ));
 
     client.send(tid, &ack(1));
     let (second, _) = client.recv();
-    assert_eq!(
-        Packet::parse(&second),
-        Ok(Packet::Data {
-            block: 2,
-            data: &data[512..]
-        })
-    );
+    assert_eq!(Packet::parse(&second), Ok(Packet::Data { block: 2, data: &data[512..] }));
     client.send(tid, &ack(2));
 }
 
@@ -299,17 +251,11 @@ fn repeated_request_starts_one_transfer() {
     client.rrq(server.addr, "f", &[]);
     client.rrq(server.addr, "f", &[]);
     let (first, tid) = client.recv();
-    assert!(matches!(
-        Packet::parse(&first),
-        Ok(Packet::Data { block: 1, .. })
-    ));
+    assert!(matches!(Packet::parse(&first), Ok(Packet::Data { block: 1, .. })));
     client.send(tid, &ack(1));
     // A second transfer would have sent its own DATA 1 from another port by now; the only
     // thing left to arrive is nothing at all.
-    client
-        .0
-        .set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
+    client.0.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     let mut buf = [0; 600];
     let extra = client.0.recv_from(&mut buf);
     assert!(extra.is_err(), "unexpected datagram: {extra:?}");
@@ -320,10 +266,7 @@ fn malformed_requests_get_errors() {
     let server = TestServer::start(Model::Iterative, ServerConfig::default());
     let client = Raw::new();
     let cases: [(&[u8], ErrorCode); 4] = [
-        (
-            b"\x00\x01f\x00octet\x00blksize\x00512\x00blksize\x00512\x00",
-            ErrorCode(8),
-        ),
+        (b"\x00\x01f\x00octet\x00blksize\x00512\x00blksize\x00512\x00", ErrorCode(8)),
         (b"\x00\x01no-nul", ErrorCode(4)),
         (b"\x00\x09", ErrorCode(4)),
         (b"\x00\x04\x00\x01", ErrorCode(4)),
@@ -340,40 +283,23 @@ fn malformed_requests_get_errors() {
 
 #[test]
 fn server_grants_options_within_limits() {
-    let config = ServerConfig {
-        max_blksize: 1024,
-        max_windowsize: 2,
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig { max_blksize: 1024, max_windowsize: 2, ..ServerConfig::default() };
     let server = TestServer::start(Model::Iterative, config);
     std::fs::write(server.root.join("f"), pattern(5000)).unwrap();
     let client = Raw::new();
-    let asked = [
-        ("blksize", "9000"),
-        ("windowsize", "50"),
-        ("tsize", "0"),
-        ("color", "red"),
-    ];
+    let asked = [("blksize", "9000"), ("windowsize", "50"), ("tsize", "0"), ("color", "red")];
     client.rrq(server.addr, "/f", &asked);
     let (reply, tid) = client.recv();
-    let Ok(Packet::Oack(list)) = Packet::parse(&reply) else {
-        panic!("expected an OACK")
-    };
+    let Ok(Packet::Oack(list)) = Packet::parse(&reply) else { panic!("expected an OACK") };
     let granted: Vec<_> = list.iter().collect();
-    assert_eq!(
-        granted,
-        [("blksize", "1024"), ("tsize", "5000"), ("windowsize", "2")]
-    );
+    assert_eq!(granted, [("blksize", "1024"), ("tsize", "5000"), ("windowsize", "2")]);
     client.send(tid, &ack(0));
     let (one, _) = client.recv();
     let (two, _) = client.recv();
     assert!(
         matches!(Packet::parse(&one), Ok(Packet::Data { block: 1, data }) if data.len() == 1024)
     );
-    assert!(matches!(
-        Packet::parse(&two),
-        Ok(Packet::Data { block: 2, .. })
-    ));
+    assert!(matches!(Packet::parse(&two), Ok(Packet::Data { block: 2, .. })));
 }
 
 #[test]
@@ -394,15 +320,9 @@ fn full_pool_answers_server_busy() {
     }
     let busy = clients.iter().filter(|client| {
         let (reply, from) = client.recv();
-        let busy = Packet::Error {
-            code: ErrorCode::NOT_DEFINED,
-            message: "server busy",
-        };
+        let busy = Packet::Error { code: ErrorCode::NOT_DEFINED, message: "server busy" };
         from == server.addr && Packet::parse(&reply) == Ok(busy)
     });
-    assert!(
-        busy.count() >= 1,
-        "one request must be refused with 'server busy'"
-    );
+    assert!(busy.count() >= 1, "one request must be refused with 'server busy'");
     server.stop();
 }

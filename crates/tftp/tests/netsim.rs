@@ -110,21 +110,12 @@ impl Net {
         if self.rng.chance(self.loss) {
             return;
         }
-        let copies = if self.rng.chance(self.duplicate) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.rng.chance(self.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
-            let jitter = if self.reorder {
-                self.rng.next() % 19_000
-            } else {
-                0
-            };
+            let jitter = if self.reorder { self.rng.next() % 19_000 } else { 0 };
             let delay = Duration::from_micros(1000 + jitter);
             self.seq += 1;
-            self.queue
-                .push(Reverse((now + delay, self.seq, to, bytes.to_vec())));
+            self.queue.push(Reverse((now + delay, self.seq, to, bytes.to_vec())));
         }
     }
 }
@@ -149,10 +140,7 @@ impl Sim {
         self.flush(Side::Client, false);
         while !self.finished() {
             self.report.events += 1;
-            assert!(
-                self.report.events < 10_000_000,
-                "simulation does not converge"
-            );
+            assert!(self.report.events < 10_000_000, "simulation does not converge");
             let Some(next) = self.next_event() else { break };
             self.now = self.now.max(next);
             self.deliver_due();
@@ -176,12 +164,7 @@ impl Sim {
     }
 
     fn deliver_due(&mut self) {
-        while self
-            .net
-            .queue
-            .peek()
-            .is_some_and(|Reverse((at, ..))| *at <= self.now)
-        {
+        while self.net.queue.peek().is_some_and(|Reverse((at, ..))| *at <= self.now) {
             let Some(Reverse((_, _, to, bytes))) = self.net.queue.pop() else {
                 return;
             };
@@ -221,10 +204,7 @@ impl Sim {
     fn fire_timers(&mut self) {
         let now = self.base + self.now;
         for side in [Side::Client, Side::Server] {
-            let due = self
-                .machine(side)
-                .and_then(|m| m.poll_timeout())
-                .is_some_and(|t| t <= now);
+            let due = self.machine(side).and_then(|m| m.poll_timeout()).is_some_and(|t| t <= now);
             if due {
                 if let Some(machine) = self.machine(side) {
                     machine.handle_timeout(now);
@@ -265,17 +245,11 @@ impl Sim {
 
 fn config(loss: f64) -> Config {
     let max_retries = if loss > 0.1 { 40 } else { 10 };
-    Config {
-        timeout: Duration::from_secs(1),
-        max_retries,
-    }
+    Config { timeout: Duration::from_secs(1), max_retries }
 }
 
 fn limits() -> Limits {
-    Limits {
-        max_blksize: 65464,
-        max_windowsize: 64,
-    }
+    Limits { max_blksize: 65464, max_windowsize: 64 }
 }
 
 /// What the server does with a request, as the real server does it (minus storage).
@@ -295,17 +269,11 @@ fn server_for(
     if download {
         let size = Some(file.len() as u64);
         let granted = negotiate(&requested, req.mode, Direction::Read { size }, &limits());
-        let start = Start::Server {
-            granted,
-            total: size,
-        };
+        let start = Start::Server { granted, total: size };
         Box::new(Sender::new(Cursor::new(file), req.mode, start, cfg, now))
     } else {
         let granted = negotiate(&requested, req.mode, Direction::Write, &limits());
-        let start = Start::Server {
-            granted,
-            total: requested.tsize,
-        };
+        let start = Start::Server { granted, total: requested.tsize };
         Box::new(Receiver::new(sink, req.mode, start, cfg, now))
     }
 }
@@ -319,22 +287,12 @@ fn simulate(sc: Scenario, file: &[u8], mode: Mode) -> (Report, Vec<u8>) {
         tsize: Some(if sc.download { 0 } else { file.len() as u64 }),
         timeout: None,
     };
-    let start = Start::Client {
-        filename: "file".into(),
-        mode,
-        requested,
-    };
+    let start = Start::Client { filename: "file".into(), mode, requested };
     let sink = SharedSink::default();
     let client: Box<dyn Transfer> = if sc.download {
         Box::new(Receiver::new(sink.clone(), mode, start, cfg, base))
     } else {
-        Box::new(Sender::new(
-            Cursor::new(file.to_vec()),
-            mode,
-            start,
-            cfg,
-            base,
-        ))
+        Box::new(Sender::new(Cursor::new(file.to_vec()), mode, start, cfg, base))
     };
     let (server_file, server_sink) = (file.to_vec(), sink.clone());
     let sim = Sim {
@@ -353,11 +311,7 @@ fn simulate(sc: Scenario, file: &[u8], mode: Mode) -> (Report, Vec<u8>) {
         make_server: Box::new(move |req, now| {
             server_for(req, server_file.clone(), server_sink.clone(), cfg, now)
         }),
-        sender_side: if sc.download {
-            Side::Server
-        } else {
-            Side::Client
-        },
+        sender_side: if sc.download { Side::Server } else { Side::Client },
         recent_acks: VecDeque::new(),
         report: Report::default(),
     };
@@ -381,10 +335,7 @@ fn check_outcomes(
         true => (server.take_outcome(), client.take_outcome()),
         false => (client.take_outcome(), server.take_outcome()),
     };
-    assert!(
-        matches!(receiver, Some(Outcome::Complete { .. })),
-        "{sc:?}: receiver {receiver:?}"
-    );
+    assert!(matches!(receiver, Some(Outcome::Complete { .. })), "{sc:?}: receiver {receiver:?}");
     match sender {
         Some(Outcome::Complete { .. }) => true,
         other => {
@@ -403,10 +354,7 @@ fn run_checked(sc: Scenario) -> Report {
         received.len(),
         file.len()
     );
-    assert_eq!(
-        report.data_after_duplicate_ack, 0,
-        "{sc:?}: Sorcerer's Apprentice"
-    );
+    assert_eq!(report.data_after_duplicate_ack, 0, "{sc:?}: Sorcerer's Apprentice");
     report
 }
 
@@ -419,12 +367,8 @@ fn lossless_transfers_send_each_block_once() {
             (100_000, Some(1024), Some(8)),
             (4096, Some(8), Some(3)),
         ] {
-            let sc = Scenario {
-                blksize,
-                windowsize,
-                reorder: false,
-                ..Scenario::new(download, size)
-            };
+            let sc =
+                Scenario { blksize, windowsize, reorder: false, ..Scenario::new(download, size) };
             let report = run_checked(sc);
             let blocks = size as u64 / u64::from(blksize.unwrap_or(512)) + 1;
             assert_eq!(report.data_sent, blocks, "{sc:?}");
@@ -454,30 +398,17 @@ fn loss_duplication_and_reordering_sweep() {
             }
         }
     }
-    assert!(
-        duplicates_seen > 100,
-        "too few duplicate ACKs: {duplicates_seen}"
-    );
+    assert!(duplicates_seen > 100, "too few duplicate ACKs: {duplicates_seen}");
     // A sender may miss the final ACK (TFTP cannot fix that), but rarely.
-    assert!(
-        senders_complete * 10 >= runs * 9,
-        "{senders_complete} of {runs} senders complete"
-    );
+    assert!(senders_complete * 10 >= runs * 9, "{senders_complete} of {runs} senders complete");
 }
 
 #[test]
 fn duplicated_acks_alone_never_resend() {
-    let sc = Scenario {
-        duplicate: 0.5,
-        windowsize: Some(1),
-        ..Scenario::new(true, 51_200)
-    };
+    let sc = Scenario { duplicate: 0.5, windowsize: Some(1), ..Scenario::new(true, 51_200) };
     let report = run_checked(sc);
     assert!(report.duplicate_acks > 20, "{report:?}");
-    assert_eq!(
-        report.data_sent, 101,
-        "one DATA per block despite duplicate ACKs: {report:?}"
-    );
+    assert_eq!(report.data_sent, 101, "one DATA per block despite duplicate ACKs: {report:?}");
 }
 
 #[test]
@@ -502,12 +433,8 @@ fn netascii_round_trips_through_the_machines() {
     let text = b"line one\nline two\r\nbare\rcr\n".repeat(200);
     for download in [true, false] {
         for loss in [0.0, 0.1] {
-            let sc = Scenario {
-                loss,
-                duplicate: 0.05,
-                blksize: Some(8),
-                ..Scenario::new(download, 0)
-            };
+            let sc =
+                Scenario { loss, duplicate: 0.05, blksize: Some(8), ..Scenario::new(download, 0) };
             let (report, received) = simulate(sc, &text, Mode::Netascii);
             assert_eq!(received, text, "{sc:?}");
             assert_eq!(report.data_after_duplicate_ack, 0);

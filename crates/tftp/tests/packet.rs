@@ -15,9 +15,7 @@ fn round_trip(bytes: &[u8]) -> Packet<'_> {
 #[test]
 fn rrq_with_options() {
     let bytes = b"\x00\x01boot/x\x00octet\x00blksize\x001428\x00windowsize\x008\x00";
-    let Packet::Rrq(req) = round_trip(bytes) else {
-        panic!("not an RRQ")
-    };
+    let Packet::Rrq(req) = round_trip(bytes) else { panic!("not an RRQ") };
     assert_eq!((req.filename, req.mode), ("boot/x", Mode::Octet));
     let pairs: Vec<_> = req.options.iter().collect();
     assert_eq!(pairs, [("blksize", "1428"), ("windowsize", "8")]);
@@ -27,9 +25,7 @@ fn rrq_with_options() {
 
 #[test]
 fn wrq_mode_is_case_insensitive() {
-    let Ok(Packet::Wrq(req)) = Packet::parse(b"\x00\x02f\x00NetASCII\x00") else {
-        panic!()
-    };
+    let Ok(Packet::Wrq(req)) = Packet::parse(b"\x00\x02f\x00NetASCII\x00") else { panic!() };
     assert_eq!(req.mode, Mode::Netascii);
     assert!(req.options.is_empty());
     let mut out = Vec::new();
@@ -39,43 +35,19 @@ fn wrq_mode_is_case_insensitive() {
 
 #[test]
 fn data_ack_error_oack() {
-    assert_eq!(
-        round_trip(b"\x00\x03\xff\xffabc"),
-        Packet::Data {
-            block: 65535,
-            data: b"abc"
-        }
-    );
-    assert_eq!(
-        round_trip(b"\x00\x03\x00\x01"),
-        Packet::Data {
-            block: 1,
-            data: b""
-        }
-    );
+    assert_eq!(round_trip(b"\x00\x03\xff\xffabc"), Packet::Data { block: 65535, data: b"abc" });
+    assert_eq!(round_trip(b"\x00\x03\x00\x01"), Packet::Data { block: 1, data: b"" });
     assert_eq!(round_trip(b"\x00\x04\x01\x02"), Packet::Ack { block: 258 });
     let err = round_trip(b"\x00\x05\x00\x01no such file\x00");
-    assert_eq!(
-        err,
-        Packet::Error {
-            code: ErrorCode::FILE_NOT_FOUND,
-            message: "no such file"
-        }
-    );
-    let Packet::Oack(list) = round_trip(b"\x00\x06tsize\x0042\x00") else {
-        panic!()
-    };
+    assert_eq!(err, Packet::Error { code: ErrorCode::FILE_NOT_FOUND, message: "no such file" });
+    let Packet::Oack(list) = round_trip(b"\x00\x06tsize\x0042\x00") else { panic!() };
     assert_eq!(list.find("TSIZE"), Some("42"));
 }
 
 #[test]
 fn emitted_request_parses_back() {
     let options = OptionList::parse(b"timeout\x003\x00").unwrap();
-    let req = Request {
-        filename: "a b",
-        mode: Mode::Octet,
-        options,
-    };
+    let req = Request { filename: "a b", mode: Mode::Octet, options };
     let mut out = Vec::new();
     Packet::Rrq(req).emit(&mut out);
     assert_eq!(out, b"\x00\x01a b\x00octet\x00timeout\x003\x00");
@@ -88,13 +60,7 @@ fn parse_err(bytes: &[u8]) -> ParseError {
 
 #[test]
 fn truncated_packets() {
-    for bytes in [
-        &b""[..],
-        b"\x00",
-        b"\x00\x03\x00",
-        b"\x00\x04\x00",
-        b"\x00\x05\x00",
-    ] {
+    for bytes in [&b""[..], b"\x00", b"\x00\x03\x00", b"\x00\x04\x00", b"\x00\x05\x00"] {
         assert_eq!(parse_err(bytes), ParseError::Truncated, "{bytes:?}");
     }
 }
@@ -104,20 +70,14 @@ fn unknown_opcodes() {
     assert_eq!(parse_err(b"\x00\x00x"), ParseError::UnknownOpcode(0));
     assert_eq!(parse_err(b"\x00\x07\x00\x00"), ParseError::UnknownOpcode(7));
     assert_eq!(parse_err(b"\xff\xff"), ParseError::UnknownOpcode(65535));
-    assert_eq!(
-        ParseError::UnknownOpcode(9).error_code(),
-        ErrorCode::ILLEGAL_OPERATION
-    );
+    assert_eq!(ParseError::UnknownOpcode(9).error_code(), ErrorCode::ILLEGAL_OPERATION);
 }
 
 #[test]
 fn missing_nuls() {
     assert_eq!(parse_err(b"\x00\x01file"), ParseError::MissingNul);
     assert_eq!(parse_err(b"\x00\x01file\x00octet"), ParseError::MissingNul);
-    assert_eq!(
-        parse_err(b"\x00\x01f\x00octet\x00blksize\x00512"),
-        ParseError::MissingNul
-    );
+    assert_eq!(parse_err(b"\x00\x01f\x00octet\x00blksize\x00512"), ParseError::MissingNul);
     assert_eq!(parse_err(b"\x00\x05\x00\x00oops"), ParseError::MissingNul);
     assert_eq!(parse_err(b"\x00\x06tsize\x000"), ParseError::MissingNul);
 }
@@ -138,22 +98,10 @@ fn duplicate_options_ignore_case() {
 
 #[test]
 fn bad_modes_and_names() {
-    assert_eq!(
-        parse_err(b"\x00\x01f\x00binary\x00"),
-        ParseError::UnknownMode
-    );
-    assert_eq!(
-        parse_err(b"\x00\x01\x00octet\x00"),
-        ParseError::EmptyFilename
-    );
-    assert_eq!(
-        parse_err(b"\x00\x01\xff\xfe\x00octet\x00"),
-        ParseError::NotText
-    );
-    assert_eq!(
-        parse_err(b"\x00\x01f\x00octet\x00bl\xe9\x001\x00"),
-        ParseError::NotText
-    );
+    assert_eq!(parse_err(b"\x00\x01f\x00binary\x00"), ParseError::UnknownMode);
+    assert_eq!(parse_err(b"\x00\x01\x00octet\x00"), ParseError::EmptyFilename);
+    assert_eq!(parse_err(b"\x00\x01\xff\xfe\x00octet\x00"), ParseError::NotText);
+    assert_eq!(parse_err(b"\x00\x01f\x00octet\x00bl\xe9\x001\x00"), ParseError::NotText);
     let mail = Packet::parse(b"\x00\x01f\x00mail\x00");
     assert!(matches!(mail, Ok(Packet::Rrq(r)) if r.mode == Mode::Mail));
 }
@@ -173,14 +121,8 @@ fn oversized_packets() {
 
 #[test]
 fn trailing_bytes() {
-    assert_eq!(
-        parse_err(b"\x00\x04\x00\x01\x00"),
-        ParseError::TrailingBytes
-    );
-    assert_eq!(
-        parse_err(b"\x00\x05\x00\x01m\x00x"),
-        ParseError::TrailingBytes
-    );
+    assert_eq!(parse_err(b"\x00\x04\x00\x01\x00"), ParseError::TrailingBytes);
+    assert_eq!(parse_err(b"\x00\x05\x00\x01m\x00x"), ParseError::TrailingBytes);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use zocalo_proto::ascii::{Decoder, Encoder};
@@ -34,6 +35,8 @@ pub enum Step {
         fd: RawFd,
         writable: bool,
     },
+    /// The bandwidth limit is used up: step again at this time.
+    Sleep(Instant),
     Finished(Outcome),
 }
 
@@ -44,6 +47,53 @@ enum Flow {
     Blocked,
     /// The budget ran out with work left: step again soon.
     Yield,
+    /// The bandwidth limit is used up until then.
+    Throttled(Instant),
+}
+
+/// A token bucket for `--max-rate-down` and `--max-rate-up` (bytes per second, per session).
+struct Throttle {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Self {
+        Throttle { rate: rate as f64, tokens: 0.0, last: Instant::now() }
+    }
+
+    /// How many of `want` bytes may move now, or when to try again.
+    fn allow(&mut self, want: usize) -> Result<usize, Instant> {
+        let now = Instant::now();
+        let burst = (self.rate / 10.0).max(4096.0);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            return Ok(want.min(self.tokens as usize));
+        }
+        let wait = (1024.0_f64.min(burst) - self.tokens) / self.rate;
+        Err(now + Duration::from_secs_f64(wait))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+/// Applies an optional throttle to a chunk size.
+fn allowance(throttle: &mut Option<Throttle>, want: usize) -> Result<usize, Instant> {
+    match throttle {
+        Some(t) => t.allow(want),
+        None => Ok(want),
+    }
+}
+
+fn spend(throttle: &mut Option<Throttle>, n: usize) {
+    if let Some(t) = throttle {
+        t.consume(n);
+    }
 }
 
 /// One transfer, from connection setup to the last byte.
@@ -51,6 +101,17 @@ pub struct DataTask {
     state: State,
     progress: Arc<AtomicU64>,
     tls: Option<Tls>,
+    throttle: Option<Throttle>,
+    /// When the transfer started, and whether it converts line endings (for the xferlog).
+    pub started: Instant,
+    pub ascii: bool,
+}
+
+/// Per-session bandwidth limits in bytes per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    pub down: Option<u64>,
+    pub up: Option<u64>,
 }
 
 enum State {
@@ -84,8 +145,12 @@ impl DataTask {
         local: SocketAddr,
         peer: IpAddr,
         tls: Option<&Tls>,
+        rates: Rates,
     ) -> Result<Self, Outcome> {
+        let ascii = t.ascii;
         let pump = Pump::new(t.body, t.ascii, t.tls);
+        let rate = if pump.sends() { rates.down } else { rates.up };
+        let throttle = rate.map(Throttle::new);
         let tls = if t.tls { Some(tls.ok_or(Outcome::TlsRejected)?.clone()) } else { None };
         let state = match (t.endpoint, passive) {
             (Endpoint::Passive, Some(listener)) => {
@@ -98,7 +163,7 @@ impl DataTask {
                 State::Connecting { sock, pump }
             }
         };
-        Ok(DataTask { state, progress: t.progress, tls })
+        Ok(DataTask { state, progress: t.progress, tls, throttle, started: Instant::now(), ascii })
     }
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).
@@ -170,7 +235,11 @@ impl DataTask {
                 return self.park(state, false);
             }
         }
-        let flow = if closing { Ok(Flow::Done) } else { pump.run(&mut stream, &self.progress) };
+        let flow = if closing {
+            Ok(Flow::Done)
+        } else {
+            pump.run(&mut stream, &self.progress, &mut self.throttle)
+        };
         match flow {
             Ok(Flow::Done) => {
                 if !closing {
@@ -185,6 +254,10 @@ impl DataTask {
                     }
                     Err(_) => Step::Finished(Outcome::ConnectionLost),
                 }
+            }
+            Ok(Flow::Throttled(until)) => {
+                self.state = State::Running { stream, pump, _listener: listener, closing };
+                Step::Sleep(until)
             }
             Ok(flow) => {
                 let state = State::Running { stream, pump, _listener: listener, closing };
@@ -307,19 +380,36 @@ impl Pump {
         !matches!(self.kind, PumpKind::Receive { .. })
     }
 
-    fn run(&mut self, stream: &mut Stream, progress: &AtomicU64) -> Result<Flow, Outcome> {
+    fn run(
+        &mut self,
+        stream: &mut Stream,
+        progress: &AtomicU64,
+        throttle: &mut Option<Throttle>,
+    ) -> Result<Flow, Outcome> {
         match (&mut self.kind, &*stream) {
-            (PumpKind::SendFile { fd, .. }, Stream::Plain(sock)) => send_file(sock, *fd, progress),
-            (PumpKind::Receive { .. }, _) => self.receive(stream, progress),
-            _ => self.send_copy(stream, progress),
+            (PumpKind::SendFile { fd, .. }, Stream::Plain(sock)) => {
+                send_file(sock, *fd, progress, throttle)
+            }
+            (PumpKind::Receive { .. }, _) => self.receive(stream, progress, throttle),
+            _ => self.send_copy(stream, progress, throttle),
         }
     }
 
-    fn send_copy(&mut self, stream: &mut Stream, progress: &AtomicU64) -> Result<Flow, Outcome> {
+    fn send_copy(
+        &mut self,
+        stream: &mut Stream,
+        progress: &AtomicU64,
+        throttle: &mut Option<Throttle>,
+    ) -> Result<Flow, Outcome> {
         for _ in 0..BUDGET * 4 {
             if self.pos < self.buf.len() {
-                match stream.write(&self.buf[self.pos..]) {
+                let allowed = match allowance(throttle, self.buf.len() - self.pos) {
+                    Ok(n) => n,
+                    Err(until) => return Ok(Flow::Throttled(until)),
+                };
+                match stream.write(&self.buf[self.pos..self.pos + allowed]) {
                     Ok(n) => {
+                        spend(throttle, n);
                         self.pos += n;
                         progress.fetch_add(n as u64, Ordering::Relaxed);
                     }
@@ -356,14 +446,26 @@ impl Pump {
         Ok(n > 0)
     }
 
-    fn receive(&mut self, stream: &mut Stream, progress: &AtomicU64) -> Result<Flow, Outcome> {
+    fn receive(
+        &mut self,
+        stream: &mut Stream,
+        progress: &AtomicU64,
+        throttle: &mut Option<Throttle>,
+    ) -> Result<Flow, Outcome> {
         if self.buf.len() < CHUNK {
             self.buf.resize(CHUNK, 0);
         }
         let mut decoded = Vec::new();
         for _ in 0..BUDGET {
-            let n = match stream.read(&mut self.buf) {
+            let allowed = match allowance(throttle, CHUNK) {
                 Ok(n) => n,
+                Err(until) => return Ok(Flow::Throttled(until)),
+            };
+            let n = match stream.read(&mut self.buf[..allowed]) {
+                Ok(n) => {
+                    spend(throttle, n);
+                    n
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Flow::Blocked),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Outcome::ConnectionLost),
@@ -409,13 +511,22 @@ fn finish_upload(
     f.finish().map_err(Outcome::Storage)
 }
 
-fn send_file(sock: &TcpStream, fd: RawFd, progress: &AtomicU64) -> Result<Flow, Outcome> {
+fn send_file(
+    sock: &TcpStream,
+    fd: RawFd,
+    progress: &AtomicU64,
+    throttle: &mut Option<Throttle>,
+) -> Result<Flow, Outcome> {
     for _ in 0..BUDGET {
+        let allowed = match allowance(throttle, SENDFILE_CHUNK) {
+            Ok(n) => n,
+            Err(until) => return Ok(Flow::Throttled(until)),
+        };
         // SAFETY: both descriptors are open for the duration of the call; a null offset uses and
         // advances the file's own position.
-        let n =
-            unsafe { libc::sendfile(sock.as_raw_fd(), fd, std::ptr::null_mut(), SENDFILE_CHUNK) };
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), fd, std::ptr::null_mut(), allowed) };
         if n > 0 {
+            spend(throttle, n as usize);
             progress.fetch_add(n as u64, Ordering::Relaxed);
             continue;
         }

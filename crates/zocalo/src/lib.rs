@@ -20,3 +20,4 @@ pub mod shutdown;
 pub mod tftp;
 pub mod tls;
 pub mod users;
+pub mod xferlog;

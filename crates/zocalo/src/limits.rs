@@ -182,7 +182,10 @@ fn key(ip: IpAddr) -> [u64; 2] {
         IpAddr::V6(v6) => v6.octets(),
     };
     let (hi, lo) = bytes.split_at(8);
-    [u64::from_be_bytes(hi.try_into().unwrap_or([0; 8])), u64::from_be_bytes(lo.try_into().unwrap_or([0; 8]))]
+    [
+        u64::from_be_bytes(hi.try_into().unwrap_or([0; 8])),
+        u64::from_be_bytes(lo.try_into().unwrap_or([0; 8])),
+    ]
 }
 
 fn words(b: &Bucket) -> [u64; 2] {

@@ -339,7 +339,7 @@ impl<'a> Bench<'a> {
         let t = Instant::now();
         engine.release_idle();
         let quit_in_time =
-            drive(&mut engine, deadline, |e| e.active() == 0).map_err(|e| e.to_string())?;
+            drive(&mut engine, self.deadline(), |e| e.active() == 0).map_err(|e| e.to_string())?;
         let quit_time = t.elapsed();
         engine.abort_all("timeout");
         let outcomes = engine.take_outcomes();
@@ -365,14 +365,13 @@ impl<'a> Bench<'a> {
         let mut client = self.client().map_err(|e| e.to_string())?;
         self.ensure_file(&mut client, &path, self.opts.big_size).map_err(|e| e.to_string())?;
         let mut engine = self.engine()?;
-        let deadline = self.deadline();
-        let idle = open_idle(&mut engine, self.opts.clients, deadline)?;
+        let idle = open_idle(&mut engine, self.opts.clients, self.deadline())?;
         let t = Instant::now();
         let got = client.retr(&path, 0, &mut io::sink(), &mut |_| {});
         let elapsed = t.elapsed();
         let _ = client.quit();
         engine.release_idle();
-        drive(&mut engine, deadline, |e| e.active() == 0).map_err(|e| e.to_string())?;
+        drive(&mut engine, self.deadline(), |e| e.active() == 0).map_err(|e| e.to_string())?;
         engine.abort_all("timeout");
         let outcomes = engine.take_outcomes();
         let mut metrics = vec![Metric::higher("idle sessions", idle as f64, "sessions")];
@@ -455,9 +454,10 @@ impl<'a> Bench<'a> {
         let idle = open_idle(&mut engine, self.opts.idle, deadline)?;
         let after = pid.map(mem::tree_memory).transpose().map_err(|e| format!("memory: {e}"))?;
         let fresh: Rc<[Step]> = Rc::from([Step::Login, Step::Quit]);
-        let run = closed_loop(&mut engine, FRESH_SESSIONS, 1, |_| fresh.clone(), deadline)?;
+        // Each phase gets its own deadline: opening K sessions may take most of the first.
+        let run = closed_loop(&mut engine, FRESH_SESSIONS, 1, |_| fresh.clone(), self.deadline())?;
         engine.release_idle();
-        drive(&mut engine, deadline, |e| e.active() == 0).map_err(|e| e.to_string())?;
+        drive(&mut engine, self.deadline(), |e| e.active() == 0).map_err(|e| e.to_string())?;
         engine.abort_all("timeout");
         let ms = sorted_ms(run.outcomes.iter().filter(|o| o.ok).map(|o| o.latency));
         let mut metrics = vec![Metric::higher("idle sessions", idle as f64, "sessions")];

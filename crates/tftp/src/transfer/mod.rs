@@ -80,10 +80,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            timeout: Duration::from_secs(1),
-            max_retries: 5,
-        }
+        Config { timeout: Duration::from_secs(1), max_retries: 5 }
     }
 }
 
@@ -301,8 +298,5 @@ fn fail(
 
 /// A protocol error to report with ERROR 4.
 fn illegal(message: &str) -> TransferError {
-    TransferError::Protocol {
-        code: ErrorCode::ILLEGAL_OPERATION,
-        message: message.to_string(),
-    }
+    TransferError::Protocol { code: ErrorCode::ILLEGAL_OPERATION, message: message.to_string() }
 }

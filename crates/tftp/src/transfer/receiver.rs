@@ -83,13 +83,8 @@ impl<W: Write> Receiver<W> {
                 }
                 self.phase = Phase::Receiving { client: false };
             }
-            Start::Client {
-                filename,
-                mode,
-                requested,
-            } => {
-                self.outbox
-                    .set(|buf| emit_request(buf, false, &filename, mode, &requested));
+            Start::Client { filename, mode, requested } => {
+                self.outbox.set(|buf| emit_request(buf, false, &filename, mode, &requested));
                 self.phase = Phase::AwaitStart { requested };
             }
         }
@@ -121,17 +116,11 @@ impl<W: Write> Receiver<W> {
                 self.outbox.resend();
             }
             (Packet::Error { code, message }, _) => {
-                let err = TransferError::Peer {
-                    code,
-                    message: message.to_string(),
-                };
+                let err = TransferError::Peer { code, message: message.to_string() };
                 self.fail(err, None);
             }
             (Packet::Oack(_), Phase::Receiving { client: true } | Phase::Dally { .. }) => {}
-            _ => self.fail(
-                illegal("unexpected packet"),
-                Some(ErrorCode::ILLEGAL_OPERATION),
-            ),
+            _ => self.fail(illegal("unexpected packet"), Some(ErrorCode::ILLEGAL_OPERATION)),
         }
     }
 
@@ -222,9 +211,7 @@ impl<W: Write> Receiver<W> {
         }
         self.send_ack(self.expected - 1, now);
         self.outcome = Some(Outcome::Complete { bytes: self.bytes });
-        self.phase = Phase::Dally {
-            until: now + self.params.timeout,
-        };
+        self.phase = Phase::Dally { until: now + self.params.timeout };
         self.timer.stop();
     }
 
@@ -240,13 +227,7 @@ impl<W: Write> Receiver<W> {
 
     fn fail(&mut self, err: TransferError, code: Option<ErrorCode>) {
         self.phase = Phase::Done;
-        fail(
-            &mut self.outcome,
-            &mut self.outbox,
-            &mut self.timer,
-            err,
-            code,
-        );
+        fail(&mut self.outcome, &mut self.outbox, &mut self.timer, err, code);
     }
 
     /// Gives back the sink (for example to inspect what was written).
@@ -305,10 +286,7 @@ impl<W: Write> Transfer for Receiver<W> {
             self.phase = Phase::Done;
             return;
         }
-        self.fail(
-            TransferError::Aborted(message.to_string()),
-            Some(ErrorCode::NOT_DEFINED),
-        );
+        self.fail(TransferError::Aborted(message.to_string()), Some(ErrorCode::NOT_DEFINED));
     }
 
     fn outcome(&self) -> Option<&Outcome> {

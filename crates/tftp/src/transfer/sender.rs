@@ -91,17 +91,10 @@ impl<R: Read> Sender<R> {
                     self.phase = Phase::AwaitStart { client: None };
                 }
             }
-            Start::Client {
-                filename,
-                mode,
-                requested,
-            } => {
+            Start::Client { filename, mode, requested } => {
                 self.total = requested.tsize;
-                self.outbox
-                    .set(|buf| emit_request(buf, true, &filename, mode, &requested));
-                self.phase = Phase::AwaitStart {
-                    client: Some(requested),
-                };
+                self.outbox.set(|buf| emit_request(buf, true, &filename, mode, &requested));
+                self.phase = Phase::AwaitStart { client: Some(requested) };
             }
         }
     }
@@ -147,29 +140,18 @@ impl<R: Read> Sender<R> {
                 }
                 self.start_sending(now);
             }
-            (
-                Packet::Oack(list),
-                Phase::AwaitStart {
-                    client: Some(requested),
-                },
-            ) => {
+            (Packet::Oack(list), Phase::AwaitStart { client: Some(requested) }) => {
                 self.accept_oack(&requested, &list, now);
             }
             (Packet::Ack { block }, Phase::Sending) => self.handle_ack(block, now),
             // A repeated OACK after we started: the client's timer, not ours, answers it.
             (Packet::Oack(_), Phase::Sending) if self.is_client => {}
             (Packet::Error { code, message }, _) => {
-                let err = TransferError::Peer {
-                    code,
-                    message: message.to_string(),
-                };
+                let err = TransferError::Peer { code, message: message.to_string() };
                 self.fail(err, None);
             }
             (Packet::Ack { .. }, Phase::AwaitStart { .. }) => {}
-            _ => self.fail(
-                illegal("unexpected packet"),
-                Some(ErrorCode::ILLEGAL_OPERATION),
-            ),
+            _ => self.fail(illegal("unexpected packet"), Some(ErrorCode::ILLEGAL_OPERATION)),
         }
     }
 
@@ -214,20 +196,12 @@ impl<R: Read> Sender<R> {
     fn finish(&mut self) {
         self.phase = Phase::Done;
         self.timer.stop();
-        self.outcome = Some(Outcome::Complete {
-            bytes: self.acked_bytes,
-        });
+        self.outcome = Some(Outcome::Complete { bytes: self.acked_bytes });
     }
 
     fn fail(&mut self, err: TransferError, code: Option<ErrorCode>) {
         self.phase = Phase::Done;
-        fail(
-            &mut self.outcome,
-            &mut self.outbox,
-            &mut self.timer,
-            err,
-            code,
-        );
+        fail(&mut self.outcome, &mut self.outbox, &mut self.timer, err, code);
     }
 }
 
@@ -275,10 +249,7 @@ impl<R: Read> Transfer for Sender<R> {
     }
 
     fn abort(&mut self, message: &str) {
-        self.fail(
-            TransferError::Aborted(message.to_string()),
-            Some(ErrorCode::NOT_DEFINED),
-        );
+        self.fail(TransferError::Aborted(message.to_string()), Some(ErrorCode::NOT_DEFINED));
     }
 
     fn outcome(&self) -> Option<&Outcome> {
