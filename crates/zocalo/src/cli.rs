@@ -227,6 +227,18 @@ pub struct ServeArgs {
     /// Open the admin channel (AF_UNIX SOCK_SEQPACKET, mode 0600) for `zocalo ctl`.
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
+    /// Log every transfer to this file in the xferlog format.
+    #[arg(long, value_name = "FILE")]
+    pub xferlog: Option<PathBuf>,
+    /// Per-session download limit, bytes per second.
+    #[arg(long, value_name = "BYTES")]
+    pub max_rate_down: Option<u64>,
+    /// Per-session upload limit, bytes per second.
+    #[arg(long, value_name = "BYTES")]
+    pub max_rate_up: Option<u64>,
+    /// Seconds a client has to log in before 421 [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub login_timeout: Option<u64>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -262,6 +274,10 @@ pub struct FileConfig {
     implicit_tls: Option<Vec<SocketAddr>>,
     tftp: Option<SocketAddr>,
     admin_socket: Option<PathBuf>,
+    xferlog: Option<PathBuf>,
+    max_rate_down: Option<u64>,
+    max_rate_up: Option<u64>,
+    login_timeout: Option<u64>,
 }
 
 /// FTPS settings.
@@ -302,6 +318,10 @@ pub struct Settings {
     pub implicit_tls: Vec<SocketAddr>,
     pub tftp: Option<SocketAddr>,
     pub admin_socket: Option<PathBuf>,
+    pub xferlog: Option<PathBuf>,
+    pub max_rate_down: Option<u64>,
+    pub max_rate_up: Option<u64>,
+    pub login_timeout: Duration,
 }
 
 impl Settings {
@@ -383,6 +403,10 @@ impl Settings {
             implicit_tls,
             tftp: args.tftp.or(file.tftp),
             admin_socket: args.admin_socket.clone().or(file.admin_socket),
+            xferlog: args.xferlog.clone().or(file.xferlog),
+            max_rate_down: args.max_rate_down.or(file.max_rate_down).filter(|r| *r > 0),
+            max_rate_up: args.max_rate_up.or(file.max_rate_up).filter(|r| *r > 0),
+            login_timeout: secs(args.login_timeout, file.login_timeout, 60),
         })
     }
 }

@@ -6,7 +6,7 @@
 //! thread per transfer.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::ops::RangeInclusive;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use zocalo_proto::session::{Action, Config, Outcome, Session};
 
-use crate::data::{DataTask, Step};
+use crate::data::{DataTask, Rates, Step};
 use crate::net;
 use crate::registry::{Entry, Registry};
 use crate::shutdown::Shutdown;
 use crate::tls::{Stream, Tls};
+use crate::xferlog::{Record, Xferlog};
 
 /// Everything a connection needs from the server.
 pub struct Ctx {
@@ -33,6 +34,43 @@ pub struct Ctx {
     pub tls: Option<Tls>,
     /// The table `zocalo ctl` reads, when the admin socket is on.
     pub registry: Option<Arc<Registry>>,
+    /// `--xferlog`.
+    pub xferlog: Option<Arc<Xferlog>>,
+    /// `--max-rate-down`, `--max-rate-up`.
+    pub rates: Rates,
+    /// How long a client may take to log in.
+    pub login_timeout: Duration,
+}
+
+/// When the running transfer started and whether it is TYPE A, for its log line.
+#[derive(Debug, Clone, Copy)]
+pub struct XferStart {
+    pub at: Instant,
+    pub ascii: bool,
+}
+
+/// Logs a finished transfer (and appends it to the xferlog), then tells the session.
+pub fn finish_transfer(
+    log: Option<&Xferlog>,
+    session: &mut Session,
+    peer: IpAddr,
+    start: XferStart,
+    outcome: Outcome,
+) {
+    if let Some((verb, path, bytes)) = session.transfer_status() {
+        let complete = matches!(outcome, Outcome::Done);
+        let user = session.user().unwrap_or("");
+        let took = start.at.elapsed();
+        if matches!(verb, "RETR" | "STOR" | "APPE" | "STOU") {
+            tracing::info!(verb, path, bytes, complete, user, %peer, ms = took.as_millis() as u64, "transfer");
+        }
+        if let Some(log) = log {
+            let anonymous = session.is_anonymous();
+            let ascii = start.ascii;
+            log.record(&Record { verb, path, bytes, took, peer, user, anonymous, ascii, complete });
+        }
+    }
+    session.handle_transfer_done(outcome);
 }
 
 /// A session's published state, kept in step with the registry.
@@ -102,6 +140,9 @@ struct Conn<'a> {
     stop_by: Option<Instant>,
     closed: bool,
     published: Option<Published>,
+    xfer: XferStart,
+    data_sleep: Option<Instant>,
+    created: Instant,
 }
 
 impl<'a> Conn<'a> {
@@ -133,6 +174,9 @@ impl<'a> Conn<'a> {
             stop_by: None,
             closed: false,
             published: ctx.registry.as_ref().map(|r| Published::new(r, fd, peer)),
+            xfer: XferStart { at: now, ascii: false },
+            data_sleep: None,
+            created: now,
         })
     }
 
@@ -177,24 +221,30 @@ impl<'a> Conn<'a> {
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
                 let (passive, tls) = (self.passive.take(), self.ctx.tls.as_ref());
-                match DataTask::new(t, passive, self.local, self.peer.ip(), tls) {
+                self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
+                match DataTask::new(t, passive, self.local, self.peer.ip(), tls, self.ctx.rates) {
                     Ok(task) => {
                         self.task = Some(task);
                         self.step_task();
                     }
-                    Err(outcome) => self.session.handle_transfer_done(outcome),
+                    Err(outcome) => self.done(outcome),
                 }
             }
             Action::Abort => {
                 if self.task.take().is_some() {
                     self.wait = None;
-                    self.session.handle_transfer_done(Outcome::Aborted);
+                    self.done(Outcome::Aborted);
                 }
             }
             Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
             Action::StartTls => self.start_tls(),
             Action::Close => self.closed = true,
         }
+    }
+
+    fn done(&mut self, outcome: Outcome) {
+        let log = self.ctx.xferlog.as_deref();
+        finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
     }
 
     fn step_task(&mut self) {
@@ -206,13 +256,18 @@ impl<'a> Conn<'a> {
                 self.last_activity = Instant::now();
                 self.task = None;
                 self.wait = None;
-                self.session.handle_transfer_done(outcome);
+                self.done(outcome);
+            }
+            Step::Sleep(until) => {
+                self.wait = None;
+                self.data_sleep = Some(until);
             }
             wait => self.wait = Some(wait),
         }
     }
 
     fn abort_task(&mut self) {
+        self.data_sleep = None;
         self.task = None;
         self.wait = None;
     }
@@ -339,7 +394,8 @@ impl<'a> Conn<'a> {
     fn deadline(&self) -> Option<Instant> {
         let idle = self.session.is_idle().then(|| self.last_activity + self.ctx.idle_timeout);
         let data = self.task.as_ref().map(|_| self.data_activity + self.ctx.data_timeout);
-        [idle, data, self.wake_at, self.stop_by].into_iter().flatten().min()
+        let login = self.session.user().is_none().then(|| self.created + self.ctx.login_timeout);
+        [idle, data, self.wake_at, self.stop_by, self.data_sleep, login].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self) {
@@ -347,6 +403,14 @@ impl<'a> Conn<'a> {
         if self.wake_at.is_some_and(|t| t <= now) {
             self.wake_at = None;
             self.session.handle_wakeup();
+        }
+        if self.data_sleep.is_some_and(|t| t <= now) {
+            self.data_sleep = None;
+            self.data_activity = now;
+            self.step_task();
+        }
+        if self.session.user().is_none() && self.created + self.ctx.login_timeout <= now {
+            self.session.handle_login_timeout();
         }
         if let Some(task) = &self.task {
             if self.data_activity + self.ctx.data_timeout <= now {
@@ -356,12 +420,12 @@ impl<'a> Conn<'a> {
                     Outcome::ConnectionLost
                 };
                 self.abort_task();
-                self.session.handle_transfer_done(outcome);
+                self.done(outcome);
             }
         }
         if self.stop_by.is_some_and(|t| t <= now) && self.task.is_some() {
             self.abort_task();
-            self.session.handle_transfer_done(Outcome::ShuttingDown);
+            self.done(Outcome::ShuttingDown);
         }
         if self.session.is_idle() && self.last_activity + self.ctx.idle_timeout <= now {
             self.session.handle_idle_timeout();

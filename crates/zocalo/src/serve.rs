@@ -8,6 +8,7 @@ use zocalo_proto::session::{Config, TlsPolicy};
 use crate::admin::Admin;
 use crate::cli::Settings;
 use crate::conn::Ctx;
+use crate::data::Rates;
 use crate::limits::{Limits, SharedGuard};
 use crate::models::{self, Listener, Model, Server};
 use crate::net;
@@ -15,6 +16,7 @@ use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::tls::Tls;
 use crate::users::{Users, UsersConfig};
+use crate::xferlog::Xferlog;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> io::Result<()> {
@@ -103,6 +105,15 @@ fn build(
         grace: settings.shutdown_grace,
         shutdown,
         tls,
+        xferlog: match &settings.xferlog {
+            Some(path) => Some(Arc::new(
+                Xferlog::open(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+            )),
+            None => None,
+        },
+        rates: Rates { down: settings.max_rate_down, up: settings.max_rate_up },
+        login_timeout: settings.login_timeout,
         registry: match &settings.admin_socket {
             Some(_) => Some(Arc::new(Registry::new(settings.max_connections.min(65_536))?)),
             None => None,

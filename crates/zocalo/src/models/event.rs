@@ -19,11 +19,12 @@ use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Action, Outcome, Session};
 
 use super::{Listener, Server};
-use crate::conn::{Ctx, Published};
+use crate::conn::{finish_transfer, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit};
 use crate::net;
 use crate::tls::Stream;
+use crate::xferlog::Xferlog;
 
 const KIND_BITS: usize = 2;
 const CONTROL: usize = 0;
@@ -96,6 +97,10 @@ struct Conn {
     scheduled: Option<Instant>,
     closed: bool,
     published: Option<Published>,
+    xferlog: Option<Arc<Xferlog>>,
+    xfer: XferStart,
+    data_sleep: Option<Instant>,
+    created: Instant,
 }
 
 impl EventLoop {
@@ -295,7 +300,7 @@ impl EventLoop {
                 continue;
             }
             conn.scheduled = None;
-            conn.fire(now, &self.ctx, self.stop_by, self.poller.as_mut());
+            conn.fire(now, &self.ctx, self.stop_by, self.poller.as_mut(), index);
             self.drive(index);
         }
     }
@@ -323,6 +328,10 @@ impl Conn {
         let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer));
         Ok(Conn {
             published,
+            xferlog: ctx.xferlog.clone(),
+            xfer: XferStart { at: now, ascii: false },
+            data_sleep: None,
+            created: now,
             control,
             handshaking: false,
             session,
@@ -464,24 +473,31 @@ impl Conn {
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
                 let passive = self.passive.take();
-                match DataTask::new(t, passive, self.local, self.peer.ip(), ctx.tls.as_ref()) {
+                self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
+                let (tls, rates) = (ctx.tls.as_ref(), ctx.rates);
+                match DataTask::new(t, passive, self.local, self.peer.ip(), tls, rates) {
                     Ok(task) => {
                         self.task = Some(Box::new(task));
                         self.step_task(poller, index);
                     }
-                    Err(outcome) => self.session.handle_transfer_done(outcome),
+                    Err(outcome) => self.done(outcome),
                 }
             }
             Action::Abort => {
                 if self.task.is_some() {
                     self.drop_task(poller);
-                    self.session.handle_transfer_done(Outcome::Aborted);
+                    self.done(Outcome::Aborted);
                 }
             }
             Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
             Action::StartTls => self.start_tls(poller, index, ctx),
             Action::Close => self.closed = true,
         }
+    }
+
+    fn done(&mut self, outcome: Outcome) {
+        let log = self.xferlog.as_deref();
+        finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
     }
 
     fn step_task(&mut self, poller: &mut dyn Poller, index: usize) {
@@ -492,9 +508,15 @@ impl Conn {
             Step::Finished(outcome) => {
                 self.drop_task(poller);
                 self.last_activity = Instant::now();
-                self.session.handle_transfer_done(outcome);
+                self.done(outcome);
             }
             Step::Wait { fd, writable } => self.watch_data(poller, index, fd, writable),
+            Step::Sleep(until) => {
+                if let Some((fd, _)) = self.data_reg.take() {
+                    let _ = poller.deregister(fd);
+                }
+                self.data_sleep = Some(until);
+            }
         }
     }
 
@@ -516,13 +538,14 @@ impl Conn {
             Err(e) => {
                 tracing::warn!("cannot watch a data connection: {e}");
                 self.drop_task(poller);
-                self.session.handle_transfer_done(Outcome::NoConnection);
+                self.done(Outcome::NoConnection);
             }
         }
     }
 
     /// Deregisters the data descriptor, then drops the transfer (closing it).
     fn drop_task(&mut self, poller: &mut dyn Poller) {
+        self.data_sleep = None;
         if let Some((fd, _)) = self.data_reg.take() {
             let _ = poller.deregister(fd);
         }
@@ -550,13 +573,29 @@ impl Conn {
         let idle = self.session.is_idle().then(|| self.last_activity + ctx.idle_timeout);
         let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
         let stop = stop_by.filter(|_| self.task.is_some());
-        [idle, data, self.wake_at, stop].into_iter().flatten().min()
+        let login = self.session.user().is_none().then(|| self.created + ctx.login_timeout);
+        [idle, data, self.wake_at, stop, self.data_sleep, login].into_iter().flatten().min()
     }
 
-    fn fire(&mut self, now: Instant, ctx: &Ctx, stop_by: Option<Instant>, poller: &mut dyn Poller) {
+    fn fire(
+        &mut self,
+        now: Instant,
+        ctx: &Ctx,
+        stop_by: Option<Instant>,
+        poller: &mut dyn Poller,
+        index: usize,
+    ) {
         if self.wake_at.is_some_and(|t| t <= now) {
             self.wake_at = None;
             self.session.handle_wakeup();
+        }
+        if self.data_sleep.is_some_and(|t| t <= now) {
+            self.data_sleep = None;
+            self.data_activity = now;
+            self.step_task(poller, index);
+        }
+        if self.session.user().is_none() && self.created + ctx.login_timeout <= now {
+            self.session.handle_login_timeout();
         }
         if let Some(task) = &self.task {
             let stalled = self.data_activity + ctx.data_timeout <= now;
@@ -568,7 +607,7 @@ impl Conn {
                     (false, false) => Outcome::ConnectionLost,
                 };
                 self.drop_task(poller);
-                self.session.handle_transfer_done(outcome);
+                self.done(outcome);
             }
         }
         if self.session.is_idle() && self.last_activity + ctx.idle_timeout <= now {
