@@ -29,10 +29,16 @@ pub enum Command {
     User(UserCommand),
     /// Serve TFTP alone (FTP's connectionless cousin) from a directory.
     Tftp(TftpArgs),
-    /// Download: `zocalo get tftp://HOST:PORT/PATH [DEST]` (or ftp://, ftps://).
+    /// Download: `zocalo get ftp://[USER:PASS@]HOST[:PORT]/PATH [DEST]` (also ftps://, tftp://).
     Get(TransferArgs),
-    /// Upload: `zocalo put FILE tftp://HOST:PORT/PATH` (or ftp://, ftps://).
+    /// Upload: `zocalo put FILE ftp://[USER:PASS@]HOST[:PORT]/PATH` (also ftps://, tftp://).
     Put(PutArgs),
+    /// List a directory: `zocalo ls ftp://HOST/DIR/`.
+    Ls(LsArgs),
+    /// Download a directory tree: `zocalo mirror ftp://HOST/DIR/ LOCALDIR`.
+    Mirror(MirrorArgs),
+    /// Measure any FTP server (see bench/compare.sh): `zocalo bench ftp://USER:PASS@HOST:PORT/`.
+    Bench(Box<BenchArgs>),
     /// Talk to a running server's admin channel.
     Ctl {
         /// The server's --admin-socket path.
@@ -102,6 +108,24 @@ pub struct TftpArgs {
 /// Options shared by the client commands.
 #[derive(Debug, Args, Clone)]
 pub struct ClientOpts {
+    /// Active mode: the server connects back (PORT/EPRT) instead of passive (EPSV/PASV).
+    #[arg(long)]
+    pub active: bool,
+    /// Resume a partial transfer with REST (get, put); skip complete files (mirror).
+    #[arg(long = "continue")]
+    pub resume: bool,
+    /// Explicit FTPS on an ftp:// URL (AUTH TLS, PROT P); ftps:// URLs are implicit TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file with the certificates to trust.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Accept any server certificate (testing only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     /// TFTP block size (RFC 2348).
     #[arg(long)]
     pub blksize: Option<u16>,
@@ -127,6 +151,77 @@ pub struct PutArgs {
     pub url: String,
     #[command(flatten)]
     pub opts: ClientOpts,
+}
+
+/// `zocalo ls URL`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    pub url: String,
+    #[command(flatten)]
+    pub opts: ClientOpts,
+}
+
+/// `zocalo mirror URL DIR`.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    pub url: String,
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub opts: ClientOpts,
+}
+
+/// `zocalo bench URL`: the scenarios of pyftpdlib's ftpbench and more.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    pub url: String,
+    /// transfer, logins, idle-transfer, multi, sessions, memory, listing (repeatable; all if none).
+    #[arg(long)]
+    pub scenario: Vec<String>,
+    /// The server's name in tables and charts.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// N: sessions for logins, idle-transfer and multi [default: 300].
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// C: concurrency levels of `sessions`, comma-separated [default: 100,500].
+    #[arg(long)]
+    pub concurrency: Option<String>,
+    /// Sessions run at each concurrency level [default: 2000].
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// K: idle sessions for `memory` [default: 2000].
+    #[arg(long)]
+    pub idle: Option<usize>,
+    /// Bytes of the large file [default: 1 GiB].
+    #[arg(long)]
+    pub big_size: Option<u64>,
+    /// Bytes of each client's file in `multi` [default: 10 MB].
+    #[arg(long)]
+    pub multi_size: Option<u64>,
+    /// Bytes each session of `sessions` retrieves [default: 1 MiB].
+    #[arg(long)]
+    pub small_size: Option<u64>,
+    /// Entries of the listing directory [default: 10000].
+    #[arg(long)]
+    pub list_entries: Option<usize>,
+    /// Create the listing directory's entries with STOR first.
+    #[arg(long)]
+    pub create_listing: bool,
+    /// The server's pid, for `memory` (RSS and PSS of it and its children).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Deadline of each phase, seconds [default: 120].
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// The load generator's readiness API: select, poll or epoll [default: epoll].
+    #[arg(long)]
+    pub poller: Option<String>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG chart per scenario into this directory.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// `zocalo serve`: all settings are optional here so that a config file can supply them.

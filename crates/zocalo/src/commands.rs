@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use zocalo_tftp::{ClientOptions, TftpStorage};
 
-use crate::cli::{ClientOpts, PutArgs, TftpArgs, TransferArgs};
+use zocalo_client::bench::{self, BenchOptions};
+use zocalo_client::{DataMode, OpError, OpOptions, Progress};
+
+use crate::cli::{BenchArgs, ClientOpts, LsArgs, MirrorArgs, PutArgs, TftpArgs, TransferArgs};
 use crate::fs::LocalFs;
 use crate::shutdown::Shutdown;
 use crate::tftp::StorageAdapter;
@@ -84,28 +87,60 @@ fn dest_for(url_path: &str, dest: Option<PathBuf>) -> PathBuf {
     dest.unwrap_or_else(|| PathBuf::from(url_path.rsplit('/').next().unwrap_or("download")))
 }
 
+/// A failed command: what to print and the exit code (see `zocalo_client::exit_code`).
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { message, code: 1 }
+    }
+}
+
+impl From<OpError> for Failure {
+    fn from(e: OpError) -> Self {
+        Failure { code: zocalo_client::exit_code(&e) as u8, message: e.to_string() }
+    }
+}
+
+fn op_options(opts: &ClientOpts) -> OpOptions {
+    let mut o = OpOptions { resume: opts.resume, ..OpOptions::default() };
+    o.client.mode = if opts.active { DataMode::Active } else { DataMode::Passive };
+    o.client.explicit_tls = opts.tls;
+    o.client.tls.cacert = opts.cacert.clone();
+    o.client.tls.insecure = opts.insecure;
+    o.progress = if opts.quiet { Progress::Never } else { Progress::Auto };
+    o
+}
+
 /// `zocalo get URL [DEST]`.
-pub fn get(args: TransferArgs) -> Result<(), String> {
+pub fn get(args: TransferArgs) -> Result<(), Failure> {
     let Some(url) = parse_tftp(&args.url)? else {
-        return Err(format!("{}: only tftp:// URLs are supported by this build", args.url));
+        zocalo_client::get(&args.url, args.dest.as_deref(), &op_options(&args.opts))?;
+        return Ok(());
     };
     let dest = dest_for(&url.path, args.dest);
     let opts = tftp_options(&args.opts);
     if dest == Path::new("-") {
         let mut out = io::stdout().lock();
-        zocalo_tftp::get(url.addr, &url.path, &mut out, &opts).map_err(|e| e.to_string())?;
+        zocalo_tftp::get(url.addr, &url.path, &mut out, &opts).map_err(|e| tftp_failure(&e))?;
         return Ok(());
     }
     let mut file = File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    let n = zocalo_tftp::get(url.addr, &url.path, &mut file, &opts).map_err(|e| e.to_string())?;
+    let n =
+        zocalo_tftp::get(url.addr, &url.path, &mut file, &opts).map_err(|e| tftp_failure(&e))?;
     eprintln!("{n} bytes to {}", dest.display());
     Ok(())
 }
 
 /// `zocalo put FILE URL`.
-pub fn put(args: PutArgs) -> Result<(), String> {
+pub fn put(args: PutArgs) -> Result<(), Failure> {
     let Some(url) = parse_tftp(&args.url)? else {
-        return Err(format!("{}: only tftp:// URLs are supported by this build", args.url));
+        zocalo_client::put(&args.file, &args.url, &op_options(&args.opts))?;
+        return Ok(());
     };
     let mut file = File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let size = file.metadata().ok().map(|m| m.len());
@@ -114,6 +149,69 @@ pub fn put(args: PutArgs) -> Result<(), String> {
         zocalo_tftp::put(url.addr, &url.path, &mut file, size, &opts).map_err(|e| e.to_string())?;
     eprintln!("{n} bytes from {}", args.file.display());
     Ok(())
+}
+
+fn tftp_failure(e: &zocalo_tftp::ClientError) -> Failure {
+    let code = match e {
+        zocalo_tftp::ClientError::Io(_) => 3,
+        zocalo_tftp::ClientError::Transfer(_) => 6,
+    };
+    Failure { message: e.to_string(), code }
+}
+
+/// `zocalo ls URL`.
+pub fn ls(args: LsArgs) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    zocalo_client::ls(&args.url, &op_options(&args.opts), &mut out)?;
+    Ok(())
+}
+
+/// `zocalo mirror URL DIR`.
+pub fn mirror(args: MirrorArgs) -> Result<(), Failure> {
+    let s = zocalo_client::mirror(&args.url, &args.dir, &op_options(&args.opts))?;
+    eprintln!(
+        "{} files, {} directories, {} bytes, {} skipped",
+        s.files, s.dirs, s.bytes, s.skipped
+    );
+    Ok(())
+}
+
+/// `zocalo bench URL`.
+pub fn bench(args: BenchArgs) -> Result<(), Failure> {
+    let url = args.url.clone();
+    let opts = bench_options(args)?;
+    bench::run(&url, &opts, &mut io::stdout())?;
+    Ok(())
+}
+
+fn bench_options(a: BenchArgs) -> Result<BenchOptions, String> {
+    let mut o = BenchOptions::default();
+    for s in &a.scenario {
+        o.scenarios.push(s.parse().map_err(|e| format!("{e}"))?);
+    }
+    if let Some(c) = &a.concurrency {
+        o.concurrency = c
+            .split(',')
+            .map(|n| n.trim().parse().map_err(|_| format!("bad concurrency {n:?}")))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(p) = &a.poller {
+        o.backend = p.parse().map_err(|e| format!("{e}"))?;
+    }
+    o.label = a.label;
+    o.clients = a.clients.unwrap_or(o.clients);
+    o.sessions = a.sessions.unwrap_or(o.sessions);
+    o.idle = a.idle.unwrap_or(o.idle);
+    o.big_size = a.big_size.unwrap_or(o.big_size);
+    o.multi_size = a.multi_size.unwrap_or(o.multi_size);
+    o.small_size = a.small_size.unwrap_or(o.small_size);
+    o.list_entries = a.list_entries.unwrap_or(o.list_entries);
+    o.create_listing = a.create_listing;
+    o.server_pid = a.server_pid;
+    o.timeout = a.timeout.map_or(o.timeout, std::time::Duration::from_secs);
+    o.json = a.json;
+    o.report = a.report;
+    Ok(o)
 }
 
 #[cfg(test)]

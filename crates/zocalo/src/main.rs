@@ -5,32 +5,39 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zocalo::cli::{Cli, Command, CtlRequest, Settings, UserCommand};
+use zocalo::commands::{self, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => Settings::resolve(&args).and_then(|settings| {
-            init_logs(settings.json_logs);
-            zocalo::serve::run(settings).map_err(|e| e.to_string())
-        }),
+    let result: Result<(), Failure> = match cli.command {
+        Command::Serve(args) => Settings::resolve(&args)
+            .and_then(|settings| {
+                init_logs(settings.json_logs);
+                zocalo::serve::run(settings).map_err(|e| e.to_string())
+            })
+            .map_err(Failure::from),
         Command::Tftp(args) => {
             init_logs(false);
-            zocalo::commands::tftp(args)
+            zocalo::commands::tftp(args).map_err(Failure::from)
         }
-        Command::Get(args) => zocalo::commands::get(args),
-        Command::Put(args) => zocalo::commands::put(args),
-        Command::Ctl { socket, request } => ctl(&socket, request),
+        Command::Get(args) => commands::get(args),
+        Command::Put(args) => commands::put(args),
+        Command::Ls(args) => commands::ls(args),
+        Command::Mirror(args) => commands::mirror(args),
+        Command::Bench(args) => commands::bench(*args),
+        Command::Ctl { socket, request } => ctl(&socket, request).map_err(Failure::from),
         Command::Cert { out, name, .. } => zocalo::tls::self_signed(&out, &name)
             .map(|()| println!("wrote {0}/cert.pem and {0}/key.pem", out.display()))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Failure::from(e.to_string())),
         Command::User(UserCommand::Add { name, users, home, read_only }) => read_password()
-            .and_then(|pw| zocalo::users::add_user(&users, &name, &pw, &home, !read_only)),
+            .and_then(|pw| zocalo::users::add_user(&users, &name, &pw, &home, !read_only))
+            .map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("zocalo: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("zocalo: {}", f.message);
+            ExitCode::from(f.code.max(1))
         }
     }
 }
