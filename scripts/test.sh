@@ -24,5 +24,18 @@ echo "== cargo test"
 cargo test --locked --workspace
 echo "== cargo build --release"
 cargo build --locked --release -p zocalo
+echo "== cargo fuzz: every target built, each run for ${FUZZ_SECONDS:-20}s"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+for target in parse_line session addr tftp_packet; do
+    log=$(mktemp)
+    if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+            -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=2048) >"$log" 2>&1; then
+        tail -40 "$log"
+        echo "fuzz target $target failed"
+        exit 1
+    fi
+    echo "$target: $(grep -E '^Done [0-9]+ runs' "$log" | tail -1)"
+    rm -f "$log"
+done
 echo "== pytest (real clients against the real server)"
 python3 -m pytest tests -q -n 2 -p no:cacheprovider

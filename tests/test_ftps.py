@@ -191,7 +191,7 @@ def test_curl_implicit_port_speaks_no_plaintext(tls_server, home, work):
 
 
 LFTP_TLS = ("set ftp:ssl-force yes; set ftp:ssl-protect-data yes; set ssl:verify-certificate no; "
-            "set net:max-retries 1; set net:timeout 10; set cmd:fail-exit yes; ")
+            "set net:max-retries 1; set net:timeout 10; set net:reconnect-interval-base 1; set cmd:fail-exit yes; ")
 
 
 def lftp(srv, home, script: str):

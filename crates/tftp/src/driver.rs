@@ -152,7 +152,7 @@ pub(crate) fn receive(
 
 /// Errors that only mean "nothing arrived this time". ECONNREFUSED is one: an ICMP port
 /// unreachable for an earlier datagram of ours, which the timeout deals with.
-fn transient(err: &io::Error) -> bool {
+pub(crate) fn transient(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::WouldBlock
@@ -164,7 +164,7 @@ fn transient(err: &io::Error) -> bool {
 
 /// RFC 1350 section 4: a packet from the wrong port gets ERROR 5, and the transfer goes on.
 /// An ERROR is not answered, so that two confused hosts cannot ping-pong errors forever.
-fn reject_stranger(socket: &UdpSocket, from: SocketAddr, datagram: &[u8]) {
+pub(crate) fn reject_stranger(socket: &UdpSocket, from: SocketAddr, datagram: &[u8]) {
     if matches!(Packet::parse(datagram), Ok(Packet::Error { .. })) {
         return;
     }

@@ -9,7 +9,8 @@
 //! - [`transfer`]: [`Sender`] and [`Receiver`], which contain no networking code and read no
 //!   clock: they take datagrams and the current time, and return datagrams and deadlines.
 //! - [`server`]: [`serve`] on a bound UDP socket, with a new socket per transfer, scheduled
-//!   by a [`Model`]: iterative, thread per transfer, or a fixed pool.
+//!   by a [`Model`]: iterative, thread per transfer, a fixed pool, or one event-loop thread
+//!   on select, poll or epoll.
 //! - [`client`]: [`get`] and [`put`].
 //! - [`storage`]: the [`TftpStorage`] trait the server reads and writes through, and
 //!   [`DirStorage`], a directory confined by `openat2(RESOLVE_BENEATH)`.

@@ -3,14 +3,15 @@
 //! listener's IP with port 0. That is the "new channel per client" of the socket notes.
 //!
 //! How transfers are scheduled is the server [`Model`]: one at a time ([`Model::Iterative`]), a
-//! thread each ([`Model::Thread`]), or a fixed pool of workers behind a bounded queue
-//! ([`Model::Pool`]). The transfers themselves are the sans-IO machines of
-//! [`crate::transfer`], run by a small blocking driver; an event loop could run the same
-//! machines later.
+//! thread each ([`Model::Thread`]), a fixed pool of workers behind a bounded queue
+//! ([`Model::Pool`]), or one thread multiplexing every transfer socket with select, poll or
+//! epoll ([`Model::Event`], see the `event` module). The transfers themselves are the sans-IO
+//! machines of [`crate::transfer`]: the threaded models run each with a small blocking driver,
+//! the event loop runs them all from readiness events and a timer heap.
 //!
-//! Shutdown: [`serve`] reads the listener with a 200 ms timeout and returns when the shutdown
-//! flag is set, after telling running transfers to stop (they send ERROR 0) and joining every
-//! thread it started. No panic: malformed requests get an ERROR packet and nothing else.
+//! Shutdown: [`serve`] looks at the shutdown flag at least every 200 ms and returns once it is
+//! set, after telling running transfers to stop (they send ERROR 0) and joining every thread it
+//! started. No panic: malformed requests get an ERROR packet and nothing else.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,11 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use zocalo_poller::Backend;
+
 use crate::driver::{self, drive, Peer, StopAt};
 use crate::options::{negotiate, Direction, Limits, Options};
 use crate::packet::{emit_error, ErrorCode, Mode, Packet, Request, MAX_BLKSIZE, MAX_PACKET_LEN};
 use crate::storage::{normalize, TftpStorage};
 use crate::transfer::{self, error_code_for, Outcome, Receiver, Sender, Start, Transfer};
+
+mod event;
 
 /// Server settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +47,10 @@ pub struct ServerConfig {
     pub max_windowsize: u16,
     /// Requests waiting for a worker in [`Model::Pool`] before "server busy".
     pub queue_len: usize,
+    /// Transfers running at once in [`Model::Event`]; past that, requests get ERROR 0
+    /// "server busy". (With select, a transfer whose socket is numbered at or above
+    /// `FD_SETSIZE` is refused the same way, whatever this says.)
+    pub max_transfers: usize,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +62,7 @@ impl Default for ServerConfig {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             queue_len: 16,
+            max_transfers: 1024,
         }
     }
 }
@@ -77,6 +87,9 @@ pub enum Model {
     /// This many worker threads; requests queue up to [`ServerConfig::queue_len`], and past
     /// that get ERROR 0 "server busy".
     Pool(usize),
+    /// One thread, non-blocking sockets watched by this readiness backend, and a timer heap:
+    /// up to [`ServerConfig::max_transfers`] transfers at once, past that "server busy".
+    Event(Backend),
 }
 
 /// A request that passed the listener's checks, waiting for a transfer to serve it.
@@ -172,6 +185,7 @@ pub fn serve(
                 .unwrap_or_else(|err| tracing::warn!(%err, "cannot spawn transfer thread"));
         }),
         Model::Pool(workers) => serve_pool(&socket, &ctx, scope, workers.max(1)),
+        Model::Event(backend) => event::serve(&socket, &ctx, backend),
     })
 }
 
@@ -222,23 +236,30 @@ fn listen(socket: &UdpSocket, ctx: &Context<'_>, dispatch: &mut dyn FnMut(Job)) 
         let Some((len, peer)) = driver::receive(socket, &mut buf)? else {
             continue;
         };
-        let datagram = &buf[..len];
-        match Packet::parse(datagram) {
-            Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
-                if ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
-                    dispatch(Job { peer, datagram: datagram.to_vec() });
-                } else {
-                    tracing::debug!(%peer, "repeated request ignored");
-                }
-            }
-            // A stray ERROR needs no answer (and answering could start a ping-pong).
-            Ok(Packet::Error { .. }) => {}
-            Ok(_) => send_error(socket, peer, ErrorCode::ILLEGAL_OPERATION, "expected RRQ or WRQ"),
-            Err(err) => send_error(socket, peer, err.error_code(), &err.to_string()),
+        if let Some(job) = classify(socket, ctx, peer, &buf[..len]) {
+            dispatch(job);
         }
     }
     tracing::info!("tftp server shutting down");
     Ok(())
+}
+
+/// Looks at one datagram that arrived on the listener: a new request becomes a [`Job`];
+/// anything else is answered with an ERROR (or, a repeated request or a stray ERROR, dropped).
+fn classify(socket: &UdpSocket, ctx: &Context<'_>, peer: SocketAddr, datagram: &[u8]) -> Option<Job> {
+    match Packet::parse(datagram) {
+        Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
+            if ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
+                return Some(Job { peer, datagram: datagram.to_vec() });
+            }
+            tracing::debug!(%peer, "repeated request ignored");
+        }
+        // A stray ERROR needs no answer (and answering could start a ping-pong).
+        Ok(Packet::Error { .. }) => {}
+        Ok(_) => send_error(socket, peer, ErrorCode::ILLEGAL_OPERATION, "expected RRQ or WRQ"),
+        Err(err) => send_error(socket, peer, err.error_code(), &err.to_string()),
+    }
+    None
 }
 
 fn send_error(socket: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str) {
@@ -261,10 +282,8 @@ fn serve_request(ctx: &Context<'_>, job: &Job) {
         return;
     }
     // The listener only queues requests that parse.
-    let (request, write) = match Packet::parse(&job.datagram) {
-        Ok(Packet::Rrq(request)) => (request, false),
-        Ok(Packet::Wrq(request)) => (request, true),
-        _ => return,
+    let Some((request, write)) = parse_request(&job.datagram) else {
+        return;
     };
     let socket = match UdpSocket::bind(SocketAddr::new(ctx.local.ip(), 0)) {
         Ok(socket) => socket,
@@ -292,15 +311,26 @@ fn run_transfer(
         Some(ctx.shutdown),
         &mut |_, _| {},
     );
-    match (result, machine.outcome()) {
-        (Err(err), _) => tracing::warn!(%peer, name, %err, "transfer socket failed"),
-        (_, Some(Outcome::Complete { bytes })) => {
-            tracing::info!(%peer, name, bytes, "transfer complete")
-        }
-        (_, Some(Outcome::Failed(err))) => {
-            tracing::info!(%peer, name, %err, "transfer failed")
-        }
-        (_, None) => {}
+    match result {
+        Err(err) => tracing::warn!(%peer, name, %err, "transfer socket failed"),
+        Ok(()) => log_outcome(peer, name, machine.outcome()),
+    }
+}
+
+fn log_outcome(peer: SocketAddr, name: &str, outcome: Option<&Outcome>) {
+    match outcome {
+        Some(Outcome::Complete { bytes }) => tracing::info!(%peer, name, bytes, "transfer complete"),
+        Some(Outcome::Failed(err)) => tracing::info!(%peer, name, %err, "transfer failed"),
+        None => {}
+    }
+}
+
+/// A request datagram as a [`Request`] and whether it is a write (WRQ).
+fn parse_request(datagram: &[u8]) -> Option<(Request<'_>, bool)> {
+    match Packet::parse(datagram) {
+        Ok(Packet::Rrq(request)) => Some((request, false)),
+        Ok(Packet::Wrq(request)) => Some((request, true)),
+        _ => None,
     }
 }
 
