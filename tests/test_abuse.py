@@ -1,0 +1,137 @@
+"""Limits and abuse: lock-outs after failed logins (every model, the process model included),
+login and idle timeouts, slowloris clients, bandwidth limits, the transfer log and the
+structured log (which never contains a password)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+import helpers
+from helpers import MODELS
+
+CONCURRENT = [m for m in MODELS if m != "iterative"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_lockout_after_failed_logins_spans_connections(start_server, model):
+    srv = start_server(model, extra=["--max-login-failures", 2, "--ban-time", 60])
+    for _ in range(2):
+        c = srv.ctl()
+        assert c.cmd("USER alice")[0] == 331
+        assert c.cmd("PASS wrong")[0] == 530
+        c.cmd("QUIT")
+        c.close()
+    c = srv.ctl()
+    assert c.cmd("USER alice")[0] == 331
+    code, text = c.cmd(f"PASS {helpers.PASSWORD}")
+    assert code == 530, f"the right password is refused while locked out: {text}"
+    c.cmd("QUIT")
+    c.close()
+
+
+@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+def test_login_timeout(start_server, model):
+    srv = start_server(model, extra=["--login-timeout", 1])
+    c = srv.ctl()
+    assert c.readable(10), "no 421 within the bound"
+    code, text = c.reply()
+    assert code == 421 and "Login timeout" in text
+    assert c.wait_closed()
+
+
+@pytest.mark.parametrize("model", ["epoll", "thread", "process", "select"])
+def test_idle_timeout_after_login(start_server, model):
+    srv = start_server(model, extra=["--idle-timeout", 1])
+    c = srv.ctl()
+    c.login()
+    assert c.readable(10)
+    code, text = c.reply()
+    assert code == 421 and "Idle" in text
+    assert c.wait_closed()
+
+
+@pytest.mark.parametrize("model", CONCURRENT)
+def test_slowloris_clients_cost_others_nothing(start_server, model):
+    extra = ["--max-per-ip", 1000]
+    if model.startswith("pool"):
+        model = "pool:120"
+    srv = start_server(model, extra=extra)
+    srv.root.joinpath("f.bin").write_bytes(os.urandom(256 * 1024))
+    slow = []
+    for _ in range(100):
+        c = srv.ctl()
+        c.sock.sendall(b"US")  # half a command, then nothing: one byte at a time, forever
+        slow.append(c)
+    for c in slow[:50]:
+        c.sock.sendall(b"E")
+    ftp = srv.ftp()
+    data = helpers.download(ftp, "f.bin")
+    assert data == srv.root.joinpath("f.bin").read_bytes()
+    assert ftp.sendcmd("NOOP").startswith("200")
+    for c in slow:
+        c.close()
+
+
+def test_bandwidth_limit_holds(start_server):
+    rate = 200_000
+    srv = start_server("epoll", extra=["--max-rate-down", rate, "--max-rate-up", rate])
+    payload = os.urandom(600_000)
+    srv.root.joinpath("f.bin").write_bytes(payload)
+    ftp = srv.ftp()
+    start = time.monotonic()
+    assert helpers.download(ftp, "f.bin") == payload
+    took_down = time.monotonic() - start
+    start = time.monotonic()
+    helpers.upload(ftp, "up.bin", payload)
+    took_up = time.monotonic() - start
+    assert srv.root.joinpath("up.bin").read_bytes() == payload
+    # A token bucket with a burst of rate/10 cannot move 600 kB at 200 kB/s in under 2.5 s.
+    assert took_down >= 2.5, f"download limit not applied: {took_down:.2f}s"
+    assert took_up >= 2.5, f"upload limit not applied: {took_up:.2f}s"
+
+
+@pytest.mark.parametrize("model", ["epoll", "process"])
+def test_xferlog_records_transfers(start_server, tmp_path, model):
+    log = tmp_path / "xferlog"
+    srv = start_server(model, extra=["--xferlog", log])
+    ftp = srv.ftp()
+    helpers.upload(ftp, "a b.txt", b"12345")
+    assert helpers.download(ftp, "a b.txt") == b"12345"
+    ftp.quit()
+    srv.clients.remove(ftp)
+    def two_lines():
+        lines = log.read_text().splitlines() if log.exists() else []
+        return lines if len(lines) >= 2 else None
+
+    lines = helpers.poll_until(two_lines, 5)
+    assert lines, "xferlog lines missing"
+    pattern = (r"^\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4} \d+ 127\.0\.0\.1 5 /a_b\.txt b _ "
+               r"([io]) r alice ftp 0 \* c$")
+    directions = [re.match(pattern, line)[1] for line in lines]
+    assert directions == ["i", "o"], lines
+
+
+def test_json_logs_never_contain_passwords(start_server, tmp_path):
+    secret = "s3cret-Pa55-never-logged"
+    srv = start_server("epoll", users=(("bob", secret),),
+                       extra=["--log-format", "json"])
+    ftp = srv.ftp("bob", secret)
+    helpers.upload(ftp, "x", b"x")
+    bad = srv.ctl()
+    bad.cmd("USER bob")
+    bad.cmd("PASS also-secret-wrong")
+    bad.close()
+    ftp.quit()
+    srv.clients.remove(ftp)
+    text = helpers.poll_until(
+        lambda: t if '"transfer"' in (t := srv.log_path.read_text()) else None, 5)
+    assert text, "no transfer log line"
+    assert secret not in text and "also-secret-wrong" not in text
+    records = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+    assert any(r["fields"].get("message") == "transfer" and r["fields"].get("user") == "bob"
+               for r in records)
