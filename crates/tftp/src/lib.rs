@@ -36,3 +36,5 @@ pub use packet::{ErrorCode, Mode, Packet, ParseError};
 pub use server::{serve, Model, ServerConfig};
 pub use storage::{DirStorage, TftpStorage};
 pub use transfer::{Outcome, Receiver, Sender, Start, Transfer, TransferError};
+/// The readiness backend of [`Model::Event`], re-exported from `zocalo-poller`.
+pub use zocalo_poller::Backend;

@@ -246,7 +246,12 @@ fn listen(socket: &UdpSocket, ctx: &Context<'_>, dispatch: &mut dyn FnMut(Job)) 
 
 /// Looks at one datagram that arrived on the listener: a new request becomes a [`Job`];
 /// anything else is answered with an ERROR (or, a repeated request or a stray ERROR, dropped).
-fn classify(socket: &UdpSocket, ctx: &Context<'_>, peer: SocketAddr, datagram: &[u8]) -> Option<Job> {
+fn classify(
+    socket: &UdpSocket,
+    ctx: &Context<'_>,
+    peer: SocketAddr,
+    datagram: &[u8],
+) -> Option<Job> {
     match Packet::parse(datagram) {
         Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
             if ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
@@ -319,7 +324,9 @@ fn run_transfer(
 
 fn log_outcome(peer: SocketAddr, name: &str, outcome: Option<&Outcome>) {
     match outcome {
-        Some(Outcome::Complete { bytes }) => tracing::info!(%peer, name, bytes, "transfer complete"),
+        Some(Outcome::Complete { bytes }) => {
+            tracing::info!(%peer, name, bytes, "transfer complete")
+        }
         Some(Outcome::Failed(err)) => tracing::info!(%peer, name, %err, "transfer failed"),
         None => {}
     }

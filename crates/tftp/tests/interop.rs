@@ -1,6 +1,7 @@
 //! Interoperability with TFTP clients nobody here wrote: tftp-hpa's `tftp` and `atftp`
 //! (Debian packages `tftp-hpa` and `atftp`), run against the server on 127.0.0.1, port 0.
 //!
+//! Every test runs against a threaded model and against the event loop ([`Model::Event`]).
 //! The server socket is bound before a client starts, so no test waits for readiness.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -10,7 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use zocalo_tftp::{serve, DirStorage, Model, ServerConfig};
+use zocalo_tftp::{serve, Backend, DirStorage, Model, ServerConfig};
+
+const SELECT: Model = Model::Event(Backend::Select);
+const POLL: Model = Model::Event(Backend::Poll);
+const EPOLL: Model = Model::Event(Backend::Epoll);
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
@@ -125,7 +130,13 @@ fn write_pattern(path: &Path, len: usize, seed: u64) {
 
 #[test]
 fn tftp_hpa_get_and_put() {
-    let fx = Fixture::start(Model::Thread);
+    for model in [Model::Thread, SELECT, POLL, EPOLL] {
+        tftp_hpa_get_and_put_on(model);
+    }
+}
+
+fn tftp_hpa_get_and_put_on(model: Model) {
+    let fx = Fixture::start(model);
     write_pattern(&fx.root.join("down.bin"), 300_000, 1);
     fx.tftp("binary", "get down.bin got.bin");
     assert_eq!(checksum(&fx.local.join("got.bin")), checksum(&fx.root.join("down.bin")));
@@ -137,7 +148,13 @@ fn tftp_hpa_get_and_put() {
 
 #[test]
 fn tftp_hpa_ascii_mode() {
-    let fx = Fixture::start(Model::Iterative);
+    for model in [Model::Iterative, SELECT] {
+        tftp_hpa_ascii_mode_on(model);
+    }
+}
+
+fn tftp_hpa_ascii_mode_on(model: Model) {
+    let fx = Fixture::start(model);
     let text = "alpha\nbeta gamma\n\ndelta\n".repeat(500);
     std::fs::write(fx.root.join("notes.txt"), &text).unwrap();
     fx.tftp("ascii", "get notes.txt notes.txt");
@@ -148,7 +165,13 @@ fn tftp_hpa_ascii_mode() {
 
 #[test]
 fn tftp_hpa_reports_missing_file() {
-    let fx = Fixture::start(Model::Pool(2));
+    for model in [Model::Pool(2), POLL] {
+        tftp_hpa_reports_missing_file_on(model);
+    }
+}
+
+fn tftp_hpa_reports_missing_file_on(model: Model) {
+    let fx = Fixture::start(model);
     let port = fx.port();
     let (_, text) = fx.run("tftp", &["127.0.0.1", &port, "-c", "get", "nothing", "x"]);
     assert!(text.contains("Error code 1"), "{text}");
@@ -157,7 +180,13 @@ fn tftp_hpa_reports_missing_file() {
 /// 40 MiB at blksize 512 is 81,920 blocks: block numbers wrap past 65535 in both directions.
 #[test]
 fn tftp_hpa_rolls_over_block_numbers() {
-    let fx = Fixture::start(Model::Thread);
+    for model in [Model::Thread, EPOLL] {
+        tftp_hpa_rolls_over_block_numbers_on(model);
+    }
+}
+
+fn tftp_hpa_rolls_over_block_numbers_on(model: Model) {
+    let fx = Fixture::start(model);
     write_pattern(&fx.root.join("big.bin"), 40 << 20, 3);
     fx.tftp("binary", "get big.bin big.bin");
     assert_eq!(checksum(&fx.local.join("big.bin")), checksum(&fx.root.join("big.bin")));
@@ -167,7 +196,13 @@ fn tftp_hpa_rolls_over_block_numbers() {
 
 #[test]
 fn atftp_get_and_put_with_options() {
-    let fx = Fixture::start(Model::Pool(2));
+    for model in [Model::Pool(2), SELECT, POLL, EPOLL] {
+        atftp_get_and_put_with_options_on(model);
+    }
+}
+
+fn atftp_get_and_put_with_options_on(model: Model) {
+    let fx = Fixture::start(model);
     write_pattern(&fx.root.join("a.bin"), 1_000_001, 4);
     write_pattern(&fx.local.join("b.bin"), 777_777, 5);
     let option_sets: [&[&str]; 3] =
@@ -187,7 +222,13 @@ fn atftp_get_and_put_with_options() {
 
 #[test]
 fn atftp_windowsize_negotiated() {
-    let fx = Fixture::start(Model::Thread);
+    for model in [Model::Thread, EPOLL] {
+        atftp_windowsize_negotiated_on(model);
+    }
+}
+
+fn atftp_windowsize_negotiated_on(model: Model) {
+    let fx = Fixture::start(model);
     write_pattern(&fx.root.join("w.bin"), 500_000, 6);
     let options = ["windowsize 16", "blksize 1024"];
     let (ok, text) = fx.atftp(&["--trace", "-g", "-r", "w.bin", "-l", "w.bin"], &options);
@@ -200,7 +241,13 @@ fn atftp_windowsize_negotiated() {
 /// A windowed transfer past rollover: 40 MiB at blksize 512, window 16.
 #[test]
 fn atftp_windowed_rollover() {
-    let fx = Fixture::start(Model::Iterative);
+    for model in [Model::Iterative, EPOLL] {
+        atftp_windowed_rollover_on(model);
+    }
+}
+
+fn atftp_windowed_rollover_on(model: Model) {
+    let fx = Fixture::start(model);
     write_pattern(&fx.root.join("big.bin"), 40 << 20, 7);
     let options = ["blksize 512", "windowsize 16"];
     let (ok, text) = fx.atftp(&["-g", "-r", "big.bin", "-l", "big.bin"], &options);
@@ -210,7 +257,13 @@ fn atftp_windowed_rollover() {
 
 #[test]
 fn atftp_refused_write_and_missing_file() {
-    let fx = Fixture::start(Model::Thread);
+    for model in [Model::Thread, SELECT] {
+        atftp_refused_write_and_missing_file_on(model);
+    }
+}
+
+fn atftp_refused_write_and_missing_file_on(model: Model) {
+    let fx = Fixture::start(model);
     let (ok, text) = fx.atftp(&["-g", "-r", "missing", "-l", "m"], &[]);
     assert!(!ok && text.contains("error received from server"), "missing file: {text}");
     std::fs::write(fx.local.join("x"), b"x").unwrap();

@@ -1,4 +1,5 @@
-//! Server and client over real UDP sockets on 127.0.0.1, port 0, for every server model.
+//! Server and client over real UDP sockets on 127.0.0.1, port 0, for every server model: the
+//! threaded ones and the event loop on each readiness backend.
 
 use std::io::Cursor;
 use std::net::{SocketAddr, UdpSocket};
@@ -10,9 +11,18 @@ use std::time::Duration;
 
 use zocalo_tftp::packet::{emit_ack, emit_request_header, push_option};
 use zocalo_tftp::{
-    get, put, serve, ClientError, ClientOptions, DirStorage, ErrorCode, Mode, Model, Packet,
-    ServerConfig, TransferError,
+    get, put, serve, Backend, ClientError, ClientOptions, DirStorage, ErrorCode, Mode, Model,
+    Packet, ServerConfig, TransferError,
 };
+
+/// The event loop on every backend.
+const EVENT_MODELS: [Model; 3] =
+    [Model::Event(Backend::Select), Model::Event(Backend::Poll), Model::Event(Backend::Epoll)];
+
+/// `models` followed by the event loop on every backend.
+fn with_event(models: &[Model]) -> Vec<Model> {
+    models.iter().copied().chain(EVENT_MODELS).collect()
+}
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
@@ -90,7 +100,7 @@ fn put_then_get(server: &TestServer, name: &str, data: &[u8], opts: &ClientOptio
 
 #[test]
 fn every_model_serves_get_and_put() {
-    for model in [Model::Iterative, Model::Thread, Model::Pool(2)] {
+    for model in with_event(&[Model::Iterative, Model::Thread, Model::Pool(2)]) {
         let server = TestServer::writable(model);
         for (i, opts) in option_sets().iter().enumerate() {
             let data = pattern(200_000 + i * 513);
@@ -122,9 +132,72 @@ fn thread_model_serves_clients_at_once() {
     });
 }
 
+/// 50 clients at once, 25 downloading one file and 25 uploading their own, with and
+/// without windows: the event loop interleaves them all on one thread.
+#[test]
+fn event_loop_serves_fifty_clients_at_once() {
+    for model in EVENT_MODELS {
+        let server = TestServer::writable(model);
+        let shared = pattern(120_000);
+        std::fs::write(server.root.join("shared"), &shared).unwrap();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..50)
+                .map(|i| {
+                    let (server, shared) = (&server, &shared);
+                    scope.spawn(move || one_of_many(server, shared, i))
+                })
+                .collect();
+            for handle in handles {
+                handle.join().unwrap();
+            }
+        });
+    }
+}
+
+fn one_of_many(server: &TestServer, shared: &[u8], i: usize) {
+    let opts = match i % 3 {
+        0 => ClientOptions::default(),
+        1 => ClientOptions { blksize: Some(1428), windowsize: Some(16), ..Default::default() },
+        _ => ClientOptions { blksize: Some(8192), windowsize: Some(4), ..Default::default() },
+    };
+    if i < 25 {
+        let mut out = Vec::new();
+        let got = get(server.addr, "shared", &mut out, &opts);
+        assert_eq!(got.unwrap_or_else(|err| panic!("client {i}: {err}")), shared.len() as u64);
+        assert!(out == shared, "client {i}: downloaded bytes differ");
+    } else {
+        let data = pattern(30_000 + i * 1001);
+        let name = format!("up{i}");
+        put(server.addr, &name, &mut Cursor::new(&data), None, &opts)
+            .unwrap_or_else(|err| panic!("client {i}: {err}"));
+        assert!(std::fs::read(server.root.join(&name)).unwrap() == data, "client {i}");
+    }
+}
+
+/// RFC 7440 windows on the event loop: a few MiB with a window of 16 large blocks, both ways.
+#[test]
+fn event_loop_windowsize() {
+    for model in EVENT_MODELS {
+        let server = TestServer::writable(model);
+        let opts = ClientOptions {
+            blksize: Some(1428),
+            windowsize: Some(16),
+            tsize: true,
+            ..ClientOptions::default()
+        };
+        put_then_get(&server, "window.bin", &pattern(3 << 20), &opts);
+    }
+}
+
 #[test]
 fn netascii_converts_line_ends() {
-    let server = TestServer::writable(Model::Thread);
+    for model in [Model::Thread, Model::Event(Backend::Epoll)] {
+        netascii_round_trip(model);
+    }
+}
+
+fn netascii_round_trip(model: Model) {
+    let server = TestServer::writable(model);
     let opts = ClientOptions { mode: Mode::Netascii, ..ClientOptions::default() };
     let text = b"first\nsecond\r\nthird\rend\n".repeat(100);
     put_then_get(&server, "text.txt", &text, &opts);
@@ -144,7 +217,13 @@ fn peer_error(result: Result<u64, ClientError>) -> (ErrorCode, String) {
 
 #[test]
 fn refusals_carry_the_right_codes() {
-    let server = TestServer::start(Model::Iterative, ServerConfig::default());
+    for model in with_event(&[Model::Iterative]) {
+        refusals(model);
+    }
+}
+
+fn refusals(model: Model) {
+    let server = TestServer::start(model, ServerConfig::default());
     let opts = ClientOptions::default();
     let mut data = Cursor::new(b"x".to_vec());
     let denied = put(server.addr, "new", &mut data, None, &opts);
@@ -219,7 +298,13 @@ fn ack(block: u16) -> Vec<u8> {
 
 #[test]
 fn stranger_gets_error_5_and_transfer_goes_on() {
-    let server = TestServer::start(Model::Thread, ServerConfig::default());
+    for model in with_event(&[Model::Thread]) {
+        stranger(model);
+    }
+}
+
+fn stranger(model: Model) {
+    let server = TestServer::start(model, ServerConfig::default());
     let data = pattern(700);
     std::fs::write(server.root.join("f"), &data).unwrap();
     let client = Raw::new();
@@ -245,7 +330,16 @@ fn stranger_gets_error_5_and_transfer_goes_on() {
 
 #[test]
 fn repeated_request_starts_one_transfer() {
-    let server = TestServer::start(Model::Thread, ServerConfig::default());
+    // Each case waits 1.5 s for nothing: run them side by side.
+    std::thread::scope(|scope| {
+        for model in with_event(&[Model::Thread]) {
+            scope.spawn(move || repeated_request(model));
+        }
+    });
+}
+
+fn repeated_request(model: Model) {
+    let server = TestServer::start(model, ServerConfig::default());
     std::fs::write(server.root.join("f"), pattern(100)).unwrap();
     let client = Raw::new();
     client.rrq(server.addr, "f", &[]);
@@ -258,12 +352,18 @@ fn repeated_request_starts_one_transfer() {
     client.0.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     let mut buf = [0; 600];
     let extra = client.0.recv_from(&mut buf);
-    assert!(extra.is_err(), "unexpected datagram: {extra:?}");
+    assert!(extra.is_err(), "{model:?}: unexpected datagram: {extra:?}");
 }
 
 #[test]
 fn malformed_requests_get_errors() {
-    let server = TestServer::start(Model::Iterative, ServerConfig::default());
+    for model in with_event(&[Model::Iterative]) {
+        malformed_requests(model);
+    }
+}
+
+fn malformed_requests(model: Model) {
+    let server = TestServer::start(model, ServerConfig::default());
     let client = Raw::new();
     let cases: [(&[u8], ErrorCode); 4] = [
         (b"\x00\x01f\x00octet\x00blksize\x00512\x00blksize\x00512\x00", ErrorCode(8)),
@@ -275,16 +375,22 @@ fn malformed_requests_get_errors() {
         client.send(server.addr, bytes);
         let (reply, _) = client.recv();
         match Packet::parse(&reply) {
-            Ok(Packet::Error { code, .. }) => assert_eq!(code, expected, "{bytes:?}"),
-            other => panic!("{bytes:?}: expected an error, got {other:?}"),
+            Ok(Packet::Error { code, .. }) => assert_eq!(code, expected, "{model:?} {bytes:?}"),
+            other => panic!("{model:?} {bytes:?}: expected an error, got {other:?}"),
         }
     }
 }
 
 #[test]
 fn server_grants_options_within_limits() {
+    for model in [Model::Iterative, Model::Event(Backend::Poll)] {
+        grants_options(model);
+    }
+}
+
+fn grants_options(model: Model) {
     let config = ServerConfig { max_blksize: 1024, max_windowsize: 2, ..ServerConfig::default() };
-    let server = TestServer::start(Model::Iterative, config);
+    let server = TestServer::start(model, config);
     std::fs::write(server.root.join("f"), pattern(5000)).unwrap();
     let client = Raw::new();
     let asked = [("blksize", "9000"), ("windowsize", "50"), ("tsize", "0"), ("color", "red")];
@@ -325,4 +431,54 @@ fn full_pool_answers_server_busy() {
     });
     assert!(busy.count() >= 1, "one request must be refused with 'server busy'");
     server.stop();
+}
+
+#[test]
+fn event_loop_past_max_transfers_answers_server_busy() {
+    for model in EVENT_MODELS {
+        let config = ServerConfig { max_transfers: 1, ..ServerConfig::default() };
+        let server = TestServer::start(model, config);
+        std::fs::write(server.root.join("f"), pattern(2000)).unwrap();
+        let (first, second) = (Raw::new(), Raw::new());
+        first.rrq(server.addr, "f", &[]);
+        let (data, tid) = first.recv();
+        assert!(matches!(Packet::parse(&data), Ok(Packet::Data { block: 1, .. })), "{model:?}");
+        second.rrq(server.addr, "f", &[]);
+        let (reply, from) = second.recv();
+        assert_eq!(from, server.addr, "{model:?}: refused by the listener");
+        let busy = Packet::Error { code: ErrorCode::NOT_DEFINED, message: "server busy" };
+        assert_eq!(Packet::parse(&reply), Ok(busy), "{model:?}");
+        // The running transfer was not disturbed, and once it ends there is room again.
+        for block in 1..4 {
+            first.send(tid, &ack(block));
+            let (next, _) = first.recv();
+            let expected = block + 1;
+            let parsed = Packet::parse(&next);
+            assert!(matches!(parsed, Ok(Packet::Data { block, .. }) if block == expected));
+        }
+        first.send(tid, &ack(4));
+        let mut out = Vec::new();
+        get(server.addr, "f", &mut out, &ClientOptions::default()).expect("room again");
+        assert!(out == pattern(2000));
+    }
+}
+
+#[test]
+fn shutdown_aborts_running_transfers_with_error_0() {
+    for model in with_event(&[Model::Iterative, Model::Thread, Model::Pool(2)]) {
+        // A long retransmission timeout: after DATA 1 the next thing to arrive is the abort.
+        let config = ServerConfig { timeout: Duration::from_secs(4), ..ServerConfig::default() };
+        let mut server = TestServer::start(model, config);
+        std::fs::write(server.root.join("f"), pattern(5000)).unwrap();
+        let client = Raw::new();
+        client.rrq(server.addr, "f", &[]);
+        let (data, tid) = client.recv();
+        assert!(matches!(Packet::parse(&data), Ok(Packet::Data { block: 1, .. })), "{model:?}");
+        server.stop();
+        let (reply, from) = client.recv();
+        assert_eq!(from, tid, "{model:?}");
+        let expected =
+            Packet::Error { code: ErrorCode::NOT_DEFINED, message: "server shutting down" };
+        assert_eq!(Packet::parse(&reply), Ok(expected), "{model:?}");
+    }
 }

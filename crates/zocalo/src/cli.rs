@@ -100,7 +100,7 @@ pub struct TftpArgs {
     /// Accept write requests (TFTP has no login: this is the anonymous permission).
     #[arg(long)]
     pub write: bool,
-    /// Server model: iterative, thread or pool[:N] (others run a thread per transfer).
+    /// Server model: iterative, thread, pool[:N], select, poll or epoll (process: thread).
     #[arg(long, default_value = "thread")]
     pub model: String,
 }

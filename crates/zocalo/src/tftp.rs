@@ -75,13 +75,15 @@ impl Drop for Upload {
     }
 }
 
-/// The TFTP model for a `--model` value. TFTP has no event-loop driver yet: the event-loop
-/// models and `process` run TFTP with a thread per transfer.
+/// The TFTP model for a `--model` value: the event-loop models run TFTP on one event loop of
+/// the same kind; `process` runs it with a thread per transfer (TFTP has no connection to fork
+/// for).
 pub fn model(model: Model) -> TftpModel {
     match model {
         Model::Iterative => TftpModel::Iterative,
         Model::Pool(n) => TftpModel::Pool(n),
-        _ => TftpModel::Thread,
+        Model::Event(backend, _) => TftpModel::Event(backend),
+        Model::Process | Model::Thread => TftpModel::Thread,
     }
 }
 
