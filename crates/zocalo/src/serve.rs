@@ -43,7 +43,12 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
         let (write, model) = (settings.anonymous_write, crate::tftp::model(settings.model));
-        crate::tftp::spawn(socket, root_storage, write, model, &server.ctx.shutdown)?;
+        let shutdown = &server.ctx.shutdown;
+        if settings.model == Model::Process {
+            crate::tftp::fork(socket, root_storage, write, model, shutdown, &server.listeners)?;
+        } else {
+            crate::tftp::spawn(socket, root_storage, write, model, shutdown)?;
+        }
         lines.push(format!("listening tftp://{addr}"));
     }
     if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {

@@ -118,3 +118,29 @@ pub fn spawn(
         }
     })
 }
+
+/// In the `process` model the accept loop must stay single-threaded (it forks), so TFTP runs in
+/// a process of its own, forked now while there is still only one thread.
+pub fn fork(
+    socket: UdpSocket,
+    storage: Arc<dyn Storage>,
+    write: bool,
+    model: TftpModel,
+    shutdown: &Shutdown,
+    listeners: &[crate::models::Listener],
+) -> io::Result<()> {
+    // SAFETY: called before any thread is started; the child only serves TFTP and exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            for l in listeners {
+                // SAFETY: closing the child's copies of the FTP listening descriptors.
+                unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&l.sock)) };
+            }
+            let served = spawn(socket, storage, write, model, shutdown).map(|t| t.join());
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(i32::from(served.is_err())) }
+        }
+        _ => Ok(()),
+    }
+}
