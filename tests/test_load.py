@@ -81,6 +81,12 @@ def test_200_simultaneous_clients_upload_and_download(start_server, model):
         # 2. all 200 log in while all 200 are connected
         replies = _run_all(pool, login, list(enumerate(clients)), deadline)
         assert all(r.startswith("230") for r in replies), [r for r in replies if not r.startswith("230")][:3]
+        # the server really holds them all at once
+        if model == "process":
+            assert srv.resources()["children"] == CLIENTS, srv.resources()
+        elif model == "thread":
+            assert srv.resources()["threads"] >= CLIENTS, srv.resources()
+        assert srv.resources()["fds"] >= CLIENTS or model == "process", srv.resources()
 
         # 3. all 200 transfer, still all connected
         results = _run_all(pool, transfer, list(enumerate(clients)), deadline)

@@ -16,7 +16,6 @@ import ftplib
 import os
 import signal
 import socket
-import time
 
 import pytest
 

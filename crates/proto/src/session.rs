@@ -796,12 +796,15 @@ impl Session {
 
     fn cwd(&mut self, arg: &str) {
         let abs = path::resolve(&self.cwd, arg);
-        match self.storage_meta(&abs) {
-            Ok(m) if m.kind == FileKind::Dir => {
+        let entered = self.storage_meta(&abs).and_then(|m| match m.kind {
+            FileKind::Dir => self.with_storage(|s| s.enter(path::relative(&abs))),
+            _ => Err(std::io::ErrorKind::NotADirectory.into()),
+        });
+        match entered {
+            Ok(()) => {
                 self.reply(250, &format!("Directory changed to {abs}."));
                 self.cwd = abs;
             }
-            Ok(_) => self.reply(550, "Not a directory."),
             Err(e) => self.reply_error(&e),
         }
     }
@@ -970,6 +973,9 @@ impl Session {
     // ---- transfers -----------------------------------------------------------------------
 
     fn retr(&mut self, arg: &str) {
+        if self.data_refused() {
+            return;
+        }
         let abs = path::resolve(&self.cwd, arg);
         let offset = std::mem::take(&mut self.rest);
         let opened = self.with_storage(|s| {
@@ -993,6 +999,9 @@ impl Session {
     }
 
     fn store(&mut self, arg: &str, verb: &'static str) {
+        if self.data_refused() {
+            return;
+        }
         let abs = path::resolve(&self.cwd, arg);
         let offset = std::mem::take(&mut self.rest);
         let mode = match (verb, offset) {
@@ -1010,6 +1019,9 @@ impl Session {
     }
 
     fn stou(&mut self) {
+        if self.data_refused() {
+            return;
+        }
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let seed = (self.config.clock)()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -1031,6 +1043,9 @@ impl Session {
     }
 
     fn list(&mut self, arg: Option<&str>, kind: ListKind) {
+        if self.data_refused() {
+            return;
+        }
         let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
         let body = match kind {
             ListKind::Long => self.long_listing(&abs),
@@ -1044,6 +1059,20 @@ impl Session {
             }
             Err(e) => self.reply_error(&e),
         }
+    }
+
+    /// Refuses a transfer command that cannot run (no data connection set up, or clear data
+    /// under `--tls required`) before anything is opened, so a refused STOR never truncates.
+    fn data_refused(&mut self) -> bool {
+        if self.data == DataSetup::None {
+            self.reply(425, "Use PORT, PASV or EPSV first.");
+            return true;
+        }
+        if self.config.tls == TlsPolicy::Required && !self.protect_data {
+            self.reply(521, "Data connections must be protected: send PROT P.");
+            return true;
+        }
+        false
     }
 
     fn start(
@@ -1060,9 +1089,6 @@ impl Session {
             DataSetup::Passive => Endpoint::Passive,
             DataSetup::Active(addr) => Endpoint::Active(addr),
         };
-        if self.config.tls == TlsPolicy::Required && !self.protect_data {
-            return self.reply(521, "Data connections must be protected: send PROT P.");
-        }
         self.data = DataSetup::None;
         let progress = Arc::new(AtomicU64::new(0));
         let ascii = self.transfer_type == TransferType::Ascii && !matches!(body, Body::Bytes(_));

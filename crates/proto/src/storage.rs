@@ -56,6 +56,13 @@ pub trait FileHandle: Read + Write + Send {
         None
     }
 
+    /// Called once when the data connection of an upload is up, before the first byte: a
+    /// storage that opened the file without truncating it truncates it now, so an upload
+    /// refused or abandoned before any data arrives never destroys the old contents.
+    fn begin(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Called once after the last byte of an upload was written. An atomic upload renames its
     /// temporary file into place here; until then nothing replaced the old file.
     fn finish(self: Box<Self>) -> io::Result<()> {
@@ -81,6 +88,11 @@ pub trait Storage: Send + Sync {
     fn rmdir(&self, path: &str) -> io::Result<()>;
     fn remove(&self, path: &str) -> io::Result<()>;
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Checks that a directory may be entered (CWD); by default, that it exists.
+    fn enter(&self, path: &str) -> io::Result<()> {
+        self.metadata(path).map(drop)
+    }
 }
 
 /// The reply for a failed storage call: the single place where errors become FTP codes.

@@ -140,6 +140,8 @@ struct Conn<'a> {
     stop_by: Option<Instant>,
     closed: bool,
     published: Option<Published>,
+    /// This connection's TLS scope, once it speaks TLS.
+    tls: Option<Tls>,
     xfer: XferStart,
     data_sleep: Option<Instant>,
     created: Instant,
@@ -150,17 +152,19 @@ impl<'a> Conn<'a> {
         let (peer, local) = (sock.peer_addr()?, sock.local_addr()?);
         sock.set_nonblocking(true)?;
         let _ = sock.set_nodelay(true);
-        let (control, session) = match (&ctx.tls, implicit) {
-            (Some(tls), true) => (
+        let scope = ctx.tls.as_ref().filter(|_| implicit).map(Tls::for_session);
+        let (control, session) = match &scope {
+            Some(tls) => (
                 Stream::Plain(sock).upgrade(tls)?,
                 Session::new_implicit_tls(ctx.config.clone(), peer, local),
             ),
-            _ => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
+            None => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
         };
         let now = Instant::now();
         let fd = control.fd();
         Ok(Conn {
             ctx,
+            tls: scope,
             control,
             peer,
             local,
@@ -220,7 +224,7 @@ impl<'a> Conn<'a> {
             Action::ClosePassive => self.passive = None,
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
-                let (passive, tls) = (self.passive.take(), self.ctx.tls.as_ref());
+                let (passive, tls) = (self.passive.take(), self.tls.as_ref());
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
                 match DataTask::new(t, passive, self.local, self.peer.ip(), tls, self.ctx.rates) {
                     Ok(task) => {
@@ -306,7 +310,10 @@ impl<'a> Conn<'a> {
         let (Some(tls), Stream::Plain(_)) = (&self.ctx.tls, &self.control) else {
             return self.session.handle_shutdown();
         };
-        if self.control.upgrade_in_place(tls).is_err() {
+        let scope = tls.for_session();
+        let upgraded = self.control.upgrade_in_place(&scope);
+        self.tls = Some(scope);
+        if upgraded.is_err() {
             self.closed = true;
             return;
         }

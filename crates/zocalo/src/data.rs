@@ -206,9 +206,11 @@ impl DataTask {
         listener: Option<TcpListener>,
     ) -> Result<State, Outcome> {
         sock.set_nonblocking(true).map_err(|_| Outcome::ConnectionLost)?;
+        let mut pump = pump;
+        pump.begin()?;
         let mut stream = Stream::Plain(sock);
         if let Some(tls) = &self.tls {
-            stream = stream.upgrade(tls).map_err(|_| Outcome::TlsRejected)?;
+            stream = stream.upgrade_data(tls).map_err(|_| Outcome::TlsRejected)?;
         }
         Ok(State::Running { stream, pump, _listener: listener, closing: false })
     }
@@ -374,6 +376,14 @@ impl Pump {
             }
         };
         Pump { kind, buf: Vec::new(), pos: 0 }
+    }
+
+    /// The data connection is up: an upload may now truncate its target.
+    fn begin(&mut self) -> Result<(), Outcome> {
+        match &mut self.kind {
+            PumpKind::Receive { file: Some(f), .. } => f.begin().map_err(Outcome::Storage),
+            _ => Ok(()),
+        }
     }
 
     fn sends(&self) -> bool {

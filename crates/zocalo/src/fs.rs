@@ -60,24 +60,38 @@ impl LocalFs {
         Ok((fd, name))
     }
 
+    /// Opens an upload's target without truncating it: the truncation (to zero, or to the REST
+    /// offset) waits for [`FileHandle::begin`], and a file this call created is removed again
+    /// if the upload never begins. So a STOR that fails before its data connection is up
+    /// leaves the old file, or no file, as it was.
     fn open_file_write(&self, path: &str, mode: WriteMode) -> io::Result<LocalFile> {
-        let base = OFlags::WRONLY | OFlags::CREATE;
-        let flags = match mode {
-            WriteMode::Truncate => base | OFlags::TRUNC,
-            WriteMode::Append => base | OFlags::APPEND,
-            WriteMode::At(_) => base,
-            WriteMode::CreateNew => base | OFlags::EXCL,
+        let append = if mode == WriteMode::Append { OFlags::APPEND } else { OFlags::empty() };
+        let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | append;
+        let perm = Mode::from_raw_mode(0o644);
+        let (fd, created) = match self.open_mode(path, create, perm) {
+            Ok(fd) => (fd, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && mode != WriteMode::CreateNew => {
+                (self.open_mode(path, OFlags::WRONLY | append, Mode::empty())?, false)
+            }
+            Err(e) => return Err(e),
         };
-        let fd = self.open_mode(path, flags, Mode::from_raw_mode(0o644))?;
-        let mut file = File::from(fd);
-        if let WriteMode::At(offset) = mode {
-            if offset > file.metadata()?.len() {
+        let file = File::from(fd);
+        let truncate_to = match mode {
+            WriteMode::Truncate => Some(0),
+            WriteMode::At(offset) if offset > file.metadata()?.len() => {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, "REST beyond end of file"));
             }
-            file.set_len(offset)?;
-            file.seek(SeekFrom::Start(offset))?;
-        }
-        Ok(LocalFile { file, rename: None })
+            WriteMode::At(offset) => Some(offset),
+            WriteMode::Append | WriteMode::CreateNew => None,
+        };
+        let created = if created { Some(self.parent(path)?) } else { None };
+        let created = created.map(|(dir, name)| Created { dir, name: name.to_string() });
+        Ok(LocalFile { file, rename: None, truncate_to, created, begun: false })
+    }
+
+    /// CWD needs a directory the user can open, not just one that exists.
+    fn can_open_dir(&self, path: &str) -> io::Result<()> {
+        self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY).map(drop)
     }
 
     /// An upload to a temporary name in the same directory, renamed over `path` by `finish`.
@@ -90,7 +104,13 @@ impl LocalFs {
         let fd =
             rustix::fs::openat2(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o644), RESOLVE)?;
         let rename = Some(PendingRename { dir, temp, name: name.to_string() });
-        Ok(LocalFile { file: File::from(fd), rename })
+        Ok(LocalFile {
+            file: File::from(fd),
+            rename,
+            truncate_to: None,
+            created: None,
+            begun: false,
+        })
     }
 }
 
@@ -151,7 +171,13 @@ impl Storage for LocalFs {
             return Err(io::ErrorKind::IsADirectory.into());
         }
         file.seek(SeekFrom::Start(offset))?;
-        Ok(Box::new(LocalFile { file, rename: None }))
+        Ok(Box::new(LocalFile {
+            file,
+            rename: None,
+            truncate_to: None,
+            created: None,
+            begun: true,
+        }))
     }
 
     fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileHandle>> {
@@ -174,6 +200,10 @@ impl Storage for LocalFs {
     fn remove(&self, path: &str) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         Ok(rustix::fs::unlinkat(&dir, name, AtFlags::empty())?)
+    }
+
+    fn enter(&self, path: &str) -> io::Result<()> {
+        self.can_open_dir(path)
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -203,6 +233,17 @@ struct PendingRename {
 struct LocalFile {
     file: File,
     rename: Option<PendingRename>,
+    /// Truncate here (and write from here) when the upload begins.
+    truncate_to: Option<u64>,
+    /// This open created the file: remove it if the upload never begins.
+    created: Option<Created>,
+    begun: bool,
+}
+
+#[derive(Debug)]
+struct Created {
+    dir: OwnedFd,
+    name: String,
 }
 
 impl Read for LocalFile {
@@ -226,6 +267,15 @@ impl FileHandle for LocalFile {
         Some(self.file.as_raw_fd())
     }
 
+    fn begin(&mut self) -> io::Result<()> {
+        if let Some(offset) = self.truncate_to.take() {
+            self.file.set_len(offset)?;
+            self.file.seek(SeekFrom::Start(offset))?;
+        }
+        self.begun = true;
+        Ok(())
+    }
+
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         if let Some(r) = self.rename.take() {
             self.file.sync_data()?;
@@ -239,6 +289,9 @@ impl Drop for LocalFile {
     fn drop(&mut self) {
         if let Some(r) = self.rename.take() {
             let _ = rustix::fs::unlinkat(&r.dir, r.temp.as_str(), AtFlags::empty());
+        }
+        if let (Some(c), false) = (self.created.take(), self.begun) {
+            let _ = rustix::fs::unlinkat(&c.dir, c.name.as_str(), AtFlags::empty());
         }
     }
 }
@@ -289,6 +342,24 @@ mod tests {
         fs.remove("sub/d/b.txt").unwrap();
         fs.rmdir("sub/d").unwrap();
         assert!(fs.mkdir("..").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_upload_that_never_begins_changes_nothing() {
+        let (dir, fs) = tree();
+        let f = fs.open_write("a.txt", WriteMode::Truncate).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(dir.join("root/a.txt")).unwrap(), b"inside");
+        let f = fs.open_write("new.txt", WriteMode::Truncate).unwrap();
+        assert!(dir.join("root/new.txt").exists());
+        drop(f);
+        assert!(!dir.join("root/new.txt").exists(), "a file created for nothing is removed");
+        let mut f = fs.open_write("a.txt", WriteMode::At(2)).unwrap();
+        f.begin().unwrap();
+        f.write_all(b"XY").unwrap();
+        f.finish().unwrap();
+        assert_eq!(std::fs::read(dir.join("root/a.txt")).unwrap(), b"inXY");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,9 +1,14 @@
 //! FTPS with rustls (RFC 4217): the server configuration, a non-blocking TLS stream that both
 //! drivers use on control and data connections, and `zocalo cert --self-signed`.
 //!
-//! One `ServerConfig` (with its session cache) serves every connection, so a client can resume
-//! its control connection's TLS session on each data connection; `--tls-require-reuse` turns
-//! that into a requirement, as vsftpd and ProFTPD do by default.
+//! Each control connection gets its own TLS scope ([`Tls::for_session`]): a session cache that
+//! only it and its own data connections share. A data connection can therefore resume only its
+//! own control connection's session, so `--tls-require-reuse` (which vsftpd and ProFTPD apply
+//! by default) really ties each data connection to its control connection. The cache hands a
+//! session out as often as it is asked (TLS 1.3 tickets are otherwise single-use, and clients
+//! present the control connection's ticket on every data connection), and data connections
+//! send no TLS 1.3 tickets of their own: an upload-only client never reads them, and its close
+//! would then reset the connection and lose the end of the upload (curl issue #6149).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -11,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,12 +24,36 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Plaintext rustls may buffer for sending before writers are told to wait.
 const BUFFER_LIMIT: usize = 256 * 1024;
 
-/// The server's TLS setup.
+/// The server's TLS setup, or one control connection's scope of it.
 #[derive(Clone)]
 pub struct Tls {
     pub config: Arc<ServerConfig>,
+    /// The same, for data connections: no TLS 1.3 tickets.
+    pub data_config: Arc<ServerConfig>,
     /// Refuse data connections that do not resume the control connection's session.
     pub require_reuse: bool,
+}
+
+/// A session cache whose entries can be resumed more than once.
+#[derive(Debug)]
+struct Reusable(Arc<ServerSessionMemoryCache>);
+
+impl StoresServerSessions for Reusable {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 impl Tls {
@@ -36,19 +65,41 @@ impl Tls {
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| io::Error::other(format!("{}: {e}", key.display())))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(io::Error::other)?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(io::Error::other)?;
-        config.session_storage = ServerSessionMemoryCache::new(4096);
-        Ok(Tls { config: Arc::new(config), require_reuse })
+        let config = Arc::new(config);
+        Ok(Tls { data_config: config.clone(), config, require_reuse })
     }
 
-    /// A server-side TLS stream over `sock` (the handshake happens as bytes flow).
+    /// The scope of one control connection: a session cache of its own, shared with its data
+    /// connections only.
+    pub fn for_session(&self) -> Tls {
+        let cache: Arc<dyn StoresServerSessions> =
+            Arc::new(Reusable(ServerSessionMemoryCache::new(8)));
+        let mut control = (*self.config).clone();
+        control.session_storage = cache;
+        let mut data = control.clone();
+        data.send_tls13_tickets = 0;
+        let (config, data_config) = (Arc::new(control), Arc::new(data));
+        Tls { config, data_config, require_reuse: self.require_reuse }
+    }
+
+    /// A server-side TLS stream for a control connection (the handshake happens as bytes flow).
     pub fn accept(&self, sock: TcpStream) -> io::Result<TlsStream> {
-        let mut conn = ServerConnection::new(self.config.clone()).map_err(io::Error::other)?;
+        Self::wrap(&self.config, sock)
+    }
+
+    /// A server-side TLS stream for a data connection.
+    pub fn accept_data(&self, sock: TcpStream) -> io::Result<TlsStream> {
+        Self::wrap(&self.data_config, sock)
+    }
+
+    fn wrap(config: &Arc<ServerConfig>, sock: TcpStream) -> io::Result<TlsStream> {
+        let mut conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
         Ok(TlsStream { conn, sock, eof: false })
     }
@@ -236,10 +287,18 @@ impl Stream {
         }
     }
 
-    /// Wraps a plain stream in TLS (AUTH TLS, implicit FTPS, PROT P data connections).
+    /// Wraps a plain control stream in TLS (implicit FTPS).
     pub fn upgrade(self, tls: &Tls) -> io::Result<Stream> {
         match self {
             Stream::Plain(sock) => Ok(Stream::Tls(Box::new(tls.accept(sock)?))),
+            tls_already => Ok(tls_already),
+        }
+    }
+
+    /// Wraps a plain data stream in TLS (PROT P).
+    pub fn upgrade_data(self, tls: &Tls) -> io::Result<Stream> {
+        match self {
+            Stream::Plain(sock) => Ok(Stream::Tls(Box::new(tls.accept_data(sock)?))),
             tls_already => Ok(tls_already),
         }
     }

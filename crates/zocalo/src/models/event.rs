@@ -23,7 +23,7 @@ use crate::conn::{finish_transfer, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit};
 use crate::net;
-use crate::tls::Stream;
+use crate::tls::{Stream, Tls};
 use crate::xferlog::Xferlog;
 
 const KIND_BITS: usize = 2;
@@ -80,6 +80,8 @@ struct EventLoop {
 /// One client's state in the loop.
 struct Conn {
     control: Stream,
+    /// This connection's TLS scope, once it speaks TLS.
+    tls: Option<Tls>,
     /// AUTH TLS accepted: the handshake is under way.
     handshaking: bool,
     session: Session,
@@ -317,16 +319,18 @@ impl Conn {
         sock.set_nonblocking(true)?;
         let _ = sock.set_nodelay(true);
         let local = sock.local_addr()?;
-        let (control, session) = match (&ctx.tls, implicit) {
-            (Some(tls), true) => (
+        let scope = ctx.tls.as_ref().filter(|_| implicit).map(Tls::for_session);
+        let (control, session) = match &scope {
+            Some(tls) => (
                 Stream::Plain(sock).upgrade(tls)?,
                 Session::new_implicit_tls(ctx.config.clone(), peer, local),
             ),
-            _ => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
+            None => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
         };
         let now = Instant::now();
         let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer));
         Ok(Conn {
+            tls: scope,
             published,
             xferlog: ctx.xferlog.clone(),
             xfer: XferStart { at: now, ascii: false },
@@ -426,7 +430,9 @@ impl Conn {
             return self.session.handle_shutdown();
         };
         let _ = poller.deregister(self.control.fd());
-        let upgraded = self.control.upgrade_in_place(tls);
+        let scope = tls.for_session();
+        let upgraded = self.control.upgrade_in_place(&scope);
+        self.tls = Some(scope);
         let registered =
             poller.register(self.control.fd(), token(index, CONTROL), Interest::READABLE);
         if upgraded.is_err() || registered.is_err() {
@@ -474,7 +480,7 @@ impl Conn {
                 self.data_activity = Instant::now();
                 let passive = self.passive.take();
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
-                let (tls, rates) = (ctx.tls.as_ref(), ctx.rates);
+                let (tls, rates) = (self.tls.as_ref(), ctx.rates);
                 match DataTask::new(t, passive, self.local, self.peer.ip(), tls, rates) {
                     Ok(task) => {
                         self.task = Some(Box::new(task));

@@ -27,6 +27,9 @@ pub fn run(mut server: Server) -> io::Result<()> {
         || {},
         &[],
     );
+    // Stop taking connections now: a client arriving during the grace period is refused at
+    // once instead of waiting in the backlog.
+    server.listeners.clear();
     for t in threads {
         let _ = t.join();
     }
