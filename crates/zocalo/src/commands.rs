@@ -187,7 +187,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
 fn bench_options(a: BenchArgs) -> Result<BenchOptions, String> {
     let mut o = BenchOptions::default();
     for s in &a.scenario {
-        o.scenarios.push(s.parse().map_err(|e| format!("{e}"))?);
+        o.scenarios.push(s.parse().map_err(|e: String| e)?);
     }
     if let Some(c) = &a.concurrency {
         o.concurrency = c

@@ -42,6 +42,38 @@ pub struct Ctx {
     pub login_timeout: Duration,
 }
 
+/// A new client's control connection, ready for its driver.
+pub struct Control {
+    pub stream: Stream,
+    /// The session, with its 220 greeting queued.
+    pub session: Session,
+    /// The connection's TLS scope, when it is in TLS from the first byte (implicit FTPS).
+    pub tls: Option<Tls>,
+    pub local: SocketAddr,
+}
+
+/// Sets up an accepted connection the same way for every model: non-blocking, TCP_NODELAY
+/// (replies are small and latency-bound), and TLS from the first byte on an implicit listener.
+pub fn open_control(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    implicit: bool,
+) -> io::Result<Control> {
+    sock.set_nonblocking(true)?;
+    let _ = sock.set_nodelay(true);
+    let local = sock.local_addr()?;
+    let tls = ctx.tls.as_ref().filter(|_| implicit).map(Tls::for_session);
+    let (stream, session) = match &tls {
+        Some(scope) => (
+            Stream::Plain(sock).upgrade(scope)?,
+            Session::new_implicit_tls(ctx.config.clone(), peer, local),
+        ),
+        None => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
+    };
+    Ok(Control { stream, session, tls, local })
+}
+
 /// When the running transfer started and whether it is TYPE A, for its log line.
 #[derive(Debug, Clone, Copy)]
 pub struct XferStart {
@@ -149,17 +181,9 @@ struct Conn<'a> {
 
 impl<'a> Conn<'a> {
     fn new(sock: TcpStream, ctx: &'a Ctx, implicit: bool) -> io::Result<Self> {
-        let (peer, local) = (sock.peer_addr()?, sock.local_addr()?);
-        sock.set_nonblocking(true)?;
-        let _ = sock.set_nodelay(true);
-        let scope = ctx.tls.as_ref().filter(|_| implicit).map(Tls::for_session);
-        let (control, session) = match &scope {
-            Some(tls) => (
-                Stream::Plain(sock).upgrade(tls)?,
-                Session::new_implicit_tls(ctx.config.clone(), peer, local),
-            ),
-            None => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
-        };
+        let peer = sock.peer_addr()?;
+        let Control { stream: control, session, tls: scope, local } =
+            open_control(sock, peer, ctx, implicit)?;
         let now = Instant::now();
         let fd = control.fd();
         Ok(Conn {

@@ -16,6 +16,7 @@ pub mod models;
 pub mod net;
 pub mod registry;
 pub mod serve;
+pub mod shm;
 pub mod shutdown;
 pub mod tftp;
 pub mod tls;

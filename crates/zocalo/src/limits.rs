@@ -128,20 +128,7 @@ impl SharedGuard {
     pub fn new(max_failures: u32, ban: Duration) -> std::io::Result<Self> {
         let len = 4096;
         let size = len * std::mem::size_of::<Bucket>();
-        // SAFETY: an anonymous shared mapping; all-zero bytes are valid atomics. Never unmapped.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        let ptr = crate::shm::map_zeroed(size)?;
         let epoch = Instant::now();
         Ok(SharedGuard { buckets: ptr.cast(), len, max_failures, ban, epoch })
     }

@@ -73,21 +73,7 @@ impl Registry {
     pub fn new(len: usize) -> io::Result<Self> {
         let len = len.clamp(1, 65_536);
         let size = HEADER + len * std::mem::size_of::<Slot>();
-        // SAFETY: an anonymous shared mapping; zero-filled memory is a valid array of `Slot`
-        // (all-zero atomics), and it is never unmapped.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let ptr = crate::shm::map_zeroed(size)?;
         let next_id = ptr.cast::<AtomicU64>();
         // SAFETY: the slots start HEADER bytes into the mapping, which is page-aligned and
         // `size` bytes long.

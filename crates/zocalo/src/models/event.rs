@@ -19,7 +19,7 @@ use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Action, Outcome, Session};
 
 use super::{Listener, Server};
-use crate::conn::{finish_transfer, Ctx, Published, XferStart};
+use crate::conn::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit};
 use crate::net;
@@ -316,17 +316,8 @@ impl Conn {
         ctx: &Ctx,
         implicit: bool,
     ) -> io::Result<Self> {
-        sock.set_nonblocking(true)?;
-        let _ = sock.set_nodelay(true);
-        let local = sock.local_addr()?;
-        let scope = ctx.tls.as_ref().filter(|_| implicit).map(Tls::for_session);
-        let (control, session) = match &scope {
-            Some(tls) => (
-                Stream::Plain(sock).upgrade(tls)?,
-                Session::new_implicit_tls(ctx.config.clone(), peer, local),
-            ),
-            None => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
-        };
+        let Control { stream: control, session, tls: scope, local } =
+            open_control(sock, peer, ctx, implicit)?;
         let now = Instant::now();
         let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer));
         Ok(Conn {
