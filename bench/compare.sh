@@ -5,7 +5,7 @@
 #   bench/compare.sh             the sizes (tens of minutes)
 #   QUICK=1 bench/compare.sh     small sizes, about 5 minutes
 #
-# Environment: MODELS="iterative process thread pool select poll epoll" and
+# Environment: MODELS="iterative process thread pool:256 select poll epoll epoll:2" and
 # PEERS="vsftpd proftpd pure-ftpd pyftpdlib-async pyftpdlib-thread pyftpdlib-process" choose
 # what runs; ZOCALO (default target/release/zocalo); BENCH (default "$ZOCALO bench"); OUT
 # (default docs/benchmarks.md). Run as root: it installs Debian packages (vsftpd, pure-ftpd and
@@ -18,7 +18,7 @@ CONF=$ROOT/bench/conf
 ZOCALO=${ZOCALO:-$ROOT/target/release/zocalo}
 BENCH=${BENCH:-"$ZOCALO bench"}
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
-MODELS=${MODELS:-"iterative process thread pool select poll epoll"}
+MODELS=${MODELS:-"iterative process thread pool:256 select poll epoll epoll:2"}
 PEERS=${PEERS:-"vsftpd proftpd pure-ftpd pyftpdlib-async pyftpdlib-thread pyftpdlib-process"}
 BENCH_USER=zbench
 BENCH_PASS=zbench-pass-1
@@ -33,7 +33,7 @@ if [[ ${QUICK:-0} == 1 ]]; then
            --multi-size 10000000 --small-size 1048576 --list-entries 10000 --timeout 30)
     LOOPBACK_BYTES=1073741824
 else
-    SIZES=(--clients 300 --concurrency 100,500 --sessions 3000 --idle 2000
+    SIZES=(--clients 200 --concurrency 100,500 --sessions 3000 --idle 2000
            --big-size 1073741824 --multi-size 10000000 --small-size 1048576
            --list-entries 10000 --timeout 180)
     LOOPBACK_BYTES=4294967296

@@ -259,7 +259,8 @@ mod tests {
         let r = Arc::new(Registry::new(2).unwrap());
         let a = r.enter(-1, "127.0.0.1:5");
         a.publish("127.0.0.1:5", "alice", "RETR /x", 10);
-        let b = r.enter(-1, "[::1]:6");
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let b = r.enter(std::os::fd::AsRawFd::as_raw_fd(&sock), "[::1]:6");
         let c = r.enter(-1, "no room");
         assert!(c.index.is_none());
         let list = r.sessions();
