@@ -261,7 +261,7 @@ pub struct ServeArgs {
     /// Server model: iterative, process, thread, pool[:N], select, poll, epoll[:N] [default: epoll].
     #[arg(long)]
     pub model: Option<String>,
-    /// Listen backlog [default: 128].
+    /// Listen backlog [default: 1024].
     #[arg(long)]
     pub backlog: Option<i32>,
     /// Sessions in all; more get 421 [default: 10000].
@@ -479,7 +479,7 @@ impl Settings {
             passive_ports: passive.as_deref().map(parse_range).transpose()?,
             masquerade: args.masquerade.or(file.masquerade),
             model,
-            backlog: args.backlog.or(file.backlog).unwrap_or(128),
+            backlog: args.backlog.or(file.backlog).unwrap_or(1024),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
             max_per_ip: args.max_per_ip.or(file.max_per_ip).unwrap_or(10_000),
             idle_timeout: secs(args.idle_timeout, file.idle_timeout, 300),

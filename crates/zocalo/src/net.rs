@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use socket2::{Domain, Socket, Type};
 
+/// Backlog of a passive data listener. One connection is expected, but a backlog of 1 makes
+/// the kernel drop a SYN that races an earlier one (a client retrying, a scanner), and a dropped
+/// SYN costs the client a one-second retransmission.
+const PASSIVE_BACKLOG: i32 = 8;
+
 /// Binds and listens. `reuse_port` lets several event loops share one port (SO_REUSEPORT).
 pub fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
@@ -28,13 +33,13 @@ pub fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<Tc
 pub fn open_passive(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> io::Result<TcpListener> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let Some(range) = range else {
-        return listen(SocketAddr::new(ip, 0), 1, false);
+        return listen(SocketAddr::new(ip, 0), PASSIVE_BACKLOG, false);
     };
     let (start, len) = (u32::from(*range.start()), u32::from(*range.end() - *range.start()) + 1);
     let offset = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(std::process::id());
     for i in 0..len {
         let port = (start + (offset.wrapping_add(i) % len)) as u16;
-        match listen(SocketAddr::new(ip, port), 1, false) {
+        match listen(SocketAddr::new(ip, port), PASSIVE_BACKLOG, false) {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
             Err(e) => return Err(e),
