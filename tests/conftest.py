@@ -77,6 +77,21 @@ def start_server(tmp_path):
 
 
 @pytest.fixture
+def home(tmp_path):
+    """A private $HOME so no user configuration (~/.curlrc, ~/.lftprc, ~/.wgetrc) leaks in."""
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def work(tmp_path):
+    w = tmp_path / "work"
+    w.mkdir()
+    return w
+
+
+@pytest.fixture
 def srv(start_server, model):
     return start_server(model)
 

@@ -13,6 +13,7 @@ import os
 import re
 import select
 import signal
+import shutil
 import socket
 import subprocess
 import threading
@@ -35,6 +36,14 @@ LISTEN_TLS_RE = re.compile(r"^listening ftps://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P
 
 # Servers started during the current test (one pytest process = one test at a time).
 ACTIVE: list["Server"] = []
+
+
+def need(tool: str) -> str:
+    """The path of a real client the tests use; scripts/test.sh installs them all."""
+    path = shutil.which(tool)
+    if not path:
+        raise AssertionError(f"{tool} is not installed: scripts/test.sh installs it")
+    return path
 
 
 def zocalo_bin() -> Path:

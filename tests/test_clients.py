@@ -6,13 +6,12 @@ Run against a few models only (ftplib covers all of them in test_ftplib.py).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import PASSWORD, USER, file_sha256, sha256
+from helpers import PASSWORD, USER, file_sha256, need, sha256
 
 CLIENT_MODELS = ["epoll", "thread", "process"]
 CLIENT_TIMEOUT = 60
@@ -21,28 +20,6 @@ CLIENT_TIMEOUT = 60
 @pytest.fixture(params=CLIENT_MODELS)
 def model(request):
     return request.param
-
-
-@pytest.fixture
-def home(tmp_path):
-    """A private $HOME so no user configuration (~/.curlrc, ~/.lftprc, ~/.wgetrc) leaks in."""
-    h = tmp_path / "home"
-    h.mkdir()
-    return h
-
-
-@pytest.fixture
-def work(tmp_path):
-    w = tmp_path / "work"
-    w.mkdir()
-    return w
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.fail(f"{tool} is not installed: scripts/test.sh installs it")
-    return path
 
 
 def run(argv, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:

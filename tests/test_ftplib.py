@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from helpers import (PASSWORD, TIMEOUT, USER, Ctl, code_of, download, have_ipv6,
-                     poll_until, read_all, read_exactly, reply_of, sha256, upload, use_epsv)
+from helpers import (PASSWORD, TIMEOUT, USER, code_of, download, have_ipv6, poll_until, read_all,
+                     read_exactly, sha256, upload, use_epsv)
 
 MTIME = calendar.timegm((2020, 1, 2, 3, 4, 5, 0, 0, 0))  # 2020-01-02 03:04:05 UTC
 MTIME_STR = "20200102030405"

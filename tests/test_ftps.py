@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ftplib
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PASSWORD, TIMEOUT, USER, download, file_sha256, sha256, upload, zocalo_bin
+from helpers import (PASSWORD, TIMEOUT, USER, download, file_sha256, need, sha256, upload,
+                     zocalo_bin)
 
 TLS_MODELS = ["epoll", "thread", "process", "select"]
 CLIENT_TIMEOUT = 30
@@ -52,27 +52,6 @@ def tls_server(start_server, model, certs):
                                    "--implicit-tls", "127.0.0.1:0", *flags])
 
     return start
-
-
-@pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
-    h.mkdir()
-    return h
-
-
-@pytest.fixture
-def work(tmp_path):
-    w = tmp_path / "work"
-    w.mkdir()
-    return w
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.fail(f"{tool} is not installed: scripts/test.sh installs it")
-    return path
 
 
 def run(argv, home: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import signal
 import stat
 import subprocess
@@ -16,16 +15,10 @@ from pathlib import Path
 import pytest
 
 import helpers
+from helpers import need
 
 TFTP_RE = re.compile(r"listening tftp://127\.0\.0\.1:(\d+)")
 DEADLINE = 20
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.fail(f"{tool} is not installed: scripts/test.sh installs it")
-    return path
 
 
 class TftpServer:

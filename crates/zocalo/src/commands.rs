@@ -4,7 +4,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use zocalo_tftp::{ClientOptions, TftpStorage};
@@ -29,15 +28,7 @@ pub fn tftp(args: TftpArgs) -> Result<(), String> {
     let socket = crate::tftp::bind(args.listen).map_err(|e| e.to_string())?;
     let shutdown = Shutdown::new().map_err(|e| e.to_string())?;
     shutdown.install_signal_handlers().map_err(|e| e.to_string())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = stop.clone();
-    let fd = shutdown.fd();
-    std::thread::spawn(move || {
-        while !crate::conn::poll_one(fd, libc::POLLIN, std::time::Duration::from_secs(3600))
-            .unwrap_or(true)
-        {}
-        watcher.store(true, Ordering::SeqCst);
-    });
+    let stop = shutdown.flag().map_err(|e| e.to_string())?;
     let addr = socket.local_addr().map_err(|e| e.to_string())?;
     println!("listening tftp://{addr} model={model} root={}", root.display());
     io::stdout().flush().map_err(|e| e.to_string())?;

@@ -353,7 +353,8 @@ enum PumpKind {
     /// Send through the buffer (TYPE A, TLS, or a handle without a descriptor).
     SendCopy {
         file: Box<dyn FileHandle>,
-        encoder: Option<Encoder>,
+        /// TYPE A: the encoder, with its scratch buffer for the unconverted bytes.
+        encoder: Option<(Encoder, Vec<u8>)>,
         eof: bool,
     },
     SendBytes,
@@ -368,7 +369,11 @@ impl Pump {
         let kind = match body {
             Body::Send(file) => match (file.raw_fd(), ascii || tls) {
                 (Some(fd), false) => PumpKind::SendFile { _file: file, fd },
-                _ => PumpKind::SendCopy { file, encoder: ascii.then(Encoder::default), eof: false },
+                _ => PumpKind::SendCopy {
+                    file,
+                    encoder: ascii.then(|| (Encoder::default(), Vec::new())),
+                    eof: false,
+                },
             },
             Body::Bytes(bytes) => return Pump { kind: PumpKind::SendBytes, buf: bytes, pos: 0 },
             Body::Receive(file) => {
@@ -444,14 +449,23 @@ impl Pump {
         if *eof {
             return Ok(false);
         }
-        let mut chunk = vec![0u8; CHUNK];
-        let n = file.read(&mut chunk).map_err(Outcome::Storage)?;
-        self.buf.clear();
         self.pos = 0;
-        match encoder {
-            Some(enc) => enc.encode(&chunk[..n], &mut self.buf),
-            None => self.buf.extend_from_slice(&chunk[..n]),
-        }
+        let n = match encoder {
+            // Binary: read straight into the send buffer, reused from chunk to chunk.
+            None => {
+                self.buf.resize(CHUNK, 0);
+                let n = file.read(&mut self.buf).map_err(Outcome::Storage)?;
+                self.buf.truncate(n);
+                n
+            }
+            Some((enc, scratch)) => {
+                scratch.resize(CHUNK, 0);
+                let n = file.read(scratch).map_err(Outcome::Storage)?;
+                self.buf.clear();
+                enc.encode(&scratch[..n], &mut self.buf);
+                n
+            }
+        };
         *eof = n == 0;
         Ok(n > 0)
     }

@@ -232,14 +232,7 @@ impl Drop for Entry {
 /// In a `process` child: SIGUSR1 shuts down the reading side of this control socket.
 pub fn install_child_kick(fd: RawFd) {
     KICK_FD.store(fd, Ordering::SeqCst);
-    // SAFETY: a fully initialised sigaction whose handler only calls shutdown(2).
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_kick as *const () as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
-    }
+    let _ = crate::shutdown::set_handler(libc::SIGUSR1, on_kick, 0);
 }
 
 extern "C" fn on_kick(_sig: libc::c_int) {

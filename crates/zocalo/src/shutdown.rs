@@ -7,8 +7,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use zocalo_poller::Waker;
 
@@ -29,17 +30,7 @@ impl Shutdown {
     pub fn install_signal_handlers(&self) -> io::Result<()> {
         SIGNAL_FD.store(self.waker.as_raw_fd(), Ordering::SeqCst);
         for sig in [libc::SIGTERM, libc::SIGINT] {
-            // SAFETY: the handler only performs an atomic load and write(2), both
-            // async-signal-safe; the sigaction struct is fully initialised.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as *const () as usize;
-                action.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
-                if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
+            set_handler(sig, on_signal, 0)?;
         }
         // SAFETY: ignoring SIGPIPE is always sound; broken pipes become EPIPE errors.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
@@ -58,10 +49,44 @@ impl Shutdown {
         unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
     }
 
+    /// A flag that becomes true once a stop is asked for, for code that polls a flag rather than
+    /// a descriptor (the TFTP server). A small thread waits on the descriptor to set it.
+    pub fn flag(&self) -> io::Result<Arc<AtomicBool>> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, fd) = (stop.clone(), self.fd());
+        std::thread::Builder::new().name("zocalo-stop".into()).spawn(move || {
+            while !crate::conn::poll_one(fd, libc::POLLIN, Duration::from_secs(3600))
+                .unwrap_or(true)
+            {}
+            flag.store(true, Ordering::SeqCst);
+        })?;
+        Ok(stop)
+    }
+
     /// The descriptor to watch for readability.
     pub fn fd(&self) -> RawFd {
         self.waker.as_raw_fd()
     }
+}
+
+/// Installs `handler` for `sig` with SA_RESTART (and `flags`). The handler must be
+/// async-signal-safe.
+pub fn set_handler(
+    sig: libc::c_int,
+    handler: extern "C" fn(libc::c_int),
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a fully initialised sigaction; callers pass async-signal-safe handlers.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as *const () as usize;
+        action.sa_flags = libc::SA_RESTART | flags;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 extern "C" fn on_signal(_sig: libc::c_int) {

@@ -6,7 +6,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -101,15 +100,7 @@ pub fn spawn(
     model: TftpModel,
     shutdown: &Shutdown,
 ) -> io::Result<JoinHandle<()>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher_stop = stop.clone();
-    let fd = shutdown.fd();
-    std::thread::Builder::new().name("zocalo-tftp-stop".into()).spawn(move || {
-        while !crate::conn::poll_one(fd, libc::POLLIN, std::time::Duration::from_secs(3600))
-            .unwrap_or(true)
-        {}
-        watcher_stop.store(true, Ordering::SeqCst);
-    })?;
+    let stop = shutdown.flag()?;
     let config = ServerConfig { write_allowed: write, ..ServerConfig::default() };
     let adapter: Arc<dyn TftpStorage> = Arc::new(StorageAdapter::new(storage));
     std::thread::Builder::new().name("zocalo-tftp".into()).spawn(move || {

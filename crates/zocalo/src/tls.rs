@@ -289,16 +289,17 @@ impl Stream {
 
     /// Wraps a plain control stream in TLS (implicit FTPS).
     pub fn upgrade(self, tls: &Tls) -> io::Result<Stream> {
-        match self {
-            Stream::Plain(sock) => Ok(Stream::Tls(Box::new(tls.accept(sock)?))),
-            tls_already => Ok(tls_already),
-        }
+        self.wrap(|sock| tls.accept(sock))
     }
 
     /// Wraps a plain data stream in TLS (PROT P).
     pub fn upgrade_data(self, tls: &Tls) -> io::Result<Stream> {
+        self.wrap(|sock| tls.accept_data(sock))
+    }
+
+    fn wrap(self, accept: impl FnOnce(TcpStream) -> io::Result<TlsStream>) -> io::Result<Stream> {
         match self {
-            Stream::Plain(sock) => Ok(Stream::Tls(Box::new(tls.accept_data(sock)?))),
+            Stream::Plain(sock) => Ok(Stream::Tls(Box::new(accept(sock)?))),
             tls_already => Ok(tls_already),
         }
     }

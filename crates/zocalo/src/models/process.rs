@@ -31,17 +31,7 @@ extern "C" fn on_sigchld(_sig: libc::c_int) {
 
 fn install_sigchld(waker: &Waker) -> io::Result<()> {
     CHILD_FD.store(waker.as_raw_fd(), Ordering::SeqCst);
-    // SAFETY: a fully initialised sigaction whose handler is async-signal-safe.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigchld as *const () as usize;
-        action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    crate::shutdown::set_handler(libc::SIGCHLD, on_sigchld, libc::SA_NOCLDSTOP)
 }
 
 pub fn run(mut server: Server) -> io::Result<()> {
