@@ -96,3 +96,38 @@ pub fn refuse(stream: &std::net::TcpStream, reply: &[u8]) {
     let _ = stream.set_nonblocking(true);
     let _ = (&*stream).write(reply);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn default_passive_ports_are_odd_ports_of_the_ephemeral_range() {
+        let (low, high) = *ephemeral_range();
+        let listeners: Vec<_> = (0..4).map(|_| open_passive(LOOPBACK, None).unwrap()).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        for &port in &ports {
+            assert!((low..=high).contains(&port), "{port} outside {low}-{high}");
+            assert_eq!(port % 2, 1, "{port} is even: connect(2)'s half of the range");
+        }
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    }
+
+    #[test]
+    fn a_configured_range_is_kept_to() {
+        let probe = listen(SocketAddr::new(LOOPBACK, 0), 1, false).unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let range = port..=port;
+        let first = open_passive(LOOPBACK, Some(&range)).unwrap();
+        assert_eq!(first.local_addr().unwrap().port(), port);
+        let err = open_passive(LOOPBACK, Some(&range)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+}
