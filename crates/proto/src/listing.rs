@@ -47,8 +47,35 @@ pub fn civil(t: SystemTime) -> Civil {
 
 /// `YYYYMMDDHHMMSS`, the time-val of MDTM and MLSx `modify` (RFC 3659 section 2.3).
 pub fn time_val(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(14);
+    push_time_val(&mut out, t);
+    String::from_utf8(out).expect("digits are ASCII")
+}
+
+fn push_time_val(out: &mut Vec<u8>, t: SystemTime) {
     let c = civil(t);
-    format!("{:04}{:02}{:02}{:02}{:02}{:02}", c.year, c.month, c.day, c.hour, c.minute, c.second)
+    push_num(out, c.year.clamp(0, 9999) as u64, 4, b'0');
+    for part in [c.month, c.day, c.hour, c.minute, c.second] {
+        push_num(out, u64::from(part), 2, b'0');
+    }
+}
+
+/// Appends `n` in decimal, right-aligned in `width` with `pad` (the listing's hot path: no
+/// `core::fmt`).
+fn push_num(out: &mut Vec<u8>, mut n: u64, width: usize, pad: u8) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out.extend(std::iter::repeat_n(pad, width.saturating_sub(len)));
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn type_char(kind: FileKind) -> char {
@@ -76,34 +103,52 @@ pub fn list_line(out: &mut Vec<u8>, name: &str, meta: &Metadata, now: SystemTime
     let c = civil(meta.modified);
     let month = MONTHS[(c.month as usize).saturating_sub(1) % 12];
     let age = unix_seconds(now) - unix_seconds(meta.modified);
-    let _ = write!(out, "{}", type_char(meta.kind));
+    out.push(type_char(meta.kind) as u8);
     out.extend_from_slice(&perms(meta.mode));
-    let _ =
-        write!(out, " {:>3} ftp      ftp      {:>12} {month} {:>2} ", meta.nlink, meta.size, c.day);
-    let _ = if (0..SIX_MONTHS).contains(&age) || (age < 0 && age > -3600) {
-        write!(out, "{:02}:{:02} ", c.hour, c.minute)
+    out.push(b' ');
+    push_num(out, meta.nlink, 3, b' ');
+    out.extend_from_slice(b" ftp      ftp      ");
+    push_num(out, meta.size, 12, b' ');
+    out.push(b' ');
+    out.extend_from_slice(month.as_bytes());
+    out.push(b' ');
+    push_num(out, u64::from(c.day), 2, b' ');
+    out.push(b' ');
+    if (0..SIX_MONTHS).contains(&age) || (age < 0 && age > -3600) {
+        push_num(out, u64::from(c.hour), 2, b'0');
+        out.push(b':');
+        push_num(out, u64::from(c.minute), 2, b'0');
     } else {
-        write!(out, " {:04} ", c.year)
-    };
+        out.push(b' ');
+        push_num(out, c.year.clamp(0, 9999) as u64, 4, b'0');
+    }
+    out.push(b' ');
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
 /// The facts of one MLSD/MLST entry, then a space and the name (RFC 3659 section 7.2).
 pub fn facts_line(out: &mut Vec<u8>, name: &str, meta: &Metadata, writable: bool, cdir: bool) {
-    let kind = match (cdir, meta.kind) {
-        (true, _) => "cdir",
-        (false, FileKind::Dir) => "dir",
-        (false, FileKind::File) => "file",
-        (false, _) => "OS.unix=other",
+    let kind: &[u8] = match (cdir, meta.kind) {
+        (true, _) => b"cdir",
+        (false, FileKind::Dir) => b"dir",
+        (false, FileKind::File) => b"file",
+        (false, _) => b"OS.unix=other",
     };
-    let _ = write!(out, "type={kind};");
+    out.extend_from_slice(b"type=");
+    out.extend_from_slice(kind);
+    out.push(b';');
     if meta.kind == FileKind::File {
-        let _ = write!(out, "size={};", meta.size);
+        out.extend_from_slice(b"size=");
+        push_num(out, meta.size, 0, b'0');
+        out.push(b';');
     }
-    let _ =
-        write!(out, "modify={};perm={};", time_val(meta.modified), perm_fact(meta.kind, writable));
-    let _ = write!(out, "UNIX.mode=0{:o}; {name}", meta.mode & 0o7777);
+    out.extend_from_slice(b"modify=");
+    push_time_val(out, meta.modified);
+    out.extend_from_slice(b";perm=");
+    out.extend_from_slice(perm_fact(meta.kind, writable).as_bytes());
+    let _ = write!(out, ";UNIX.mode=0{:o}; ", meta.mode & 0o7777);
+    out.extend_from_slice(name.as_bytes());
 }
 
 fn perm_fact(kind: FileKind, writable: bool) -> &'static str {
@@ -153,6 +198,20 @@ mod tests {
         list_line(&mut out, "f", &meta(FileKind::File, 5, 0), at(1_764_064_900));
         let line = String::from_utf8(out).unwrap();
         assert!(line.ends_with("Jan  1  1970 f\r\n"), "{line}");
+    }
+
+    #[test]
+    fn wide_numbers_and_years() {
+        let mut out = Vec::new();
+        let big = Metadata { nlink: 12_345, ..meta(FileKind::File, 123_456_789_012_345, 0) };
+        list_line(&mut out, "big", &big, at(1_764_064_900));
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line, "-rwxr-xr-x 12345 ftp      ftp      123456789012345 Jan  1  1970 big\r\n");
+        let mut out = Vec::new();
+        list_line(&mut out, "x", &meta(FileKind::Other, 0, 1_764_064_800), at(1_764_064_800));
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line, "?rwxr-xr-x   2 ftp      ftp                 0 Nov 25 10:00 x\r\n");
+        assert_eq!(time_val(at(253_402_300_799)), "99991231235959");
     }
 
     #[test]

@@ -1147,13 +1147,13 @@ impl Session {
         if meta.kind != FileKind::Dir {
             return Ok(format!("{}\r\n", arg.unwrap_or(path::file_name(abs))).into_bytes());
         }
-        let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
-        listing::sort(&mut entries);
+        let mut names = self.with_storage(|s| s.names(path::relative(abs)))?;
+        names.sort_unstable();
         let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
-        let mut out = Vec::with_capacity(entries.len() * 16);
-        for e in &entries {
+        let mut out = Vec::with_capacity(names.len() * 16);
+        for name in &names {
             out.extend_from_slice(prefix.as_bytes());
-            out.extend_from_slice(e.name.as_bytes());
+            out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         Ok(out)

@@ -81,6 +81,11 @@ pub trait Storage: Send + Sync {
     fn metadata(&self, path: &str) -> io::Result<Metadata>;
     /// Entries of a directory, without `.` and `..`, in any order.
     fn list(&self, path: &str) -> io::Result<Vec<DirEntry>>;
+    /// Names of a directory's entries, without `.` and `..`, in any order (NLST, which needs no
+    /// metadata: a storage that can skip it should).
+    fn names(&self, path: &str) -> io::Result<Vec<String>> {
+        Ok(self.list(path)?.into_iter().map(|e| e.name).collect())
+    }
     /// Opens a regular file for reading, positioned at `offset`.
     fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileHandle>>;
     fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileHandle>>;
