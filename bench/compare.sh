@@ -188,7 +188,7 @@ version_of() {
     case $1 in
     zocalo-*) "$ZOCALO" --version 2>/dev/null | head -n1 ;;
     pyftpdlib-*) /usr/bin/python3 -c 'import pyftpdlib; print("pyftpdlib", pyftpdlib.__ver__)' 2>/dev/null ;;
-    proftpd) dpkg-query -W -f '${Package} ${Version}' proftpd-basic 2>/dev/null ;;
+    proftpd) dpkg-query -W -f '${Package} ${Version}' proftpd-core 2>/dev/null ;;
     *) dpkg-query -W -f '${Package} ${Version}' "$1" 2>/dev/null ;;
     esac
 }
