@@ -252,3 +252,19 @@ fn bench_reports_failures_instead_of_hanging() {
     let results = bench::run(&server.url("/"), &options, &mut Vec::new()).unwrap();
     assert_eq!(metric(&results, "sessions-c4", "failures"), 0.0);
 }
+
+#[test]
+fn bench_reports_a_refusal_with_the_servers_reason() {
+    // Past --max-connections the server answers 421 and closes at once; the generator must
+    // read the 421 before it notices the close, and report the server's words.
+    let server = Server::start("127.0.0.1:0", &["--max-connections", "2"]);
+    let mut options = small_bench(&server, vec![Scenario::Memory], Backend::Epoll);
+    options.idle = 6;
+    let results = bench::run(&server.url("/"), &options, &mut Vec::new()).unwrap();
+    let notes: Vec<&String> = results.iter().flat_map(|r| &r.notes).collect();
+    assert!(!notes.is_empty(), "4 of 6 idle sessions are over the limit: {results:?}");
+    for note in &notes {
+        assert!(note.contains("421"), "{note}");
+        assert!(!note.contains("server closed"), "{note}");
+    }
+}

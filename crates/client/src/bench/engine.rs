@@ -351,10 +351,13 @@ impl Session {
 
     fn read_control(&mut self, target: &Target) -> Next {
         let mut buf = [0u8; 4096];
+        let mut closed = false;
         loop {
             match self.ctrl.read(&mut buf) {
-                Ok(0) if self.phase == Phase::Quit => return Next::Finished,
-                Ok(0) => return Next::Failed(format!("server closed during {:?}", self.phase)),
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
                 Ok(n) => self.replies.extend(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -362,15 +365,22 @@ impl Session {
                 Err(e) => return Next::Failed(format!("control read: {e}")),
             }
         }
+        // Replies that arrived before the close are handled first: a server that refuses a
+        // session says why (421) and then closes, in one read.
         loop {
             match self.replies.next_reply() {
                 Ok(Some(reply)) => match self.on_reply(reply, target) {
                     Next::Continue => {}
                     other => return other,
                 },
-                Ok(None) => return Next::Continue,
+                Ok(None) => break,
                 Err(e) => return Next::Failed(e.to_string()),
             }
+        }
+        match (closed, self.phase) {
+            (false, _) => Next::Continue,
+            (true, Phase::Quit) => Next::Finished,
+            (true, phase) => Next::Failed(format!("server closed during {phase:?}")),
         }
     }
 
