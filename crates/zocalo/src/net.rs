@@ -1,10 +1,11 @@
 //! Sockets as the notes describe them: socket, BIND (with SO_REUSEADDR, and IPV6_V6ONLY so IPv4
 //! and IPv6 get their own listeners), LISTEN with a chosen backlog; and the passive data ports.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use socket2::{Domain, Socket, Type};
@@ -38,12 +39,12 @@ pub fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<Tc
 /// At a few thousand sessions per second most of the range is in TIME_WAIT, and a profile of
 /// the `sessions` benchmark showed over half of both cores in that search. Binding a chosen
 /// port with SO_REUSEADDR coexists with our own TIME_WAIT sockets (they inherit the flag), so
-/// the first try almost always succeeds. Ports are tried from a rotating offset so concurrent
-/// sessions do not collide; after [`DEFAULT_TRIES`] misses in the default range the kernel
-/// picks after all.
+/// the first try almost always succeeds. Ports are tried onwards from a random one, so that
+/// neither concurrent sessions nor a third party can guess the next port; after
+/// [`DEFAULT_TRIES`] misses in the default range the kernel picks after all.
 pub fn open_passive(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> io::Result<TcpListener> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let offset = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(std::process::id());
+    // std's per-map random keys, seeded from the OS: a random number without a dependency.
+    let offset = RandomState::new().build_hasher().finish() as u32;
     let (first, count, step, tries) = match range {
         Some(r) => {
             let count = u32::from(*r.end() - *r.start()) + 1;
