@@ -101,6 +101,25 @@ def test_200_simultaneous_clients_upload_and_download(start_server, model):
         assert ftp.sendcmd("NOOP").startswith("200")
 
 
+def test_pool_admits_a_burst_up_to_workers_plus_queue(start_server):
+    # The bound is sessions admitted (served or waiting), not jobs in a channel: a burst that
+    # fits must not be refused while workers are still waking up to take their jobs.
+    srv = start_server("pool:4", extra=["--pool-queue", "4"])
+    burst = [srv.ctl(greet=False) for _ in range(8)]
+    greetings = [c.reply() for c in burst[:4]]
+    assert [code for code, _ in greetings] == [220] * 4, greetings
+    for c in burst[4:]:
+        assert not c.readable(0.2), "a queued client was answered while every worker was busy"
+    extra = srv.ctl(greet=False)
+    code, text = extra.reply()
+    assert code == 421 and "busy" in text.lower(), text
+    # each session that ends lets one queued client in
+    for served, queued in zip(burst[:4], burst[4:]):
+        assert served.cmd("QUIT")[0] == 221
+        code, text = queued.reply()
+        assert code == 220, text
+
+
 def test_pool_queue_full_gets_421_at_once(start_server):
     srv = start_server("pool:1", extra=["--pool-queue", "1"])
     first = srv.ctl()  # holds the only worker
