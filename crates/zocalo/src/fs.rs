@@ -126,7 +126,7 @@ const HELPER_STACK: usize = 64 * 1024;
 /// Threads that help the listing thread stat a large directory: one fewer than the cores, at
 /// most 3. Stat-ing is a path lookup in the kernel per entry (about 2 us each here, 90% of a
 /// 10,000-entry LIST), and a client waiting for its listing leaves the other cores idle.
-fn list_helpers() -> usize {
+pub(crate) fn list_helpers() -> usize {
     static HELPERS: OnceLock<usize> = OnceLock::new();
     *HELPERS.get_or_init(|| thread::available_parallelism().map_or(0, |n| n.get() - 1).min(3))
 }
@@ -189,21 +189,9 @@ impl Storage for LocalFs {
         let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let mut dir = rustix::fs::Dir::read_from(&fd)?;
         let mut names = NameBatch::default();
-        let helpers = list_helpers();
-        if helpers == 0 {
-            let mut entries = Vec::new();
-            while let Some(entry) = dir.read() {
-                names.push(entry?.file_name());
-                if names.len() == BATCH {
-                    self.stat_batch(&fd, path, &mem::take(&mut names), &mut entries);
-                }
-            }
-            self.stat_batch(&fd, path, &names, &mut entries);
-            return Ok(entries);
-        }
         // Reading the directory and stat-ing its entries overlap: batches of names go to helper
-        // threads as they are read, and once the directory is read this thread helps too.
-        // The helpers start only for a directory of more than one batch.
+        // threads as they are read, and once the directory is read this thread stats too. The
+        // helpers start only for a directory of more than one batch (and never on one core).
         let (tx, rx) = mpsc::channel::<NameBatch>();
         let rx = Mutex::new(rx);
         let take = || rx.lock().unwrap_or_else(PoisonError::into_inner).recv().ok();
@@ -217,11 +205,13 @@ impl Storage for LocalFs {
         thread::scope(|scope| {
             let mut workers = Vec::new();
             let mut read = || -> io::Result<()> {
+                let mut started = false;
                 while let Some(entry) = dir.read() {
                     names.push(entry?.file_name());
                     if names.len() == BATCH {
-                        if workers.is_empty() {
-                            for _ in 0..helpers {
+                        if !started {
+                            started = true;
+                            for _ in 0..list_helpers() {
                                 let builder = thread::Builder::new().stack_size(HELPER_STACK);
                                 match builder.spawn_scoped(scope, work) {
                                     Ok(handle) => workers.push(handle),

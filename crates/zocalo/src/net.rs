@@ -76,7 +76,7 @@ const DEFAULT_TRIES: u32 = 32;
 
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`, which IPv6 shares), read
 /// once; Linux's default if it cannot be read.
-fn ephemeral_range() -> &'static (u16, u16) {
+pub(crate) fn ephemeral_range() -> &'static (u16, u16) {
     static RANGE: OnceLock<(u16, u16)> = OnceLock::new();
     RANGE.get_or_init(|| {
         let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");

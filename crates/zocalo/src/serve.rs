@@ -69,6 +69,10 @@ pub fn run(settings: Settings) -> io::Result<()> {
         let _ = out.flush();
     }));
     tracing::info!(model = %settings.model, root = %settings.root.display(), "serving");
+    // Facts of the machine read once, here, before the `process` model forks: its children
+    // inherit them instead of each reading /proc (and the cgroup files) again.
+    crate::net::ephemeral_range();
+    crate::fs::list_helpers();
     models::run(settings.model, server)
 }
 

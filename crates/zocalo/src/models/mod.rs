@@ -115,6 +115,14 @@ pub struct Server {
     pub backlog: i32,
 }
 
+impl Server {
+    /// Closes the listening sockets once the accept loop is over, so that a client arriving
+    /// during the grace period is refused at once instead of waiting in the backlog.
+    pub fn stop_accepting(&mut self) {
+        self.listeners.clear();
+    }
+}
+
 /// Runs the chosen model until the stop signal and the grace period are over.
 pub fn run(model: Model, server: Server) -> io::Result<()> {
     match model {

@@ -54,9 +54,7 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
         || {},
         &[],
     );
-    // Stop taking connections now: a client arriving during the grace period is refused at
-    // once instead of waiting in the backlog.
-    server.listeners.clear();
+    server.stop_accepting();
     drop(tx);
     for h in handles {
         let _ = h.join();

@@ -82,9 +82,7 @@ pub fn run(mut server: Server) -> io::Result<()> {
             &extra,
         )
     };
-    // Stop taking connections now: a client arriving during the grace period is refused at
-    // once instead of waiting in the backlog.
-    server.listeners.clear();
+    server.stop_accepting();
     wait_children(&mut children, server.ctx.grace + Duration::from_secs(2), &child_waker);
     result
 }

@@ -27,9 +27,7 @@ pub fn run(mut server: Server) -> io::Result<()> {
         || {},
         &[],
     );
-    // Stop taking connections now: a client arriving during the grace period is refused at
-    // once instead of waiting in the backlog.
-    server.listeners.clear();
+    server.stop_accepting();
     for t in threads {
         let _ = t.join();
     }
