@@ -14,6 +14,7 @@ after start-up (polled in /proc with a bounded deadline); otherwise the test fai
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -132,3 +133,15 @@ def pytest_runtest_call(item):
         raise AssertionError("leak check failed:\n" + "\n".join(problems))
     return result
 
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> dict:
+    """A self-signed certificate for 127.0.0.1 from ``zocalo cert``."""
+    out = tmp_path_factory.mktemp("certs")
+    p = subprocess.run([str(helpers.zocalo_bin()), "cert", "--self-signed", "--out", str(out)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    cert, key = out / "cert.pem", out / "key.pem"
+    assert cert.is_file() and key.is_file()
+    return {"cert": cert, "key": key}

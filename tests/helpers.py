@@ -411,7 +411,8 @@ class Server:
         def settled():
             history.append(self.resources())
             recent = history[-5:]
-            return len(recent) == 5 and all(r == recent[0] for r in recent) and recent[0]["children"] == 0
+            return (len(recent) == 5 and all(r == recent[0] for r in recent)
+                    and recent[0]["children"] == self.helper_children)
 
         assert poll_until(settled, LEAK_DEADLINE), f"resources never settled after start-up: {history[-5:]}"
         self.baseline = history[-1]
@@ -518,6 +519,9 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
             proc.wait(STOP_DEADLINE)
         raise
     server = Server(proc, root, addrs, log_path, argv)
+    # The process model serves TFTP and the admin channel in child processes of their own.
+    args = [str(a) for a in argv]
+    server.helper_children = (model == "process") * (("--admin-socket" in args) + ("--tftp" in args))
     server.tls_addrs = tls_addrs
     server.stdout_tail = seen
     # Keep reading stdout so the server can never block on a full pipe.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 
 import pytest
@@ -135,3 +136,125 @@ def test_json_logs_never_contain_passwords(start_server, tmp_path):
     records = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
     assert any(r["fields"].get("message") == "transfer" and r["fields"].get("user") == "bob"
                for r in records)
+
+
+# --------------------------------------------------------------------------
+# Hostile clients: a session that cannot be written to, stalled handshakes
+
+
+HOSTILE_MODELS = ["epoll", "poll", "select", "thread", "process"]
+
+
+def unreading_client(srv, lines: bytes, login: bool = False) -> socket.socket:
+    """A control connection with a 4 KiB receive buffer that sends `lines` as far as the
+    server takes them (bounded) and then reads nothing."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(helpers.TIMEOUT)
+    s.connect(srv.addr())
+    if login:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(f"USER {helpers.USER}\r\n".encode())
+        assert f.readline().startswith(b"331")
+        s.sendall(f"PASS {helpers.PASSWORD}\r\n".encode())
+        assert f.readline().startswith(b"230")
+    s.setblocking(False)
+    sent = 0
+    for _ in range(10_000):
+        if sent >= len(lines):
+            break
+        try:
+            sent += s.send(lines[sent:sent + 65536])
+        except BlockingIOError:
+            break
+    return s
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of the server and its children (the process model's sessions)."""
+    total = 0
+    for p in [pid, *helpers._children_of(pid)]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total
+
+
+def assert_others_served_after_timeout(srv, bystander, expect: str) -> None:
+    """The bystander connected after the attacker, so its timeout comes later: its 421 proves
+    the attacker's timeout has fired; then a new client must be served at once."""
+    assert bystander.readable(15), "the bystander's timeout never fired: the loop is stuck"
+    code, text = bystander.reply()
+    assert code == 421 and expect in text, text
+    fresh = srv.ctl()
+    assert fresh.cmd("NOOP")[0] == 200
+    fresh.cmd("QUIT")
+
+
+@pytest.mark.parametrize("model", HOSTILE_MODELS)
+def test_login_timeout_closes_a_session_that_reads_nothing(start_server, model):
+    srv = start_server(model, extra=["--login-timeout", 2, "--idle-timeout", 120])
+    attacker = unreading_client(srv, b"HELP\r\n" * 20_000)
+    bystander = srv.ctl()
+    assert_others_served_after_timeout(srv, bystander, "Login timeout")
+    attacker.close()
+    assert rss_kib(srv.proc.pid) < 64 * 1024
+    srv.close_clients()
+    ok, last = srv.wait_baseline()
+    assert ok, f"resources not released: {last} vs {srv.baseline}"
+
+
+@pytest.mark.parametrize("model", HOSTILE_MODELS)
+def test_idle_timeout_closes_a_session_that_reads_nothing(start_server, model):
+    srv = start_server(model, extra=["--idle-timeout", 2])
+    attacker = unreading_client(srv, b"HELP\r\n" * 20_000, login=True)
+    bystander = srv.ctl()
+    bystander.login()
+    assert_others_served_after_timeout(srv, bystander, "Idle")
+    # Closed by the server while its last reply cannot be written: the descriptor goes even
+    # though the attacker never reads.
+    srv.close_clients()
+    ok, last = srv.wait_baseline()
+    attacker.close()
+    assert ok, f"the attacker's session outlived its timeout: {last} vs {srv.baseline}"
+
+
+@pytest.mark.parametrize("model", HOSTILE_MODELS)
+def test_pipelined_commands_whose_replies_are_not_read_cost_little(start_server, model):
+    srv = start_server(model, extra=["--idle-timeout", 60])
+    before = rss_kib(srv.proc.pid)
+    attackers = [unreading_client(srv, b"STAT\r\n" * 50_000, login=True) for _ in range(4)]
+    ftp = srv.ftp()
+    assert ftp.sendcmd("NOOP").startswith("200")
+    grown = rss_kib(srv.proc.pid) - before
+    assert grown < 16 * 1024, f"the server grew by {grown} KiB"
+    for a in attackers:
+        a.close()
+
+
+def tls_flags(certs):
+    return ["--tls-cert", certs["cert"], "--tls-key", certs["key"]]
+
+
+@pytest.mark.parametrize("model", HOSTILE_MODELS)
+def test_a_stalled_auth_tls_handshake_is_under_the_login_timeout(start_server, model, certs):
+    srv = start_server(model, extra=[*tls_flags(certs), "--login-timeout", 2,
+                                     "--idle-timeout", 120])
+    attacker = srv.ctl()
+    assert attacker.cmd("AUTH TLS")[0] == 234
+    bystander = srv.ctl()
+    assert_others_served_after_timeout(srv, bystander, "Login timeout")
+    assert attacker.wait_closed(10), "the stalled handshake outlived the login timeout"
+
+
+@pytest.mark.parametrize("model", HOSTILE_MODELS)
+def test_a_stalled_auth_tls_handshake_after_login_is_under_the_idle_timeout(
+        start_server, model, certs):
+    srv = start_server(model, extra=[*tls_flags(certs), "--idle-timeout", 2])
+    attacker = srv.ctl()
+    attacker.login()
+    assert attacker.cmd("AUTH TLS")[0] == 234
+    assert attacker.wait_closed(10), "the stalled handshake outlived the idle timeout"

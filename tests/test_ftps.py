@@ -31,17 +31,6 @@ def model(request):
     return request.param
 
 
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("certs")
-    p = subprocess.run([str(zocalo_bin()), "cert", "--self-signed", "--out", str(out)],
-                       capture_output=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    cert, key = out / "cert.pem", out / "key.pem"
-    assert cert.is_file() and key.is_file()
-    return {"cert": cert, "key": key}
-
-
 @pytest.fixture
 def tls_server(start_server, model, certs):
     """Factory: a server with the certificate and one implicit-TLS listener."""

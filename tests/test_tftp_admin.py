@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import socket
 import signal
 import stat
 import subprocess
@@ -206,3 +207,34 @@ def test_admin_reload_reads_new_users_without_dropping_sessions(start_server, tm
     carol = srv.ftp("carol", "carolpw")
     assert helpers.code_of(carol, "MKD x") == 550
     assert bob.pwd() == "/"
+
+
+def test_admin_kick_of_a_free_slot_or_unknown_id_harms_nothing(admin_srv):
+    srv, sock = admin_srv
+    c = srv.ctl()
+    c.login()
+    for target in ["0", "99999"]:
+        out = ctl(sock, "kick", target)
+        assert out.returncode != 0
+        assert f"no session {target}" in out.stdout + out.stderr
+    assert srv.alive()
+    assert c.cmd("NOOP")[0] == 200, "a session was hurt by a kick of no session"
+
+
+def test_silent_admin_clients_never_delay_ftp_service(start_server, tmp_path):
+    sock = tmp_path / "admin.sock"
+    srv = start_server("process", extra=["--admin-socket", sock])
+    silent = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(str(sock))
+        silent.append(s)
+    # Each silent client held the old accept loop for 2 s: three of them, 6 s.
+    c = helpers.Ctl(*srv.addr(), timeout=3)
+    srv.clients.append(c)
+    assert c.reply()[0] == 220
+    c.login()
+    out = ctl(sock, "status")
+    assert out.returncode == 0 and "sessions 1" in out.stdout, out.stdout
+    for s in silent:
+        s.close()

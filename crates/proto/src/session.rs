@@ -34,7 +34,7 @@ use crate::command::{self, Command, EpsvArg, ParseError, TransferType};
 use crate::line::{LineBuffer, Overflow, MAX_LINE};
 use crate::listing;
 use crate::path;
-use crate::storage::{error_reply, FileHandle, FileKind, WriteMode};
+use crate::storage::{error_reply, rest_past_end, FileHandle, FileKind, WriteMode};
 
 /// Settings shared by every session of a server.
 pub struct Config {
@@ -184,6 +184,10 @@ struct Running {
     unique_name: Option<String>,
 }
 
+/// Reply bytes a session queues before it stops running commands: a client that pipelines
+/// commands without reading the replies costs the server at most this (plus one reply).
+pub const OUTPUT_CAP: usize = 32 * 1024;
+
 const FEATURES: &[&str] = &[
     "EPRT",
     "EPSV",
@@ -313,7 +317,7 @@ impl Session {
     /// How many bytes [`handle_input`](Self::handle_input) accepts now. Zero means: stop
     /// reading the control connection until an event frees room.
     pub fn input_room(&self) -> usize {
-        if self.closed {
+        if self.closed || self.output.len() >= OUTPUT_CAP {
             0
         } else {
             self.input.room()
@@ -390,8 +394,10 @@ impl Session {
 
     /// The client sat idle for longer than the server allows.
     pub fn handle_idle_timeout(&mut self) {
-        self.reply(421, "Idle timeout; closing control connection.");
-        self.close();
+        if !self.closed {
+            self.reply(421, "Idle timeout; closing control connection.");
+            self.close();
+        }
     }
 
     /// The client did not log in within the time the server allows.
@@ -425,8 +431,11 @@ impl Session {
         &self.output
     }
 
-    /// `n` bytes of [`pending_output`](Self::pending_output) were written.
+    /// `n` bytes of [`pending_output`](Self::pending_output) were written. When that frees
+    /// room under [`OUTPUT_CAP`], commands held back by it run now, which may queue more output
+    /// and actions.
     pub fn advance_output(&mut self, n: usize) {
+        let was_full = self.output.len() >= OUTPUT_CAP;
         if n >= self.output.len() {
             if self.output.capacity() > 1024 {
                 self.output = Vec::new();
@@ -435,6 +444,9 @@ impl Session {
             }
         } else {
             self.output.drain(..n);
+        }
+        if was_full && self.output.len() < OUTPUT_CAP {
+            self.process();
         }
     }
 
@@ -446,9 +458,14 @@ impl Session {
     // ---- the state machine ---------------------------------------------------------------
 
     /// Runs the buffered lines. During a transfer, ABOR, STAT and NOOP run at once and other
-    /// commands are held (up to one line's worth of bytes) to run in order after it.
+    /// commands are held (up to one line's worth of bytes) to run in order after it. After an
+    /// ABOR nothing runs until the transfer has ended, so every reply comes in command order;
+    /// nothing runs either while [`OUTPUT_CAP`] bytes of replies wait to be written.
     fn process(&mut self) {
-        while !self.closed && self.wait.is_none() {
+        while !self.closed && self.wait.is_none() && self.output.len() < OUTPUT_CAP {
+            if self.running.as_ref().is_some_and(|r| r.aborting) {
+                break;
+            }
             if self.running.is_none() {
                 if let Some(line) = self.held.pop_front() {
                     self.run_line(&line);
@@ -962,6 +979,7 @@ impl Session {
                 run.aborting = true;
                 self.actions.push_back(Action::Abort);
             }
+            // Unreachable while `process` holds input during an abort; kept total.
             Some(_) => {}
             None => {
                 self.reset_data();
@@ -983,6 +1001,9 @@ impl Session {
             if meta.kind == FileKind::Dir {
                 return Err(std::io::ErrorKind::IsADirectory.into());
             }
+            if offset > meta.size {
+                return Err(rest_past_end());
+            }
             let file = s.open_read(path::relative(&abs), offset)?;
             Ok((file, meta.size))
         });
@@ -1002,14 +1023,30 @@ impl Session {
         if self.data_refused() {
             return;
         }
-        let abs = path::resolve(&self.cwd, arg);
         let offset = std::mem::take(&mut self.rest);
+        if arg.ends_with('/') {
+            return self.reply(553, "A name that ends in / names a directory, not a file.");
+        }
+        let abs = path::resolve(&self.cwd, arg);
         let mode = match (verb, offset) {
             ("APPE", _) => WriteMode::Append,
             (_, 0) => WriteMode::Truncate,
             (_, off) => WriteMode::At(off),
         };
-        match self.with_storage(|s| s.open_write(path::relative(&abs), mode)) {
+        let opened = self.with_storage(|s| {
+            if let WriteMode::At(off) = mode {
+                let size = match s.metadata(path::relative(&abs)) {
+                    Ok(m) => m.size,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(e),
+                };
+                if off > size {
+                    return Err(rest_past_end());
+                }
+            }
+            s.open_write(path::relative(&abs), mode)
+        });
+        match opened {
             Ok(file) => {
                 let text = format!("Ok to send data for {abs}.");
                 self.start(verb, abs, None, Body::Receive(file), text, None);

@@ -103,6 +103,9 @@ pub trait Storage: Send + Sync {
 /// The reply for a failed storage call: the single place where errors become FTP codes.
 pub fn error_reply(err: &io::Error) -> (u16, String) {
     use io::ErrorKind::*;
+    if err.get_ref().is_some_and(|e| e.is::<RestPastEnd>()) {
+        return (554, "REST position is past the end of the file.".into());
+    }
     /// Linux's ELOOP: O_NOFOLLOW or RESOLVE_NO_SYMLINKS met a symlink.
     const ELOOP: i32 = 40;
     if err.raw_os_error() == Some(ELOOP) {
@@ -124,6 +127,24 @@ pub fn error_reply(err: &io::Error) -> (u16, String) {
     (550, text.into())
 }
 
+/// A REST offset beyond the file's end, for RETR or STOR: answered 554 (RFC 959's "requested
+/// action not taken"), before anything is opened or created.
+#[derive(Debug)]
+pub struct RestPastEnd;
+
+impl std::fmt::Display for RestPastEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("REST position past the end of the file")
+    }
+}
+
+impl std::error::Error for RestPastEnd {}
+
+/// The error for [`RestPastEnd`].
+pub fn rest_past_end() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, RestPastEnd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +158,6 @@ mod tests {
         assert_eq!(code(io::ErrorKind::CrossesDevices), 550);
         assert_eq!(code(io::ErrorKind::InvalidFilename), 553);
         assert_eq!(code(io::ErrorKind::Other), 451);
+        assert_eq!(error_reply(&rest_past_end()).0, 554);
     }
 }

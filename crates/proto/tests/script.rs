@@ -395,3 +395,91 @@ fn idle_timeout_and_shutdown_close_with_421() {
     assert!(s.drain().starts_with("421"));
     assert!(s.closed);
 }
+
+#[test]
+fn a_timeout_on_a_closed_session_queues_nothing_more() {
+    let mut s = Script::new();
+    s.session.handle_idle_timeout();
+    s.drain();
+    for _ in 0..3 {
+        s.session.handle_idle_timeout();
+        s.session.handle_login_timeout();
+    }
+    assert!(s.session.pending_output().is_empty(), "a second 421 was queued");
+    assert!(s.session.poll_action().is_none(), "a second Close was queued");
+}
+
+#[test]
+fn rest_past_the_end_is_refused_before_anything_is_opened() {
+    let mut s = Script::login("alice", "secret");
+    s.send("EPSV");
+    assert_eq!(s.code("REST 13"), 350);
+    assert_eq!(s.code("RETR hello.txt"), 554, "hello.txt has 12 bytes");
+    s.send("EPSV");
+    s.send("REST 12");
+    assert!(s.send("RETR hello.txt").contains("226"), "REST at the very end is allowed");
+    assert!(s.downloaded.is_empty());
+    s.send("EPSV");
+    s.send("REST 9223372036854775808");
+    assert_eq!(s.code("STOR new.bin"), 554);
+    assert_eq!(s.storage.contents("new.bin"), None, "a refused STOR created a file");
+    s.send("EPSV");
+    s.send("REST 100");
+    assert_eq!(s.code("STOR hello.txt"), 554);
+    assert_eq!(s.storage.contents("hello.txt").unwrap(), b"hello\nworld\n");
+}
+
+#[test]
+fn a_name_ending_in_a_slash_is_not_a_file_to_store() {
+    let mut s = Script::login("alice", "secret");
+    for verb in ["STOR", "APPE"] {
+        s.send("EPSV");
+        assert_eq!(s.code(&format!("{verb} newf/")), 553);
+        assert_eq!(s.storage.contents("newf"), None, "{verb} created a file");
+    }
+}
+
+#[test]
+fn replies_after_abor_come_in_command_order() {
+    let mut s = Script::login("alice", "secret");
+    s.complete_transfers = false;
+    s.send("PASV");
+    assert!(s.send("RETR hello.txt").starts_with("150"));
+    let early = s.send("ABOR\r\nNOOP\r\nNOOP\r\nABOR\r\nPWD");
+    assert_eq!(early, "", "nothing may be answered before the ABOR's own replies");
+    assert!(matches!(s.pending.last(), Some(Action::Abort)));
+    s.session.handle_transfer_done(Outcome::Aborted);
+    let codes: Vec<&str> = s.drain().leak().lines().map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["426", "226", "200", "200", "225", "257"]);
+}
+
+#[test]
+fn unread_replies_stop_the_session_taking_input() {
+    use zocalo_proto::session::OUTPUT_CAP;
+    let mut s = Script::login("alice", "secret");
+    let mut fed = 0;
+    for _ in 0..10_000 {
+        let room = s.session.input_room();
+        if room == 0 {
+            break;
+        }
+        let line = b"HELP\r\n";
+        let n = room.min(line.len());
+        s.session.handle_input(&line[..n]);
+        fed += n;
+    }
+    assert_eq!(s.session.input_room(), 0, "input still taken with replies unread");
+    let pending = s.session.pending_output().len();
+    assert!(pending >= OUTPUT_CAP && pending < OUTPUT_CAP + 1024, "{pending} bytes queued");
+    assert!(fed < 60_000, "{fed} bytes taken");
+    // Reading the replies lets the held commands run, in order.
+    let mut replies = 0;
+    while !s.session.pending_output().is_empty() {
+        let out = s.session.pending_output();
+        replies += out.windows(6).filter(|w| w == b"214 He").count();
+        let n = out.len();
+        s.session.advance_output(n);
+    }
+    assert!(replies * 6 >= fed - 6, "{replies} replies for {fed} bytes of HELP lines");
+    assert!(s.session.input_room() > 0);
+}

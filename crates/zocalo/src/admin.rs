@@ -14,7 +14,7 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::registry::Registry;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Reload, Shutdown};
 use crate::users::Users;
 
 const MAX_MESSAGE: usize = 32 * 1024;
@@ -23,7 +23,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the admin channel reports and acts on.
 pub struct Admin {
     socket: Socket,
-    path: PathBuf,
+    /// The socket's path, removed when the server stops (by the process that serves it).
+    path: Option<PathBuf>,
+    /// In the `process` model's admin process: the parent, which must reload too.
+    forward: Option<Reload>,
     registry: Arc<Registry>,
     users: Arc<Users>,
     /// The model and the `listening` lines.
@@ -44,7 +47,8 @@ impl Admin {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         socket.listen(16)?;
         socket.set_nonblocking(true)?;
-        Ok(Admin { socket, path: path.to_path_buf(), registry, users, summary })
+        let path = Some(path.to_path_buf());
+        Ok(Admin { socket, path, forward: None, registry, users, summary })
     }
 
     /// The listening descriptor, for a poll set.
@@ -85,7 +89,12 @@ impl Admin {
                 _ => format!("error: no session {id}\n"),
             },
             (Some("reload"), None) => match self.users.reload() {
-                Ok(n) => format!("reloaded: {n} accounts in the users file\n"),
+                Ok(n) => {
+                    if let Some(parent) = &self.forward {
+                        parent.ask();
+                    }
+                    format!("reloaded: {n} accounts in the users file\n")
+                }
                 Err(e) => format!("error: {e}\n"),
             },
             _ => "error: requests are `status`, `kick ID` and `reload`\n".into(),
@@ -121,6 +130,7 @@ impl Admin {
             // SAFETY: two valid pollfds.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
             if n > 0 && fds[1].revents != 0 {
+                drop(self);
                 return;
             }
             self.serve_ready();
@@ -128,9 +138,43 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// The `process` model: serves the admin channel in a process of its own, so that no
+    /// admin client can delay the accept loop, which must stay single-threaded to fork. It
+    /// reads the shared session table, signals the children it kicks, and passes a reload on
+    /// to the parent through `reload`.
+    pub fn fork(
+        mut self,
+        shutdown: Shutdown,
+        reload: Reload,
+        listeners: &[crate::models::Listener],
+    ) -> io::Result<()> {
+        // SAFETY: called before any thread is started; the child only serves the admin channel.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                for l in listeners {
+                    // SAFETY: closing the child's copies of the FTP listening descriptors.
+                    unsafe { libc::close(l.sock.as_raw_fd()) };
+                }
+                self.forward = Some(reload);
+                let served = self.spawn(shutdown).map(|t| t.join());
+                // SAFETY: leave without running the parent's destructors.
+                unsafe { libc::_exit(i32::from(served.is_err())) }
+            }
+            _ => {
+                self.path = None;
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Drop for Admin {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -177,6 +177,9 @@ struct Conn<'a> {
     xfer: XferStart,
     data_sleep: Option<Instant>,
     created: Instant,
+    /// A login or idle timeout fired: the connection closes now, its last reply written only
+    /// if the socket takes it at once.
+    expired: bool,
 }
 
 impl<'a> Conn<'a> {
@@ -205,6 +208,7 @@ impl<'a> Conn<'a> {
             xfer: XferStart { at: now, ascii: false },
             data_sleep: None,
             created: now,
+            expired: false,
         })
     }
 
@@ -218,6 +222,11 @@ impl<'a> Conn<'a> {
     }
 
     fn flush_and_act(&mut self) -> bool {
+        if self.expired {
+            self.abort_task();
+            let _ = self.flush_now();
+            return false;
+        }
         loop {
             if self.flush().is_err() {
                 self.abort_task();
@@ -300,7 +309,18 @@ impl<'a> Conn<'a> {
         self.wait = None;
     }
 
+    /// Writes all pending output, waiting for the socket as long as the idle timeout allows.
     fn flush(&mut self) -> io::Result<()> {
+        loop {
+            match self.flush_now() {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.wait_writable()?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes what the socket takes now; WouldBlock while output is still pending.
+    fn flush_now(&mut self) -> io::Result<()> {
         loop {
             let result = match self.session.pending_output() {
                 [] => self.control.flush_tls(),
@@ -310,7 +330,6 @@ impl<'a> Conn<'a> {
                 Ok(()) if self.session.pending_output().is_empty() => return Ok(()),
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.wait_writable()?,
                 Err(e) => return Err(e),
             }
         }
@@ -341,7 +360,10 @@ impl<'a> Conn<'a> {
             self.closed = true;
             return;
         }
-        let deadline = Instant::now() + self.ctx.idle_timeout;
+        let deadline = match self.session.user() {
+            Some(_) => Instant::now() + self.ctx.idle_timeout,
+            None => self.created + self.ctx.login_timeout,
+        };
         loop {
             let Stream::Tls(t) = &mut self.control else { return };
             match t.handshake() {
@@ -442,6 +464,7 @@ impl<'a> Conn<'a> {
         }
         if self.session.user().is_none() && self.created + self.ctx.login_timeout <= now {
             self.session.handle_login_timeout();
+            self.expired = true;
         }
         if let Some(task) = &self.task {
             if self.data_activity + self.ctx.data_timeout <= now {
@@ -460,6 +483,7 @@ impl<'a> Conn<'a> {
         }
         if self.session.is_idle() && self.last_activity + self.ctx.idle_timeout <= now {
             self.session.handle_idle_timeout();
+            self.expired = true;
         }
     }
 }

@@ -50,10 +50,12 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
     };
     let answer =
         zocalo::admin::request(socket, &text).map_err(|e| format!("{}: {e}", socket.display()))?;
-    print!("{answer}");
     match answer.strip_prefix("error: ") {
         Some(e) => Err(e.trim().to_string()),
-        None => Ok(()),
+        None => {
+            print!("{answer}");
+            Ok(())
+        }
     }
 }
 

@@ -136,15 +136,22 @@ impl Registry {
         None
     }
 
-    /// Asks session `id` to leave. False if no such session is listed.
+    /// Asks session `id` to leave. False if no such session is listed. Id 0 marks a free slot
+    /// and never names a session; a slot whose process is gone is never signalled.
     pub fn kick(&self, id: u64) -> bool {
+        if id == 0 {
+            return false;
+        }
         for i in 0..self.len {
             let slot = self.slot(i);
             if slot.id.load(Ordering::Acquire) != id {
                 continue;
             }
-            slot.kick.store(1, Ordering::Release);
             let pid = slot.pid.load(Ordering::Relaxed);
+            if pid <= 0 {
+                return false;
+            }
+            slot.kick.store(1, Ordering::Release);
             // SAFETY: getpid has no preconditions.
             if pid != unsafe { libc::getpid() } {
                 // SAFETY: signalling a child of ours that serves this session.
@@ -161,6 +168,20 @@ impl Registry {
             return true;
         }
         false
+    }
+
+    /// Frees every slot held by process `pid`, which has exited (the `process` model's parent
+    /// calls this as it reaps a child): a child killed before it could free its slot leaves no
+    /// phantom session, and its pid, which the system may reuse, is never signalled.
+    pub fn release_pid(&self, pid: i32) {
+        for i in 0..self.len {
+            let slot = self.slot(i);
+            if slot.id.load(Ordering::Acquire) != 0 && slot.pid.load(Ordering::Relaxed) == pid {
+                slot.pid.store(0, Ordering::Relaxed);
+                slot.fd.store(-1, Ordering::Relaxed);
+                slot.id.store(0, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -224,6 +245,7 @@ impl Drop for Entry {
         if let Some(i) = self.index {
             let slot = self.registry.slot(i);
             slot.fd.store(-1, Ordering::Relaxed);
+            slot.pid.store(0, Ordering::Relaxed);
             slot.id.store(0, Ordering::Release);
         }
     }
@@ -268,6 +290,10 @@ mod tests {
         assert!(r.kick(b.id()));
         assert!(b.kicked());
         assert!(!r.kick(9999));
+        assert!(!r.kick(0), "id 0 is a free slot, never a session");
+        // SAFETY: getpid has no preconditions.
+        r.release_pid(unsafe { libc::getpid() });
+        assert!(r.sessions().is_empty() && !r.kick(b.id()), "released slots are gone");
     }
 
     #[test]

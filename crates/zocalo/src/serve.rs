@@ -13,7 +13,7 @@ use crate::limits::{Limits, SharedGuard};
 use crate::models::{self, Listener, Model, Server};
 use crate::net;
 use crate::registry::Registry;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Reload, Shutdown};
 use crate::tls::Tls;
 use crate::users::{Users, UsersConfig};
 use crate::xferlog::Xferlog;
@@ -38,7 +38,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if let Some(user) = &settings.run_as {
         drop_privileges(user)?;
     }
-    let (mut server, root_storage, users) = build(&settings, listeners, shutdown)?;
+    let (mut server, root_storage) = build(&settings, listeners, shutdown)?;
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
@@ -54,12 +54,16 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {
         let mut summary = vec![format!("model {}", settings.model)];
         summary.extend(lines.iter().cloned());
-        let admin = Admin::bind(path, registry.clone(), users, summary)
+        let admin = Admin::bind(path, registry.clone(), server.users.clone(), summary)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let shutdown = server.ctx.shutdown.clone();
         match settings.model {
-            Model::Process => server.admin = Some(admin),
-            _ => drop(admin.spawn(server.ctx.shutdown.clone())?),
+            Model::Process => admin.fork(shutdown, server.reload.clone(), &server.listeners)?,
+            _ => drop(admin.spawn(shutdown)?),
         }
+    }
+    if settings.model != Model::Process {
+        spawn_reloader(server.reload.clone(), server.ctx.shutdown.clone(), server.users.clone())?;
     }
     server.ready = Some(Box::new(move || {
         let mut out = io::stdout().lock();
@@ -80,7 +84,7 @@ fn build(
     settings: &Settings,
     listeners: Vec<Listener>,
     shutdown: Shutdown,
-) -> io::Result<(Server, Arc<dyn zocalo_proto::Storage>, Arc<Users>)> {
+) -> io::Result<(Server, Arc<dyn zocalo_proto::Storage>)> {
     let tls = match &settings.tls {
         Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
         None => None,
@@ -132,16 +136,47 @@ fn build(
         Model::Pool(n) => n,
         _ => 1,
     };
+    let reload = Reload::new()?;
+    reload.install_signal_handler()?;
     let server = Server {
         ready: None,
-        admin: None,
+        reload,
+        users,
         ctx: Arc::new(ctx),
         limits: Limits::new(settings.max_connections, settings.max_per_ip),
         listeners,
         pool_queue: settings.pool_queue.unwrap_or(workers),
         backlog: settings.backlog,
     };
-    Ok((server, root_storage, users))
+    Ok((server, root_storage))
+}
+
+/// Carries out a reload (SIGHUP, `ctl reload`): re-reads the users file. One that fails keeps
+/// the accounts it had and says why.
+pub fn reload_settings(users: &Users) {
+    match users.reload() {
+        Ok(n) => tracing::info!(accounts = n, "reloaded the users file"),
+        Err(e) => tracing::warn!("reload failed, keeping the previous settings: {e}"),
+    }
+}
+
+/// Reloads whenever asked, on a small thread of its own, until the server stops.
+fn spawn_reloader(reload: Reload, shutdown: Shutdown, users: Arc<Users>) -> io::Result<()> {
+    std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || loop {
+        let mut fds = [
+            libc::pollfd { fd: reload.fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: shutdown.fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 && fds[1].revents != 0 {
+            return;
+        }
+        if reload.take() {
+            reload_settings(&users);
+        }
+    })?;
+    Ok(())
 }
 
 /// One `listening ftp://ADDR` line per listener, printed once the model accepts connections.

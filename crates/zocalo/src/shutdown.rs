@@ -14,6 +14,7 @@ use std::time::Duration;
 use zocalo_poller::Waker;
 
 static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+static RELOAD_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// The server-wide stop signal.
 #[derive(Clone)]
@@ -35,11 +36,6 @@ impl Shutdown {
         // SAFETY: ignoring SIGPIPE is always sound; broken pipes become EPIPE errors.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         Ok(())
-    }
-
-    /// Asks the server to stop, as a signal would.
-    pub fn trigger(&self) {
-        let _ = self.waker.wake();
     }
 
     /// True once a stop was asked for.
@@ -66,6 +62,56 @@ impl Shutdown {
     /// The descriptor to watch for readability.
     pub fn fd(&self) -> RawFd {
         self.waker.as_raw_fd()
+    }
+}
+
+/// SIGHUP (what logrotate's postrotate sends) and `zocalo ctl reload`: a descriptor that
+/// becomes readable when a reload is asked for. Whoever reloads drains it. Forked children
+/// share it, so the `process` model's admin process asks its parent through it.
+#[derive(Clone)]
+pub struct Reload {
+    waker: Arc<Waker>,
+}
+
+impl Reload {
+    pub fn new() -> io::Result<Self> {
+        Ok(Reload { waker: Arc::new(Waker::new()?) })
+    }
+
+    /// Routes SIGHUP to this descriptor (once per process), instead of its default: to exit.
+    pub fn install_signal_handler(&self) -> io::Result<()> {
+        RELOAD_FD.store(self.waker.as_raw_fd(), Ordering::SeqCst);
+        set_handler(libc::SIGHUP, on_reload, 0)
+    }
+
+    /// Asks for a reload, as SIGHUP does.
+    pub fn ask(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// True (once) when a reload was asked for since the last call.
+    pub fn take(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        let asked = unsafe { libc::poll(&mut pfd, 1, 0) == 1 };
+        if asked {
+            let _ = self.waker.drain();
+        }
+        asked
+    }
+
+    /// The descriptor to watch for readability.
+    pub fn fd(&self) -> RawFd {
+        self.waker.as_raw_fd()
+    }
+}
+
+extern "C" fn on_reload(_sig: libc::c_int) {
+    let fd = RELOAD_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) on an eventfd with an 8-byte buffer is async-signal-safe.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
     }
 }
 

@@ -103,6 +103,11 @@ struct Conn {
     xfer: XferStart,
     data_sleep: Option<Instant>,
     created: Instant,
+    /// When the control connection's TLS handshake must be done (AUTH TLS).
+    handshake_by: Option<Instant>,
+    /// A login or idle timeout fired: the connection closes now, its last reply written only
+    /// if the socket takes it at once.
+    expired: bool,
 }
 
 impl EventLoop {
@@ -237,6 +242,12 @@ impl EventLoop {
             return;
         };
         conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
+        if conn.expired {
+            if !conn.handshaking {
+                conn.flush();
+            }
+            conn.closed = true;
+        }
         if !conn.closed && conn.session.input_room() > 0 && conn.control.has_buffered() {
             conn.read_control();
             conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
@@ -288,13 +299,19 @@ impl EventLoop {
         Some(next.saturating_duration_since(Instant::now()))
     }
 
+    /// Fires the timers due now. A timer a connection sets again for a time already past waits
+    /// for the next turn of the loop, so no connection can keep the loop from the others.
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        let mut due = Vec::new();
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            due.push((at, index));
+        }
+        for (at, index) in due {
             let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
@@ -327,6 +344,8 @@ impl Conn {
             xfer: XferStart { at: now, ascii: false },
             data_sleep: None,
             created: now,
+            handshake_by: None,
+            expired: false,
             control,
             handshaking: false,
             session,
@@ -432,6 +451,10 @@ impl Conn {
         }
         self.control_interest = Interest::READABLE;
         self.handshaking = true;
+        self.handshake_by = Some(match self.session.user() {
+            Some(_) => Instant::now() + ctx.idle_timeout,
+            None => self.created + ctx.login_timeout,
+        });
         self.advance_handshake();
     }
 
@@ -443,6 +466,7 @@ impl Conn {
         match t.handshake() {
             Ok(true) if !t.is_handshaking() => {
                 self.handshaking = false;
+                self.handshake_by = None;
                 self.session.handle_tls_established();
                 true
             }
@@ -571,7 +595,11 @@ impl Conn {
         let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
         let stop = stop_by.filter(|_| self.task.is_some());
         let login = self.session.user().is_none().then(|| self.created + ctx.login_timeout);
-        [idle, data, self.wake_at, stop, self.data_sleep, login].into_iter().flatten().min()
+        let handshake = self.handshake_by;
+        [idle, data, self.wake_at, stop, self.data_sleep, login, handshake]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn fire(
@@ -593,6 +621,11 @@ impl Conn {
         }
         if self.session.user().is_none() && self.created + ctx.login_timeout <= now {
             self.session.handle_login_timeout();
+            self.expired = true;
+        }
+        if self.handshake_by.is_some_and(|t| t <= now) {
+            tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+            self.expired = true;
         }
         if let Some(task) = &self.task {
             let stalled = self.data_activity + ctx.data_timeout <= now;
@@ -609,6 +642,7 @@ impl Conn {
         }
         if self.session.is_idle() && self.last_activity + ctx.idle_timeout <= now {
             self.session.handle_idle_timeout();
+            self.expired = true;
         }
     }
 }

@@ -103,9 +103,10 @@ pub type Ready = Option<Box<dyn FnOnce() + Send>>;
 /// What every model is given.
 pub struct Server {
     pub ready: Ready,
-    /// The admin channel, served by the accept loop itself in the `process` model (elsewhere
-    /// it has a thread of its own).
-    pub admin: Option<crate::admin::Admin>,
+    /// SIGHUP and `ctl reload`: the `process` model's parent reloads in its accept loop
+    /// (where its children fork from); the other models reload on a thread of their own.
+    pub reload: crate::shutdown::Reload,
+    pub users: Arc<crate::users::Users>,
     pub ctx: Arc<Ctx>,
     pub limits: Arc<Limits>,
     pub listeners: Vec<Listener>,

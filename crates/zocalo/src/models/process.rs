@@ -17,6 +17,7 @@ use zocalo_poller::Waker;
 use super::{accept_loop, serve_blocking, Server};
 use crate::limits::Permit;
 use crate::net;
+use crate::registry::Registry;
 
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -39,8 +40,8 @@ pub fn run(mut server: Server) -> io::Result<()> {
     let child_waker = Waker::new()?;
     install_sigchld(&child_waker)?;
     let mut children: HashMap<libc::pid_t, Permit> = HashMap::new();
-    let admin_fd = server.admin.as_ref().map(|a| a.fd());
-    let extra: Vec<i32> = std::iter::once(child_waker.as_raw_fd()).chain(admin_fd).collect();
+    let extra = [child_waker.as_raw_fd(), server.reload.fd()];
+    let registry = server.ctx.registry.clone();
     let result = {
         let children = std::cell::RefCell::new(&mut children);
         accept_loop(
@@ -74,21 +75,22 @@ pub fn run(mut server: Server) -> io::Result<()> {
             },
             || {
                 let _ = child_waker.drain();
-                reap(&mut children.borrow_mut());
-                if let Some(admin) = &server.admin {
-                    admin.serve_ready();
+                reap(&mut children.borrow_mut(), registry.as_deref());
+                if server.reload.take() {
+                    crate::serve::reload_settings(&server.users);
                 }
             },
             &extra,
         )
     };
     server.stop_accepting();
-    wait_children(&mut children, server.ctx.grace + Duration::from_secs(2), &child_waker);
+    let limit = server.ctx.grace + Duration::from_secs(2);
+    wait_children(&mut children, limit, &child_waker, registry.as_deref());
     result
 }
 
-/// Collects every exited child and releases its permit.
-fn reap(children: &mut HashMap<libc::pid_t, Permit>) {
+/// Collects every exited child and releases its permit and its session-table slot.
+fn reap(children: &mut HashMap<libc::pid_t, Permit>, registry: Option<&Registry>) {
     loop {
         let mut status = 0;
         // SAFETY: plain waitpid with a valid status pointer.
@@ -97,12 +99,20 @@ fn reap(children: &mut HashMap<libc::pid_t, Permit>) {
             return;
         }
         children.remove(&pid);
+        if let Some(registry) = registry {
+            registry.release_pid(pid);
+        }
     }
 }
 
 /// At shutdown: children see the stop signal themselves (they inherited its descriptor); wait
 /// for them within the grace period, then kill what is left.
-fn wait_children(children: &mut HashMap<libc::pid_t, Permit>, limit: Duration, waker: &Waker) {
+fn wait_children(
+    children: &mut HashMap<libc::pid_t, Permit>,
+    limit: Duration,
+    waker: &Waker,
+    registry: Option<&Registry>,
+) {
     let deadline = Instant::now() + limit;
     while !children.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -120,7 +130,7 @@ fn wait_children(children: &mut HashMap<libc::pid_t, Permit>, limit: Duration, w
             left.min(Duration::from_millis(100)),
         );
         let _ = waker.drain();
-        reap(children);
+        reap(children, registry);
     }
 }
 
