@@ -956,3 +956,74 @@ def test_max_per_ip(start_server, model):
     if six:
         other_ip = srv.ctl(family=6)  # ::1 is another client address: not limited
         other_ip.login()
+
+
+# ---- every command gets exactly one reply, in order; REST and names checked first ---------
+
+
+def pasv_data(ctl) -> socket.socket:
+    code, text = ctl.cmd("EPSV")
+    assert code == 229, text
+    port = int(re.search(r"\|\|\|(\d+)\|", text)[1])
+    return socket.create_connection((ctl.sock.getpeername()[0], port), timeout=TIMEOUT)
+
+
+def test_pipelined_commands_after_abor_are_answered_in_order(srv, big):
+    put_file(srv.root, "big.bin", big)
+    c = srv.ctl()
+    c.login()
+    c.cmd("TYPE I")
+    data = pasv_data(c)
+    c.send("RETR big.bin")
+    assert c.reply()[0] == 150
+    data.recv(4096)
+    c.sock.sendall(b"ABOR\r\nNOOP\r\nNOOP\r\nPWD\r\n")
+    codes = [c.reply()[0] for _ in range(5)]
+    data.close()
+    assert codes == [426, 226, 200, 200, 257], codes
+
+
+def test_a_thousand_aborts_get_a_thousand_replies(srv, big):
+    put_file(srv.root, "big.bin", big)
+    c = srv.ctl()
+    c.login()
+    c.cmd("TYPE I")
+    data = pasv_data(c)
+    c.send("RETR big.bin")
+    assert c.reply()[0] == 150
+    data.recv(4096)
+    c.sock.sendall(b"ABOR\r\n" * 1000 + b"NOOP\r\n")
+    codes = []
+    for _ in range(1100):
+        code = c.reply()[0]
+        codes.append(code)
+        if code == 200:
+            break
+    data.close()
+    assert codes[:2] == [426, 226], codes[:5]
+    assert codes[2:] == [225] * 999 + [200], (len(codes), sorted(set(codes)))
+
+
+def test_rest_past_the_end_is_refused_and_creates_nothing(start_server, model):
+    srv = start_server(model, write=True)
+    put_file(srv.root, "f.bin", b"x" * 100)
+    ftp = srv.ftp()
+    ftp.voidcmd("TYPE I")
+    for offset in ["101", "9223372036854775808"]:
+        ftp.sendcmd(f"REST {offset}")
+        with pytest.raises(ftplib.error_perm, match="^554"):
+            ftp.retrbinary("RETR f.bin", lambda b: None)
+        ftp.sendcmd(f"REST {offset}")
+        with pytest.raises(ftplib.error_perm, match="^554"):
+            ftp.storbinary("STOR new.bin", io.BytesIO(b"data"))
+        assert not (srv.root / "new.bin").exists(), "a refused STOR created a file"
+    assert (srv.root / "f.bin").read_bytes() == b"x" * 100
+
+
+def test_a_name_ending_in_a_slash_is_refused_for_uploads(start_server, model):
+    srv = start_server(model, write=True)
+    ftp = srv.ftp()
+    for verb in ["STOR", "APPE"]:
+        with pytest.raises(ftplib.error_perm, match="^553"):
+            ftp.storbinary(f"{verb} newf/", io.BytesIO(b"data"))
+    assert not (srv.root / "newf").exists()
