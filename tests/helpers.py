@@ -11,6 +11,7 @@ import ftplib
 import hashlib
 import os
 import re
+import resource
 import select
 import signal
 import shutil
@@ -448,7 +449,8 @@ def _drain(stream, sink: list) -> None:
 
 def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
            anonymous: bool = True, write: bool = False, ipv4: bool = True, ipv6: bool = False,
-           fail_delay_ms: int | None = 0, extra=(), implicit_tls: int = 0) -> Server:
+           fail_delay_ms: int | None = 0, extra=(), implicit_tls: int = 0,
+           nofile: int | None = None) -> Server:
     """Start the server. `implicit_tls`: how many `listening ftps://` lines (from
     --implicit-tls ADDR in `extra`) to wait for, besides the plain listeners."""
     binary = zocalo_bin()
@@ -472,8 +474,12 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
     expected = int(ipv4) + int(ipv6)
 
     log = open(log_path, "ab")
+    def limit_fds():
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=log, cwd=root)
+                            stderr=log, cwd=root, preexec_fn=limit_fds)
     log.close()
     addrs: list = []
     tls_addrs: list = []

@@ -258,3 +258,40 @@ def test_a_stalled_auth_tls_handshake_after_login_is_under_the_idle_timeout(
     attacker.login()
     assert attacker.cmd("AUTH TLS")[0] == 234
     assert attacker.wait_closed(10), "the stalled handshake outlived the idle timeout"
+
+
+# --------------------------------------------------------------------------
+# Resources one client can take
+
+
+# The process model's parent holds no session descriptor: each child has its own table.
+@pytest.mark.parametrize("model", ["epoll", "poll", "select", "thread"])
+def test_at_the_descriptor_limit_clients_get_421_and_service_resumes(start_server, model):
+    srv = start_server(model, nofile=64, extra=["--max-per-ip", 1000])
+    keeper = srv.ctl()
+    keeper.login()
+    crowd = [socket.create_connection(srv.addr(), timeout=helpers.TIMEOUT) for _ in range(120)]
+    answers = [s.recv(64)[:3] for s in crowd]
+    assert b"421" in answers, "nobody was refused: the limit was not reached"
+    assert all(a in (b"220", b"421", b"") for a in answers), set(answers)
+    assert keeper.cmd("NOOP")[0] == 200, "an open session stopped being served"
+    for s in crowd:
+        s.close()
+
+    def served():
+        try:
+            c = helpers.Ctl(*srv.addr(), timeout=2)
+        except OSError:
+            return False
+        try:
+            return c.reply()[0] == 220
+        except (OSError, EOFError):
+            return False
+        finally:
+            c.close()
+
+    assert helpers.poll_until(served, 10), "accepting never resumed"
+    text = srv.log_path.read_text(errors="replace")
+    warnings = [l for l in text.splitlines() if "accept" in l and "WARN" in l]
+    assert 1 <= len(warnings) <= 3, f"{len(warnings)} warnings: {warnings[:3]}"
+    assert "open-file limit" in text

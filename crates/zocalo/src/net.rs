@@ -98,6 +98,81 @@ pub fn refuse(stream: &std::net::TcpStream, reply: &[u8]) {
     let _ = (&*stream).write(reply);
 }
 
+/// True for the accept(2) errors that say the process or the system is out of descriptors
+/// (or buffers): the pending connection stays in the backlog, so the listener stays ready.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// One descriptor held back for the moment the process runs out (the trick of nginx and
+/// libev): on EMFILE the accept loop frees it, accepts the waiting client, answers it `421` and
+/// closes it, then takes the descriptor back. So at the limit the backlog drains with a clear
+/// reply instead of the listener staying ready forever, and the loop never spins on it.
+pub struct FdReserve {
+    spare: std::sync::Mutex<Option<std::fs::File>>,
+    refused: std::sync::atomic::AtomicU64,
+    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How often the descriptor-limit warning may be logged.
+const LIMIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FdReserve {
+    pub fn new() -> Self {
+        FdReserve {
+            spare: std::sync::Mutex::new(std::fs::File::open("/dev/null").ok()),
+            refused: std::sync::atomic::AtomicU64::new(0),
+            last_log: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Called when accept(2) failed with [`out_of_descriptors`]: refuses one waiting client
+    /// with 421. False when none could be taken (the reserve was gone too): the caller pauses
+    /// accepting for a moment instead of retrying at once.
+    pub fn shed(&self, listener: &TcpListener, error: &io::Error) -> bool {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let freed = spare.take().is_some();
+        let shed = freed
+            && match listener.accept() {
+                Ok((stream, _)) => {
+                    refuse(&stream, b"421 Server out of file descriptors; try again later.\r\n");
+                    true
+                }
+                Err(_) => false,
+            };
+        *spare = std::fs::File::open("/dev/null").ok();
+        drop(spare);
+        if shed {
+            self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.log(error);
+        shed
+    }
+
+    /// Logs the condition at most once per [`LIMIT_LOG_EVERY`], with how many clients were
+    /// refused since the last line.
+    fn log(&self, error: &io::Error) {
+        let now = std::time::Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < LIMIT_LOG_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        let refused = self.refused.swap(0, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            refused,
+            "cannot accept: {error}; new clients get 421 until descriptors free up \
+             (raise the limit with LimitNOFILE= or ulimit -n)"
+        );
+    }
+}
+
+impl Default for FdReserve {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,6 +142,7 @@ fn build(
         ready: None,
         reload,
         users,
+        reserve: Arc::new(net::FdReserve::new()),
         ctx: Arc::new(ctx),
         limits: Limits::new(settings.max_connections, settings.max_per_ip),
         listeners,
@@ -191,16 +192,23 @@ fn announcements(listeners: &[Listener], settings: &Settings) -> io::Result<Vec<
     Ok(lines)
 }
 
-/// Many idle sessions need many descriptors: lift the soft limit to the hard one.
+/// Many idle sessions need many descriptors: lift the soft limit to the hard one, and say what
+/// the limit is.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    // SAFETY: getrlimit with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let soft = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit with a valid struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            lim.rlim_cur = soft;
         }
     }
+    tracing::info!(from = soft, to = lim.rlim_cur, "open-file limit (RLIMIT_NOFILE)");
 }
 
 /// Switches to `user` (its uid, gid, and no supplementary groups) after the privileged bind.

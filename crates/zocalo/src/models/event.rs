@@ -22,7 +22,7 @@ use super::{Listener, Server};
 use crate::conn::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit};
-use crate::net;
+use crate::net::{self, FdReserve};
 use crate::tls::{Stream, Tls};
 use crate::xferlog::Xferlog;
 
@@ -39,20 +39,24 @@ fn token(index: usize, kind: usize) -> Token {
 pub fn run(mut server: Server, backend: Backend, loops: usize) -> io::Result<()> {
     let ready = server.ready.take();
     let mut extra = Vec::new();
+    let listeners = std::mem::take(&mut server.listeners);
     for _ in 1..loops {
-        let mut listeners = Vec::new();
-        for l in &server.listeners {
+        let mut own = Vec::new();
+        for l in &listeners {
             let sock = net::listen(l.sock.local_addr()?, server.backlog, true)?;
-            listeners.push(Listener { sock, implicit_tls: l.implicit_tls });
+            own.push(Listener { sock, implicit_tls: l.implicit_tls });
         }
-        extra.push(listeners);
+        extra.push(own);
     }
-    let (ctx, limits) = (server.ctx.clone(), server.limits.clone());
-    let first = EventLoop::new(backend, ctx, limits, server.listeners)?;
+    let shared = |s: &Server| Shared {
+        ctx: s.ctx.clone(),
+        limits: s.limits.clone(),
+        reserve: s.reserve.clone(),
+    };
+    let first = EventLoop::new(backend, shared(&server), listeners)?;
     let mut threads = Vec::new();
     for (i, listeners) in extra.into_iter().enumerate() {
-        let (ctx, limits) = (server.ctx.clone(), server.limits.clone());
-        let event_loop = EventLoop::new(backend, ctx, limits, listeners)?;
+        let event_loop = EventLoop::new(backend, shared(&server), listeners)?;
         let name = format!("zocalo-loop-{}", i + 1);
         threads.push(std::thread::Builder::new().name(name).spawn(move || event_loop.run())?);
     }
@@ -66,11 +70,21 @@ pub fn run(mut server: Server, backend: Backend, loops: usize) -> io::Result<()>
     result
 }
 
+/// What the loops of `epoll:N` share.
+struct Shared {
+    ctx: Arc<Ctx>,
+    limits: Arc<Limits>,
+    reserve: Arc<FdReserve>,
+}
+
 struct EventLoop {
     poller: Box<dyn Poller>,
     ctx: Arc<Ctx>,
     limits: Arc<Limits>,
+    reserve: Arc<FdReserve>,
     listeners: Vec<Listener>,
+    /// Accepting paused (listeners unregistered) until then: out of descriptors.
+    accept_paused: Option<Instant>,
     conns: Vec<Option<Box<Conn>>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -111,12 +125,8 @@ struct Conn {
 }
 
 impl EventLoop {
-    fn new(
-        backend: Backend,
-        ctx: Arc<Ctx>,
-        limits: Arc<Limits>,
-        listeners: Vec<Listener>,
-    ) -> io::Result<Self> {
+    fn new(backend: Backend, shared: Shared, listeners: Vec<Listener>) -> io::Result<Self> {
+        let Shared { ctx, limits, reserve } = shared;
         let mut poller = new_poller(backend)?;
         for (i, l) in listeners.iter().enumerate() {
             l.sock.set_nonblocking(true)?;
@@ -124,7 +134,18 @@ impl EventLoop {
         }
         poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
         let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
-        Ok(EventLoop { poller, ctx, limits, listeners, conns, free, timers, stop_by: None })
+        Ok(EventLoop {
+            poller,
+            ctx,
+            limits,
+            reserve,
+            listeners,
+            accept_paused: None,
+            conns,
+            free,
+            timers,
+            stop_by: None,
+        })
     }
 
     fn run(mut self) -> io::Result<()> {
@@ -136,6 +157,7 @@ impl EventLoop {
                 self.dispatch(ev);
             }
             self.fire_timers();
+            self.resume_accepting();
             if self.stop_by.is_some() && self.conns.iter().all(Option::is_none) {
                 return Ok(());
             }
@@ -163,6 +185,11 @@ impl EventLoop {
             match listener.sock.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer, implicit),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if net::out_of_descriptors(&e) => {
+                    if !self.reserve.shed(&listener.sock, &e) {
+                        return self.pause_accepting();
+                    }
+                }
                 Err(e) => {
                     if e.kind() != ErrorKind::WouldBlock {
                         tracing::warn!("accept failed: {e}");
@@ -170,6 +197,28 @@ impl EventLoop {
                     return;
                 }
             }
+        }
+    }
+
+    /// Out of descriptors with none to spare: stop watching the listeners for a moment (they
+    /// would stay ready and spin the loop), while the sessions go on.
+    fn pause_accepting(&mut self) {
+        if self.accept_paused.is_some() {
+            return;
+        }
+        for l in &self.listeners {
+            let _ = self.poller.deregister(l.sock.as_raw_fd());
+        }
+        self.accept_paused = Some(Instant::now() + super::ACCEPT_PAUSE);
+    }
+
+    fn resume_accepting(&mut self) {
+        if self.accept_paused.is_none_or(|t| t > Instant::now()) || self.stop_by.is_some() {
+            return;
+        }
+        self.accept_paused = None;
+        for (i, l) in self.listeners.iter().enumerate() {
+            let _ = self.poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE);
         }
     }
 
@@ -295,7 +344,7 @@ impl EventLoop {
 
     fn next_timeout(&self) -> Option<Duration> {
         let next = self.timers.peek().map(|Reverse((t, _))| *t);
-        let next = [next, self.stop_by].into_iter().flatten().min()?;
+        let next = [next, self.stop_by, self.accept_paused].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 

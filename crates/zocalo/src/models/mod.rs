@@ -107,6 +107,8 @@ pub struct Server {
     /// (where its children fork from); the other models reload on a thread of their own.
     pub reload: crate::shutdown::Reload,
     pub users: Arc<crate::users::Users>,
+    /// The descriptor kept back to refuse clients with 421 at the descriptor limit.
+    pub reserve: Arc<net::FdReserve>,
     pub ctx: Arc<Ctx>,
     pub limits: Arc<Limits>,
     pub listeners: Vec<Listener>,
@@ -134,6 +136,10 @@ pub fn run(model: Model, server: Server) -> io::Result<()> {
         Model::Event(backend, n) => event::run(server, backend, n),
     }
 }
+
+/// How long accepting pauses when the descriptor limit is reached and not even the reserve
+/// descriptor could refuse a client.
+pub(crate) const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Accepts on every listener until the stop signal, giving each admitted connection to
 /// `handle`; a connection over a limit gets its 421 here and is closed.
@@ -199,6 +205,14 @@ fn accept_ready(
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if net::out_of_descriptors(&e) => {
+                if !server.reserve.shed(&listener.sock, &e) {
+                    // Nothing could be taken off the backlog: pause instead of spinning (this
+                    // thread only accepts; the sessions go on).
+                    std::thread::sleep(ACCEPT_PAUSE);
+                    return;
+                }
+            }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 return;
