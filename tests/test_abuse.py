@@ -295,3 +295,37 @@ def test_at_the_descriptor_limit_clients_get_421_and_service_resumes(start_serve
     warnings = [l for l in text.splitlines() if "accept" in l and "WARN" in l]
     assert 1 <= len(warnings) <= 3, f"{len(warnings)} warnings: {warnings[:3]}"
     assert "open-file limit" in text
+
+
+def test_the_default_per_address_limit_protects(start_server):
+    srv = start_server("epoll")
+    held = [srv.ctl() for _ in range(50)]
+    extra = srv.ctl(greet=False)
+    code, text = extra.reply()
+    assert code == 421, text
+    held.pop().close()
+
+    def admitted():
+        c = srv.ctl(greet=False)
+        return c.reply()[0] == 220
+
+    assert helpers.poll_until(admitted, 10)
+
+
+@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+def test_an_unused_passive_port_closes_after_the_data_timeout(start_server, model):
+    base = 20000 + (os.getpid() % 400) * 20 + (hash(model) % 2) * 10
+    ports = f"{base}-{base + 3}"
+    srv = start_server(model, extra=["--passive-ports", ports, "--data-timeout", 1])
+    hoarders = [srv.ctl() for _ in range(4)]
+    for h in hoarders:
+        h.login()
+        assert h.cmd("PASV")[0] == 227
+    late = srv.ctl()
+    late.login()
+    assert late.cmd("PASV")[0] == 425, "the range should be taken"
+    assert helpers.poll_until(lambda: late.cmd("PASV")[0] == 227, 10), \
+        "the hoarded passive ports never closed"
+    hoarders[0].send("LIST")
+    code, _ = hoarders[0].final_reply()
+    assert code == 425, "a transfer on an expired passive port must say 425"

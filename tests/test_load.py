@@ -51,7 +51,7 @@ def _run_all(pool, fn, items, deadline: float) -> list:
 
 @pytest.mark.concurrent
 def test_200_simultaneous_clients_upload_and_download(start_server, model):
-    srv = start_server(model)
+    srv = start_server(model, extra=["--max-per-ip", CLIENTS + 10])
     deadline = time.monotonic() + DEADLINE
     payloads = [os.urandom(FILE_SIZE + i) for i in range(CLIENTS)]  # distinct sizes too
 

@@ -13,7 +13,7 @@ def test_select_refuses_past_fd_setsize_with_421(start_server):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2500:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-    srv = start_server("select", extra=["--backlog", 1024])
+    srv = start_server("select", extra=["--backlog", 1024, "--max-per-ip", 2000])
     held, refused = [], 0
     try:
         for _ in range(1100):

@@ -13,6 +13,11 @@ use serde::Deserialize;
 
 use crate::models::Model;
 
+/// Sessions per client address by default: enough for a person's parallel transfers and a
+/// mirror tool, and one address cannot take the passive ports or the server (SFTPGo's default
+/// is 20). Behind a NAT or for load tests, raise it with `--max-per-ip`.
+pub const DEFAULT_MAX_PER_IP: usize = 50;
+
 #[derive(Debug, Parser)]
 #[command(name = "zocalo", version, about = "An FTP server whose server model is a switch")]
 pub struct Cli {
@@ -249,7 +254,8 @@ pub struct ServeArgs {
     /// Let anonymous users write (upload, delete, rename, make directories).
     #[arg(long)]
     pub write: bool,
-    /// Passive data ports, A-B [default: any free port].
+    /// Passive data ports, A-B [default: odd ports of the kernel's ephemeral range]. A
+    /// passive port that no transfer takes closes after the data timeout.
     #[arg(long, value_name = "A-B")]
     pub passive_ports: Option<String>,
     /// Address announced in PASV replies (for NAT).
@@ -267,13 +273,14 @@ pub struct ServeArgs {
     /// Sessions in all; more get 421 [default: 10000].
     #[arg(long)]
     pub max_connections: Option<usize>,
-    /// Sessions per client address; more get 421 [default: 10000].
+    /// Sessions per client address; more get 421 [default: 50].
     #[arg(long)]
     pub max_per_ip: Option<usize>,
     /// Seconds a session may sit idle before 421 [default: 300].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
-    /// Seconds a data connection may stall (or fail to arrive) before 425/426 [default: 30].
+    /// Seconds a data connection may stall (or fail to arrive) before 425/426, and an unused
+    /// passive port stays open [default: 30].
     #[arg(long, value_name = "SECS")]
     pub data_timeout: Option<u64>,
     /// Seconds running transfers may continue after SIGTERM/SIGINT [default: 10].
@@ -481,7 +488,7 @@ impl Settings {
             model,
             backlog: args.backlog.or(file.backlog).unwrap_or(1024),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
-            max_per_ip: args.max_per_ip.or(file.max_per_ip).unwrap_or(10_000),
+            max_per_ip: args.max_per_ip.or(file.max_per_ip).unwrap_or(DEFAULT_MAX_PER_IP),
             idle_timeout: secs(args.idle_timeout, file.idle_timeout, 300),
             data_timeout: secs(args.data_timeout, file.data_timeout, 30),
             shutdown_grace: secs(args.shutdown_grace, file.shutdown_grace, 10),

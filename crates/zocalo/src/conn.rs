@@ -163,7 +163,8 @@ struct Conn<'a> {
     peer: SocketAddr,
     local: SocketAddr,
     session: Session,
-    passive: Option<TcpListener>,
+    /// The passive listener, and when it closes if no transfer takes it (the data timeout).
+    passive: Option<(TcpListener, Instant)>,
     task: Option<DataTask>,
     wait: Option<Step>,
     last_activity: Instant,
@@ -251,13 +252,14 @@ impl<'a> Conn<'a> {
                 let opened = net::open_passive(self.local.ip(), self.ctx.passive_ports.as_ref());
                 let addr = opened.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()));
                 let result = addr.and_then(|l| l.local_addr());
-                self.passive = opened.ok();
+                let expires = Instant::now() + self.ctx.data_timeout;
+                self.passive = opened.ok().map(|l| (l, expires));
                 self.session.handle_passive_opened(result);
             }
             Action::ClosePassive => self.passive = None,
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
-                let (passive, tls) = (self.passive.take(), self.tls.as_ref());
+                let (passive, tls) = (self.passive.take().map(|(l, _)| l), self.tls.as_ref());
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
                 match DataTask::new(t, passive, self.local, self.peer.ip(), tls, self.ctx.rates) {
                     Ok(task) => {
@@ -448,11 +450,18 @@ impl<'a> Conn<'a> {
         let idle = self.session.is_idle().then(|| self.last_activity + self.ctx.idle_timeout);
         let data = self.task.as_ref().map(|_| self.data_activity + self.ctx.data_timeout);
         let login = self.session.user().is_none().then(|| self.created + self.ctx.login_timeout);
-        [idle, data, self.wake_at, self.stop_by, self.data_sleep, login].into_iter().flatten().min()
+        let passive = self.passive.as_ref().map(|(_, expires)| *expires);
+        [idle, data, self.wake_at, self.stop_by, self.data_sleep, login, passive]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self.passive.as_ref().is_some_and(|(_, expires)| *expires <= now) {
+            self.passive = None;
+        }
         if self.wake_at.is_some_and(|t| t <= now) {
             self.wake_at = None;
             self.session.handle_wakeup();

@@ -102,7 +102,8 @@ struct Conn {
     local: SocketAddr,
     peer: SocketAddr,
     _permit: Permit,
-    passive: Option<TcpListener>,
+    /// The passive listener, and when it closes if no transfer takes it (the data timeout).
+    passive: Option<(TcpListener, Instant)>,
     task: Option<Box<DataTask>>,
     /// The data descriptor registered now, and whether for writing.
     data_reg: Option<(RawFd, bool)>,
@@ -536,13 +537,14 @@ impl Conn {
                     Ok(l) => l.local_addr(),
                     Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                 };
-                self.passive = opened.ok();
+                let expires = Instant::now() + ctx.data_timeout;
+                self.passive = opened.ok().map(|l| (l, expires));
                 self.session.handle_passive_opened(result);
             }
             Action::ClosePassive => self.passive = None,
             Action::Transfer(t) => {
                 self.data_activity = Instant::now();
-                let passive = self.passive.take();
+                let passive = self.passive.take().map(|(l, _)| l);
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
                 let (tls, rates) = (self.tls.as_ref(), ctx.rates);
                 match DataTask::new(t, passive, self.local, self.peer.ip(), tls, rates) {
@@ -645,7 +647,8 @@ impl Conn {
         let stop = stop_by.filter(|_| self.task.is_some());
         let login = self.session.user().is_none().then(|| self.created + ctx.login_timeout);
         let handshake = self.handshake_by;
-        [idle, data, self.wake_at, stop, self.data_sleep, login, handshake]
+        let passive = self.passive.as_ref().map(|(_, expires)| *expires);
+        [idle, data, self.wake_at, stop, self.data_sleep, login, handshake, passive]
             .into_iter()
             .flatten()
             .min()
@@ -659,6 +662,9 @@ impl Conn {
         poller: &mut dyn Poller,
         index: usize,
     ) {
+        if self.passive.as_ref().is_some_and(|(_, expires)| *expires <= now) {
+            self.passive = None;
+        }
         if self.wake_at.is_some_and(|t| t <= now) {
             self.wake_at = None;
             self.session.handle_wakeup();
