@@ -123,6 +123,8 @@ pub struct Limits {
     pub max_blksize: u16,
     /// Largest windowsize granted.
     pub max_windowsize: u16,
+    /// Largest timeout (seconds) granted; a larger one is left out of the OACK.
+    pub max_timeout: u8,
 }
 
 /// Which side of the transfer the server is on, for the tsize option.
@@ -152,7 +154,7 @@ pub fn negotiate(
     };
     Options {
         blksize: requested.blksize.map(|n| n.min(limits.max_blksize).min(MAX_BLKSIZE)),
-        timeout: requested.timeout,
+        timeout: requested.timeout.filter(|t| *t <= limits.max_timeout),
         tsize,
         windowsize: requested.windowsize.map(|n| n.min(limits.max_windowsize).max(1)),
     }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -47,10 +47,18 @@ pub struct ServerConfig {
     pub max_windowsize: u16,
     /// Requests waiting for a worker in [`Model::Pool`] before "server busy".
     pub queue_len: usize,
-    /// Transfers running at once in [`Model::Event`]; past that, requests get ERROR 0
+    /// Transfers running (or queued) at once, in every model; past that, requests get ERROR 0
     /// "server busy". (With select, a transfer whose socket is numbered at or above
     /// `FD_SETSIZE` is refused the same way, whatever this says.)
     pub max_transfers: usize,
+    /// Transfers one client address may have running (or queued) at once, so that one address
+    /// that floods requests cannot keep others out.
+    pub max_per_client: usize,
+    /// The largest RFC 2349 timeout granted, in seconds; a request asking for more has the
+    /// option left out of the OACK (the RFC lets a server only echo it or omit it), and runs
+    /// with the server's own timeout. With `max_retries`, it bounds how long a transfer waits
+    /// for a peer that never answers.
+    pub max_timeout: u8,
 }
 
 impl Default for ServerConfig {
@@ -62,7 +70,9 @@ impl Default for ServerConfig {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             queue_len: 16,
-            max_transfers: 1024,
+            max_transfers: 512,
+            max_per_client: 8,
+            max_timeout: 10,
         }
     }
 }
@@ -73,7 +83,11 @@ impl ServerConfig {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_blksize: self.max_blksize, max_windowsize: self.max_windowsize }
+        Limits {
+            max_blksize: self.max_blksize,
+            max_windowsize: self.max_windowsize,
+            max_timeout: self.max_timeout,
+        }
     }
 }
 
@@ -106,6 +120,70 @@ struct Context<'a> {
     local: SocketAddr,
     shutdown: &'a AtomicBool,
     recent: Recent,
+    load: Load,
+}
+
+impl Context<'_> {
+    /// A job is over (served, refused or dropped): its peer may ask again, and its place in
+    /// the load counts is free.
+    fn end_job(&self, peer: SocketAddr) {
+        self.recent.finish(peer);
+        self.load.release(peer.ip());
+    }
+}
+
+/// Transfers admitted and not yet ended, in all and per client address.
+#[derive(Debug, Default)]
+struct Load {
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Refusals since the last "server busy" log line, and when that line was written.
+    refused: Mutex<(u64, Option<Instant>)>,
+}
+
+/// How often "server busy" may be logged.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Load {
+    /// Counts a new transfer for `ip`, or says why not.
+    fn admit(&self, ip: IpAddr, config: &ServerConfig) -> Result<(), &'static str> {
+        let Ok(mut per_client) = self.per_client.lock() else {
+            return Ok(());
+        };
+        let total: usize = per_client.values().sum();
+        if total >= config.max_transfers {
+            return Err("server busy");
+        }
+        let mine = per_client.entry(ip).or_insert(0);
+        if *mine >= config.max_per_client {
+            return Err("too many transfers from your address");
+        }
+        *mine += 1;
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        if let Ok(mut per_client) = self.per_client.lock() {
+            if let Some(n) = per_client.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_client.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Logs a refusal, at most one line per [`BUSY_LOG_EVERY`] with the count since the last.
+    fn log_refusal(&self, peer: SocketAddr, why: &str) {
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        refused.0 += 1;
+        let now = Instant::now();
+        if refused.1.is_none_or(|t| now.duration_since(t) >= BUSY_LOG_EVERY) {
+            tracing::warn!(%peer, refused = refused.0, "tftp request refused: {why}");
+            *refused = (0, Some(now));
+        }
+    }
 }
 
 /// Requests being served or just served, so that a client's retransmitted request does not
@@ -166,12 +244,19 @@ pub fn serve(
     shutdown: &AtomicBool,
 ) -> io::Result<()> {
     socket.set_read_timeout(Some(driver::SHUTDOWN_POLL))?;
+    let mut config = config;
+    if let Model::Pool(workers) = model {
+        // One address holds at most half the workers, but at least four: a client's next
+        // request may come while the server still lingers on its last uploads' final ACKs.
+        config.max_per_client = config.max_per_client.min((workers / 2).max(4));
+    }
     let ctx = Context {
         storage: storage.as_ref(),
         config,
         local: socket.local_addr()?,
         shutdown,
         recent: Recent::default(),
+        load: Load::default(),
     };
     tracing::info!(addr = %ctx.local, ?model, "tftp server listening");
     thread::scope(|scope| match model {
@@ -201,7 +286,7 @@ fn serve_pool<'scope>(
         let jobs = Arc::clone(&jobs);
         scope.spawn(move || worker(ctx, &jobs));
     }
-    listen(socket, ctx, &mut |job| enqueue(socket, &ctx.recent, &queue, job))
+    listen(socket, ctx, &mut |job| enqueue(socket, ctx, &queue, job))
     // Dropping `queue` here lets the workers drain the queue and exit.
 }
 
@@ -218,15 +303,20 @@ fn worker(ctx: &Context<'_>, jobs: &Mutex<mpsc::Receiver<Job>>) {
     }
 }
 
-fn enqueue(socket: &UdpSocket, recent: &Recent, queue: &SyncSender<Job>, job: Job) {
+fn enqueue(socket: &UdpSocket, ctx: &Context<'_>, queue: &SyncSender<Job>, job: Job) {
     match queue.try_send(job) {
         Ok(()) => {}
         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-            tracing::info!(peer = %job.peer, "pool full: server busy");
-            recent.finish(job.peer);
-            send_error(socket, job.peer, ErrorCode::NOT_DEFINED, "server busy");
+            ctx.end_job(job.peer);
+            refuse(socket, ctx, job.peer, "server busy");
         }
     }
+}
+
+/// Answers ERROR 0 with `why` from the listener, and logs it (rate-limited).
+fn refuse(socket: &UdpSocket, ctx: &Context<'_>, peer: SocketAddr, why: &str) {
+    ctx.load.log_refusal(peer, why);
+    send_error(socket, peer, ErrorCode::NOT_DEFINED, why);
 }
 
 /// The listening loop: every valid request becomes a [`Job`] for `dispatch`.
@@ -254,10 +344,17 @@ fn classify(
 ) -> Option<Job> {
     match Packet::parse(datagram) {
         Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
-            if ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
-                return Some(Job { peer, datagram: datagram.to_vec() });
+            if !ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
+                tracing::debug!(%peer, "repeated request ignored");
+                return None;
             }
-            tracing::debug!(%peer, "repeated request ignored");
+            match ctx.load.admit(peer.ip(), &ctx.config) {
+                Ok(()) => return Some(Job { peer, datagram: datagram.to_vec() }),
+                Err(why) => {
+                    ctx.recent.finish(peer);
+                    refuse(socket, ctx, peer, why);
+                }
+            }
         }
         // A stray ERROR needs no answer (and answering could start a ping-pong).
         Ok(Packet::Error { .. }) => {}
@@ -278,8 +375,7 @@ fn send_error(socket: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str
 /// Serves one request on a new socket: the new transfer ID.
 fn run_job(ctx: &Context<'_>, job: Job) {
     serve_request(ctx, &job);
-
-    ctx.recent.finish(job.peer);
+    ctx.end_job(job.peer);
 }
 
 fn serve_request(ctx: &Context<'_>, job: &Job) {

@@ -137,7 +137,8 @@ fn thread_model_serves_clients_at_once() {
 #[test]
 fn event_loop_serves_fifty_clients_at_once() {
     for model in EVENT_MODELS {
-        let server = TestServer::writable(model);
+        let config = ServerConfig { write_allowed: true, max_per_client: 64, ..Default::default() };
+        let server = TestServer::start(model, config);
         let shared = pattern(120_000);
         std::fs::write(server.root.join("shared"), &shared).unwrap();
         std::thread::scope(|scope| {
@@ -264,7 +265,11 @@ struct Raw(UdpSocket);
 
 impl Raw {
     fn new() -> Raw {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Raw::from("127.0.0.1")
+    }
+
+    fn from(ip: &str) -> Raw {
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Raw(socket)
     }
@@ -480,5 +485,38 @@ fn shutdown_aborts_running_transfers_with_error_0() {
         let expected =
             Packet::Error { code: ErrorCode::NOT_DEFINED, message: "server shutting down" };
         assert_eq!(Packet::parse(&reply), Ok(expected), "{model:?}");
+    }
+}
+
+/// One address that floods requests (each asking for the longest timeout) gets "busy" past
+/// its share, while a client from another address is served; the timeout it asked for is not
+/// granted, so its abandoned transfers end within the server's own bound.
+#[test]
+fn a_flooding_address_cannot_keep_others_out() {
+    // Not the iterative model: it serves one transfer at a time by design.
+    for model in [Model::Thread, Model::Pool(16), EVENT_MODELS[0]] {
+        let config = ServerConfig { max_per_client: 4, ..ServerConfig::default() };
+        let server = TestServer::start(model, config);
+        std::fs::write(server.root.join("f"), pattern(5000)).unwrap();
+        let mut busy = 0;
+        for _ in 0..20 {
+            // Distinct requests (another option value each time), all left unacknowledged.
+            let loose = Raw::new();
+            loose.rrq(server.addr, "f", &[("timeout", "255")]);
+            let (packet, _) = loose.recv();
+            if packet.starts_with(&[0, 5]) {
+                busy += 1;
+            } else {
+                let oack_or_data = String::from_utf8_lossy(&packet).to_string();
+                assert!(!oack_or_data.contains("timeout"), "timeout 255 was granted: {packet:?}");
+            }
+            drop(loose);
+        }
+        assert!(busy >= 20 - 4 - 1, "{model:?}: only {busy} of 20 refused");
+        let other = Raw::from("127.0.0.2");
+        other.rrq(server.addr, "f", &[]);
+        let (packet, from) = other.recv();
+        assert_eq!(&packet[..4], &[0, 3, 0, 1], "{model:?}: another address was not served");
+        other.send(from, &ack(1));
     }
 }

@@ -249,7 +249,7 @@ fn config(loss: f64) -> Config {
 }
 
 fn limits() -> Limits {
-    Limits { max_blksize: 65464, max_windowsize: 64 }
+    Limits { max_blksize: 65464, max_windowsize: 64, max_timeout: 10 }
 }
 
 /// What the server does with a request, as the real server does it (minus storage).

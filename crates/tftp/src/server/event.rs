@@ -50,9 +50,9 @@ use std::time::{Duration, Instant};
 
 use zocalo_poller::{is_fd_too_large, new_poller, Backend, Event, Interest, Poller, Token};
 
-use super::{classify, log_outcome, parse_request, send_error, start, Context, Job};
+use super::{classify, log_outcome, parse_request, refuse, send_error, start, Context, Job};
 use crate::driver::{self, grow_receive_buffer, reject_stranger, SHUTDOWN_POLL};
-use crate::packet::{ErrorCode, MAX_PACKET_LEN};
+use crate::packet::MAX_PACKET_LEN;
 use crate::transfer::Transfer;
 
 /// The listening socket's token; transfers get 1, 2, 3...
@@ -137,7 +137,7 @@ impl EventLoop<'_> {
                 continue;
             };
             if !self.admit(&job) {
-                self.ctx.recent.finish(job.peer);
+                self.ctx.end_job(job.peer);
             }
         }
         Ok(())
@@ -179,8 +179,7 @@ impl EventLoop<'_> {
 
     /// Answers "server busy" from the listener; false, for [`EventLoop::admit`].
     fn busy(&self, peer: SocketAddr) -> bool {
-        tracing::info!(%peer, transfers = self.transfers.len(), "server busy");
-        send_error(self.listener, peer, ErrorCode::NOT_DEFINED, "server busy");
+        refuse(self.listener, self.ctx, peer, "server busy");
         false
     }
 
@@ -264,7 +263,7 @@ impl EventLoop<'_> {
         if !slot.broken {
             log_outcome(slot.peer, &slot.name, slot.machine.outcome());
         }
-        self.ctx.recent.finish(slot.peer);
+        self.ctx.end_job(slot.peer);
     }
 
     /// Ends every transfer, sending each peer ERROR 0 with `message` (best effort).

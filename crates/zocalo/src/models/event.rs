@@ -219,7 +219,8 @@ impl EventLoop {
         }
         self.accept_paused = None;
         for (i, l) in self.listeners.iter().enumerate() {
-            let _ = self.poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE);
+            let _ =
+                self.poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE);
         }
     }
 
