@@ -12,16 +12,21 @@
 //! 3. carry out each [`Action`] from [`Session::poll_action`] until it returns `None`, reporting
 //!    results back through `handle_*` (which may queue more output and actions: go to 2).
 //!
-//! Inputs: [`handle_input`](Session::handle_input), [`handle_passive_opened`]
-//! (Session::handle_passive_opened), [`handle_transfer_done`](Session::handle_transfer_done),
-//! [`handle_wakeup`](Session::handle_wakeup), [`handle_idle_timeout`]
-//! (Session::handle_idle_timeout), [`handle_shutdown`](Session::handle_shutdown),
-//! [`handle_tls_established`](Session::handle_tls_established).
+//! Inputs: the bytes of [`handle_input`](Session::handle_input), the results of actions
+//! (`handle_passive_opened`, `handle_work_done`, `handle_transfer_done`,
+//! `handle_tls_established`, `handle_wakeup`), and events of the driver's
+//! (`handle_login_timeout`, `handle_idle_timeout`, `handle_admin_close`, `handle_shutdown`).
 //!
-//! The session never reads a clock except through [`Config::clock`] (for listing dates), never
-//! sleeps, and never touches a socket. Bulk data never passes through it: a transfer action
-//! carries an open file handle that the driver pumps.
+//! The session never blocks: every call on the storage or the authenticator is an
+//! [`Action::Work`] for the driver to run where it fits, so an event loop can keep serving other
+//! sessions while one waits for a disk, the network or an Argon2 hash. While work, a passive
+//! port, a login delay or a TLS handshake is outstanding, the session takes no command.
+//!
+//! It never reads a clock except through [`Config::clock`] (for listing dates and STOU names),
+//! never sleeps, and never touches a socket. Bulk data never passes through it: a transfer
+//! action carries an open file handle that the driver pumps.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +39,7 @@ use crate::command::{self, Command, EpsvArg, ParseError, TransferType};
 use crate::line::{LineBuffer, Overflow, MAX_LINE};
 use crate::listing;
 use crate::path;
-use crate::storage::{error_reply, rest_past_end, FileHandle, FileKind, WriteMode};
+use crate::storage::{error_reply, rest_past_end, FileHandle, FileKind, Storage, WriteMode};
 
 /// Settings shared by every session of a server.
 pub struct Config {
@@ -47,7 +52,7 @@ pub struct Config {
     pub max_login_attempts: u32,
     /// Whether AUTH TLS is offered, and whether it is required.
     pub tls: TlsPolicy,
-    /// The wall clock, used only for the dates in LIST output.
+    /// The wall clock: the dates in LIST output and the seed of STOU names.
     pub clock: fn() -> SystemTime,
 }
 
@@ -96,7 +101,40 @@ pub enum Action {
     StartTls,
     /// Close the control connection (the last reply has been written).
     Close,
+    /// Run this storage or authentication work, which may block (a disk, the network, an
+    /// Argon2 hash), then hand its result to [`Session::handle_work_done`]. Input is held
+    /// meanwhile. Blocking drivers run it inline; an event loop runs it on a worker thread.
+    Work(Work),
 }
+
+/// Work the session needs done before it can answer a command. It owns everything it needs
+/// (an `Arc` of the storage, resolved paths), so it can run on any thread.
+pub struct Work(Box<dyn FnOnce() -> Done + Send>);
+
+impl Work {
+    /// Does the work (blocking) and returns the result for [`Session::handle_work_done`].
+    pub fn run(self) -> Done {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Work")
+    }
+}
+
+/// The result of a [`Work`], opaque to the driver.
+pub struct Done(Box<dyn Any + Send>);
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Done")
+    }
+}
+
+/// What the session does with a [`Done`] once it comes back.
+type Then = Box<dyn FnOnce(&mut Session, Done) + Send>;
 
 /// Where the data connection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +210,8 @@ enum Wait {
     LoginDelay { close: bool },
     /// AUTH TLS accepted; nothing is read until the handshake is done.
     Tls,
+    /// An [`Action::Work`] is out; its continuation is in `Session::then`.
+    Work,
 }
 
 #[derive(Debug)]
@@ -231,6 +271,8 @@ pub struct Session {
     tls_control: bool,
     protect_data: bool,
     pbsz_done: bool,
+    /// What to do with the result of the [`Action::Work`] that is out.
+    then: Option<Then>,
 }
 
 impl Session {
@@ -259,6 +301,7 @@ impl Session {
             tls_control: false,
             protect_data: false,
             pbsz_done: false,
+            then: None,
         };
         s.reply(220, "zocalo FTP server ready.");
         s
@@ -296,11 +339,6 @@ impl Session {
     /// True when nothing is running: the idle timeout applies.
     pub fn is_idle(&self) -> bool {
         self.running.is_none() && self.wait.is_none()
-    }
-
-    /// True while a transfer runs.
-    pub fn is_transferring(&self) -> bool {
-        self.running.is_some()
     }
 
     /// True once the session has asked to close; it takes no more input.
@@ -341,9 +379,10 @@ impl Session {
 
     /// The driver opened (or failed to open) the passive listener asked for by OpenPassive.
     pub fn handle_passive_opened(&mut self, result: std::io::Result<SocketAddr>) {
-        let Some(Wait::Passive { extended }) = self.wait.take() else {
+        let Some(Wait::Passive { extended }) = self.wait else {
             return;
         };
+        self.wait = None;
         match result {
             Ok(addr) if extended => {
                 self.data = DataSetup::Passive;
@@ -373,11 +412,26 @@ impl Session {
 
     /// The delay asked for by [`Action::Sleep`] is over.
     pub fn handle_wakeup(&mut self) {
-        if let Some(Wait::LoginDelay { close }) = self.wait.take() {
+        if let Some(Wait::LoginDelay { close }) = self.wait {
+            self.wait = None;
             self.reply(530, "Login incorrect.");
             if close {
                 self.reply(421, "Too many failed logins; closing.");
                 self.close();
+            }
+        }
+        self.process();
+    }
+
+    /// The [`Action::Work`] handed out last is done. Its command's reply is queued now.
+    pub fn handle_work_done(&mut self, done: Done) {
+        if self.wait != Some(Wait::Work) {
+            return;
+        }
+        self.wait = None;
+        if let Some(then) = self.then.take() {
+            if !self.closed {
+                then(self, done);
             }
         }
         self.process();
@@ -616,14 +670,18 @@ impl Session {
                 return self.reply(230, "Already logged in.");
             }
         };
-        match self.config.auth.authenticate(&user, password, self.peer.ip()) {
-            Ok(account) => {
-                self.login = Login::LoggedIn(Box::new(account));
-                self.cwd = String::from("/");
-                self.reply(230, "Login successful.");
-            }
-            Err(AuthError::BadCredentials) | Err(AuthError::LockedOut) => self.login_failed(),
-        }
+        let (auth, password, peer) = (self.config.auth.clone(), password.to_string(), self.peer);
+        self.offload(
+            move || auth.authenticate(&user, &password, peer.ip()),
+            |s, result| match result {
+                Ok(account) => {
+                    s.login = Login::LoggedIn(Box::new(account));
+                    s.cwd = String::from("/");
+                    s.reply(230, "Login successful.");
+                }
+                Err(AuthError::BadCredentials) | Err(AuthError::LockedOut) => s.login_failed(),
+            },
+        );
     }
 
     fn login_failed(&mut self) {
@@ -791,7 +849,15 @@ impl Session {
 
     fn stat_path(&mut self, arg: &str) {
         let abs = path::resolve(&self.cwd, arg);
-        match self.long_listing(&abs) {
+        let (target, now) = (abs.clone(), (self.config.clock)());
+        self.on_storage(
+            move |s| long_listing(s, &target, now),
+            move |s, r| s.stat_path_done(&abs, r),
+        );
+    }
+
+    fn stat_path_done(&mut self, abs: &str, listing: std::io::Result<Vec<u8>>) {
+        match listing {
             Ok(body) => {
                 let mut text = format!("213-Status of {}:\r\n", abs);
                 for line in String::from_utf8_lossy(&body).lines() {
@@ -813,53 +879,64 @@ impl Session {
 
     fn cwd(&mut self, arg: &str) {
         let abs = path::resolve(&self.cwd, arg);
-        let entered = self.storage_meta(&abs).and_then(|m| match m.kind {
-            FileKind::Dir => self.with_storage(|s| s.enter(path::relative(&abs))),
+        let target = abs.clone();
+        let enter = move |s: &dyn Storage| match s.metadata(path::relative(&target))?.kind {
+            FileKind::Dir => s.enter(path::relative(&target)),
             _ => Err(std::io::ErrorKind::NotADirectory.into()),
-        });
-        match entered {
+        };
+        self.on_storage(enter, move |s, entered| match entered {
             Ok(()) => {
-                self.reply(250, &format!("Directory changed to {abs}."));
-                self.cwd = abs;
+                s.reply(250, &format!("Directory changed to {abs}."));
+                s.cwd = abs;
             }
-            Err(e) => self.reply_error(&e),
-        }
+            Err(e) => s.reply_error(&e),
+        });
     }
 
     fn mkd(&mut self, arg: &str) {
         let abs = path::resolve(&self.cwd, arg);
-        match self.with_storage(|s| s.mkdir(path::relative(&abs))) {
-            Ok(()) => self.reply(257, &format!("\"{}\" created.", path::quote(&abs))),
-            Err(e) => self.reply_error(&e),
-        }
+        let target = abs.clone();
+        self.on_storage(
+            move |s| s.mkdir(path::relative(&target)),
+            move |s, made| match made {
+                Ok(()) => s.reply(257, &format!("\"{}\" created.", path::quote(&abs))),
+                Err(e) => s.reply_error(&e),
+            },
+        );
     }
 
     fn simple_write(
         &mut self,
         arg: &str,
-        done: &str,
-        op: impl FnOnce(&dyn crate::storage::Storage, &str) -> std::io::Result<()>,
+        done: &'static str,
+        op: fn(&dyn Storage, &str) -> std::io::Result<()>,
     ) {
         let abs = path::resolve(&self.cwd, arg);
         if abs == "/" {
             return self.reply(550, "The root cannot be changed.");
         }
-        match self.with_storage(|s| op(s, path::relative(&abs))) {
-            Ok(()) => self.reply(250, done),
-            Err(e) => self.reply_error(&e),
-        }
+        self.on_storage(
+            move |s| op(s, path::relative(&abs)),
+            move |s, r| s.reply_result(r, 250, done),
+        );
     }
 
     fn rnfr(&mut self, arg: &str) {
         let abs = path::resolve(&self.cwd, arg);
-        match self.storage_meta(&abs) {
-            Ok(_) if abs == "/" => self.reply(550, "The root cannot be renamed."),
-            Ok(_) => {
-                self.rename_from = Some(abs);
-                self.reply(350, "Ready for RNTO.");
-            }
-            Err(e) => self.reply_error(&e),
+        if abs == "/" {
+            return self.reply(550, "The root cannot be renamed.");
         }
+        let target = abs.clone();
+        self.on_storage(
+            move |s| s.metadata(path::relative(&target)),
+            move |s, meta| match meta {
+                Ok(_) => {
+                    s.rename_from = Some(abs);
+                    s.reply(350, "Ready for RNTO.");
+                }
+                Err(e) => s.reply_error(&e),
+            },
+        );
     }
 
     fn rnto(&mut self, from: Option<String>, arg: &str) {
@@ -867,37 +944,48 @@ impl Session {
             return self.reply(503, "RNTO must follow RNFR.");
         };
         let to = path::resolve(&self.cwd, arg);
-        match self.with_storage(|s| s.rename(path::relative(&from), path::relative(&to))) {
-            Ok(()) => self.reply(250, "Rename successful."),
-            Err(e) => self.reply_error(&e),
-        }
+        self.on_storage(
+            move |s| s.rename(path::relative(&from), path::relative(&to)),
+            |s, r| s.reply_result(r, 250, "Rename successful."),
+        );
     }
 
     fn size(&mut self, arg: &str) {
-        let abs = path::resolve(&self.cwd, arg);
-        match self.storage_meta(&abs) {
-            Ok(m) if m.kind == FileKind::File => self.reply(213, &m.size.to_string()),
-            Ok(_) => self.reply(550, "Not a regular file."),
-            Err(e) => self.reply_error(&e),
-        }
+        self.file_meta(arg, |m| m.size.to_string());
     }
 
     fn mdtm(&mut self, arg: &str) {
+        self.file_meta(arg, |m| listing::time_val(m.modified));
+    }
+
+    /// SIZE and MDTM: 213 and a fact of a regular file.
+    fn file_meta(&mut self, arg: &str, fact: fn(&crate::storage::Metadata) -> String) {
         let abs = path::resolve(&self.cwd, arg);
-        match self.storage_meta(&abs) {
-            Ok(m) if m.kind == FileKind::File => self.reply(213, &listing::time_val(m.modified)),
-            Ok(_) => self.reply(550, "Not a regular file."),
-            Err(e) => self.reply_error(&e),
-        }
+        self.on_storage(
+            move |s| s.metadata(path::relative(&abs)),
+            move |s, meta| match meta {
+                Ok(m) if m.kind == FileKind::File => s.reply(213, &fact(&m)),
+                Ok(_) => s.reply(550, "Not a regular file."),
+                Err(e) => s.reply_error(&e),
+            },
+        );
     }
 
     fn mlst(&mut self, arg: Option<&str>) {
         let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
+        let target = abs.clone();
+        self.on_storage(
+            move |s| s.metadata(path::relative(&target)),
+            move |s, m| s.mlst_done(&abs, m),
+        );
+    }
+
+    fn mlst_done(&mut self, abs: &str, meta: std::io::Result<crate::storage::Metadata>) {
         let writable = self.writable();
-        match self.storage_meta(&abs) {
+        match meta {
             Ok(m) => {
                 let mut line = Vec::from(&b" "[..]);
-                listing::facts_line(&mut line, &abs, &m, writable, false);
+                listing::facts_line(&mut line, abs, &m, writable, false);
                 let text = format!(
                     "250-Listing {abs}\r\n{}\r\n250 End.\r\n",
                     String::from_utf8_lossy(&line)
@@ -996,27 +1084,28 @@ impl Session {
         }
         let abs = path::resolve(&self.cwd, arg);
         let offset = std::mem::take(&mut self.rest);
-        let opened = self.with_storage(|s| {
-            let meta = s.metadata(path::relative(&abs))?;
+        let target = abs.clone();
+        let open = move |s: &dyn Storage| {
+            let meta = s.metadata(path::relative(&target))?;
             if meta.kind == FileKind::Dir {
                 return Err(std::io::ErrorKind::IsADirectory.into());
             }
             if offset > meta.size {
                 return Err(rest_past_end());
             }
-            let file = s.open_read(path::relative(&abs), offset)?;
+            let file = s.open_read(path::relative(&target), offset)?;
             Ok((file, meta.size))
-        });
-        match opened {
+        };
+        self.on_storage(open, move |s, opened| match opened {
             Ok((file, size)) => {
                 let remaining = size.saturating_sub(offset);
-                let mode = self.mode_name();
+                let mode = s.mode_name();
                 let text =
                     format!("Opening {mode} mode data connection for {abs} ({remaining} bytes).");
-                self.start("RETR", abs, Some(size), Body::Send(file), text, None);
+                s.start("RETR", abs, Some(size), Body::Send(file), text, None);
             }
-            Err(e) => self.reply_error(&e),
-        }
+            Err(e) => s.reply_error(&e),
+        });
     }
 
     fn store(&mut self, arg: &str, verb: &'static str) {
@@ -1033,9 +1122,10 @@ impl Session {
             (_, 0) => WriteMode::Truncate,
             (_, off) => WriteMode::At(off),
         };
-        let opened = self.with_storage(|s| {
+        let target = abs.clone();
+        let open = move |s: &dyn Storage| {
             if let WriteMode::At(off) = mode {
-                let size = match s.metadata(path::relative(&abs)) {
+                let size = match s.metadata(path::relative(&target)) {
                     Ok(m) => m.size,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
                     Err(e) => return Err(e),
@@ -1044,15 +1134,15 @@ impl Session {
                     return Err(rest_past_end());
                 }
             }
-            s.open_write(path::relative(&abs), mode)
-        });
-        match opened {
+            s.open_write(path::relative(&target), mode)
+        };
+        self.on_storage(open, move |s, opened| match opened {
             Ok(file) => {
                 let text = format!("Ok to send data for {abs}.");
-                self.start(verb, abs, None, Body::Receive(file), text, None);
+                s.start(verb, abs, None, Body::Receive(file), text, None);
             }
-            Err(e) => self.reply_error(&e),
-        }
+            Err(e) => s.reply_error(&e),
+        });
     }
 
     fn stou(&mut self) {
@@ -1063,20 +1153,28 @@ impl Session {
         let seed = (self.config.clock)()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() as u64);
-        for _ in 0..16 {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = format!("stou.{:x}{:04x}", seed, n & 0xffff);
-            let abs = path::resolve(&self.cwd, &name);
-            match self.with_storage(|s| s.open_write(path::relative(&abs), WriteMode::CreateNew)) {
-                Ok(file) => {
-                    let text = format!("FILE: {name}");
-                    return self.start("STOU", abs, None, Body::Receive(file), text, Some(name));
+        let cwd = self.cwd.clone();
+        let create = move |s: &dyn Storage| {
+            for _ in 0..16 {
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                let name = format!("stou.{:x}{:04x}", seed, n & 0xffff);
+                let abs = path::resolve(&cwd, &name);
+                match s.open_write(path::relative(&abs), WriteMode::CreateNew) {
+                    Ok(file) => return Ok(Some((name, abs, file))),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return self.reply_error(&e),
             }
-        }
-        self.reply(450, "Could not find a unique file name.");
+            Ok(None)
+        };
+        self.on_storage(create, |s, created| match created {
+            Ok(Some((name, abs, file))) => {
+                let text = format!("FILE: {name}");
+                s.start("STOU", abs, None, Body::Receive(file), text, Some(name));
+            }
+            Ok(None) => s.reply(450, "Could not find a unique file name."),
+            Err(e) => s.reply_error(&e),
+        });
     }
 
     fn list(&mut self, arg: Option<&str>, kind: ListKind) {
@@ -1084,18 +1182,20 @@ impl Session {
             return;
         }
         let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
-        let body = match kind {
-            ListKind::Long => self.long_listing(&abs),
-            ListKind::Names => self.name_listing(&abs, arg),
-            ListKind::Facts => self.facts_listing(&abs),
+        let (target, arg) = (abs.clone(), arg.map(str::to_string));
+        let (now, writable) = ((self.config.clock)(), self.writable());
+        let build = move |s: &dyn Storage| match kind {
+            ListKind::Long => long_listing(s, &target, now),
+            ListKind::Names => name_listing(s, &target, arg.as_deref()),
+            ListKind::Facts => facts_listing(s, &target, writable),
         };
-        match body {
+        self.on_storage(build, move |s, body| match body {
             Ok(bytes) => {
                 let text = String::from("Here comes the directory listing.");
-                self.start(kind.verb(), abs, None, Body::Bytes(bytes), text, None);
+                s.start(kind.verb(), abs, None, Body::Bytes(bytes), text, None);
             }
-            Err(e) => self.reply_error(&e),
-        }
+            Err(e) => s.reply_error(&e),
+        });
     }
 
     /// Refuses a transfer command that cannot run (no data connection set up, or clear data
@@ -1160,57 +1260,6 @@ impl Session {
         }
     }
 
-    // ---- listings ------------------------------------------------------------------------
-
-    fn long_listing(&self, abs: &str) -> std::io::Result<Vec<u8>> {
-        let now = (self.config.clock)();
-        let mut out = Vec::new();
-        let meta = self.storage_meta(abs)?;
-        if meta.kind != FileKind::Dir {
-            listing::list_line(&mut out, path::file_name(abs), &meta, now);
-            return Ok(out);
-        }
-        let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
-        listing::sort(&mut entries);
-        out.reserve(entries.len() * 72);
-        for e in &entries {
-            listing::list_line(&mut out, &e.name, &e.meta, now);
-        }
-        Ok(out)
-    }
-
-    fn name_listing(&self, abs: &str, arg: Option<&str>) -> std::io::Result<Vec<u8>> {
-        let meta = self.storage_meta(abs)?;
-        if meta.kind != FileKind::Dir {
-            return Ok(format!("{}\r\n", arg.unwrap_or(path::file_name(abs))).into_bytes());
-        }
-        let mut names = self.with_storage(|s| s.names(path::relative(abs)))?;
-        names.sort_unstable();
-        let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
-        let mut out = Vec::with_capacity(names.len() * 16);
-        for name in &names {
-            out.extend_from_slice(prefix.as_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        Ok(out)
-    }
-
-    fn facts_listing(&self, abs: &str) -> std::io::Result<Vec<u8>> {
-        if self.storage_meta(abs)?.kind != FileKind::Dir {
-            return Err(std::io::ErrorKind::NotADirectory.into());
-        }
-        let mut entries = self.with_storage(|s| s.list(path::relative(abs)))?;
-        listing::sort(&mut entries);
-        let writable = self.writable();
-        let mut out = Vec::with_capacity(entries.len() * 96);
-        for e in &entries {
-            listing::facts_line(&mut out, &e.name, &e.meta, writable, false);
-            out.extend_from_slice(b"\r\n");
-        }
-        Ok(out)
-    }
-
     // ---- helpers -------------------------------------------------------------------------
 
     fn account(&self) -> Option<&Account> {
@@ -1224,18 +1273,41 @@ impl Session {
         self.account().is_some_and(|a| a.writable)
     }
 
-    fn with_storage<T>(
-        &self,
-        f: impl FnOnce(&dyn crate::storage::Storage) -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
-        match self.account() {
-            Some(a) => f(a.storage.as_ref()),
-            None => Err(std::io::ErrorKind::PermissionDenied.into()),
-        }
+    /// Hands `job` to the driver as an [`Action::Work`] and holds input until its result comes
+    /// back to `then` (through [`Session::handle_work_done`]).
+    fn offload<T: Send + 'static>(
+        &mut self,
+        job: impl FnOnce() -> T + Send + 'static,
+        then: impl FnOnce(&mut Session, T) + Send + 'static,
+    ) {
+        self.wait = Some(Wait::Work);
+        self.then = Some(Box::new(move |s: &mut Session, done: Done| {
+            if let Ok(value) = done.0.downcast::<T>() {
+                then(s, *value);
+            }
+        }));
+        self.actions.push_back(Action::Work(Work(Box::new(move || Done(Box::new(job()))))));
     }
 
-    fn storage_meta(&self, abs: &str) -> std::io::Result<crate::storage::Metadata> {
-        self.with_storage(|s| s.metadata(path::relative(abs)))
+    /// [`offload`](Self::offload) a job on the logged-in user's storage.
+    fn on_storage<T: Send + 'static>(
+        &mut self,
+        job: impl FnOnce(&dyn Storage) -> std::io::Result<T> + Send + 'static,
+        then: impl FnOnce(&mut Session, std::io::Result<T>) + Send + 'static,
+    ) {
+        let storage = self.account().map(|a| a.storage.clone());
+        let job = move || match storage {
+            Some(storage) => job(storage.as_ref()),
+            None => Err(std::io::ErrorKind::PermissionDenied.into()),
+        };
+        self.offload(job, then);
+    }
+
+    fn reply_result(&mut self, result: std::io::Result<()>, code: u16, text: &str) {
+        match result {
+            Ok(()) => self.reply(code, text),
+            Err(e) => self.reply_error(&e),
+        }
     }
 
     fn mode_name(&self) -> &'static str {
@@ -1286,6 +1358,55 @@ impl Session {
             self.actions.push_back(Action::Close);
         }
     }
+}
+
+// ---- listings: built on the storage, wherever the driver runs the work --------------------
+
+fn long_listing(s: &dyn Storage, abs: &str, now: SystemTime) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let meta = s.metadata(path::relative(abs))?;
+    if meta.kind != FileKind::Dir {
+        listing::list_line(&mut out, path::file_name(abs), &meta, now);
+        return Ok(out);
+    }
+    let mut entries = s.list(path::relative(abs))?;
+    listing::sort(&mut entries);
+    out.reserve(entries.len() * 72);
+    for e in &entries {
+        listing::list_line(&mut out, &e.name, &e.meta, now);
+    }
+    Ok(out)
+}
+
+fn name_listing(s: &dyn Storage, abs: &str, arg: Option<&str>) -> std::io::Result<Vec<u8>> {
+    let meta = s.metadata(path::relative(abs))?;
+    if meta.kind != FileKind::Dir {
+        return Ok(format!("{}\r\n", arg.unwrap_or(path::file_name(abs))).into_bytes());
+    }
+    let mut names = s.names(path::relative(abs))?;
+    names.sort_unstable();
+    let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
+    let mut out = Vec::with_capacity(names.len() * 16);
+    for name in &names {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(out)
+}
+
+fn facts_listing(s: &dyn Storage, abs: &str, writable: bool) -> std::io::Result<Vec<u8>> {
+    if s.metadata(path::relative(abs))?.kind != FileKind::Dir {
+        return Err(std::io::ErrorKind::NotADirectory.into());
+    }
+    let mut entries = s.list(path::relative(abs))?;
+    listing::sort(&mut entries);
+    let mut out = Vec::with_capacity(entries.len() * 96);
+    for e in &entries {
+        listing::facts_line(&mut out, &e.name, &e.meta, writable, false);
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -129,6 +129,7 @@ fn drive(s: &mut Session, rng: &mut Rng) {
             }
             Action::Sleep(_) => s.handle_wakeup(),
             Action::StartTls => s.handle_tls_established(),
+            Action::Work(w) => s.handle_work_done(w.run()),
             Action::Abort => s.handle_transfer_done(Outcome::Aborted),
             Action::ClosePassive | Action::Close => {}
         }

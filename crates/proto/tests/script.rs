@@ -39,6 +39,8 @@ struct Script {
     pending: Vec<Action>,
     sleeps: Vec<Duration>,
     closed: bool,
+    /// Run storage and authentication work as soon as it is asked for.
+    complete_work: bool,
 }
 
 impl Script {
@@ -64,6 +66,7 @@ impl Script {
             pending: Vec::new(),
             sleeps: Vec::new(),
             closed: false,
+            complete_work: true,
         };
         let greeting = s.drain();
         assert!(greeting.starts_with("220 "), "{greeting}");
@@ -115,6 +118,7 @@ impl Script {
                 self.session.handle_wakeup();
             }
             Action::Close => self.closed = true,
+            Action::Work(w) if self.complete_work => self.session.handle_work_done(w.run()),
             other => self.pending.push(other),
         }
     }
@@ -482,4 +486,37 @@ fn unread_replies_stop_the_session_taking_input() {
     }
     assert!(replies * 6 >= fed - 6, "{replies} replies for {fed} bytes of HELP lines");
     assert!(s.session.input_room() > 0);
+}
+
+#[test]
+fn storage_and_login_are_work_for_the_driver_and_hold_input() {
+    let mut s = Script::new();
+    s.complete_work = false;
+    s.send("USER alice");
+    assert_eq!(s.send("PASS secret\r\nNOOP\r\nPWD"), "", "nothing answered while PASS is out");
+    let Some(Action::Work(work)) = s.pending.pop() else { panic!("no work for PASS") };
+    assert!(s.session.poll_action().is_none());
+    s.session.handle_work_done(work.run());
+    let replies = s.drain();
+    let codes: Vec<&str> = replies.lines().map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["230", "200", "257"], "{replies}");
+    assert_eq!(s.send("SIZE hello.txt"), "");
+    let Some(Action::Work(work)) = s.pending.pop() else { panic!("no work for SIZE") };
+    // The session is told of an unrelated event meanwhile: still no answer, no second work.
+    s.session.handle_wakeup();
+    assert!(s.drain().is_empty());
+    s.session.handle_work_done(work.run());
+    assert_eq!(s.drain(), "213 12\r\n");
+}
+
+#[test]
+fn work_that_returns_after_the_session_closed_changes_nothing() {
+    let mut s = Script::login("alice", "secret");
+    s.complete_work = false;
+    s.send("MKD late");
+    let Some(Action::Work(work)) = s.pending.pop() else { panic!("no work for MKD") };
+    s.session.handle_admin_close();
+    s.drain();
+    s.session.handle_work_done(work.run());
+    assert!(s.session.pending_output().is_empty(), "a reply after the close");
 }

@@ -277,6 +277,7 @@ impl<'a> Conn<'a> {
             }
             Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
             Action::StartTls => self.start_tls(),
+            Action::Work(work) => self.session.handle_work_done(work.run()),
             Action::Close => self.closed = true,
         }
     }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
-use zocalo_proto::session::{Action, Outcome, Session};
+use zocalo_proto::session::{Action, Outcome, Session, Work};
 
+use super::workers::{self, Key, Workers};
 use super::{Listener, Server};
 use crate::conn::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
@@ -31,6 +32,8 @@ const CONTROL: usize = 0;
 const DATA: usize = 1;
 const LISTENER: usize = 2;
 const SIGNAL: usize = 3;
+/// The index of the workers' eventfd among the SIGNAL tokens (0 is the stop signal).
+const WORK_DONE: usize = 1;
 
 fn token(index: usize, kind: usize) -> Token {
     Token(index << KIND_BITS | kind)
@@ -85,6 +88,10 @@ struct EventLoop {
     listeners: Vec<Listener>,
     /// Accepting paused (listeners unregistered) until then: out of descriptors.
     accept_paused: Option<Instant>,
+    /// Where the sessions' storage and authentication work runs.
+    workers: Workers,
+    /// Serial number of the next connection, for [`Key`].
+    next_serial: u64,
     conns: Vec<Option<Box<Conn>>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -123,6 +130,10 @@ struct Conn {
     /// A login or idle timeout fired: the connection closes now, its last reply written only
     /// if the socket takes it at once.
     expired: bool,
+    /// Work the session asked for, to go to the workers once this turn is over.
+    work: Option<Work>,
+    /// Tells this connection apart from earlier ones in the same slot.
+    serial: u64,
 }
 
 impl EventLoop {
@@ -134,6 +145,8 @@ impl EventLoop {
             poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE)?;
         }
         poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
+        let workers = Workers::start(workers::THREADS)?;
+        poller.register(workers.as_raw_fd(), token(WORK_DONE, SIGNAL), Interest::READABLE)?;
         let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
         Ok(EventLoop {
             poller,
@@ -142,6 +155,8 @@ impl EventLoop {
             reserve,
             listeners,
             accept_paused: None,
+            workers,
+            next_serial: 0,
             conns,
             free,
             timers,
@@ -169,6 +184,7 @@ impl EventLoop {
         let (index, kind) = (ev.token.0 >> KIND_BITS, ev.token.0 & ((1 << KIND_BITS) - 1));
         match kind {
             LISTENER => self.accept(index),
+            SIGNAL if index == WORK_DONE => self.on_work_done(),
             SIGNAL => self.begin_stop(),
             CONTROL => self.on_control(index, ev),
             _ => self.on_data(index),
@@ -237,9 +253,11 @@ impl EventLoop {
                 );
             }
         }
-        let Ok(conn) = Conn::new(stream, peer, permit, &self.ctx, implicit) else {
+        let Ok(mut conn) = Conn::new(stream, peer, permit, &self.ctx, implicit) else {
             return;
         };
+        self.next_serial += 1;
+        conn.serial = self.next_serial;
         let index = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -275,6 +293,23 @@ impl EventLoop {
         self.drive(index);
     }
 
+    /// Hands finished work to its sessions (a connection that closed meanwhile is gone, and its
+    /// result with it).
+    fn on_work_done(&mut self) {
+        for finished in self.workers.take_finished() {
+            let Key { index, serial } = finished.key;
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if conn.serial != serial {
+                continue;
+            }
+            conn.last_activity = Instant::now();
+            conn.session.handle_work_done(finished.done);
+            self.drive(index);
+        }
+    }
+
     fn begin_stop(&mut self) {
         let _ = self.poller.deregister(self.ctx.shutdown.fd());
         for l in self.listeners.drain(..) {
@@ -306,6 +341,9 @@ impl EventLoop {
         if conn.closed {
             self.remove(index);
             return;
+        }
+        if let Some(work) = conn.work.take() {
+            self.workers.submit(Key { index, serial: conn.serial }, work);
         }
         if let Some(p) = &mut conn.published {
             p.update(&conn.session);
@@ -397,6 +435,8 @@ impl Conn {
             created: now,
             handshake_by: None,
             expired: false,
+            work: None,
+            serial: 0,
             control,
             handshaking: false,
             session,
@@ -564,6 +604,7 @@ impl Conn {
             }
             Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
             Action::StartTls => self.start_tls(poller, index, ctx),
+            Action::Work(work) => self.work = Some(work),
             Action::Close => self.closed = true,
         }
     }

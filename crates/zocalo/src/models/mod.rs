@@ -15,6 +15,7 @@ pub mod iterative;
 pub mod pool;
 pub mod process;
 pub mod thread;
+pub mod workers;
 
 use std::fmt;
 use std::io;

@@ -1,0 +1,90 @@
+//! The event loop's worker threads. Storage and authentication calls ([`Work`]) run here,
+//! never on the loop's thread, the way nginx's `thread_pool` and libuv's threadpool take
+//! blocking calls off their loops. A finished job is queued with its connection's [`Key`] and
+//! the loop is woken through an eventfd that its poller watches.
+//!
+//! The pool is small and fixed; the queue needs no bound of its own, because a session waiting
+//! for work takes no other command, so each connection has at most one job out.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use zocalo_poller::Waker;
+use zocalo_proto::session::{Done, Work};
+
+/// Worker threads per event loop.
+pub const THREADS: usize = 4;
+
+/// Which connection a job belongs to: its slot and a serial number, so that a result that comes
+/// back after its connection closed (and the slot was reused) is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub index: usize,
+    pub serial: u64,
+}
+
+/// A finished job, for the loop to hand to its session.
+pub struct Finished {
+    pub key: Key,
+    pub done: Done,
+}
+
+struct Shared {
+    finished: Mutex<Vec<Finished>>,
+    waker: Waker,
+}
+
+pub struct Workers {
+    jobs: Sender<(Key, Work)>,
+    shared: Arc<Shared>,
+}
+
+impl Workers {
+    /// Starts `threads` workers.
+    pub fn start(threads: usize) -> io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<(Key, Work)>();
+        let queue = Arc::new(Mutex::new(queue));
+        let shared = Arc::new(Shared { finished: Mutex::new(Vec::new()), waker: Waker::new()? });
+        for i in 0..threads.max(1) {
+            let (queue, shared) = (queue.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("zocalo-work-{i}"))
+                .spawn(move || work(&queue, &shared))?;
+        }
+        Ok(Workers { jobs, shared })
+    }
+
+    /// Queues `work` for `key`'s connection.
+    pub fn submit(&self, key: Key, work: Work) {
+        // The workers outlive the loop's sender, so a send cannot fail while the loop runs.
+        let _ = self.jobs.send((key, work));
+    }
+
+    /// What finished since the last call; makes the eventfd unreadable again.
+    pub fn take_finished(&self) -> Vec<Finished> {
+        let _ = self.shared.waker.drain();
+        std::mem::take(&mut *self.shared.finished.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl AsRawFd for Workers {
+    /// Readable while finished jobs wait for the loop.
+    fn as_raw_fd(&self) -> RawFd {
+        self.shared.waker.as_raw_fd()
+    }
+}
+
+/// One worker: runs jobs until the loop (and its sender) is gone.
+fn work(queue: &Mutex<Receiver<(Key, Work)>>, shared: &Shared) {
+    loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((key, job)) = next else {
+            return;
+        };
+        let done = job.run();
+        shared.finished.lock().unwrap_or_else(|e| e.into_inner()).push(Finished { key, done });
+        let _ = shared.waker.wake();
+    }
+}
