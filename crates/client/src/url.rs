@@ -66,11 +66,6 @@ impl FtpUrl {
         }
     }
 
-    /// The same URL with another path (used by `mirror` to walk a tree).
-    pub fn with_path(&self, path: &str) -> FtpUrl {
-        FtpUrl { path: path.to_owned(), ..self.clone() }
-    }
-
     /// The last path component, if the path names something other than a directory.
     pub fn file_name(&self) -> Option<&str> {
         self.path.rsplit('/').next().filter(|n| !n.is_empty())

@@ -268,3 +268,19 @@ fn bench_reports_a_refusal_with_the_servers_reason() {
         assert!(!note.contains("server closed"), "{note}");
     }
 }
+
+#[test]
+fn fairness_reports_noop_latencies_for_each_phase() {
+    let server = Server::start("127.0.0.1:0", &[]);
+    let mut options = small_bench(&server, vec![Scenario::Fairness], Backend::Epoll);
+    options.fairness_sessions = 3;
+    options.slow_login = Some(("u".into(), "p".into()));
+    let results = bench::run(&server.url("/"), &options, &mut Vec::new()).unwrap();
+    let notes: Vec<&String> = results.iter().flat_map(|r| &r.notes).collect();
+    assert!(notes.is_empty(), "{notes:?}");
+    for phase in ["idle", "logins", "LIST", "MLSD", "STOR"] {
+        let (p50, max) = (format!("{phase} NOOP p50"), format!("{phase} NOOP max"));
+        assert!(metric(&results, "fairness", &max) >= metric(&results, "fairness", &p50));
+    }
+    assert!(!server.root.path().join("zocalo-bench-fair.bin").exists(), "STOR file left behind");
+}

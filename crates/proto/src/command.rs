@@ -85,60 +85,6 @@ pub enum ParseError {
     NetworkProtocol,
 }
 
-impl Command<'_> {
-    /// The verb, upper case, for logs and sequence checks.
-    pub fn verb(&self) -> &'static str {
-        use Command::*;
-        match self {
-            User(_) => "USER",
-            Pass(_) => "PASS",
-            Acct => "ACCT",
-            Quit => "QUIT",
-            Rein => "REIN",
-            Cwd(_) => "CWD",
-            Cdup => "CDUP",
-            Pwd => "PWD",
-            Mkd(_) => "MKD",
-            Rmd(_) => "RMD",
-            Dele(_) => "DELE",
-            Rnfr(_) => "RNFR",
-            Rnto(_) => "RNTO",
-            Retr(_) => "RETR",
-            Stor(_) => "STOR",
-            Stou => "STOU",
-            Appe(_) => "APPE",
-            List(_) => "LIST",
-            Nlst(_) => "NLST",
-            Mlsd(_) => "MLSD",
-            Mlst(_) => "MLST",
-            Stat(_) => "STAT",
-            Help(_) => "HELP",
-            Noop => "NOOP",
-            Syst => "SYST",
-            Type(_) => "TYPE",
-            Mode => "MODE",
-            Stru => "STRU",
-            Pasv => "PASV",
-            Epsv(_) => "EPSV",
-            Port(_) => "PORT",
-            Eprt(_) => "EPRT",
-            Abor => "ABOR",
-            Allo => "ALLO",
-            Rest(_) => "REST",
-            Site(_) => "SITE",
-            Feat => "FEAT",
-            Opts(_) => "OPTS",
-            Size(_) => "SIZE",
-            Mdtm(_) => "MDTM",
-            Host(_) => "HOST",
-            Auth(_) => "AUTH",
-            Pbsz(_) => "PBSZ",
-            Prot(_) => "PROT",
-            Ccc => "CCC",
-        }
-    }
-}
-
 /// Parses one line (terminator already removed).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("Line is not UTF-8."))?;

@@ -179,7 +179,8 @@ pub struct MirrorArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     pub url: String,
-    /// transfer, logins, idle-transfer, multi, sessions, memory, listing (repeatable; all if none).
+    /// transfer, logins, idle-transfer, multi, sessions, memory, listing (repeatable; all if
+    /// none), or fairness (only by name).
     #[arg(long)]
     pub scenario: Vec<String>,
     /// The server's name in tables and charts.
@@ -212,6 +213,12 @@ pub struct BenchArgs {
     /// Create the listing directory's entries with STOR first.
     #[arg(long)]
     pub create_listing: bool,
+    /// K: sessions sending NOOP in a loop during `fairness` [default: 20].
+    #[arg(long)]
+    pub fairness_sessions: Option<usize>,
+    /// An account with a slow login (users-file, Argon2) for `fairness`, USER:PASSWORD.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub slow_login: Option<String>,
     /// The server's pid, for `memory` (RSS and PSS of it and its children).
     #[arg(long)]
     pub server_pid: Option<u32>,

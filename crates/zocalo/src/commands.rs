@@ -199,6 +199,11 @@ fn bench_options(a: BenchArgs) -> Result<BenchOptions, String> {
     o.list_entries = a.list_entries.unwrap_or(o.list_entries);
     o.create_listing = a.create_listing;
     o.server_pid = a.server_pid;
+    o.fairness_sessions = a.fairness_sessions.unwrap_or(o.fairness_sessions);
+    if let Some(login) = &a.slow_login {
+        let (user, pass) = login.split_once(':').ok_or("--slow-login takes USER:PASSWORD")?;
+        o.slow_login = Some((user.to_string(), pass.to_string()));
+    }
     o.timeout = a.timeout.map_or(o.timeout, std::time::Duration::from_secs);
     o.json = a.json;
     o.report = a.report;

@@ -108,9 +108,6 @@ pub struct DataTask {
     progress: Arc<AtomicU64>,
     tls: Option<Tls>,
     throttle: Option<Throttle>,
-    /// When the transfer started, and whether it converts line endings (for the xferlog).
-    pub started: Instant,
-    pub ascii: bool,
 }
 
 /// Per-session bandwidth limits in bytes per second.
@@ -153,7 +150,6 @@ impl DataTask {
         tls: Option<&Tls>,
         rates: Rates,
     ) -> Result<Self, Outcome> {
-        let ascii = t.ascii;
         let pump = Pump::new(t.body, t.ascii, t.tls);
         let rate = if pump.sends() { rates.down } else { rates.up };
         let throttle = rate.map(Throttle::new);
@@ -169,7 +165,7 @@ impl DataTask {
                 State::Connecting { sock, pump }
             }
         };
-        Ok(DataTask { state, progress: t.progress, tls, throttle, started: Instant::now(), ascii })
+        Ok(DataTask { state, progress: t.progress, tls, throttle })
     }
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).

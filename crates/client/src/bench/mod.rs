@@ -18,6 +18,7 @@
 //! This module does not start or stop servers; `bench/compare.sh` does.
 
 pub mod engine;
+mod fairness;
 pub mod mem;
 pub mod report;
 pub mod stats;
@@ -58,9 +59,12 @@ pub enum Scenario {
     Sessions,
     Memory,
     Listing,
+    Fairness,
 }
 
 impl Scenario {
+    /// The scenarios run when none is named (`fairness` takes a prepared directory and a slow
+    /// account, so it is run by name).
     pub const ALL: [Scenario; 7] = [
         Scenario::Transfer,
         Scenario::Logins,
@@ -80,6 +84,7 @@ impl Scenario {
             Scenario::Sessions => "sessions",
             Scenario::Memory => "memory",
             Scenario::Listing => "listing",
+            Scenario::Fairness => "fairness",
         }
     }
 }
@@ -96,13 +101,14 @@ impl FromStr for Scenario {
     fn from_str(s: &str) -> Result<Scenario, String> {
         Scenario::ALL
             .into_iter()
+            .chain([Scenario::Fairness])
             .find(|sc| sc.name() == s)
             .ok_or_else(|| format!("unknown scenario {s:?}; known: {}", names()))
     }
 }
 
 fn names() -> String {
-    Scenario::ALL.map(Scenario::name).join(", ")
+    Scenario::ALL.map(Scenario::name).join(", ") + ", fairness"
 }
 
 /// What to run and how big; the defaults are the sizes.
@@ -130,6 +136,10 @@ pub struct BenchOptions {
     pub list_entries: usize,
     /// Create the listing directory's entries with STOR (otherwise they must exist).
     pub create_listing: bool,
+    /// K: sessions that send NOOP in a loop in `fairness`.
+    pub fairness_sessions: usize,
+    /// An account whose login is slow (an Argon2 hash), for `fairness`: USER, PASS.
+    pub slow_login: Option<(String, String)>,
     /// The server's process, for `memory` (its children are included).
     pub server_pid: Option<u32>,
     /// Deadline of each scenario.
@@ -157,6 +167,8 @@ impl Default for BenchOptions {
             small_size: 1 << 20,
             list_entries: 10_000,
             create_listing: false,
+            fairness_sessions: 20,
+            slow_login: None,
             server_pid: None,
             timeout: Duration::from_secs(120),
             backend: Backend::Epoll,
@@ -257,6 +269,7 @@ impl<'a> Bench<'a> {
             Scenario::Sessions => self.sessions(),
             Scenario::Memory => self.memory().map(|r| vec![r]),
             Scenario::Listing => self.listing().map(|r| vec![r]),
+            Scenario::Fairness => self.fairness().map(|r| vec![r]),
         };
         outcome.unwrap_or_else(|e| {
             vec![self.result(scenario.name(), Vec::new(), vec![format!("failed: {e}")])]

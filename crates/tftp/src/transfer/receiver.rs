@@ -229,11 +229,6 @@ impl<W: Write> Receiver<W> {
         self.phase = Phase::Done;
         fail(&mut self.outcome, &mut self.outbox, &mut self.timer, err, code);
     }
-
-    /// Gives back the sink (for example to inspect what was written).
-    pub fn into_sink(self) -> W {
-        self.sink
-    }
 }
 
 impl<W: Write> Transfer for Receiver<W> {
