@@ -112,9 +112,21 @@ pub enum Action {
 pub struct Work(Box<dyn FnOnce() -> Done + Send>);
 
 impl Work {
+    /// Work that returns `job`'s value (a driver uses it for its own blocking calls too).
+    pub fn new<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Work {
+        Work(Box::new(move || Done(Box::new(job()))))
+    }
+
     /// Does the work (blocking) and returns the result for [`Session::handle_work_done`].
     pub fn run(self) -> Done {
         (self.0)()
+    }
+}
+
+impl Done {
+    /// The value of a [`Work::new`] job, if it is a `T`.
+    pub fn take<T: 'static>(self) -> Option<T> {
+        self.0.downcast().ok().map(|b| *b)
     }
 }
 
@@ -1282,11 +1294,11 @@ impl Session {
     ) {
         self.wait = Some(Wait::Work);
         self.then = Some(Box::new(move |s: &mut Session, done: Done| {
-            if let Ok(value) = done.0.downcast::<T>() {
-                then(s, *value);
+            if let Some(value) = done.take::<T>() {
+                then(s, value);
             }
         }));
-        self.actions.push_back(Action::Work(Work(Box::new(move || Done(Box::new(job()))))));
+        self.actions.push_back(Action::Work(Work::new(job)));
     }
 
     /// [`offload`](Self::offload) a job on the logged-in user's storage.

@@ -291,7 +291,13 @@ impl<'a> Conn<'a> {
         let Some(task) = self.task.as_mut() else {
             return;
         };
-        match task.step() {
+        let mut step = task.step();
+        // This driver's thread serves one client: file I/O runs right here.
+        while let Step::Io(work) = step {
+            task.io_done(work.run());
+            step = task.step();
+        }
+        match step {
             Step::Finished(outcome) => {
                 self.last_activity = Instant::now();
                 self.task = None;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use zocalo_proto::ascii::{Decoder, Encoder};
-use zocalo_proto::session::{Body, Endpoint, Outcome, Transfer};
+use zocalo_proto::session::{Body, Done, Endpoint, Outcome, Transfer, Work};
 use zocalo_proto::FileHandle;
 
 use crate::tls::{Stream, Tls};
@@ -43,6 +43,10 @@ pub enum Step {
     },
     /// The bandwidth limit is used up: step again at this time.
     Sleep(Instant),
+    /// An upload's file write (or its final flush and rename), to run off an event loop's
+    /// thread; hand the result to [`DataTask::io_done`], then step again. Nothing is read from
+    /// the data connection meanwhile, so an upload holds at most one buffer in flight.
+    Io(Work),
     Finished(Outcome),
 }
 
@@ -55,6 +59,8 @@ enum Flow {
     Yield,
     /// The bandwidth limit is used up until then.
     Throttled(Instant),
+    /// This file I/O must run before anything else moves.
+    Io(Work),
 }
 
 /// A token bucket for `--max-rate-down` and `--max-rate-up` (bytes per second, per session).
@@ -108,6 +114,8 @@ pub struct DataTask {
     progress: Arc<AtomicU64>,
     tls: Option<Tls>,
     throttle: Option<Throttle>,
+    /// A file write failed off the thread; the next step reports it.
+    failed: Option<Outcome>,
 }
 
 /// Per-session bandwidth limits in bytes per second.
@@ -165,7 +173,33 @@ impl DataTask {
                 State::Connecting { sock, pump }
             }
         };
-        Ok(DataTask { state, progress: t.progress, tls, throttle })
+        Ok(DataTask { state, progress: t.progress, tls, throttle, failed: None })
+    }
+
+    /// Uploads write their file through [`Step::Io`] instead of on the stepping thread (the
+    /// event loop asks for this; the blocking drivers write inline).
+    pub fn offload_file_io(&mut self) {
+        match &mut self.state {
+            State::Accepting { pump, .. }
+            | State::Connecting { pump, .. }
+            | State::Running { pump, .. } => pump.offload = true,
+            State::Done => {}
+        }
+    }
+
+    /// The result of the last [`Step::Io`].
+    pub fn io_done(&mut self, done: Done) {
+        let State::Running { pump, .. } = &mut self.state else {
+            return;
+        };
+        match done.take::<Written>() {
+            Some(written) => {
+                if let Err(outcome) = pump.written(written) {
+                    self.failed = Some(outcome);
+                }
+            }
+            None => self.failed = Some(Outcome::ConnectionLost),
+        }
     }
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).
@@ -175,6 +209,10 @@ impl DataTask {
 
     /// Does all the work possible without blocking.
     pub fn step(&mut self) -> Step {
+        if let Some(outcome) = self.failed.take() {
+            self.state = State::Done;
+            return Step::Finished(outcome);
+        }
         loop {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Accepting { listener, peer, pump } => match accept_from(&listener, peer) {
@@ -263,6 +301,10 @@ impl DataTask {
                 self.state = State::Running { stream, pump, _listener: listener, closing };
                 Step::Sleep(until)
             }
+            Ok(Flow::Io(work)) => {
+                self.state = State::Running { stream, pump, _listener: listener, closing };
+                Step::Io(work)
+            }
             Ok(flow) => {
                 let state = State::Running { stream, pump, _listener: listener, closing };
                 self.park(state, matches!(flow, Flow::Yield))
@@ -344,6 +386,17 @@ struct Pump {
     /// Bytes read or encoded but not yet written out.
     buf: Vec<u8>,
     pos: usize,
+    /// Uploads hand their file writes out as [`Flow::Io`].
+    offload: bool,
+}
+
+/// What an offloaded upload write gives back: the file, the buffer (for reuse), the result,
+/// and whether it was the final flush (then the upload is complete).
+struct Written {
+    file: Option<Box<dyn FileHandle>>,
+    chunk: Vec<u8>,
+    result: io::Result<()>,
+    last: bool,
 }
 
 enum PumpKind {
@@ -363,6 +416,8 @@ enum PumpKind {
     Receive {
         file: Option<Box<dyn FileHandle>>,
         decoder: Option<Decoder>,
+        /// The final flush ran: the upload is complete.
+        done: bool,
     },
 }
 
@@ -377,12 +432,29 @@ impl Pump {
                     eof: false,
                 },
             },
-            Body::Bytes(bytes) => return Pump { kind: PumpKind::SendBytes, buf: bytes, pos: 0 },
+            Body::Bytes(bytes) => {
+                return Pump { kind: PumpKind::SendBytes, buf: bytes, pos: 0, offload: false }
+            }
             Body::Receive(file) => {
-                PumpKind::Receive { file: Some(file), decoder: ascii.then(Decoder::default) }
+                let decoder = ascii.then(Decoder::default);
+                PumpKind::Receive { file: Some(file), decoder, done: false }
             }
         };
-        Pump { kind, buf: Vec::new(), pos: 0 }
+        Pump { kind, buf: Vec::new(), pos: 0, offload: false }
+    }
+
+    /// Takes back what an offloaded write returned. After the final flush the upload is over.
+    fn written(&mut self, w: Written) -> Result<(), Outcome> {
+        let PumpKind::Receive { file, done, .. } = &mut self.kind else {
+            return Ok(());
+        };
+        *file = w.file;
+        *done = w.last;
+        let size = self.buf.len().max(CHUNK);
+        self.buf = w.chunk;
+        self.buf.clear();
+        self.buf.resize(size, 0);
+        w.result.map_err(Outcome::Storage)
     }
 
     /// The data connection is up: an upload may now truncate its target.
@@ -478,6 +550,9 @@ impl Pump {
         progress: &AtomicU64,
         throttle: &mut Option<Throttle>,
     ) -> Result<Flow, Outcome> {
+        if matches!(self.kind, PumpKind::Receive { done: true, .. }) {
+            return Ok(Flow::Done);
+        }
         if self.buf.len() < CHUNK {
             self.buf.resize(CHUNK, 0);
         }
@@ -496,14 +571,20 @@ impl Pump {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Outcome::ConnectionLost),
             };
-            let PumpKind::Receive { file, decoder } = &mut self.kind else {
+            let PumpKind::Receive { file, decoder, .. } = &mut self.kind else {
                 return Ok(Flow::Done);
             };
+            if n == 0 && self.offload {
+                return Ok(Flow::Io(finish_upload_off_thread(file, decoder)));
+            }
             if n == 0 {
                 return finish_upload(file, decoder).map(|()| Flow::Done);
             }
             progress.fetch_add(n as u64, Ordering::Relaxed);
-            let Some(f) = file.as_mut() else {
+            if self.offload {
+                return Ok(Flow::Io(write_off_thread(&mut self.buf, n, file, decoder, decoded)));
+            }
+            let PumpKind::Receive { file: Some(f), decoder, .. } = &mut self.kind else {
                 return Ok(Flow::Done);
             };
             let bytes = match decoder {
@@ -521,6 +602,55 @@ impl Pump {
         }
         Ok(Flow::Yield)
     }
+}
+
+/// Hands the `n` bytes just read into `buf` (decoded if TYPE A) to a [`Work`] that writes
+/// them; the file and the buffer come back through [`Pump::written`]. A buffer that came back
+/// full is replaced by one twice its size, as on the inline path.
+fn write_off_thread(
+    buf: &mut Vec<u8>,
+    n: usize,
+    file: &mut Option<Box<dyn FileHandle>>,
+    decoder: &mut Option<Decoder>,
+    mut decoded: Vec<u8>,
+) -> Work {
+    let grow = n == buf.len() && n < RECV_MAX;
+    let mut chunk = std::mem::take(buf);
+    if grow {
+        *buf = vec![0; n * 2];
+    }
+    match decoder {
+        Some(dec) => {
+            decoded.clear();
+            dec.decode(&chunk[..n], &mut decoded);
+            chunk = decoded;
+        }
+        None => chunk.truncate(n),
+    }
+    let mut file = file.take();
+    Work::new(move || {
+        let result = match file.as_mut() {
+            Some(f) => f.write_all(&chunk),
+            None => Ok(()),
+        };
+        Written { file, chunk, result, last: false }
+    })
+}
+
+/// [`finish_upload`] as a [`Work`], for the event loop.
+fn finish_upload_off_thread(
+    file: &mut Option<Box<dyn FileHandle>>,
+    decoder: &mut Option<Decoder>,
+) -> Work {
+    let (mut file, mut decoder) = (file.take(), decoder.take());
+    Work::new(move || {
+        let result = finish_upload(&mut file, &mut decoder);
+        let result = result.map_err(|outcome| match outcome {
+            Outcome::Storage(e) => e,
+            _ => io::Error::other("upload failed"),
+        });
+        Written { file: None, chunk: Vec::new(), result, last: true }
+    })
 }
 
 /// The client closed the data connection: flush, and let the storage put the file in place.

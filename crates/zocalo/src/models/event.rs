@@ -134,6 +134,10 @@ struct Conn {
     work: Option<Work>,
     /// Tells this connection apart from earlier ones in the same slot.
     serial: u64,
+    /// The running transfer's file I/O, to go to the workers once this turn is over.
+    data_work: Option<Work>,
+    /// Transfers started so far: tells the running one's I/O results from an aborted one's.
+    transfers: u64,
 }
 
 impl EventLoop {
@@ -297,15 +301,24 @@ impl EventLoop {
     /// result with it).
     fn on_work_done(&mut self) {
         for finished in self.workers.take_finished() {
-            let Key { index, serial } = finished.key;
+            let Key { index, serial, transfer } = finished.key;
             let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
             if conn.serial != serial {
                 continue;
             }
-            conn.last_activity = Instant::now();
-            conn.session.handle_work_done(finished.done);
+            if transfer == 0 {
+                conn.last_activity = Instant::now();
+                conn.session.handle_work_done(finished.done);
+            } else if transfer == conn.transfers {
+                let Some(task) = conn.task.as_mut() else {
+                    continue;
+                };
+                task.io_done(finished.done);
+                conn.data_activity = Instant::now();
+                conn.step_task(self.poller.as_mut(), index);
+            }
             self.drive(index);
         }
     }
@@ -343,7 +356,11 @@ impl EventLoop {
             return;
         }
         if let Some(work) = conn.work.take() {
-            self.workers.submit(Key { index, serial: conn.serial }, work);
+            self.workers.submit(Key { index, serial: conn.serial, transfer: 0 }, work);
+        }
+        if let Some(work) = conn.data_work.take() {
+            let key = Key { index, serial: conn.serial, transfer: conn.transfers };
+            self.workers.submit(key, work);
         }
         if let Some(p) = &mut conn.published {
             p.update(&conn.session);
@@ -437,6 +454,8 @@ impl Conn {
             expired: false,
             work: None,
             serial: 0,
+            data_work: None,
+            transfers: 0,
             control,
             handshaking: false,
             session,
@@ -589,7 +608,9 @@ impl Conn {
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
                 let (tls, rates) = (self.tls.as_ref(), ctx.rates);
                 match DataTask::new(t, passive, self.local, self.peer.ip(), tls, rates) {
-                    Ok(task) => {
+                    Ok(mut task) => {
+                        task.offload_file_io();
+                        self.transfers += 1;
                         self.task = Some(Box::new(task));
                         self.step_task(poller, index);
                     }
@@ -630,6 +651,12 @@ impl Conn {
                     let _ = poller.deregister(fd);
                 }
                 self.data_sleep = Some(until);
+            }
+            Step::Io(work) => {
+                if let Some((fd, _)) = self.data_reg.take() {
+                    let _ = poller.deregister(fd);
+                }
+                self.data_work = Some(work);
             }
         }
     }

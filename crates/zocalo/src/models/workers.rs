@@ -18,11 +18,13 @@ use zocalo_proto::session::{Done, Work};
 pub const THREADS: usize = 4;
 
 /// Which connection a job belongs to: its slot and a serial number, so that a result that comes
-/// back after its connection closed (and the slot was reused) is dropped.
+/// back after its connection closed (and the slot was reused) is dropped; and whose it is: the
+/// session's (`transfer` 0) or that transfer's file I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub index: usize,
     pub serial: u64,
+    pub transfer: u64,
 }
 
 /// A finished job, for the loop to hand to its session.
