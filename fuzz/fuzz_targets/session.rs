@@ -46,7 +46,7 @@ fn drive(s: &mut Session) {
             Action::Transfer(t) => {
                 match t.body {
                     Body::Send(mut f) => drop(f.read_to_end(&mut Vec::new())),
-                    Body::Bytes(_) => {}
+                    Body::Listing(mut l) => drop(l.read_to_end(&mut Vec::new())),
                     Body::Receive(mut f) => {
                         let _ = f.write_all(b"x\r\n");
                         let _ = f.finish();

@@ -1,10 +1,10 @@
 //! Directory listing formats, all in the core: LIST (`ls -l` style, the de-facto format every
 //! client parses), NLST (names only, RFC 959), and MLSD/MLST facts (RFC 3659 section 7).
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::storage::{DirEntry, FileKind, Metadata};
+use crate::storage::{DirEntry, DirStream, FileHandle, FileKind, Metadata};
 
 const MONTHS: [&str; 12] =
     ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -165,6 +165,118 @@ pub fn sort(entries: &mut [DirEntry]) {
     entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 }
 
+/// Which listing a [`Listing`] produces.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// LIST: `ls -l` lines, with dates relative to `now`.
+    Long { now: SystemTime },
+    /// NLST: names, each after `prefix` (the argument's directory, as the client gave it).
+    Names { prefix: String },
+    /// MLSD: facts lines.
+    Facts { writable: bool },
+}
+
+/// Entries of a directory that are listed sorted by name: up to this many are read before the
+/// first line goes out. A larger directory is listed in the storage's own order (the order of
+/// readdir(3) on a disk, key order on S3), so a listing of any size holds at most this many
+/// entries and one chunk of lines in memory.
+pub const SORTED_MAX: usize = 2048;
+
+/// Entries read from the storage per refill.
+const BATCH: usize = 256;
+
+/// A directory listing produced as it is read: a batch of entries at a time is formatted into
+/// lines when the data connection wants more bytes. It is a read-only [`FileHandle`], so a
+/// driver pumps it like a file without a descriptor, and each read may call the storage.
+pub struct Listing {
+    dir: Box<dyn DirStream>,
+    format: Format,
+    lines: Vec<u8>,
+    pos: usize,
+    /// Entries read ahead to be sorted, before the first line.
+    started: bool,
+    exhausted: bool,
+}
+
+impl Listing {
+    pub fn new(dir: Box<dyn DirStream>, format: Format) -> Listing {
+        let (lines, pos) = (Vec::new(), 0);
+        Listing { dir, format, lines, pos, started: false, exhausted: false }
+    }
+
+    /// Formats the next lines into `self.lines`; false at the end of the directory.
+    fn refill(&mut self) -> io::Result<bool> {
+        self.lines.clear();
+        self.pos = 0;
+        if self.exhausted {
+            return Ok(false);
+        }
+        let mut entries = Vec::new();
+        if !self.started {
+            self.started = true;
+            while entries.len() < SORTED_MAX {
+                let batch = self.dir.next_batch(BATCH)?;
+                if batch.is_empty() {
+                    self.exhausted = true;
+                    break;
+                }
+                entries.extend(batch);
+            }
+            if self.exhausted {
+                sort(&mut entries);
+            }
+        } else {
+            entries = self.dir.next_batch(BATCH)?;
+            self.exhausted = entries.is_empty();
+        }
+        for e in &entries {
+            self.push_line(e);
+        }
+        Ok(!entries.is_empty())
+    }
+
+    fn push_line(&mut self, e: &DirEntry) {
+        match &self.format {
+            Format::Long { now } => list_line(&mut self.lines, &e.name, &e.meta, *now),
+            Format::Names { prefix } => {
+                self.lines.extend_from_slice(prefix.as_bytes());
+                self.lines.extend_from_slice(e.name.as_bytes());
+                self.lines.extend_from_slice(b"\r\n");
+            }
+            Format::Facts { writable } => {
+                facts_line(&mut self.lines, &e.name, &e.meta, *writable, false);
+                self.lines.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+impl Read for Listing {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.lines.len() {
+            if !self.refill()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.lines.len() - self.pos);
+        buf[..n].copy_from_slice(&self.lines[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Listing {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileHandle for Listing {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +334,65 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "type=file;size=5;modify=19700101000000;perm=r;UNIX.mode=0755; f"
         );
+    }
+
+    /// A directory of `n` entries, counting how many were read.
+    struct Counted {
+        next: usize,
+        n: usize,
+        read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl DirStream for Counted {
+        fn next_batch(&mut self, max: usize) -> io::Result<Vec<DirEntry>> {
+            let end = (self.next + max).min(self.n);
+            // Names in descending order, so sorting shows.
+            let batch: Vec<DirEntry> = (self.next..end)
+                .map(|i| DirEntry {
+                    name: format!("f{:07}", self.n - i),
+                    meta: Metadata::unknown(),
+                })
+                .collect();
+            self.read.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+            self.next = end;
+            Ok(batch)
+        }
+    }
+
+    fn counted(n: usize) -> (Listing, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dir = Counted { next: 0, n, read: read.clone() };
+        (Listing::new(Box::new(dir), Format::Names { prefix: String::new() }), read)
+    }
+
+    #[test]
+    fn a_small_directory_is_listed_sorted() {
+        let (mut listing, _) = counted(1000);
+        let mut text = String::new();
+        listing.read_to_string(&mut text).unwrap();
+        let names: Vec<&str> = text.lines().collect();
+        assert_eq!(names.len(), 1000);
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "not sorted");
+    }
+
+    #[test]
+    fn a_large_directory_streams_a_batch_at_a_time() {
+        let (mut listing, read) = counted(1_000_000);
+        let mut buf = [0u8; 4096];
+        assert!(listing.read(&mut buf).unwrap() > 0);
+        let pulled = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(pulled <= SORTED_MAX + BATCH, "{pulled} entries read for the first 4 KiB");
+        let mut total = buf.len() as u64;
+        let mut lines = 0;
+        loop {
+            let n = listing.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+            assert!(listing.lines.capacity() < 64 * 1024, "lines buffer grew");
+        }
+        assert!(total > 0 && lines > 990_000, "{lines} lines");
     }
 }

@@ -162,8 +162,8 @@ pub enum Endpoint {
 pub enum Body {
     /// Send a file from its current position to the end.
     Send(Box<dyn FileHandle>),
-    /// Send these bytes (a listing).
-    Bytes(Vec<u8>),
+    /// Send a listing, as it is produced (no TYPE A conversion: its lines end in CRLF).
+    Listing(Box<dyn FileHandle>),
     /// Receive into a file until the client closes the connection, then call `finish`.
     Receive(Box<dyn FileHandle>),
 }
@@ -1195,16 +1195,21 @@ impl Session {
         }
         let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
         let (target, arg) = (abs.clone(), arg.map(str::to_string));
-        let (now, writable) = ((self.config.clock)(), self.writable());
-        let build = move |s: &dyn Storage| match kind {
-            ListKind::Long => long_listing(s, &target, now),
-            ListKind::Names => name_listing(s, &target, arg.as_deref()),
-            ListKind::Facts => facts_listing(s, &target, writable),
+        let format = match kind {
+            ListKind::Long => listing::Format::Long { now: (self.config.clock)() },
+            ListKind::Names => listing::Format::Names {
+                prefix: arg
+                    .as_deref()
+                    .map(|a| format!("{}/", a.trim_end_matches('/')))
+                    .unwrap_or_default(),
+            },
+            ListKind::Facts => listing::Format::Facts { writable: self.writable() },
         };
-        self.on_storage(build, move |s, body| match body {
-            Ok(bytes) => {
+        let open = move |s: &dyn Storage| open_listing(s, &target, arg.as_deref(), format);
+        self.on_storage(open, move |s, listing| match listing {
+            Ok(listing) => {
                 let text = String::from("Here comes the directory listing.");
-                s.start(kind.verb(), abs, None, Body::Bytes(bytes), text, None);
+                s.start(kind.verb(), abs, None, Body::Listing(listing), text, None);
             }
             Err(e) => s.reply_error(&e),
         });
@@ -1240,7 +1245,7 @@ impl Session {
         };
         self.data = DataSetup::None;
         let progress = Arc::new(AtomicU64::new(0));
-        let ascii = self.transfer_type == TransferType::Ascii && !matches!(body, Body::Bytes(_));
+        let ascii = self.transfer_type == TransferType::Ascii && !matches!(body, Body::Listing(_));
         let tls = self.protect_data;
         self.reply(150, &text);
         self.actions.push_back(Action::Transfer(Transfer {
@@ -1390,35 +1395,31 @@ fn long_listing(s: &dyn Storage, abs: &str, now: SystemTime) -> std::io::Result<
     Ok(out)
 }
 
-fn name_listing(s: &dyn Storage, abs: &str, arg: Option<&str>) -> std::io::Result<Vec<u8>> {
+/// Opens a listing that streams the directory `abs`; a file (not a directory) is listed as
+/// its one line, and MLSD of a file is refused (RFC 3659: MLSD lists directories).
+fn open_listing(
+    s: &dyn Storage,
+    abs: &str,
+    arg: Option<&str>,
+    format: listing::Format,
+) -> std::io::Result<Box<dyn FileHandle>> {
     let meta = s.metadata(path::relative(abs))?;
-    if meta.kind != FileKind::Dir {
-        return Ok(format!("{}\r\n", arg.unwrap_or(path::file_name(abs))).into_bytes());
+    if meta.kind == FileKind::Dir {
+        let stat = !matches!(format, listing::Format::Names { .. });
+        let dir = s.open_dir(path::relative(abs), stat)?;
+        return Ok(Box::new(listing::Listing::new(dir, format)));
     }
-    let mut names = s.names(path::relative(abs))?;
-    names.sort_unstable();
-    let prefix = arg.map(|a| format!("{}/", a.trim_end_matches('/'))).unwrap_or_default();
-    let mut out = Vec::with_capacity(names.len() * 16);
-    for name in &names {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let mut line = Vec::new();
+    match format {
+        listing::Format::Long { now } => {
+            listing::list_line(&mut line, path::file_name(abs), &meta, now)
+        }
+        listing::Format::Names { .. } => {
+            line = format!("{}\r\n", arg.unwrap_or(path::file_name(abs))).into_bytes()
+        }
+        listing::Format::Facts { .. } => return Err(std::io::ErrorKind::NotADirectory.into()),
     }
-    Ok(out)
-}
-
-fn facts_listing(s: &dyn Storage, abs: &str, writable: bool) -> std::io::Result<Vec<u8>> {
-    if s.metadata(path::relative(abs))?.kind != FileKind::Dir {
-        return Err(std::io::ErrorKind::NotADirectory.into());
-    }
-    let mut entries = s.list(path::relative(abs))?;
-    listing::sort(&mut entries);
-    let mut out = Vec::with_capacity(entries.len() * 96);
-    for e in &entries {
-        listing::facts_line(&mut out, &e.name, &e.meta, writable, false);
-        out.extend_from_slice(b"\r\n");
-    }
-    Ok(out)
+    Ok(Box::new(std::io::Cursor::new(line)))
 }
 
 #[derive(Debug, Clone, Copy)]

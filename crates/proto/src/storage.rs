@@ -70,6 +70,9 @@ pub trait FileHandle: Read + Write + Send {
     }
 }
 
+/// A few bytes in memory (a one-line listing) as a handle.
+impl FileHandle for std::io::Cursor<Vec<u8>> {}
+
 impl fmt::Debug for dyn FileHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FileHandle")
@@ -97,6 +100,46 @@ pub trait Storage: Send + Sync {
     /// Checks that a directory may be entered (CWD); by default, that it exists.
     fn enter(&self, path: &str) -> io::Result<()> {
         self.metadata(path).map(drop)
+    }
+
+    /// Opens a directory to read a batch of entries at a time (the listings stream them).
+    /// With `stat` false the entries' metadata may be left at its default (NLST needs names
+    /// only). By default, reads the whole directory with [`list`](Self::list) or
+    /// [`names`](Self::names); a storage with large directories should stream.
+    fn open_dir(&self, path: &str, stat: bool) -> io::Result<Box<dyn DirStream>> {
+        let entries = match stat {
+            true => self.list(path)?,
+            false => {
+                let names = self.names(path)?.into_iter();
+                names.map(|name| DirEntry { name, meta: Metadata::unknown() }).collect()
+            }
+        };
+        Ok(Box::new(entries.into_iter()))
+    }
+}
+
+/// A directory being read, a batch at a time.
+pub trait DirStream: Send {
+    /// Up to `max` more entries (without `.` and `..`); empty once the directory is exhausted.
+    fn next_batch(&mut self, max: usize) -> io::Result<Vec<DirEntry>>;
+}
+
+impl DirStream for std::vec::IntoIter<DirEntry> {
+    fn next_batch(&mut self, max: usize) -> io::Result<Vec<DirEntry>> {
+        Ok(self.by_ref().take(max).collect())
+    }
+}
+
+impl Metadata {
+    /// What an entry read without its metadata carries.
+    pub fn unknown() -> Metadata {
+        Metadata {
+            kind: FileKind::Other,
+            size: 0,
+            modified: SystemTime::UNIX_EPOCH,
+            mode: 0,
+            nlink: 1,
+        }
     }
 }
 

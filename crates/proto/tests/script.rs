@@ -105,7 +105,9 @@ impl Script {
                     Body::Send(mut f) => {
                         f.read_to_end(&mut self.downloaded).unwrap();
                     }
-                    Body::Bytes(b) => self.downloaded = b,
+                    Body::Listing(mut l) => {
+                        l.read_to_end(&mut self.downloaded).unwrap();
+                    }
                     Body::Receive(mut f) => {
                         f.write_all(&self.upload).unwrap();
                         f.finish().unwrap();

@@ -401,18 +401,15 @@ struct Written {
 
 enum PumpKind {
     /// Binary send of a file on a clear connection, with sendfile(2).
-    SendFile {
-        _file: Box<dyn FileHandle>,
-        fd: RawFd,
-    },
-    /// Send through the buffer (TYPE A, TLS, or a handle without a descriptor).
+    SendFile { _file: Box<dyn FileHandle>, fd: RawFd },
+    /// Send through the buffer (TYPE A, TLS, a listing, or a handle without a descriptor).
     SendCopy {
-        file: Box<dyn FileHandle>,
+        /// Out (`None`) while an offloaded read has it.
+        file: Option<Box<dyn FileHandle>>,
         /// TYPE A: the encoder, with its scratch buffer for the unconverted bytes.
         encoder: Option<(Encoder, Vec<u8>)>,
         eof: bool,
     },
-    SendBytes,
     Receive {
         file: Option<Box<dyn FileHandle>>,
         decoder: Option<Decoder>,
@@ -427,13 +424,13 @@ impl Pump {
             Body::Send(file) => match (file.raw_fd(), ascii || tls) {
                 (Some(fd), false) => PumpKind::SendFile { _file: file, fd },
                 _ => PumpKind::SendCopy {
-                    file,
+                    file: Some(file),
                     encoder: ascii.then(|| (Encoder::default(), Vec::new())),
                     eof: false,
                 },
             },
-            Body::Bytes(bytes) => {
-                return Pump { kind: PumpKind::SendBytes, buf: bytes, pos: 0, offload: false }
+            Body::Listing(file) => {
+                PumpKind::SendCopy { file: Some(file), encoder: None, eof: false }
             }
             Body::Receive(file) => {
                 let decoder = ascii.then(Decoder::default);
@@ -443,8 +440,24 @@ impl Pump {
         Pump { kind, buf: Vec::new(), pos: 0, offload: false }
     }
 
-    /// Takes back what an offloaded write returned. After the final flush the upload is over.
+    /// Takes back what an offloaded write or read returned. After an upload's final flush the
+    /// upload is over; a read's bytes (TYPE A-encoded here) are what to send next.
     fn written(&mut self, w: Written) -> Result<(), Outcome> {
+        if let PumpKind::SendCopy { file, encoder, eof } = &mut self.kind {
+            *file = w.file;
+            w.result.map_err(Outcome::Storage)?;
+            *eof = w.chunk.is_empty();
+            self.pos = 0;
+            match encoder {
+                Some((enc, scratch)) => {
+                    *scratch = w.chunk;
+                    self.buf.clear();
+                    enc.encode(scratch, &mut self.buf);
+                }
+                None => self.buf = w.chunk,
+            }
+            return Ok(());
+        }
         let PumpKind::Receive { file, done, .. } = &mut self.kind else {
             return Ok(());
         };
@@ -508,6 +521,12 @@ impl Pump {
                 }
                 continue;
             }
+            if self.offload {
+                return Ok(match self.read_off_thread() {
+                    Some(work) => Flow::Io(work),
+                    None => Flow::Done,
+                });
+            }
             if !self.refill()? {
                 return Ok(Flow::Done);
             }
@@ -515,9 +534,24 @@ impl Pump {
         Ok(Flow::Yield)
     }
 
+    /// The next chunk of the file (or listing) as a [`Work`] that reads it off the thread;
+    /// `None` at the end. The bytes come back through [`Pump::written`].
+    fn read_off_thread(&mut self) -> Option<Work> {
+        let PumpKind::SendCopy { file, eof: false, .. } = &mut self.kind else {
+            return None;
+        };
+        let mut file = file.take()?;
+        let mut chunk = std::mem::take(&mut self.buf);
+        chunk.resize(CHUNK, 0);
+        Some(Work::new(move || {
+            let result = file.read(&mut chunk).map(|n| chunk.truncate(n));
+            Written { file: Some(file), chunk, result, last: false }
+        }))
+    }
+
     /// Reads the next chunk of the file into the buffer; false at end of file.
     fn refill(&mut self) -> Result<bool, Outcome> {
-        let PumpKind::SendCopy { file, encoder, eof } = &mut self.kind else {
+        let PumpKind::SendCopy { file: Some(file), encoder, eof } = &mut self.kind else {
             return Ok(false);
         };
         if *eof {

@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime};
 use std::{mem, thread};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
-use zocalo_proto::storage::{DirEntry, FileHandle, FileKind, Metadata, Storage, WriteMode};
+use zocalo_proto::storage::{
+    DirEntry, DirStream, FileHandle, FileKind, Metadata, Storage, WriteMode,
+};
 
 /// A directory tree served from disk.
 #[derive(Debug)]
@@ -236,6 +238,13 @@ impl Storage for LocalFs {
         })
     }
 
+    fn open_dir(&self, path: &str, stat: bool) -> io::Result<Box<dyn DirStream>> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let dir = rustix::fs::Dir::read_from(&fd)?;
+        let fs = LocalFs { root: self.root.try_clone()?, atomic_uploads: self.atomic_uploads };
+        Ok(Box::new(LocalDir { fs, fd, dir, path: path.to_string(), stat }))
+    }
+
     fn names(&self, path: &str) -> io::Result<Vec<String>> {
         let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let mut names = Vec::new();
@@ -323,6 +332,46 @@ impl LocalFs {
             }
             out.push(DirEntry { name, meta });
         }
+    }
+}
+
+/// A directory read a batch at a time, for the listings that stream. Each batch is read and
+/// stat-ed on the calling thread (a worker thread, in the event loop).
+struct LocalDir {
+    fs: LocalFs,
+    fd: OwnedFd,
+    dir: rustix::fs::Dir,
+    path: String,
+    stat: bool,
+}
+
+impl DirStream for LocalDir {
+    fn next_batch(&mut self, max: usize) -> io::Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        // A batch of only `.`, `..` or names that vanished is skipped: empty means the end.
+        while out.is_empty() {
+            let mut names = NameBatch::default();
+            while names.len() < max.max(1) {
+                match self.dir.read() {
+                    Some(entry) => names.push(entry?.file_name()),
+                    None => break,
+                }
+            }
+            if names.len() == 0 {
+                break;
+            }
+            if self.stat {
+                self.fs.stat_batch(&self.fd, &self.path, &names, &mut out);
+                continue;
+            }
+            for name in names.names() {
+                if name.to_bytes() != b"." && name.to_bytes() != b".." {
+                    let name = name.to_string_lossy().into_owned();
+                    out.push(DirEntry { name, meta: Metadata::unknown() });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
