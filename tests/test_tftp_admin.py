@@ -238,3 +238,14 @@ def test_silent_admin_clients_never_delay_ftp_service(start_server, tmp_path):
     assert out.returncode == 0 and "sessions 1" in out.stdout, out.stdout
     for s in silent:
         s.close()
+
+
+def test_a_failed_tftp_download_leaves_the_local_file_alone(served, tmp_path):
+    report = tmp_path / "report.txt"
+    report.write_text("precious\n")
+    p = subprocess.run([str(helpers.zocalo_bin()), "get",
+                        f"tftp://127.0.0.1:{served.port}/missing.txt", str(report)],
+                       capture_output=True, timeout=DEADLINE)
+    assert p.returncode != 0
+    assert report.read_text() == "precious\n"
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".")) == []

@@ -239,21 +239,68 @@ fn retr_to_file(
         Ok(m) if opts.resume => m.len(),
         _ => 0,
     };
+    if opts.resume && total.is_some_and(|t| offset > t) {
+        let t = total.unwrap_or(0);
+        let why = format!("cannot resume: the local file has {offset} bytes, the remote one {t}");
+        return Err(local(path, io::Error::new(io::ErrorKind::InvalidData, why)));
+    }
     if opts.resume && Some(offset) == total {
         return Ok(0);
     }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(offset > 0)
-        .truncate(offset == 0)
-        .open(path)
-        .map_err(|e| local(path, e))?;
     let bar = progress_bar(opts, total, offset);
-    let received = client.retr(remote, offset, &mut file, &mut |n| bar.inc(n))?;
+    if offset > 0 {
+        // --continue: the bytes already there are the start of the file; append in place.
+        let mut file = OpenOptions::new().append(true).open(path).map_err(|e| local(path, e))?;
+        let received = client.retr(remote, offset, &mut file, &mut |n| bar.inc(n))?;
+        bar.finish_and_clear();
+        file.sync_all().map_err(|e| local(path, e))?;
+        return Ok(received);
+    }
+    let mut part = PartFile::create(path).map_err(|e| local(path, e))?;
+    let received = client.retr(remote, 0, part.file(), &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
-    file.sync_all().map_err(|e| local(path, e))?;
+    part.commit().map_err(|e| local(path, e))?;
     Ok(received)
+}
+
+/// A download in progress: written to a temporary name beside its destination and renamed
+/// over it only once complete, so a failed or refused download never destroys the file that
+/// was there (curl likewise opens its output only when data arrives). Dropped uncommitted, it
+/// removes the temporary file.
+pub struct PartFile {
+    file: File,
+    temp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl PartFile {
+    pub fn create(dest: &Path) -> io::Result<PartFile> {
+        let name = dest.file_name().map_or_else(|| "download".into(), |n| n.to_string_lossy());
+        let temp = dest.with_file_name(format!(".{name}.zocalo-part-{}", std::process::id()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        Ok(PartFile { file, temp, dest: dest.to_owned(), committed: false })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// The download is complete: flush it to disk and put it in place.
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.temp, &self.dest)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
 }
 
 /// A bar on standard error when standard output is a terminal, a hidden one otherwise.

@@ -120,9 +120,11 @@ pub fn get(args: TransferArgs) -> Result<(), Failure> {
         zocalo_tftp::get(url.addr, &url.path, &mut out, &opts).map_err(|e| tftp_failure(&e))?;
         return Ok(());
     }
-    let mut file = File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let local = |e: io::Error| format!("{}: {e}", dest.display());
+    let mut part = zocalo_client::ops::PartFile::create(&dest).map_err(local)?;
     let n =
-        zocalo_tftp::get(url.addr, &url.path, &mut file, &opts).map_err(|e| tftp_failure(&e))?;
+        zocalo_tftp::get(url.addr, &url.path, part.file(), &opts).map_err(|e| tftp_failure(&e))?;
+    part.commit().map_err(local)?;
     eprintln!("{n} bytes to {}", dest.display());
     Ok(())
 }
