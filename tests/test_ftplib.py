@@ -14,12 +14,13 @@ import os
 import random
 import re
 import socket
+import subprocess
 import time
 
 import pytest
 
 from helpers import (PASSWORD, TIMEOUT, USER, code_of, download, have_ipv6, poll_until, read_all,
-                     read_exactly, sha256, upload, use_epsv)
+                     read_exactly, sha256, upload, use_epsv, zocalo_bin)
 
 MTIME = calendar.timegm((2020, 1, 2, 3, 4, 5, 0, 0, 0))  # 2020-01-02 03:04:05 UTC
 MTIME_STR = "20200102030405"
@@ -1027,3 +1028,16 @@ def test_a_name_ending_in_a_slash_is_refused_for_uploads(start_server, model):
         with pytest.raises(ftplib.error_perm, match="^553"):
             ftp.storbinary(f"{verb} newf/", io.BytesIO(b"data"))
     assert not (srv.root / "newf").exists()
+
+
+def test_a_second_server_on_an_address_in_use_fails_to_start(start_server, model):
+    srv = start_server(model)
+    second = subprocess.run([str(zocalo_bin()), "serve", "--root", str(srv.root), "--listen",
+                             f"127.0.0.1:{srv.port}", "--model", model],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert second.returncode != 0, "a second server started on an address in use"
+    assert f"127.0.0.1:{srv.port}" in second.stderr and "in use" in second.stderr, second.stderr
+    assert "listening" not in second.stdout
+    ftp = srv.ftp()
+    assert ftp.sendcmd("NOOP").startswith("200")

@@ -249,3 +249,40 @@ def test_a_failed_tftp_download_leaves_the_local_file_alone(served, tmp_path):
     assert p.returncode != 0
     assert report.read_text() == "precious\n"
     assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".")) == []
+
+
+def start_serve(root, *extra) -> subprocess.Popen:
+    return subprocess.Popen([str(helpers.zocalo_bin()), "serve", "--root", str(root),
+                             "--listen", "127.0.0.1:0", *map(str, extra)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_server_never_takes_a_live_admin_socket(start_server, tmp_path):
+    sock = tmp_path / "admin.sock"
+    srv = start_server("epoll", extra=["--admin-socket", sock])
+    second = start_serve(srv.root, "--admin-socket", sock)
+    _, err = second.communicate(timeout=DEADLINE)
+    assert second.returncode != 0
+    assert "admin.sock" in err and "another server" in err, err
+    out = ctl(sock, "status")
+    assert out.returncode == 0 and "sessions" in out.stdout, "the first server lost its socket"
+
+
+def test_a_stale_admin_socket_is_replaced_and_a_file_is_not(tmp_path):
+    sock = tmp_path / "admin.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(sock))
+    stale.close()  # bound, never listening: nobody answers
+    server = start_serve(tmp_path, "--admin-socket", sock)
+    try:
+        assert helpers.poll_until(lambda: ctl(sock, "status").returncode == 0, 10)
+    finally:
+        server.terminate()
+        server.wait(DEADLINE)
+    plain = tmp_path / "notes.txt"
+    plain.write_text("keep me\n")
+    server = start_serve(tmp_path, "--admin-socket", plain)
+    _, err = server.communicate(timeout=DEADLINE)
+    assert server.returncode != 0 and "not a socket" in err, err
+    assert plain.read_text() == "keep me\n"

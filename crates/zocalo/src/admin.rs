@@ -34,14 +34,15 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds the socket at `path` (replacing a stale one) with mode 0600.
+    /// Binds the socket at `path` with mode 0600. A stale socket there (no server answers on
+    /// it) is replaced; a live one, or anything that is not a socket, is left alone and refused.
     pub fn bind(
         path: &Path,
         registry: Arc<Registry>,
         users: Arc<Users>,
         summary: Vec<String>,
     ) -> io::Result<Self> {
-        let _ = std::fs::remove_file(path);
+        remove_stale(path)?;
         let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
         socket.bind(&SockAddr::unix(path)?)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -175,6 +176,29 @@ impl Drop for Admin {
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// Removes a socket at `path` that no server answers on; refuses to touch a live socket or
+/// a file that is not a socket.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
+    }
+    let probe = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another server is answering on this admin socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
     }
 }
 

@@ -15,6 +15,21 @@ use socket2::{Domain, Socket, Type};
 /// SYN costs the client a one-second retransmission.
 const PASSIVE_BACKLOG: i32 = 8;
 
+/// Binds and listens for a server's own address: with `reuse_port` (so that the extra loops of
+/// `epoll:N` can join it), first checks with a plain bind that no other server listens there,
+/// since SO_REUSEPORT would otherwise let a second server share the port and its clients.
+pub fn listen_first(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
+    if reuse_port && addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+        probe.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        probe.bind(&addr.into())?;
+    }
+    listen(addr, backlog, reuse_port)
+}
+
 /// Binds and listens. `reuse_port` lets several event loops share one port (SO_REUSEPORT).
 pub fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;

@@ -29,7 +29,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let listeners = plain
         .chain(implicit)
         .map(|(addr, implicit_tls)| {
-            let sock = net::listen(*addr, settings.backlog, reuse_port)
+            let sock = net::listen_first(*addr, settings.backlog, reuse_port)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             Ok(Listener { sock, implicit_tls })
         })
