@@ -54,3 +54,19 @@ def test_continue_with_a_longer_local_file_fails_and_keeps_it(start_server, tmp_
     local.write_bytes(b"01234")
     assert zocalo_get(srv.url("/f.bin"), local, "--continue").returncode == 0
     assert local.read_bytes() == b"0123456789"
+
+
+def test_bench_fails_when_every_session_failed_and_names_its_units(start_server, tmp_path):
+    srv = start_server("epoll")
+    bench = [str(helpers.zocalo_bin()), "bench", "--scenario", "logins", "--clients", "5",
+             "--timeout", "20", "--json"]
+    bad = subprocess.run([*bench, srv.url("/").replace(helpers.PASSWORD, "wrong")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0, "five failed logins of five exited 0"
+    assert "every session failed in: logins" in bad.stderr, bad.stderr
+    good = subprocess.run([*bench, srv.url("/"), "--report", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert '"unit":"logins/s"' in good.stdout.replace(" ", ""), good.stdout
+    results = (tmp_path / "report" / "results.md").read_text()
+    assert results.startswith("Last run: `scenarios=logins clients=5"), results[:200]

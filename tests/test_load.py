@@ -141,3 +141,13 @@ def test_pool_queue_full_gets_421_at_once(start_server):
     assert code == 220, text
     second.login()
     assert second.cmd("NOOP")[0] == 200
+
+
+def test_the_default_pool_serves_an_ordinary_parallel_load(start_server):
+    srv = start_server("pool", extra=["--max-per-ip", 300])
+    clients = [srv.ctl(greet=False) for _ in range(120)]
+    for c in clients:
+        code, text = c.reply()
+        assert code == 220, f"refused or not greeted: {text}"
+    for c in clients:
+        assert c.cmd("NOOP")[0] == 200

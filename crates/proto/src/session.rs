@@ -253,7 +253,7 @@ const FEATURES: &[&str] = &[
 ];
 const TLS_FEATURES: &[&str] = &["AUTH TLS", "PBSZ", "PROT"];
 const HELP_TEXT: &[&str] = &[
-    " ABOR ACCT ALLO APPE AUTH CCC  CDUP CWD  DELE EPRT EPSV FEAT HELP HOST LIST",
+    " ABOR ACCT ALLO APPE AUTH CDUP CWD  DELE EPRT EPSV FEAT HELP HOST LIST",
     " MDTM MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD  QUIT",
     " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER",
     " XCUP XCWD XMKD XPWD XRMD",
@@ -808,8 +808,11 @@ impl Session {
 
     fn help(&mut self, arg: Option<&str>) {
         if let Some(verb) = arg {
-            let known = command::parse(verb.as_bytes()).is_ok()
-                || matches!(command::parse(verb.as_bytes()), Err(ParseError::Syntax(_)));
+            // CCC is parsed (to answer it 534), but never done: HELP does not offer it.
+            let refused = matches!(command::parse(verb.as_bytes()), Ok(Command::Ccc));
+            let known = !refused
+                && (command::parse(verb.as_bytes()).is_ok()
+                    || matches!(command::parse(verb.as_bytes()), Err(ParseError::Syntax(_))));
             return if known {
                 self.reply(214, &format!("{} is supported.", verb.to_ascii_uppercase()))
             } else {

@@ -522,3 +522,11 @@ fn work_that_returns_after_the_session_closed_changes_nothing() {
     s.session.handle_work_done(work.run());
     assert!(s.session.pending_output().is_empty(), "a reply after the close");
 }
+
+#[test]
+fn help_offers_only_what_works() {
+    let mut s = Script::new();
+    assert_eq!(s.code("HELP CCC"), 502, "CCC is always refused");
+    assert_eq!(s.code("HELP RETR"), 214);
+    assert!(!s.send("HELP").contains("CCC"));
+}

@@ -173,7 +173,12 @@ pub fn mirror(args: MirrorArgs) -> Result<(), Failure> {
 pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let url = args.url.clone();
     let opts = bench_options(args)?;
-    bench::run(&url, &opts, &mut io::stdout())?;
+    let results = bench::run(&url, &opts, &mut io::stdout())?;
+    let failed: Vec<&str> =
+        results.iter().filter(|r| r.failed_entirely()).map(|r| r.scenario.as_str()).collect();
+    if !failed.is_empty() {
+        return Err(format!("every session failed in: {}", failed.join(", ")).into());
+    }
     Ok(())
 }
 

@@ -211,10 +211,45 @@ pub fn run(
         }
     }
     if let Some(dir) = &opts.report {
-        report::write_report(dir, &results)
+        report::write_report(dir, &results, &opts.describe())
             .map_err(|error| OpError::Local { path: dir.clone(), error })?;
     }
     Ok(results)
+}
+
+impl BenchOptions {
+    /// The run's parameters, one line, for its report.
+    pub fn describe(&self) -> String {
+        let scenarios: Vec<&str> = self.scenarios.iter().map(|s| s.name()).collect();
+        format!(
+            "scenarios={} clients={} concurrency={:?} sessions={} idle={} big-size={} \
+             multi-size={} small-size={} list-entries={} fairness-sessions={} timeout={}s \
+             poller={}",
+            if scenarios.is_empty() { "all".to_string() } else { scenarios.join(",") },
+            self.clients,
+            self.concurrency,
+            self.sessions,
+            self.idle,
+            self.big_size,
+            self.multi_size,
+            self.small_size,
+            self.list_entries,
+            self.fairness_sessions,
+            self.timeout.as_secs(),
+            self.backend,
+        )
+    }
+}
+
+impl ScenarioResult {
+    /// True when nothing of the scenario succeeded: it failed outright, or every one of its
+    /// sessions failed (a `failures` count and a rate of zero).
+    pub fn failed_entirely(&self) -> bool {
+        let failed = self.notes.iter().any(|n| n.starts_with("failed"));
+        let value = |name: &str| self.metrics.iter().find(|m| m.name == name).map(|m| m.value);
+        let none_done = ["logins", "sessions"].iter().any(|n| value(n) == Some(0.0));
+        failed || (none_done && value("failures").is_some_and(|f| f > 0.0))
+    }
 }
 
 fn stdout_error(error: io::Error) -> OpError {
@@ -358,11 +393,11 @@ impl<'a> Bench<'a> {
         let outcomes = engine.take_outcomes();
         let ms = sorted_ms(latencies);
         let mut metrics = vec![
-            Metric::higher("logins", rate(logged_in as f64, login_time), "1/s"),
+            Metric::higher("logins", rate(logged_in as f64, login_time), "logins/s"),
             Metric::lower("login p50", percentile(&ms, 50.0).unwrap_or(0.0), "ms"),
         ];
         if quit_in_time {
-            metrics.push(Metric::higher("quits", rate(logged_in as f64, quit_time), "1/s"));
+            metrics.push(Metric::higher("quits", rate(logged_in as f64, quit_time), "quits/s"));
         }
         metrics.push(Metric::lower(
             "failures",
@@ -444,7 +479,7 @@ impl<'a> Bench<'a> {
             )?;
             let ms = sorted_ms(run.outcomes.iter().filter(|o| o.ok).map(|o| o.latency));
             let metrics = vec![
-                Metric::higher("sessions", rate(run.ok as f64, run.elapsed), "1/s"),
+                Metric::higher("sessions", rate(run.ok as f64, run.elapsed), "sessions/s"),
                 Metric::lower("p50", percentile(&ms, 50.0).unwrap_or(0.0), "ms"),
                 Metric::lower("p99", percentile(&ms, 99.0).unwrap_or(0.0), "ms"),
                 Metric::lower("failures", (self.opts.sessions - run.ok) as f64, "sessions"),

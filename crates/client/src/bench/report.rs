@@ -60,7 +60,7 @@ pub fn format_value(v: f64) -> String {
 }
 
 /// Appends `results` to `dir/results.jsonl`, then redraws every chart and `results.md`.
-pub fn write_report(dir: &Path, results: &[ScenarioResult]) -> io::Result<()> {
+pub fn write_report(dir: &Path, results: &[ScenarioResult], params: &str) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let path = dir.join("results.jsonl");
     let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -71,7 +71,7 @@ pub fn write_report(dir: &Path, results: &[ScenarioResult]) -> io::Result<()> {
     for (scenario, rows) in by_scenario(&all) {
         fs::write(dir.join(format!("{scenario}.svg")), svg_chart(&scenario, &rows))?;
     }
-    fs::write(dir.join("results.md"), markdown(&all))
+    fs::write(dir.join("results.md"), format!("Last run: `{params}`\n\n{}", markdown(&all)))
 }
 
 /// Every result in a JSON-lines file; a later result for the same label and scenario replaces
@@ -230,7 +230,7 @@ mod tests {
             label: label.into(),
             scenario: "logins".into(),
             metrics: vec![
-                Metric::higher("logins", value, "1/s"),
+                Metric::higher("logins", value, "logins/s"),
                 Metric::lower("p99 <latency>", value / 10.0, "ms"),
             ],
             notes: vec![],
@@ -294,13 +294,14 @@ mod tests {
     fn report_dir_accumulates_and_replaces() {
         let dir = std::env::temp_dir().join(format!("zocalo-report-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        write_report(&dir, &[result("a", 1.0)]).unwrap();
-        write_report(&dir, &[result("b", 2.0), result("a", 3.0)]).unwrap();
+        write_report(&dir, &[result("a", 1.0)], "clients=1").unwrap();
+        write_report(&dir, &[result("b", 2.0), result("a", 3.0)], "clients=2").unwrap();
         let all = read_results(&dir.join("results.jsonl")).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().find(|r| r.label == "a").unwrap().metrics[0].value, 3.0);
         let md = fs::read_to_string(dir.join("results.md")).unwrap();
         assert!(md.contains("| a | 3 | 0.300 |"), "{md}");
+        assert!(md.starts_with("Last run: `clients=2`"), "the run's parameters: {md}");
         assert_well_formed(&fs::read_to_string(dir.join("logins.svg")).unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }

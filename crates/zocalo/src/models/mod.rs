@@ -88,8 +88,13 @@ impl fmt::Display for Model {
     }
 }
 
+/// Workers of `pool` when no N is given: enough to serve an ordinary load at once (Apache's
+/// and Tomcat's defaults are of this order), and 4 per core on a large machine. A worker is a
+/// thread that mostly waits, so the cost is its stack's touched pages.
+pub const DEFAULT_POOL: usize = 256;
+
 fn default_pool_size() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
+    std::thread::available_parallelism().map_or(DEFAULT_POOL, |n| (n.get() * 4).max(DEFAULT_POOL))
 }
 
 /// A listening socket, and whether its connections start in TLS (implicit FTPS).
