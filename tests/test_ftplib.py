@@ -969,7 +969,8 @@ def pasv_data(ctl) -> socket.socket:
     return socket.create_connection((ctl.sock.getpeername()[0], port), timeout=TIMEOUT)
 
 
-def test_pipelined_commands_after_abor_are_answered_in_order(srv, big):
+def retr_under_way(srv, big):
+    """A control connection whose RETR of a 32 MiB file has started and is not being read."""
     put_file(srv.root, "big.bin", big)
     c = srv.ctl()
     c.login()
@@ -978,6 +979,11 @@ def test_pipelined_commands_after_abor_are_answered_in_order(srv, big):
     c.send("RETR big.bin")
     assert c.reply()[0] == 150
     data.recv(4096)
+    return c, data
+
+
+def test_pipelined_commands_after_abor_are_answered_in_order(srv, big):
+    c, data = retr_under_way(srv, big)
     c.sock.sendall(b"ABOR\r\nNOOP\r\nNOOP\r\nPWD\r\n")
     codes = [c.reply()[0] for _ in range(5)]
     data.close()
@@ -985,14 +991,7 @@ def test_pipelined_commands_after_abor_are_answered_in_order(srv, big):
 
 
 def test_a_thousand_aborts_get_a_thousand_replies(srv, big):
-    put_file(srv.root, "big.bin", big)
-    c = srv.ctl()
-    c.login()
-    c.cmd("TYPE I")
-    data = pasv_data(c)
-    c.send("RETR big.bin")
-    assert c.reply()[0] == 150
-    data.recv(4096)
+    c, data = retr_under_way(srv, big)
     c.sock.sendall(b"ABOR\r\n" * 1000 + b"NOOP\r\n")
     codes = []
     for _ in range(1100):

@@ -150,24 +150,13 @@ impl Admin {
         reload: Reload,
         listeners: &[crate::models::Listener],
     ) -> io::Result<()> {
-        // SAFETY: called before any thread is started; the child only serves the admin channel.
-        match unsafe { libc::fork() } {
-            -1 => Err(io::Error::last_os_error()),
-            0 => {
-                for l in listeners {
-                    // SAFETY: closing the child's copies of the FTP listening descriptors.
-                    unsafe { libc::close(l.sock.as_raw_fd()) };
-                }
-                self.forward = Some(reload);
-                let served = self.spawn(shutdown).map(|t| t.join());
-                // SAFETY: leave without running the parent's destructors.
-                unsafe { libc::_exit(i32::from(served.is_err())) }
-            }
-            _ => {
-                self.path = None;
-                Ok(())
-            }
-        }
+        // The child removes the socket when it stops; the parent only closes its copy.
+        let path = self.path.take();
+        crate::models::fork_service(listeners, move || {
+            (self.path, self.forward) = (path, Some(reload));
+            let served = self.spawn(shutdown)?.join();
+            served.map_err(|_| io::Error::other("admin channel"))
+        })
     }
 }
 

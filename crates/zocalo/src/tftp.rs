@@ -120,18 +120,7 @@ pub fn fork(
     shutdown: &Shutdown,
     listeners: &[crate::models::Listener],
 ) -> io::Result<()> {
-    // SAFETY: called before any thread is started; the child only serves TFTP and exits.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            for l in listeners {
-                // SAFETY: closing the child's copies of the FTP listening descriptors.
-                unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&l.sock)) };
-            }
-            let served = spawn(socket, storage, write, model, shutdown).map(|t| t.join());
-            // SAFETY: leave without running the parent's destructors.
-            unsafe { libc::_exit(i32::from(served.is_err())) }
-        }
-        _ => Ok(()),
-    }
+    crate::models::fork_service(listeners, || {
+        spawn(socket, storage, write, model, shutdown)?.join().map_err(|_| io::Error::other("tftp"))
+    })
 }

@@ -143,6 +143,29 @@ pub fn run(model: Model, server: Server) -> io::Result<()> {
     }
 }
 
+/// Runs `service` in a child process of its own (the `process` model's TFTP server and admin
+/// channel), forked while the server has only one thread: the child closes its copies of the
+/// FTP listeners, runs `service` and exits without the parent's destructors; the parent goes on.
+pub fn fork_service(
+    listeners: &[Listener],
+    service: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    // SAFETY: called before any thread is started; the child only runs `service` and exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            for l in listeners {
+                // SAFETY: closing the child's copies of the FTP listening descriptors.
+                unsafe { libc::close(l.sock.as_raw_fd()) };
+            }
+            let served = service();
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(i32::from(served.is_err())) }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How long accepting pauses when the descriptor limit is reached and not even the reserve
 /// descriptor could refuse a client.
 pub(crate) const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
