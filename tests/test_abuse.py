@@ -80,7 +80,8 @@ def test_slowloris_clients_cost_others_nothing(start_server, model):
 
 def test_bandwidth_limit_holds(start_server):
     rate = 200_000
-    srv = start_server("epoll", extra=["--max-rate-down", rate, "--max-rate-up", rate])
+    # The same 200,000 bytes/s, once with a unit (kB: powers of 1000).
+    srv = start_server("epoll", extra=["--max-rate-down", "200kB", "--max-rate-up", rate])
     payload = os.urandom(600_000)
     srv.root.joinpath("f.bin").write_bytes(payload)
     ftp = srv.ftp()

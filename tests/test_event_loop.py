@@ -27,6 +27,21 @@ def crowded(tmp_path_factory):
     return root
 
 
+def start_stalled_listing(srv, c: helpers.Ctl, verb: str):
+    """Starts a listing of /big on a data connection with a 4 KiB receive buffer and reads its
+    first bytes; the caller then stops reading. Returns the data socket and those bytes."""
+    port = int(c.cmd("EPSV")[1].split("|||")[1].split("|")[0])
+    data = socket.socket()
+    data.settimeout(helpers.TIMEOUT)
+    data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    data.connect((srv.host, port))
+    c.send(f"{verb} /big")
+    assert c.reply()[0] == 150
+    first = data.recv(4096)
+    assert first, "the listing never started"
+    return data, first
+
+
 def not_yet_answered(c: helpers.Ctl) -> bool:
     return not c.buf and not select.select([c.sock], [], [], 0)[0]
 
@@ -41,15 +56,7 @@ def test_noop_is_answered_while_another_listing_is_produced(start_server, crowde
     lister, other = srv.ctl(), srv.ctl()
     lister.login()
     other.login()
-    port = int(lister.cmd("EPSV")[1].split("|||")[1].split("|")[0])
-    data = socket.socket()
-    data.settimeout(helpers.TIMEOUT)
-    data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    data.connect((srv.host, port))
-    lister.send(f"{verb} /big")
-    assert lister.reply()[0] == 150
-    first = data.recv(4096)
-    assert first, "the listing never started"
+    data, first = start_stalled_listing(srv, lister, verb)
     assert other.cmd("NOOP")[0] == 200
     assert not_yet_answered(lister), f"{verb} finished though nobody read it"
     received = first + helpers.read_all(data)
@@ -96,15 +103,7 @@ def test_stalled_listings_of_a_large_directory_cost_little_memory(
     for _ in range(30):
         c = srv.ctl()
         c.login()
-        code, text = c.cmd("EPSV")
-        port = int(text.split("|||")[1].split("|")[0])
-        data = socket.socket()
-        data.settimeout(helpers.TIMEOUT)
-        data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        data.connect((srv.host, port))
-        c.send(f"{verb} /big")
-        assert c.reply()[0] == 150
-        assert data.recv(1024), "the listing never started"
+        data, _ = start_stalled_listing(srv, c, verb)
         stalled.append((c, data))
     grown = rss_kib(srv.proc.pid) - before
     # Each listing built whole was about 3.5 MB (50,000 entries); streamed, a few hundred KiB.

@@ -18,6 +18,35 @@ use crate::models::Model;
 /// is 20). Behind a NAT or for load tests, raise it with `--max-per-ip`.
 pub const DEFAULT_MAX_PER_IP: usize = 50;
 
+/// A size with an optional unit: a plain number of bytes, `K`, `M`, `G`, `T` or `KiB`, `MiB`,
+/// `GiB`, `TiB` for powers of 1024 (as curl and rclone read `10M`), `kB`, `MB`, `GB`, `TB` for
+/// powers of 1000, `B` for bytes; a decimal number is allowed (`1.5G`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "K" | "k" | "KiB" => 1 << 10,
+        "M" | "m" | "MiB" => 1 << 20,
+        "G" | "g" | "GiB" => 1 << 30,
+        "T" | "t" | "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!("unknown unit {other:?} in {text:?} (use K, M, G, KiB, MB, ...)"))
+        }
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is too large"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "zocalo", version, about = "An FTP server whose server model is a switch")]
 pub struct Cli {
@@ -198,14 +227,14 @@ pub struct BenchArgs {
     /// K: idle sessions for `memory` [default: 2000].
     #[arg(long)]
     pub idle: Option<usize>,
-    /// Bytes of the large file [default: 1 GiB].
-    #[arg(long)]
+    /// Size of the large file, e.g. 1GiB, 500M, 20MB [default: 1GiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub big_size: Option<u64>,
-    /// Bytes of each client's file in `multi` [default: 10 MB].
-    #[arg(long)]
+    /// Size of each client's file in `multi` [default: 10MB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub multi_size: Option<u64>,
-    /// Bytes each session of `sessions` retrieves [default: 1 MiB].
-    #[arg(long)]
+    /// Size of the file each session of `sessions` retrieves [default: 1MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub small_size: Option<u64>,
     /// Entries of the listing directory [default: 10000].
     #[arg(long)]
@@ -339,11 +368,11 @@ pub struct ServeArgs {
     /// Log every transfer to this file in the xferlog format.
     #[arg(long, value_name = "FILE")]
     pub xferlog: Option<PathBuf>,
-    /// Per-session download limit, bytes per second.
-    #[arg(long, value_name = "BYTES")]
+    /// Per-session download limit per second, e.g. 10M, 500KiB, 2MB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_rate_down: Option<u64>,
-    /// Per-session upload limit, bytes per second.
-    #[arg(long, value_name = "BYTES")]
+    /// Per-session upload limit per second, e.g. 10M, 500KiB, 2MB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_rate_up: Option<u64>,
     /// Seconds a client has to log in before 421 [default: 60].
     #[arg(long, value_name = "SECS")]
@@ -602,5 +631,18 @@ mod tests {
         std::fs::write(&path, "nonsense = 1\n").unwrap();
         assert!(Settings::resolve(&args).is_err(), "unknown keys are refused");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("20MiB"), Ok(20 << 20));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }
