@@ -1040,3 +1040,37 @@ def test_a_second_server_on_an_address_in_use_fails_to_start(start_server, model
     assert "listening" not in second.stdout
     ftp = srv.ftp()
     assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_mfmt_and_mdtm_with_a_time_set_the_modification_time(srv):
+    put_file(srv.root, "f.txt", b"x")
+    put_file(srv.root, "g.txt", b"y")
+    ftp = srv.ftp()
+    assert "MFMT" in ftp.sendcmd("FEAT")
+    assert ftp.sendcmd("MFMT 20200102030405 f.txt") == "213 Modify=20200102030405; f.txt"
+    assert int(os.stat(srv.root / "f.txt").st_mtime) == MTIME
+    assert ftp.sendcmd("MDTM f.txt") == "213 20200102030405"
+    assert ftp.sendcmd("MDTM 20200102030405 g.txt").startswith("213")
+    assert int(os.stat(srv.root / "g.txt").st_mtime) == MTIME
+    assert code_of(ftp, "MFMT 20200102030405 missing.txt") == 550
+    ftp.quit()  # the iterative model serves one client at a time
+    srv.clients.remove(ftp)
+    anon = srv.ftp("anonymous", "a@b")
+    assert code_of(anon, "MFMT 20210102030405 f.txt") == 550, "anonymous is read-only"
+    assert int(os.stat(srv.root / "f.txt").st_mtime) == MTIME
+
+
+def test_site_chmod_sets_permission_bits_but_never_setuid(srv):
+    put_file(srv.root, "f.txt", b"x")
+    ftp = srv.ftp()
+    assert "CHMOD" in ftp.sendcmd("SITE HELP")
+    assert ftp.sendcmd("SITE CHMOD 600 f.txt").startswith("200")
+    assert os.stat(srv.root / "f.txt").st_mode & 0o7777 == 0o600
+    assert ftp.sendcmd("SITE CHMOD 4755 f.txt").startswith("200")
+    assert os.stat(srv.root / "f.txt").st_mode & 0o7777 == 0o755, "setuid was set"
+    assert code_of(ftp, "SITE CHMOD 9z f.txt") == 501
+    ftp.quit()  # the iterative model serves one client at a time
+    srv.clients.remove(ftp)
+    anon = srv.ftp("anonymous", "a@b")
+    assert code_of(anon, "SITE CHMOD 777 f.txt") == 550
+    assert os.stat(srv.root / "f.txt").st_mode & 0o7777 == 0o755

@@ -5,6 +5,7 @@
 //! the typed value and never re-parses.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::SystemTime;
 
 /// RFC 959 TYPE, of which zocalo implements ASCII non-print and Image (and L 8, which is Image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,13 @@ pub enum Command<'a> {
     Opts(&'a str),
     Size(&'a str),
     Mdtm(&'a str),
+    /// Set a file's modification time: MFMT (draft-somers-ftp-mfxx), or MDTM with a time
+    /// before the path (`mdtm`: the form vsftpd and ncftp use), which is answered differently.
+    Mfmt {
+        time: SystemTime,
+        path: &'a str,
+        mdtm: bool,
+    },
     Host(&'a str),
     Auth(&'a str),
     Pbsz(&'a str),
@@ -146,7 +154,15 @@ fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, P
         b"FEAT" => Feat,
         b"OPTS" => Opts(required(arg)?),
         b"SIZE" => Size(required(arg)?),
-        b"MDTM" => Mdtm(required(arg)?),
+        b"MDTM" => match time_then_path(arg) {
+            Some((time, path)) => Mfmt { time, path, mdtm: true },
+            None => Mdtm(required(arg)?),
+        },
+        b"MFMT" => {
+            let (time, path) = time_then_path(arg)
+                .ok_or(ParseError::Syntax("MFMT needs YYYYMMDDHHMMSS and a path."))?;
+            Mfmt { time, path, mdtm: false }
+        }
         b"HOST" => Host(required(arg)?),
         b"AUTH" => Auth(required(arg)?),
         b"PBSZ" => Pbsz(required(arg)?),
@@ -154,6 +170,25 @@ fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, P
         b"CCC" => Ccc,
         _ => return Err(ParseError::Unknown(truncate(raw))),
     })
+}
+
+/// `YYYYMMDDHHMMSS path` (UTC, RFC 3659 time-val without fraction): the time and the path.
+fn time_then_path(arg: &str) -> Option<(SystemTime, &str)> {
+    let (stamp, path) = arg.split_once(' ')?;
+    if stamp.len() != 14 || !stamp.bytes().all(|b| b.is_ascii_digit()) || path.is_empty() {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| stamp[r].parse::<u32>().ok();
+    let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hour, minute, second) = (num(8..10)?, num(10..12)?, num(12..14)?);
+    let valid = (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24;
+    if !valid || minute > 59 || second > 60 || year < 1970 {
+        return None;
+    }
+    let days = crate::listing::days_from_civil(i64::from(year), month, day);
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?);
+    Some((time, path))
 }
 
 fn truncate(verb: &str) -> String {
@@ -383,5 +418,18 @@ mod tests {
         let addr = pasv_reply_addr("227 Entering Passive Mode (127,0,0,1,4,1).").unwrap();
         assert_eq!(addr, "127.0.0.1:1025".parse().unwrap());
         assert_eq!(epsv_reply_port("229 Entering Extended Passive Mode (|||6446|)"), Some(6446));
+    }
+
+    #[test]
+    fn mfmt_and_mdtm_with_a_time_set_the_modification_time() {
+        let jan_2020 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800);
+        let set = |time, path, mdtm| Command::Mfmt { time, path, mdtm };
+        assert_eq!(ok("MFMT 20200101000000 a b.txt"), set(jan_2020, "a b.txt", false));
+        assert_eq!(ok("MDTM 20200101000000 f"), set(jan_2020, "f", true));
+        assert_eq!(ok("MDTM 20200101000000"), Command::Mdtm("20200101000000"));
+        assert_eq!(ok("MDTM f"), Command::Mdtm("f"));
+        for bad in ["MFMT 20201301000000 f", "MFMT 2020010100000 f", "MFMT 20200101000000"] {
+            assert!(matches!(parse(bad.as_bytes()), Err(ParseError::Syntax(_))), "{bad}");
+        }
     }
 }

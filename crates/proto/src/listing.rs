@@ -45,6 +45,18 @@ pub fn civil(t: SystemTime) -> Civil {
     Civil { year, month, day, hour, minute, second }
 }
 
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's days-from-civil), the inverse of
+/// [`civil`].
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `YYYYMMDDHHMMSS`, the time-val of MDTM and MLSx `modify` (RFC 3659 section 2.3).
 pub fn time_val(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(14);
@@ -334,6 +346,15 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "type=file;size=5;modify=19700101000000;perm=r;UNIX.mode=0755; f"
         );
+    }
+
+    #[test]
+    fn days_from_civil_inverts_civil() {
+        for secs in [0u64, 951_782_400, 1_577_836_800, 4_102_444_800] {
+            let c = civil(at(secs));
+            let days = days_from_civil(c.year, c.month, c.day);
+            assert_eq!(days * 86_400, secs as i64 - (secs as i64).rem_euclid(86_400));
+        }
     }
 
     /// A directory of `n` entries, counting how many were read.

@@ -245,6 +245,7 @@ const FEATURES: &[&str] = &[
     "EPSV",
     "HOST",
     "MDTM",
+    "MFMT",
     "MLST type*;size*;modify*;perm*;UNIX.mode*;",
     "REST STREAM",
     "SIZE",
@@ -253,8 +254,8 @@ const FEATURES: &[&str] = &[
 ];
 const TLS_FEATURES: &[&str] = &["AUTH TLS", "PBSZ", "PROT"];
 const HELP_TEXT: &[&str] = &[
-    " ABOR ACCT ALLO APPE AUTH CDUP CWD  DELE EPRT EPSV FEAT HELP HOST LIST",
-    " MDTM MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD  QUIT",
+    " ABOR ACCT ALLO APPE AUTH CDUP CWD  DELE EPRT EPSV FEAT HELP HOST LIST MDTM",
+    " MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD  QUIT",
     " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER",
     " XCUP XCWD XMKD XPWD XRMD",
 ];
@@ -606,6 +607,7 @@ impl Session {
             Rnto(p) => self.rnto(rename_from, p),
             Size(p) => self.size(p),
             Mdtm(p) => self.mdtm(p),
+            Mfmt { time, path, mdtm } => self.mfmt(time, path, mdtm),
             Mlst(p) => self.mlst(p),
             Rest(offset) => self.set_rest(offset),
             Pasv => self.pasv(false),
@@ -652,8 +654,10 @@ impl Session {
         if !pre_login && !matches!(self.login, Login::LoggedIn(_)) {
             return Some((530, "Please log in with USER and PASS."));
         }
-        let writes =
-            matches!(cmd, Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou);
+        let writes = matches!(
+            cmd,
+            Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou | Mfmt { .. }
+        );
         if writes && !self.account().is_some_and(|a| a.writable) {
             return Some((550, "Permission denied."));
         }
@@ -826,11 +830,47 @@ impl Session {
     }
 
     fn site(&mut self, arg: &str) {
-        let sub = arg.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-        match sub.as_str() {
-            "HELP" => self.reply_multi(214, &["SITE commands recognized:", " HELP", "Help OK."]),
+        let (sub, rest) = arg.trim_start().split_once(' ').unwrap_or((arg.trim(), ""));
+        match sub.to_ascii_uppercase().as_str() {
+            "HELP" => {
+                self.reply_multi(214, &["SITE commands recognized:", " CHMOD HELP", "Help OK."])
+            }
+            "CHMOD" => self.chmod(rest.trim_start()),
             _ => self.reply(502, "Unknown SITE command."),
         }
+    }
+
+    /// SITE CHMOD MODE PATH: octal permission bits, masked to 0o777 (no setuid, setgid or
+    /// sticky bit can be set); needs write permission.
+    fn chmod(&mut self, arg: &str) {
+        if !self.writable() {
+            return self.reply(550, "Permission denied.");
+        }
+        let (mode, path) = arg.split_once(' ').unwrap_or((arg, ""));
+        let Ok(mode) = u32::from_str_radix(mode, 8) else {
+            return self.reply(501, "SITE CHMOD needs an octal mode and a path.");
+        };
+        if path.is_empty() || mode > 0o7777 {
+            return self.reply(501, "SITE CHMOD needs an octal mode and a path.");
+        }
+        let abs = path::resolve(&self.cwd, path);
+        self.on_storage(
+            move |s| s.set_mode(path::relative(&abs), mode & 0o777),
+            |s, r| s.reply_result(r, 200, "SITE CHMOD command successful."),
+        );
+    }
+
+    /// MFMT (and MDTM with a time): sets the modification time.
+    fn mfmt(&mut self, time: SystemTime, arg: &str, mdtm: bool) {
+        let abs = path::resolve(&self.cwd, arg);
+        let text = match mdtm {
+            true => String::from("File modification time set."),
+            false => format!("Modify={}; {arg}", listing::time_val(time)),
+        };
+        self.on_storage(
+            move |s| s.set_modified(path::relative(&abs), time),
+            move |s, r| s.reply_result(r, 213, &text),
+        );
     }
 
     fn stat(&mut self, arg: Option<&str>) {

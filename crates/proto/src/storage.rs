@@ -102,6 +102,16 @@ pub trait Storage: Send + Sync {
         self.metadata(path).map(drop)
     }
 
+    /// Sets the modification time of a file or directory (MFMT).
+    fn set_modified(&self, _path: &str, _time: SystemTime) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Sets the permission bits of a file or directory (SITE CHMOD); `mode` is at most 0o777.
+    fn set_mode(&self, _path: &str, _mode: u32) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Opens a directory to read a batch of entries at a time (the listings stream them).
     /// With `stat` false the entries' metadata may be left at its default (NLST needs names
     /// only). By default, reads the whole directory with [`list`](Self::list) or

@@ -238,6 +238,20 @@ impl Storage for LocalFs {
         })
     }
 
+    fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let secs = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let omit = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT };
+        let modified = rustix::fs::Timespec { tv_sec: secs as i64, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: omit, last_modification: modified };
+        Ok(rustix::fs::futimens(&fd, &times)?)
+    }
+
+    fn set_mode(&self, path: &str, mode: u32) -> io::Result<()> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        Ok(rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))?)
+    }
+
     fn open_dir(&self, path: &str, stat: bool) -> io::Result<Box<dyn DirStream>> {
         let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let dir = rustix::fs::Dir::read_from(&fd)?;
