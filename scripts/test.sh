@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
-# (curl, lftp, wget, tftp-hpa, atftp, Python's pytest), checks formatting and lints, runs the
+# (curl, lftp, wget, tnftp, tftp-hpa, atftp, Python's pytest), checks formatting and lints, runs the
 # Rust tests, builds the release binary and runs the real-client suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftpd openssl:openssl; do
+for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftpd openssl:openssl \
+        tnftp:tnftp; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if ((${#need_apt[@]})); then

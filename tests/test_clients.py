@@ -275,3 +275,21 @@ def test_wget_continue(srv, home, work):
     (work / "c.bin").write_bytes(data[:99_999])
     wget(home, work, "-c", srv.url("c.bin"))
     assert sha256((work / "c.bin").read_bytes()) == sha256(data)
+
+
+def test_tnftp_mget_with_a_wildcard(srv, home, work):
+    """tnftp's `mget *.bin` sends `NLST *.bin` and fetches each (relative) name it gets back."""
+    (srv.root / "tn").mkdir()
+    files = {"a.bin": os.urandom(1000), "b.bin": os.urandom(2000), "c.txt": b"not me"}
+    for name, data in files.items():
+        (srv.root / "tn" / name).write_bytes(data)
+    host, port = srv.addr()
+    script = f"user {USER} {PASSWORD}\nbinary\nlcd {work}\ncd /tn\nmget *.bin\nbye\n"
+    env = dict(os.environ, HOME=str(home), LC_ALL="C.UTF-8")
+    p = subprocess.run([need("tnftp"), "-i", "-n", "-v", host, str(port)], input=script.encode(),
+                       env=env, capture_output=True, timeout=CLIENT_TIMEOUT, cwd=work)
+    assert p.returncode == 0, p.stdout[-2000:]
+    got = sorted(x.name for x in work.iterdir() if x.is_file())
+    assert got == ["a.bin", "b.bin"], (got, p.stdout[-2000:])
+    for name in got:
+        assert (work / name).read_bytes() == files[name]

@@ -197,6 +197,9 @@ pub const SORTED_MAX: usize = 2048;
 /// Entries read from the storage per refill.
 const BATCH: usize = 256;
 
+/// Names a wildcard listing gives at most (`NLST *.bin` in a huge directory).
+pub const MAX_MATCHES: usize = 10_000;
+
 /// A directory listing produced as it is read: a batch of entries at a time is formatted into
 /// lines when the data connection wants more bytes. It is a read-only [`FileHandle`], so a
 /// driver pumps it like a file without a descriptor, and each read may call the storage.
@@ -208,12 +211,38 @@ pub struct Listing {
     /// Entries read ahead to be sorted, before the first line.
     started: bool,
     exhausted: bool,
+    /// A wildcard pattern the names must match (`NLST *.bin`), and how many more may.
+    pattern: Option<(String, usize)>,
 }
 
 impl Listing {
     pub fn new(dir: Box<dyn DirStream>, format: Format) -> Listing {
         let (lines, pos) = (Vec::new(), 0);
-        Listing { dir, format, lines, pos, started: false, exhausted: false }
+        Listing { dir, format, lines, pos, started: false, exhausted: false, pattern: None }
+    }
+
+    /// Lists only the names that match the shell `pattern` (see [`crate::path::glob_match`]),
+    /// at most [`MAX_MATCHES`] of them.
+    pub fn matching(mut self, pattern: &str) -> Listing {
+        self.pattern = Some((pattern.to_string(), MAX_MATCHES));
+        self
+    }
+
+    /// The next batch, filtered by the pattern (possibly empty while the directory is not).
+    fn next_batch(&mut self) -> io::Result<Option<Vec<DirEntry>>> {
+        let mut batch = self.dir.next_batch(BATCH)?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        if let Some((pattern, left)) = &mut self.pattern {
+            batch.retain(|e| crate::path::glob_match(pattern, &e.name));
+            batch.truncate(*left);
+            *left -= batch.len();
+            if *left == 0 {
+                self.exhausted = true;
+            }
+        }
+        Ok(Some(batch))
     }
 
     /// Formats the next lines into `self.lines`; false at the end of the directory.
@@ -226,20 +255,23 @@ impl Listing {
         let mut entries = Vec::new();
         if !self.started {
             self.started = true;
-            while entries.len() < SORTED_MAX {
-                let batch = self.dir.next_batch(BATCH)?;
-                if batch.is_empty() {
-                    self.exhausted = true;
-                    break;
+            while entries.len() < SORTED_MAX && !self.exhausted {
+                match self.next_batch()? {
+                    Some(batch) => entries.extend(batch),
+                    None => self.exhausted = true,
                 }
-                entries.extend(batch);
             }
             if self.exhausted {
                 sort(&mut entries);
             }
         } else {
-            entries = self.dir.next_batch(BATCH)?;
-            self.exhausted = entries.is_empty();
+            // Batches that match nothing are skipped; the end of the directory ends it.
+            while entries.is_empty() && !self.exhausted {
+                match self.next_batch()? {
+                    Some(batch) => entries = batch,
+                    None => self.exhausted = true,
+                }
+            }
         }
         for e in &entries {
             self.push_line(e);

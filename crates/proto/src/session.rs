@@ -1237,18 +1237,33 @@ impl Session {
             return;
         }
         let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
-        let (target, arg) = (abs.clone(), arg.map(str::to_string));
+        // `NLST *.bin`, `LIST dir/f?.txt`: the last element is a pattern over its directory
+        // (not for MLSD, whose argument RFC 3659 makes a directory).
+        let glob = arg.filter(|a| path::is_pattern(a) && !matches!(kind, ListKind::Facts));
+        let (target, pattern, arg) = match glob {
+            Some(a) => {
+                let dir = a.rsplit_once('/').map_or("", |(dir, _)| dir);
+                let dir = if dir.is_empty() && a.starts_with('/') { "/" } else { dir };
+                let pattern = path::file_name(&abs).to_string();
+                (path::resolve(&self.cwd, dir), Some(pattern), Some(dir.to_string()))
+            }
+            None => (abs.clone(), None, arg.map(str::to_string)),
+        };
         let format = match kind {
             ListKind::Long => listing::Format::Long { now: (self.config.clock)() },
             ListKind::Names => listing::Format::Names {
                 prefix: arg
                     .as_deref()
+                    .filter(|a| !a.is_empty())
                     .map(|a| format!("{}/", a.trim_end_matches('/')))
                     .unwrap_or_default(),
             },
             ListKind::Facts => listing::Format::Facts { writable: self.writable() },
         };
-        let open = move |s: &dyn Storage| open_listing(s, &target, arg.as_deref(), format);
+        let open = move |s: &dyn Storage| match pattern {
+            Some(pattern) => open_matching(s, &target, &pattern, format),
+            None => open_listing(s, &target, arg.as_deref(), format),
+        };
         self.on_storage(open, move |s, listing| match listing {
             Ok(listing) => {
                 let text = String::from("Here comes the directory listing.");
@@ -1436,6 +1451,21 @@ fn long_listing(s: &dyn Storage, abs: &str, now: SystemTime) -> std::io::Result<
         listing::list_line(&mut out, &e.name, &e.meta, now);
     }
     Ok(out)
+}
+
+/// Opens a listing of the names in the directory `abs` that match `pattern`.
+fn open_matching(
+    s: &dyn Storage,
+    abs: &str,
+    pattern: &str,
+    format: listing::Format,
+) -> std::io::Result<Box<dyn FileHandle>> {
+    if s.metadata(path::relative(abs))?.kind != FileKind::Dir {
+        return Err(std::io::ErrorKind::NotADirectory.into());
+    }
+    let stat = !matches!(format, listing::Format::Names { .. });
+    let dir = s.open_dir(path::relative(abs), stat)?;
+    Ok(Box::new(listing::Listing::new(dir, format).matching(pattern)))
 }
 
 /// Opens a listing that streams the directory `abs`; a file (not a directory) is listed as

@@ -530,3 +530,26 @@ fn help_offers_only_what_works() {
     assert_eq!(s.code("HELP RETR"), 214);
     assert!(!s.send("HELP").contains("CCC"));
 }
+
+#[test]
+fn nlst_and_list_take_a_wildcard_in_the_last_element() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("MKD tn"), 257);
+    for name in ["tn/a.bin", "tn/b.bin", "tn/c.txt", "tn/.h.bin"] {
+        s.storage.put(name, b"x");
+    }
+    s.send("EPSV");
+    assert!(s.send("NLST /tn/*.bin").contains("226"));
+    assert_eq!(String::from_utf8(s.downloaded.clone()).unwrap(), "/tn/a.bin\r\n/tn/b.bin\r\n");
+    s.send("CWD tn");
+    s.send("EPSV");
+    s.send("NLST [bc].*");
+    assert_eq!(String::from_utf8(s.downloaded.clone()).unwrap(), "b.bin\r\nc.txt\r\n");
+    s.send("EPSV");
+    s.send("LIST -l ?.txt");
+    let long = String::from_utf8(s.downloaded.clone()).unwrap();
+    assert!(long.ends_with(" c.txt\r\n") && long.lines().count() == 1, "{long}");
+    s.send("EPSV");
+    assert!(s.send("NLST *.none").contains("226"), "no match: an empty listing");
+    assert!(s.downloaded.is_empty());
+}
