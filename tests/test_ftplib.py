@@ -1074,3 +1074,27 @@ def test_site_chmod_sets_permission_bits_but_never_setuid(srv):
     anon = srv.ftp("anonymous", "a@b")
     assert code_of(anon, "SITE CHMOD 777 f.txt") == 550
     assert os.stat(srv.root / "f.txt").st_mode & 0o7777 == 0o755
+
+
+def test_dot_files_are_listed_only_when_asked_for(start_server, model, tmp_path):
+    for show in (False, True):
+        root = tmp_path / f"dots-{show}"
+        root.mkdir()
+        put_file(root, ".hidden", b"h")
+        put_file(root, "seen.txt", b"s")
+        srv = start_server(model, root=root, extra=["--show-dot-files"] if show else [])
+        ftp = srv.ftp()
+        names = lambda cmd: [l.split()[-1] for l in list_lines(ftp, cmd)]
+        assert names("LIST") == ([".hidden", "seen.txt"] if show else ["seen.txt"])
+        for option in ("-a", "-la", "-al"):
+            assert ".hidden" in names(f"LIST {option}"), option
+        assert (".hidden" in ftp.nlst()) == show
+        assert ".hidden" in [n for n, _ in ftp.mlsd()], "MLSD lists everything"
+        ftp.quit()
+        srv.clients.remove(ftp)
+
+
+def list_lines(ftp, cmd: str) -> list[str]:
+    lines: list[str] = []
+    ftp.retrlines(cmd, lines.append)
+    return lines

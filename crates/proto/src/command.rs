@@ -23,6 +23,14 @@ pub enum EpsvArg {
     All,
 }
 
+/// The argument of LIST and NLST: a path, and whether `ls`-style options asked for every
+/// entry (`-a`, `-la`, `-al`), dot files included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListArg<'a> {
+    pub path: Option<&'a str>,
+    pub all: bool,
+}
+
 /// A parsed command line. Path arguments are as the client sent them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -43,8 +51,8 @@ pub enum Command<'a> {
     Stor(&'a str),
     Stou,
     Appe(&'a str),
-    List(Option<&'a str>),
-    Nlst(Option<&'a str>),
+    List(ListArg<'a>),
+    Nlst(ListArg<'a>),
     Mlsd(Option<&'a str>),
     Mlst(Option<&'a str>),
     Stat(Option<&'a str>),
@@ -130,11 +138,11 @@ fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, P
         b"STOR" => Stor(required(arg)?),
         b"STOU" => Stou,
         b"APPE" => Appe(required(arg)?),
-        b"LIST" => List(list_path(arg)),
-        b"NLST" => Nlst(list_path(arg)),
+        b"LIST" => List(list_arg(arg)),
+        b"NLST" => Nlst(list_arg(arg)),
         b"MLSD" => Mlsd(optional(arg)),
         b"MLST" => Mlst(optional(arg)),
-        b"STAT" => Stat(list_path(arg)),
+        b"STAT" => Stat(list_arg(arg).path),
         b"HELP" => Help(optional(arg)),
         b"NOOP" => Noop,
         b"SYST" => Syst,
@@ -207,16 +215,20 @@ fn optional(arg: &str) -> Option<&str> {
     (!arg.is_empty()).then_some(arg)
 }
 
-/// LIST, NLST and STAT take `ls`-style options (`-la`) that clients send; they are skipped.
-fn list_path(arg: &str) -> Option<&str> {
+/// LIST, NLST and STAT take `ls`-style options (`-la`) that clients send: `a` is kept (show
+/// dot files), the others are skipped.
+fn list_arg(arg: &str) -> ListArg<'_> {
     let mut rest = arg.trim_start();
+    let mut all = false;
     while let Some(opts) = rest.strip_prefix('-') {
         if opts.starts_with(' ') || opts.is_empty() {
             break;
         }
-        rest = opts.find(' ').map_or("", |i| opts[i + 1..].trim_start());
+        let end = opts.find(' ').unwrap_or(opts.len());
+        all |= opts[..end].contains('a');
+        rest = opts[end..].trim_start();
     }
-    optional(rest)
+    ListArg { path: optional(rest), all }
 }
 
 fn one_of<'a>(arg: &'a str, want: &str, msg: &'static str) -> Result<&'a str, ParseError> {
@@ -353,11 +365,13 @@ mod tests {
 
     #[test]
     fn list_options_are_skipped() {
-        assert_eq!(ok("LIST"), Command::List(None));
-        assert_eq!(ok("LIST -la"), Command::List(None));
-        assert_eq!(ok("LIST -la dir"), Command::List(Some("dir")));
-        assert_eq!(ok("LIST -a -l dir x"), Command::List(Some("dir x")));
-        assert_eq!(ok("NLST dir"), Command::Nlst(Some("dir")));
+        let list = |path, all| Command::List(ListArg { path, all });
+        assert_eq!(ok("LIST"), list(None, false));
+        assert_eq!(ok("LIST -la"), list(None, true));
+        assert_eq!(ok("LIST -l dir"), list(Some("dir"), false));
+        assert_eq!(ok("LIST -al dir"), list(Some("dir"), true));
+        assert_eq!(ok("LIST -a -l dir x"), list(Some("dir x"), true));
+        assert_eq!(ok("NLST dir"), Command::Nlst(ListArg { path: Some("dir"), all: false }));
         assert_eq!(ok("STAT"), Command::Stat(None));
     }
 

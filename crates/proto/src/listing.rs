@@ -213,12 +213,22 @@ pub struct Listing {
     exhausted: bool,
     /// A wildcard pattern the names must match (`NLST *.bin`), and how many more may.
     pattern: Option<(String, usize)>,
+    /// Leave out names that start with `.` (LIST without `-a`, as `ls` does).
+    hide_dot_files: bool,
 }
 
 impl Listing {
     pub fn new(dir: Box<dyn DirStream>, format: Format) -> Listing {
         let (lines, pos) = (Vec::new(), 0);
-        Listing { dir, format, lines, pos, started: false, exhausted: false, pattern: None }
+        let (started, exhausted) = (false, false);
+        let (pattern, hide_dot_files) = (None, false);
+        Listing { dir, format, lines, pos, started, exhausted, pattern, hide_dot_files }
+    }
+
+    /// Leaves out names that start with `.`.
+    pub fn without_dot_files(mut self) -> Listing {
+        self.hide_dot_files = true;
+        self
     }
 
     /// Lists only the names that match the shell `pattern` (see [`crate::path::glob_match`]),
@@ -233,6 +243,9 @@ impl Listing {
         let mut batch = self.dir.next_batch(BATCH)?;
         if batch.is_empty() {
             return Ok(None);
+        }
+        if self.hide_dot_files {
+            batch.retain(|e| !e.name.starts_with('.'));
         }
         if let Some((pattern, left)) = &mut self.pattern {
             batch.retain(|e| crate::path::glob_match(pattern, &e.name));

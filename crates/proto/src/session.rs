@@ -52,6 +52,8 @@ pub struct Config {
     pub max_login_attempts: u32,
     /// Whether AUTH TLS is offered, and whether it is required.
     pub tls: TlsPolicy,
+    /// LIST and NLST show dot files without `-a` (`--show-dot-files`).
+    pub show_dot_files: bool,
     /// The wall clock: the dates in LIST output and the seed of STOU names.
     pub clock: fn() -> SystemTime,
 }
@@ -76,6 +78,7 @@ impl Config {
             login_fail_delay: Duration::from_secs(1),
             max_login_attempts: 3,
             tls: TlsPolicy::Off,
+            show_dot_files: false,
             clock: SystemTime::now,
         }
     }
@@ -618,9 +621,10 @@ impl Session {
             Stor(p) => self.store(p, "STOR"),
             Appe(p) => self.store(p, "APPE"),
             Stou => self.stou(),
-            List(p) => self.list(p, ListKind::Long),
-            Nlst(p) => self.list(p, ListKind::Names),
-            Mlsd(p) => self.list(p, ListKind::Facts),
+            List(a) => self.list(a.path, a.all, ListKind::Long),
+            Nlst(a) => self.list(a.path, a.all, ListKind::Names),
+            // MLSD is read by programs: it lists everything (RFC 3659 section 7.2).
+            Mlsd(p) => self.list(p, true, ListKind::Facts),
         }
     }
 
@@ -1232,7 +1236,7 @@ impl Session {
         });
     }
 
-    fn list(&mut self, arg: Option<&str>, kind: ListKind) {
+    fn list(&mut self, arg: Option<&str>, all: bool, kind: ListKind) {
         if self.data_refused() {
             return;
         }
@@ -1260,9 +1264,10 @@ impl Session {
             },
             ListKind::Facts => listing::Format::Facts { writable: self.writable() },
         };
+        let dot_files = all || self.config.show_dot_files;
         let open = move |s: &dyn Storage| match pattern {
             Some(pattern) => open_matching(s, &target, &pattern, format),
-            None => open_listing(s, &target, arg.as_deref(), format),
+            None => open_listing(s, &target, arg.as_deref(), format, dot_files),
         };
         self.on_storage(open, move |s, listing| match listing {
             Ok(listing) => {
@@ -1475,12 +1480,14 @@ fn open_listing(
     abs: &str,
     arg: Option<&str>,
     format: listing::Format,
+    dot_files: bool,
 ) -> std::io::Result<Box<dyn FileHandle>> {
     let meta = s.metadata(path::relative(abs))?;
     if meta.kind == FileKind::Dir {
         let stat = !matches!(format, listing::Format::Names { .. });
         let dir = s.open_dir(path::relative(abs), stat)?;
-        return Ok(Box::new(listing::Listing::new(dir, format)));
+        let listing = listing::Listing::new(dir, format);
+        return Ok(Box::new(if dot_files { listing } else { listing.without_dot_files() }));
     }
     let mut line = Vec::new();
     match format {

@@ -337,6 +337,9 @@ pub struct ServeArgs {
     /// Upload to a temporary name and rename into place only when complete.
     #[arg(long)]
     pub atomic_uploads: bool,
+    /// LIST and NLST show dot files without `-a` (MLSD always does).
+    #[arg(long)]
+    pub show_dot_files: bool,
     /// After binding (e.g. to port 21 as root), switch to this user.
     #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,
@@ -403,6 +406,7 @@ pub struct FileConfig {
     ban_time: Option<u64>,
     pool_queue: Option<usize>,
     atomic_uploads: Option<bool>,
+    show_dot_files: Option<bool>,
     run_as: Option<String>,
     log_format: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -450,6 +454,7 @@ pub struct Settings {
     pub ban_time: Duration,
     pub pool_queue: Option<usize>,
     pub atomic_uploads: bool,
+    pub show_dot_files: bool,
     pub run_as: Option<String>,
     pub json_logs: bool,
     pub tls: Option<TlsSettings>,
@@ -535,6 +540,7 @@ impl Settings {
             ban_time: secs(args.ban_time, file.ban_time, 300),
             pool_queue: args.pool_queue.or(file.pool_queue),
             atomic_uploads: args.atomic_uploads || file.atomic_uploads.unwrap_or(false),
+            show_dot_files: args.show_dot_files || file.show_dot_files.unwrap_or(false),
             run_as: args.run_as.clone().or(file.run_as),
             json_logs: log_format == "json",
             tls,

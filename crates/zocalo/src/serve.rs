@@ -104,6 +104,7 @@ fn build(
     let users = Arc::new(users);
     let mut config = Config::new(users.clone());
     config.masquerade = settings.masquerade;
+    config.show_dot_files = settings.show_dot_files;
     config.login_fail_delay = settings.login_fail_delay;
     config.tls = match &settings.tls {
         None => TlsPolicy::Off,
