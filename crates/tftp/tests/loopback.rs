@@ -499,8 +499,11 @@ fn a_flooding_address_cannot_keep_others_out() {
         let server = TestServer::start(model, config);
         std::fs::write(server.root.join("f"), pattern(5000)).unwrap();
         let mut busy = 0;
+        // Every socket stays open to the end: a closed one's port could come back for the next
+        // request, which the server would rightly take for a retransmission and not answer.
+        let mut flood = Vec::new();
         for _ in 0..20 {
-            // Distinct requests (another option value each time), all left unacknowledged.
+            // Requests from 20 ports, all left unacknowledged.
             let loose = Raw::new();
             loose.rrq(server.addr, "f", &[("timeout", "255")]);
             let (packet, _) = loose.recv();
@@ -510,7 +513,7 @@ fn a_flooding_address_cannot_keep_others_out() {
                 let oack_or_data = String::from_utf8_lossy(&packet).to_string();
                 assert!(!oack_or_data.contains("timeout"), "timeout 255 was granted: {packet:?}");
             }
-            drop(loose);
+            flood.push(loose);
         }
         assert!(busy >= 20 - 4 - 1, "{model:?}: only {busy} of 20 refused");
         let other = Raw::from("127.0.0.2");
