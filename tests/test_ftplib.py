@@ -1098,3 +1098,15 @@ def list_lines(ftp, cmd: str) -> list[str]:
     lines: list[str] = []
     ftp.retrlines(cmd, lines.append)
     return lines
+
+
+def test_clnt_and_avbl(srv):
+    c = srv.ctl()
+    assert c.cmd("CLNT NcFTP 3.2.6 linux-x86_64-glibc2.36")[0] == 200, "CLNT before login"
+    c.login()
+    code, text = c.cmd("AVBL")
+    assert code == 213, text
+    free = os.statvfs(srv.root)
+    expected = free.f_bavail * free.f_frsize
+    assert abs(int(text.split()[1]) - expected) <= 64 * 1024 * 1024, (text, expected)
+    assert c.cmd("AVBL missing-dir")[0] == 550

@@ -86,6 +86,10 @@ pub enum Command<'a> {
     Pbsz(&'a str),
     Prot(&'a str),
     Ccc,
+    /// The client's name (ncftp sends it on every connection).
+    Clnt(&'a str),
+    /// Free space where a path lives (draft-peterson-streamlined-ftp-command-extensions).
+    Avbl(Option<&'a str>),
 }
 
 /// Why a line is not a command the session can run; each maps to one reply.
@@ -176,6 +180,8 @@ fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, P
         b"PBSZ" => Pbsz(required(arg)?),
         b"PROT" => Prot(required(arg)?),
         b"CCC" => Ccc,
+        b"CLNT" => Clnt(arg),
+        b"AVBL" => Avbl(optional(arg)),
         _ => return Err(ParseError::Unknown(truncate(raw))),
     })
 }

@@ -244,6 +244,8 @@ struct Running {
 pub const OUTPUT_CAP: usize = 32 * 1024;
 
 const FEATURES: &[&str] = &[
+    "AVBL",
+    "CLNT",
     "EPRT",
     "EPSV",
     "HOST",
@@ -257,8 +259,9 @@ const FEATURES: &[&str] = &[
 ];
 const TLS_FEATURES: &[&str] = &["AUTH TLS", "PBSZ", "PROT"];
 const HELP_TEXT: &[&str] = &[
-    " ABOR ACCT ALLO APPE AUTH CDUP CWD  DELE EPRT EPSV FEAT HELP HOST LIST MDTM",
-    " MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD  QUIT",
+    " ABOR ACCT ALLO APPE AUTH AVBL CDUP CLNT CWD  DELE EPRT EPSV FEAT HELP HOST",
+    " LIST MDTM MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT",
+    " PWD  QUIT",
     " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER",
     " XCUP XCWD XMKD XPWD XRMD",
 ];
@@ -289,6 +292,8 @@ pub struct Session {
     pbsz_done: bool,
     /// What to do with the result of the [`Action::Work`] that is out.
     then: Option<Then>,
+    /// What the client called itself (CLNT).
+    client_name: Option<String>,
 }
 
 impl Session {
@@ -318,6 +323,7 @@ impl Session {
             protect_data: false,
             pbsz_done: false,
             then: None,
+            client_name: None,
         };
         s.reply(220, "zocalo FTP server ready.");
         s
@@ -340,6 +346,11 @@ impl Session {
             Login::LoggedIn(a) => Some(&a.name),
             _ => None,
         }
+    }
+
+    /// The name the client gave with CLNT, if any.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_name.as_deref()
     }
 
     /// True when the logged-in user is the anonymous account.
@@ -589,6 +600,8 @@ impl Session {
             Pbsz(size) => self.pbsz(size),
             Prot(level) => self.prot(level),
             Ccc => self.reply(534, "CCC refused: the control connection stays protected."),
+            Clnt(name) => self.clnt(name),
+            Avbl(p) => self.avbl(p),
             Feat => self.feat(),
             Opts(opt) => self.opts(opt),
             Help(arg) => self.help(arg),
@@ -643,6 +656,7 @@ impl Session {
                 | Pbsz(_)
                 | Prot(_)
                 | Ccc
+                | Clnt(_)
                 | Feat
                 | Opts(_)
                 | Help(_)
@@ -861,6 +875,25 @@ impl Session {
         self.on_storage(
             move |s| s.set_mode(path::relative(&abs), mode & 0o777),
             |s, r| s.reply_result(r, 200, "SITE CHMOD command successful."),
+        );
+    }
+
+    /// CLNT: the client says its name; kept (at most 64 characters) for the session's logs.
+    fn clnt(&mut self, name: &str) {
+        self.client_name = Some(name.chars().take(64).collect());
+        self.reply(200, "Noted.");
+    }
+
+    /// AVBL [PATH]: the bytes free where the path (by default the current directory) lives,
+    /// when the storage can tell.
+    fn avbl(&mut self, arg: Option<&str>) {
+        let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
+        self.on_storage(
+            move |s| s.available(path::relative(&abs)),
+            |s, free| match free {
+                Ok(bytes) => s.reply(213, &bytes.to_string()),
+                Err(e) => s.reply_error(&e),
+            },
         );
     }
 

@@ -107,6 +107,11 @@ pub trait Storage: Send + Sync {
         Err(io::ErrorKind::Unsupported.into())
     }
 
+    /// Bytes free for new data where `path` lives (AVBL).
+    fn available(&self, _path: &str) -> io::Result<u64> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Sets the permission bits of a file or directory (SITE CHMOD); `mode` is at most 0o777.
     fn set_mode(&self, _path: &str, _mode: u32) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())

@@ -553,3 +553,11 @@ fn nlst_and_list_take_a_wildcard_in_the_last_element() {
     assert!(s.send("NLST *.none").contains("226"), "no match: an empty listing");
     assert!(s.downloaded.is_empty());
 }
+
+#[test]
+fn clnt_is_noted_before_login() {
+    let mut s = Script::new();
+    assert_eq!(s.code("CLNT NcFTP 3.2.6 linux-x86_64-glibc2.36"), 200);
+    assert_eq!(s.session.client_name(), Some("NcFTP 3.2.6 linux-x86_64-glibc2.36"));
+    assert!(s.send("FEAT").contains(" CLNT\r\n"));
+}

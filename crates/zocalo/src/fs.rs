@@ -247,6 +247,12 @@ impl Storage for LocalFs {
         Ok(rustix::fs::futimens(&fd, &times)?)
     }
 
+    fn available(&self, path: &str) -> io::Result<u64> {
+        let fd = self.open_at(path, OFlags::PATH)?;
+        let vfs = rustix::fs::fstatvfs(&fd)?;
+        Ok(vfs.f_bavail.saturating_mul(vfs.f_frsize))
+    }
+
     fn set_mode(&self, path: &str, mode: u32) -> io::Result<()> {
         let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
         Ok(rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))?)
