@@ -942,10 +942,13 @@ impl Session {
     fn stat_path(&mut self, arg: &str) {
         let abs = path::resolve(&self.cwd, arg);
         let (target, now) = (abs.clone(), (self.config.clock)());
-        self.on_storage(
-            move |s| long_listing(s, &target, now),
-            move |s, r| s.stat_path_done(&abs, r),
-        );
+        let format = listing::Format::Long { now };
+        let read = move |s: &dyn Storage| {
+            let mut body = Vec::new();
+            open_listing(s, &target, None, format, Shown::All)?.read_to_end(&mut body)?;
+            Ok(body)
+        };
+        self.on_storage(read, move |s, r| s.stat_path_done(&abs, r));
     }
 
     fn stat_path_done(&mut self, abs: &str, listing: std::io::Result<Vec<u8>>) {
@@ -1298,9 +1301,13 @@ impl Session {
             ListKind::Facts => listing::Format::Facts { writable: self.writable() },
         };
         let dot_files = all || self.config.show_dot_files;
-        let open = move |s: &dyn Storage| match pattern {
-            Some(pattern) => open_matching(s, &target, &pattern, format),
-            None => open_listing(s, &target, arg.as_deref(), format, dot_files),
+        let open = move |s: &dyn Storage| {
+            let shown = match &pattern {
+                Some(pattern) => Shown::Matching(pattern),
+                None if dot_files => Shown::All,
+                None => Shown::NoDotFiles,
+            };
+            open_listing(s, &target, arg.as_deref(), format, shown)
         };
         self.on_storage(open, move |s, listing| match listing {
             Ok(listing) => {
@@ -1475,35 +1482,13 @@ impl Session {
 
 // ---- listings: built on the storage, wherever the driver runs the work --------------------
 
-fn long_listing(s: &dyn Storage, abs: &str, now: SystemTime) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let meta = s.metadata(path::relative(abs))?;
-    if meta.kind != FileKind::Dir {
-        listing::list_line(&mut out, path::file_name(abs), &meta, now);
-        return Ok(out);
-    }
-    let mut entries = s.list(path::relative(abs))?;
-    listing::sort(&mut entries);
-    out.reserve(entries.len() * 72);
-    for e in &entries {
-        listing::list_line(&mut out, &e.name, &e.meta, now);
-    }
-    Ok(out)
-}
-
-/// Opens a listing of the names in the directory `abs` that match `pattern`.
-fn open_matching(
-    s: &dyn Storage,
-    abs: &str,
-    pattern: &str,
-    format: listing::Format,
-) -> std::io::Result<Box<dyn FileHandle>> {
-    if s.metadata(path::relative(abs))?.kind != FileKind::Dir {
-        return Err(std::io::ErrorKind::NotADirectory.into());
-    }
-    let stat = !matches!(format, listing::Format::Names { .. });
-    let dir = s.open_dir(path::relative(abs), stat)?;
-    Ok(Box::new(listing::Listing::new(dir, format).matching(pattern)))
+/// Which entries of a directory a listing shows.
+enum Shown<'a> {
+    All,
+    /// LIST and NLST without `-a`.
+    NoDotFiles,
+    /// Names matching a wildcard pattern (`NLST *.bin`); the path must be a directory.
+    Matching(&'a str),
 }
 
 /// Opens a listing that streams the directory `abs`; a file (not a directory) is listed as
@@ -1513,14 +1498,20 @@ fn open_listing(
     abs: &str,
     arg: Option<&str>,
     format: listing::Format,
-    dot_files: bool,
+    shown: Shown<'_>,
 ) -> std::io::Result<Box<dyn FileHandle>> {
     let meta = s.metadata(path::relative(abs))?;
     if meta.kind == FileKind::Dir {
         let stat = !matches!(format, listing::Format::Names { .. });
-        let dir = s.open_dir(path::relative(abs), stat)?;
-        let listing = listing::Listing::new(dir, format);
-        return Ok(Box::new(if dot_files { listing } else { listing.without_dot_files() }));
+        let listing = listing::Listing::new(s.open_dir(path::relative(abs), stat)?, format);
+        return Ok(Box::new(match shown {
+            Shown::All => listing,
+            Shown::NoDotFiles => listing.without_dot_files(),
+            Shown::Matching(pattern) => listing.matching(pattern),
+        }));
+    }
+    if matches!(shown, Shown::Matching(_)) {
+        return Err(std::io::ErrorKind::NotADirectory.into());
     }
     let mut line = Vec::new();
     match format {

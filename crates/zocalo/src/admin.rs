@@ -123,18 +123,10 @@ impl Admin {
 
     /// Serves admin clients in a thread of its own until `shutdown` fires.
     pub fn spawn(self, shutdown: Shutdown) -> io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("zocalo-admin".into()).spawn(move || loop {
-            let mut fds = [
-                libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: shutdown.fd(), events: libc::POLLIN, revents: 0 },
-            ];
-            // SAFETY: two valid pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n > 0 && fds[1].revents != 0 {
-                drop(self);
-                return;
+        std::thread::Builder::new().name("zocalo-admin".into()).spawn(move || {
+            while crate::shutdown::wait_unless_stopped(self.fd(), &shutdown) {
+                self.serve_ready();
             }
-            self.serve_ready();
         })
     }
 }

@@ -522,10 +522,7 @@ impl Pump {
                 continue;
             }
             if self.offload {
-                return Ok(match self.read_off_thread() {
-                    Some(work) => Flow::Io(work),
-                    None => Flow::Done,
-                });
+                return Ok(self.read_off_thread());
             }
             if !self.refill()? {
                 return Ok(Flow::Done);
@@ -534,16 +531,19 @@ impl Pump {
         Ok(Flow::Yield)
     }
 
-    /// The next chunk of the file (or listing) as a [`Work`] that reads it off the thread;
-    /// `None` at the end. The bytes come back through [`Pump::written`].
-    fn read_off_thread(&mut self) -> Option<Work> {
+    /// The next chunk of the file (or listing) as a [`Work`] that reads it off the thread
+    /// (`Flow::Io`), or `Flow::Done` at the end. The bytes come back through [`Pump::written`].
+    fn read_off_thread(&mut self) -> Flow {
         let PumpKind::SendCopy { file, eof: false, .. } = &mut self.kind else {
-            return None;
+            return Flow::Done;
         };
-        let mut file = file.take()?;
+        // The file is out with a read already: nothing moves until it comes back.
+        let Some(mut file) = file.take() else {
+            return Flow::Blocked;
+        };
         let mut chunk = std::mem::take(&mut self.buf);
         chunk.resize(CHUNK, 0);
-        Some(Work::new(move || {
+        Flow::Io(Work::new(move || {
             let result = file.read(&mut chunk).map(|n| chunk.truncate(n));
             Written { file: Some(file), chunk, result, last: false }
         }))

@@ -12,9 +12,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock, PoisonError};
+
 use std::time::{Duration, SystemTime};
-use std::{mem, thread};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use zocalo_proto::storage::{
@@ -119,19 +118,8 @@ impl LocalFs {
     }
 }
 
-/// Names handed from the thread reading a directory to the threads stat-ing it.
+/// Names read and stat-ed at a time when a whole directory is read.
 const BATCH: usize = 256;
-
-/// Stack of a listing helper: it only loops over stat calls.
-const HELPER_STACK: usize = 64 * 1024;
-
-/// Threads that help the listing thread stat a large directory: one fewer than the cores, at
-/// most 3. Stat-ing is a path lookup in the kernel per entry (about 2 us each here, 90% of a
-/// 10,000-entry LIST), and a client waiting for its listing leaves the other cores idle.
-pub(crate) fn list_helpers() -> usize {
-    static HELPERS: OnceLock<usize> = OnceLock::new();
-    *HELPERS.get_or_init(|| thread::available_parallelism().map_or(0, |n| n.get() - 1).min(3))
-}
 
 /// A batch of NUL-terminated names in one allocation.
 #[derive(Default)]
@@ -188,54 +176,7 @@ impl Storage for LocalFs {
     }
 
     fn list(&self, path: &str) -> io::Result<Vec<DirEntry>> {
-        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut dir = rustix::fs::Dir::read_from(&fd)?;
-        let mut names = NameBatch::default();
-        // Reading the directory and stat-ing its entries overlap: batches of names go to helper
-        // threads as they are read, and once the directory is read this thread stats too. The
-        // helpers start only for a directory of more than one batch (and never on one core).
-        let (tx, rx) = mpsc::channel::<NameBatch>();
-        let rx = Mutex::new(rx);
-        let take = || rx.lock().unwrap_or_else(PoisonError::into_inner).recv().ok();
-        let work = || {
-            let mut entries = Vec::new();
-            while let Some(batch) = take() {
-                self.stat_batch(&fd, path, &batch, &mut entries);
-            }
-            entries
-        };
-        thread::scope(|scope| {
-            let mut workers = Vec::new();
-            let mut read = || -> io::Result<()> {
-                let mut started = false;
-                while let Some(entry) = dir.read() {
-                    names.push(entry?.file_name());
-                    if names.len() == BATCH {
-                        if !started {
-                            started = true;
-                            for _ in 0..list_helpers() {
-                                let builder = thread::Builder::new().stack_size(HELPER_STACK);
-                                match builder.spawn_scoped(scope, work) {
-                                    Ok(handle) => workers.push(handle),
-                                    Err(_) => break, // fewer helpers, or none: this thread stats
-                                }
-                            }
-                        }
-                        let _ = tx.send(mem::take(&mut names));
-                    }
-                }
-                let _ = tx.send(mem::take(&mut names));
-                Ok(())
-            };
-            let read = read();
-            drop(tx);
-            let mut entries = work();
-            for worker in workers {
-                let helped = worker.join().map_err(|_| io::Error::other("listing helper failed"));
-                entries.extend(helped?);
-            }
-            read.map(|()| entries)
-        })
+        self.read_whole(path, true)
     }
 
     fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()> {
@@ -266,16 +207,7 @@ impl Storage for LocalFs {
     }
 
     fn names(&self, path: &str) -> io::Result<Vec<String>> {
-        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut names = Vec::new();
-        for entry in rustix::fs::Dir::read_from(&fd)? {
-            let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(String::from_utf8_lossy(name).into_owned());
-            }
-        }
-        Ok(names)
+        Ok(self.read_whole(path, false)?.into_iter().map(|e| e.name).collect())
     }
 
     fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileHandle>> {
@@ -328,6 +260,19 @@ impl Storage for LocalFs {
 }
 
 impl LocalFs {
+    /// A whole directory, read through the same batches as the streamed listings.
+    fn read_whole(&self, path: &str, stat: bool) -> io::Result<Vec<DirEntry>> {
+        let mut dir = self.open_dir(path, stat)?;
+        let mut entries = Vec::new();
+        loop {
+            let batch = dir.next_batch(BATCH)?;
+            if batch.is_empty() {
+                return Ok(entries);
+            }
+            entries.extend(batch);
+        }
+    }
+
     /// What a symlink in a listing points to, if the target is inside the root.
     fn resolve_link(&self, dir: &str, name: &str) -> Option<Metadata> {
         let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
@@ -495,7 +440,7 @@ mod tests {
         let (dir, fs) = tree();
         let big = dir.join("root/big");
         std::fs::create_dir(&big).unwrap();
-        let count = BATCH * 5 + 17; // several batches and a partial one: helpers run
+        let count = BATCH * 5 + 17; // several batches and a partial one
         for i in 0..count {
             std::fs::write(big.join(format!("f{i:05}")), vec![b'x'; i % 7]).unwrap();
         }

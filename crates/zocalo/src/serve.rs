@@ -73,10 +73,9 @@ pub fn run(settings: Settings) -> io::Result<()> {
         let _ = out.flush();
     }));
     tracing::info!(model = %settings.model, root = %settings.root.display(), "serving");
-    // Facts of the machine read once, here, before the `process` model forks: its children
-    // inherit them instead of each reading /proc (and the cgroup files) again.
+    // A fact of the machine read once, here, before the `process` model forks: its children
+    // inherit it instead of each reading /proc again.
     crate::net::ephemeral_range();
-    crate::fs::list_helpers();
     models::run(settings.model, server)
 }
 
@@ -164,18 +163,11 @@ pub fn reload_settings(users: &Users) {
 
 /// Reloads whenever asked, on a small thread of its own, until the server stops.
 fn spawn_reloader(reload: Reload, shutdown: Shutdown, users: Arc<Users>) -> io::Result<()> {
-    std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || loop {
-        let mut fds = [
-            libc::pollfd { fd: reload.fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: shutdown.fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n > 0 && fds[1].revents != 0 {
-            return;
-        }
-        if reload.take() {
-            reload_settings(&users);
+    std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || {
+        while crate::shutdown::wait_unless_stopped(reload.fd(), &shutdown) {
+            if reload.take() {
+                reload_settings(&users);
+            }
         }
     })?;
     Ok(())

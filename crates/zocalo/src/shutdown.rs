@@ -107,12 +107,7 @@ impl Reload {
 }
 
 extern "C" fn on_reload(_sig: libc::c_int) {
-    let fd = RELOAD_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) on an eventfd with an 8-byte buffer is async-signal-safe.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
+    wake_from_handler(&RELOAD_FD);
 }
 
 /// Installs `handler` for `sig` with SA_RESTART (and `flags`). The handler must be
@@ -136,10 +131,38 @@ pub fn set_handler(
 }
 
 extern "C" fn on_signal(_sig: libc::c_int) {
-    let fd = SIGNAL_FD.load(Ordering::SeqCst);
+    wake_from_handler(&SIGNAL_FD);
+}
+
+/// The body of every signal handler here: makes the eventfd stored in `slot` readable (one
+/// write(2), async-signal-safe), errno left as it was.
+pub(crate) fn wake_from_handler(slot: &AtomicI32) {
+    let fd = slot.load(Ordering::SeqCst);
     if fd >= 0 {
+        let saved = io::Error::last_os_error().raw_os_error().unwrap_or(0);
         let one: u64 = 1;
         // SAFETY: write(2) on an eventfd with an 8-byte buffer is async-signal-safe.
         unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        // SAFETY: restoring errno through the libc accessor.
+        unsafe { *libc::__errno_location() = saved };
+    }
+}
+
+/// Waits until `fd` is readable (true) or the server is asked to stop (false): the loop of
+/// the small threads that serve the admin channel and reloads.
+pub(crate) fn wait_unless_stopped(fd: RawFd, shutdown: &Shutdown) -> bool {
+    let mut fds = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: shutdown.fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 {
+            return fds[1].revents == 0;
+        }
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
     }
 }

@@ -647,15 +647,11 @@ impl Conn {
             }
             Step::Wait { fd, writable } => self.watch_data(poller, index, fd, writable),
             Step::Sleep(until) => {
-                if let Some((fd, _)) = self.data_reg.take() {
-                    let _ = poller.deregister(fd);
-                }
+                self.unwatch_data(poller);
                 self.data_sleep = Some(until);
             }
             Step::Io(work) => {
-                if let Some((fd, _)) = self.data_reg.take() {
-                    let _ = poller.deregister(fd);
-                }
+                self.unwatch_data(poller);
                 self.data_work = Some(work);
             }
         }
@@ -684,12 +680,17 @@ impl Conn {
         }
     }
 
-    /// Deregisters the data descriptor, then drops the transfer (closing it).
-    fn drop_task(&mut self, poller: &mut dyn Poller) {
-        self.data_sleep = None;
+    /// Stops watching the data descriptor (the transfer sleeps, waits for its file I/O, or ends).
+    fn unwatch_data(&mut self, poller: &mut dyn Poller) {
         if let Some((fd, _)) = self.data_reg.take() {
             let _ = poller.deregister(fd);
         }
+    }
+
+    /// Deregisters the data descriptor, then drops the transfer (closing it).
+    fn drop_task(&mut self, poller: &mut dyn Poller) {
+        self.data_sleep = None;
+        self.unwatch_data(poller);
         self.task = None;
     }
 

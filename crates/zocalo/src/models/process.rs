@@ -22,12 +22,7 @@ use crate::registry::Registry;
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_sigchld(_sig: libc::c_int) {
-    let fd = CHILD_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) to an eventfd is async-signal-safe.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
+    crate::shutdown::wake_from_handler(&CHILD_FD);
 }
 
 fn install_sigchld(waker: &Waker) -> io::Result<()> {
