@@ -179,7 +179,11 @@ pub fn error_reply(err: &io::Error) -> (u16, String) {
         CrossesDevices => "Path leaves the root or loops; refused.",
         StorageFull | QuotaExceeded => return (452, "Insufficient storage space.".into()),
         InvalidFilename | InvalidInput => return (553, "File name not allowed.".into()),
-        Unsupported => return (502, "Not supported by this storage.".into()),
+        // A storage that says why (object storage's APPE) answers for that parameter only.
+        Unsupported => match err.get_ref() {
+            Some(why) => return (504, format!("{why}.")),
+            None => return (502, "Not supported by this storage.".into()),
+        },
         _ => return (451, format!("Local error: {err}.")),
     };
     (550, text.into())
@@ -217,5 +221,8 @@ mod tests {
         assert_eq!(code(io::ErrorKind::InvalidFilename), 553);
         assert_eq!(code(io::ErrorKind::Other), 451);
         assert_eq!(error_reply(&rest_past_end()).0, 554);
+        assert_eq!(code(io::ErrorKind::Unsupported), 502);
+        let why = io::Error::new(io::ErrorKind::Unsupported, "Not on object storage");
+        assert_eq!(error_reply(&why), (504, "Not on object storage.".into()));
     }
 }

@@ -380,6 +380,20 @@ pub struct ServeArgs {
     /// Seconds a client has to log in before 421 [default: 60].
     #[arg(long, value_name = "SECS")]
     pub login_timeout: Option<u64>,
+    /// Where the files live: s3://HOST:PORT/BUCKET[/PREFIX] serves a bucket of an S3-compatible
+    /// service (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or the config
+    /// file's s3-access-key and s3-secret-key) [default: the local directory --root].
+    #[arg(long, value_name = "LOCATION")]
+    pub storage: Option<String>,
+    /// Region that S3 requests are signed for [default: us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Speak plain HTTP to the S3 service instead of HTTPS (a test or a private network).
+    #[arg(long)]
+    pub s3_insecure_http: bool,
+    /// Seconds an S3 request may take to connect, to answer, and per read [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub s3_timeout: Option<u64>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -420,6 +434,12 @@ pub struct FileConfig {
     max_rate_down: Option<u64>,
     max_rate_up: Option<u64>,
     login_timeout: Option<u64>,
+    storage: Option<String>,
+    s3_region: Option<String>,
+    s3_insecure_http: Option<bool>,
+    s3_timeout: Option<u64>,
+    s3_access_key: Option<String>,
+    s3_secret_key: Option<String>,
 }
 
 /// FTPS settings.
@@ -465,6 +485,8 @@ pub struct Settings {
     pub max_rate_down: Option<u64>,
     pub max_rate_up: Option<u64>,
     pub login_timeout: Duration,
+    /// `None`: the local directory `root`.
+    pub s3: Option<zocalo_s3::S3Config>,
 }
 
 impl Settings {
@@ -551,8 +573,47 @@ impl Settings {
             max_rate_down: args.max_rate_down.or(file.max_rate_down).filter(|r| *r > 0),
             max_rate_up: args.max_rate_up.or(file.max_rate_up).filter(|r| *r > 0),
             login_timeout: secs(args.login_timeout, file.login_timeout, 60),
+            s3: match args.storage.clone().or(file.storage) {
+                None => None,
+                Some(location) => Some(zocalo_s3::S3Config {
+                    region: args.s3_region.clone().or(file.s3_region).unwrap_or("us-east-1".into()),
+                    insecure_http: args.s3_insecure_http || file.s3_insecure_http.unwrap_or(false),
+                    timeout: secs(args.s3_timeout, file.s3_timeout, 30),
+                    ..s3_config(&location, file.s3_access_key, file.s3_secret_key)?
+                }),
+            },
         })
     }
+}
+
+/// The bucket and credentials of `--storage s3://...`: keys from the environment first, then
+/// the config file; never from the command line, where `ps` would show them.
+fn s3_config(
+    location: &str,
+    file_key: Option<String>,
+    file_secret: Option<String>,
+) -> Result<zocalo_s3::S3Config, String> {
+    let (endpoint, bucket, prefix) = zocalo_s3::parse_location(location)?;
+    let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    let access_key = env("AWS_ACCESS_KEY_ID").or(file_key);
+    let secret_key = env("AWS_SECRET_ACCESS_KEY").or(file_secret);
+    let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
+        return Err(format!(
+            "{location}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or s3-access-key and s3-secret-key in the config file"
+        ));
+    };
+    Ok(zocalo_s3::S3Config {
+        endpoint,
+        bucket,
+        prefix,
+        region: "us-east-1".into(),
+        access_key,
+        secret_key,
+        insecure_http: false,
+        timeout: Duration::from_secs(30),
+        part_size: zocalo_s3::FIRST_PART,
+    })
 }
 
 fn tls_settings(

@@ -72,11 +72,28 @@ pub fn run(settings: Settings) -> io::Result<()> {
         }
         let _ = out.flush();
     }));
-    tracing::info!(model = %settings.model, root = %settings.root.display(), "serving");
+    match &settings.s3 {
+        Some(_) => tracing::info!(model = %settings.model, "serving"),
+        None => tracing::info!(model = %settings.model, root = %settings.root.display(), "serving"),
+    }
     // A fact of the machine read once, here, before the `process` model forks: its children
     // inherit it instead of each reading /proc again.
     crate::net::ephemeral_range();
     models::run(settings.model, server)
+}
+
+/// Opens the bucket and checks once that it answers, so a wrong endpoint, bucket or key stops
+/// the start with a message naming it.
+fn open_s3(config: &zocalo_s3::S3Config) -> io::Result<zocalo_s3::S3Storage> {
+    let storage = zocalo_s3::S3Storage::new(config)?;
+    storage.check()?;
+    tracing::info!(
+        endpoint = %config.endpoint,
+        bucket = %config.bucket,
+        prefix = %config.prefix,
+        "serving files from S3"
+    );
+    Ok(storage)
 }
 
 fn build(
@@ -96,6 +113,10 @@ fn build(
             plain: settings.users_plain.clone(),
             users_file: settings.users_file.clone(),
             atomic_uploads: settings.atomic_uploads,
+            s3: match &settings.s3 {
+                Some(config) => Some(open_s3(config)?),
+                None => None,
+            },
         },
         guard,
     )?;
@@ -175,7 +196,11 @@ fn spawn_reloader(reload: Reload, shutdown: Shutdown, users: Arc<Users>) -> io::
 
 /// One `listening ftp://ADDR` line per listener, printed once the model accepts connections.
 fn announcements(listeners: &[Listener], settings: &Settings) -> io::Result<Vec<String>> {
-    let (model, root) = (settings.model, settings.root.display());
+    let model = settings.model;
+    let root = match &settings.s3 {
+        Some(s3) => format!("s3://{}/{}/{}", s3.endpoint, s3.bucket, s3.prefix),
+        None => settings.root.display().to_string(),
+    };
     let mut lines = Vec::new();
     for l in listeners {
         let addr = l.sock.local_addr()?;

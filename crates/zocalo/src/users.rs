@@ -103,6 +103,8 @@ pub struct Users {
     users_file: Option<PathBuf>,
     file_users: RwLock<HashMap<String, FileUser>>,
     atomic_uploads: bool,
+    /// Files in a bucket instead of under `root`; homes are prefixes in it.
+    s3: Option<zocalo_s3::S3Storage>,
     guard: Arc<dyn LoginGuard>,
     /// Verified against for unknown users, so they cost as much time as known ones.
     dummy_hash: std::sync::OnceLock<String>,
@@ -116,12 +118,18 @@ pub struct UsersConfig {
     pub plain: Vec<(String, String)>,
     pub users_file: Option<PathBuf>,
     pub atomic_uploads: bool,
+    /// Serve this bucket instead of the directory `root`.
+    pub s3: Option<zocalo_s3::S3Storage>,
 }
 
 impl Users {
     pub fn new(config: UsersConfig, guard: Arc<dyn LoginGuard>) -> io::Result<Self> {
-        let root_storage: Arc<dyn Storage> =
-            Arc::new(LocalFs::open(&config.root, config.atomic_uploads)?);
+        let root_storage: Arc<dyn Storage> = match &config.s3 {
+            Some(s3) => Arc::new(s3.clone()),
+            None => Arc::new(LocalFs::open(&config.root, config.atomic_uploads).map_err(|e| {
+                io::Error::new(e.kind(), format!("--root {}: {e}", config.root.display()))
+            })?),
+        };
         let users = Users {
             root: config.root,
             root_storage,
@@ -130,6 +138,7 @@ impl Users {
             users_file: config.users_file,
             file_users: RwLock::new(HashMap::new()),
             atomic_uploads: config.atomic_uploads,
+            s3: config.s3,
             guard,
             dummy_hash: std::sync::OnceLock::new(),
         };
@@ -157,6 +166,14 @@ impl Users {
 
     /// Opens a users-file account's home for one session (closed when the session ends).
     fn home_storage(&self, home: &Path) -> io::Result<Arc<dyn Storage>> {
+        if let Some(s3) = &self.s3 {
+            // A prefix under the bucket; `..` could name another account's files.
+            let home = home.to_str().ok_or(io::ErrorKind::InvalidInput)?;
+            if home.split('/').any(|p| p == "..") {
+                return Err(io::ErrorKind::InvalidInput.into());
+            }
+            return Ok(Arc::new(s3.with_home(home)));
+        }
         let path = self.root.join(home);
         Ok(Arc::new(LocalFs::open(&path, self.atomic_uploads)?))
     }
