@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 pub trait TftpStorage: Send + Sync {
     /// Opens a file for reading; also returns its size if known (for the tsize option).
     fn open_read(&self, path: &str) -> io::Result<(Box<dyn Read + Send>, Option<u64>)>;
-    /// Creates or truncates a file for writing.
+    /// Creates or truncates a file for writing. The receiver calls `flush` once, after the
+    /// last block of a complete transfer: a storage that commits uploads (a temporary file
+    /// renamed into place, an object-store upload) commits there, and a writer dropped without
+    /// that flush was a failed transfer.
     fn open_write(&self, path: &str) -> io::Result<Box<dyn Write + Send>>;
 }
 

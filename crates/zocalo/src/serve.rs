@@ -42,7 +42,12 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
-        let (write, model) = (settings.anonymous_write, crate::tftp::model(settings.model));
+        let (write, mut model) = (settings.anonymous_write, crate::tftp::model(settings.model));
+        if settings.s3.is_some() && matches!(model, zocalo_tftp::Model::Event(_)) {
+            // Each S3 request is a network round trip: on an event loop one transfer would
+            // hold up all the others, so TFTP gets a thread per transfer instead.
+            model = zocalo_tftp::Model::Thread;
+        }
         let shutdown = &server.ctx.shutdown;
         if settings.model == Model::Process {
             crate::tftp::fork(socket, root_storage, write, model, shutdown, &server.listeners)?;

@@ -47,7 +47,9 @@ impl TftpStorage for StorageAdapter {
     }
 }
 
-/// A file handle that is finished (renamed into place, for atomic uploads) when dropped.
+/// A file handle seen as a TFTP reader or writer. A write is committed (renamed into place,
+/// or an S3 upload completed) by the one `flush` the TFTP receiver makes after the last block;
+/// a transfer that fails or times out is dropped unflushed and replaces nothing.
 struct Upload(Option<Box<dyn FileHandle>>);
 
 impl Read for Upload {
@@ -58,18 +60,19 @@ impl Read for Upload {
 
 impl Write for Upload {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.as_mut().map_or(Ok(0), |f| f.write(buf))
+        match self.0.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("write after the upload was committed")),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.as_mut().map_or(Ok(()), |f| f.flush())
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            let _ = f.finish();
+        match self.0.take() {
+            Some(mut f) => {
+                f.flush()?;
+                f.finish()
+            }
+            None => Ok(()),
         }
     }
 }
