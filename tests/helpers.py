@@ -450,14 +450,16 @@ def _drain(stream, sink: list) -> None:
 def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
            anonymous: bool = True, write: bool = False, ipv4: bool = True, ipv6: bool = False,
            fail_delay_ms: int | None = 0, extra=(), implicit_tls: int = 0,
-           nofile: int | None = None) -> Server:
+           nofile: int | None = None, env: dict | None = None, root_flag: bool = True) -> Server:
     """Start the server. `implicit_tls`: how many `listening ftps://` lines (from
-    --implicit-tls ADDR in `extra`) to wait for, besides the plain listeners."""
+    --implicit-tls ADDR in `extra`) to wait for, besides the plain listeners. `env`: variables
+    added to the server's environment (S3 credentials). `root_flag`: pass --root (the server
+    still runs in `root`)."""
     binary = zocalo_bin()
     if not binary.exists():
         raise AssertionError(f"zocalo binary not found at {binary} "
                              "(cargo build --release, or set ZOCALO_BIN)")
-    argv = [str(binary), "serve", "--root", str(root)]
+    argv = [str(binary), "serve"] + (["--root", str(root)] if root_flag else [])
     if ipv4:
         argv += ["--listen", "127.0.0.1:0"]
     if ipv6:
@@ -479,7 +481,8 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=log, cwd=root, preexec_fn=limit_fds)
+                            stderr=log, cwd=root, preexec_fn=limit_fds,
+                            env=None if env is None else {**os.environ, **env})
     log.close()
     addrs: list = []
     tls_addrs: list = []
@@ -524,6 +527,8 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
             proc.kill()
             proc.wait(STOP_DEADLINE)
         raise
+    # Lines that came in the same read as the last listener's (`listening tftp://...`).
+    seen += [raw.decode("utf-8", "replace").strip() for raw in buf.split(b"\n")[:-1]]
     server = Server(proc, root, addrs, log_path, argv)
     # The process model serves TFTP and the admin channel in child processes of their own.
     args = [str(a) for a in argv]
