@@ -277,3 +277,132 @@ def test_tftp_serves_the_same_bucket(s3srv, work, tmp_path):
     subprocess.run([helpers.need("tftp"), "127.0.0.1", port, "-m", "binary", "-c", "get",
                     "boot.img", str(out)], check=True, timeout=60, cwd=work)
     assert out.read_bytes() == data
+
+
+# -- faults: a storage node lost mid-transfer, and the whole storage gone
+
+FAULT_SIZE = 100 * 1024 * 1024
+
+
+def _stored_sha256(server, path: str, timeout: float = 60) -> str | None:
+    """The object's SHA-256 once the cluster serves it again: right after a node dies, reads
+    may fail (or say NoSuchKey) until the masters have elected a leader and the filers
+    caught up, about 15 s."""
+    got = []
+
+    def read():
+        try:
+            got.append(server.object_sha256(path))
+            return True
+        except Exception:
+            return False
+
+    helpers.poll_until(read, timeout, interval=0.5)
+    return got[-1] if got else None
+
+
+def _outcome_is_clear(reply: str) -> bool:
+    """A transfer either completed or ended with a 4xx reply that says what happened."""
+    return reply.startswith("226") or reply[:1] == "4"
+
+
+@pytest.fixture
+def fault_data(tmp_path_factory):
+    return os.urandom(FAULT_SIZE)
+
+
+def test_storage_node_killed_during_an_upload(s3srv, seaweed, fault_data):
+    """Node 3 is SIGKILLed while 100 MiB go up through node 1's gateway: the upload completes
+    with the right bytes or ends with a 4xx, what was stored before is intact, and the server
+    keeps serving."""
+    server = s3srv(timeout=10)
+    before = os.urandom(2 * 1024 * 1024)
+    server.put("before.bin", before)
+    ftp = server.srv.ftp(timeout=60)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR big.bin")
+    try:
+        view = memoryview(fault_data)
+        step = 1 << 20
+        for offset in range(0, FAULT_SIZE, step):
+            if offset == 30 * step:
+                seaweed.kill_node(2)
+            try:
+                conn.sendall(view[offset:offset + step])
+            except OSError:
+                break  # the server ended the transfer: its reply says why
+        conn.close()
+        try:
+            reply = ftp.voidresp()
+        except ftplib.Error as e:
+            reply = str(e)
+        assert _outcome_is_clear(reply), reply
+        if reply.startswith("226"):
+            assert _stored_sha256(server, "big.bin") == sha256(fault_data)
+        assert _stored_sha256(server, "before.bin") == sha256(before)
+        assert ftp.sendcmd("NOOP").startswith("200")
+        assert helpers.download(ftp, "before.bin") == before
+        ftp.quit()
+    finally:
+        seaweed.start_node(2)
+
+
+def test_storage_node_killed_during_a_download(s3srv, seaweed, fault_data):
+    server = s3srv(timeout=10)
+    server.put("big.bin", fault_data)
+    ftp = server.srv.ftp(timeout=60)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR big.bin")
+    got = bytearray()
+    try:
+        while True:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+            if len(got) >= 30 << 20 and seaweed.nodes[1].alive():
+                seaweed.kill_node(1)
+        conn.close()
+        try:
+            reply = ftp.voidresp()
+        except ftplib.Error as e:
+            reply = str(e)
+        assert _outcome_is_clear(reply), reply
+        if reply.startswith("226"):
+            assert sha256(bytes(got)) == sha256(fault_data)
+        else:
+            assert bytes(got) == fault_data[:len(got)], "what arrived is a prefix of the file"
+        assert ftp.sendcmd("NOOP").startswith("200")
+        assert _stored_sha256(server, "big.bin") == sha256(fault_data)
+        ftp.quit()
+    finally:
+        seaweed.start_node(1)
+
+
+def test_whole_storage_down_answers_451_and_service_resumes(s3srv, seaweed):
+    """Every node stopped: commands that need the storage answer 451 within the request
+    timeout, commands that do not still work, and when the cluster is back so is the service."""
+    server = s3srv(timeout=3)
+    data = os.urandom(300_000)
+    server.put("kept.bin", data)
+    ftp = server.srv.ftp(timeout=30)
+    seaweed.stop_all()
+    try:
+        for line in ("SIZE kept.bin", "MKD d", "DELE kept.bin", "CWD elsewhere"):
+            started = time.monotonic()
+            reply = helpers.reply_of(ftp, line)
+            assert reply.startswith("451"), f"{line}: {reply}"
+            assert "unreachable" in reply or "S3" in reply, reply
+            assert time.monotonic() - started < 20, f"{line} took too long"
+        with pytest.raises(ftplib.error_temp, match="^451"):
+            helpers.download(ftp, "kept.bin")
+        with pytest.raises(ftplib.error_temp, match="^451"):
+            helpers.upload(ftp, "new.bin", b"x")
+        assert ftp.sendcmd("NOOP").startswith("200")
+        assert ftp.pwd() == "/"
+    finally:
+        seaweed.start_all()
+    assert helpers.download(ftp, "kept.bin") == data
+    helpers.upload(ftp, "after.bin", b"back")
+    assert server.object_sha256("after.bin") == sha256(b"back")
+    ftp.quit()
