@@ -33,6 +33,8 @@ pub enum AuthError {
     BadCredentials,
     /// Too many failures from this address; try later.
     LockedOut,
+    /// The password was right but the account's home cannot be opened.
+    HomeMissing,
 }
 
 /// Checks credentials. Implementations must take the same time for unknown users as for wrong

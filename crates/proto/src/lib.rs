@@ -22,5 +22,7 @@ pub mod session;
 pub mod storage;
 
 pub use auth::{Account, AuthError, Authenticator};
-pub use session::{Action, Body, Config, Endpoint, Outcome, Session, TlsPolicy, Transfer};
+pub use session::{
+    Action, Body, Config, Endpoint, Event, LoginRefusal, Outcome, Session, TlsPolicy, Transfer,
+};
 pub use storage::{DirEntry, FileHandle, FileKind, Metadata, Storage, WriteMode};

@@ -56,6 +56,8 @@ pub struct Config {
     pub show_dot_files: bool,
     /// The wall clock: the dates in LIST output and the seed of STOU names.
     pub clock: fn() -> SystemTime,
+    /// Report every command line as an [`Event::Command`] (the driver logs them at debug).
+    pub log_commands: bool,
 }
 
 /// What TLS the server offers on the control connection (RFC 4217).
@@ -80,6 +82,7 @@ impl Config {
             tls: TlsPolicy::Off,
             show_dot_files: false,
             clock: SystemTime::now,
+            log_commands: false,
         }
     }
 }
@@ -108,6 +111,43 @@ pub enum Action {
     /// Argon2 hash), then hand its result to [`Session::handle_work_done`]. Input is held
     /// meanwhile. Blocking drivers run it inline; an event loop runs it on a worker thread.
     Work(Work),
+}
+
+/// Something worth a log line or a metric, for the driver to report: see
+/// [`Session::poll_event`]. The core decides what happened; the driver decides where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A login attempt, and why it was refused (the client is told only 530).
+    Login { user: String, refused: Option<LoginRefusal> },
+    /// A change to the files other than a transfer (DELE, RMD, MKD, RNTO, SITE CHMOD, MFMT):
+    /// the command, its path (and RNTO's source), and the reply code it got.
+    FileOp { verb: &'static str, path: String, from: Option<String>, code: u16 },
+    /// A command line as received, with PASS's argument masked (only with
+    /// [`Config::log_commands`]).
+    Command(String),
+    /// The storage failed a call (a 451 or 452 reply, with its text).
+    StorageError(String),
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    BadCredentials,
+    LockedOut,
+    HomeMissing,
+    /// USER or PASS before AUTH TLS where TLS is required.
+    TlsRequired,
+}
+
+impl LoginRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginRefusal::BadCredentials => "bad credentials",
+            LoginRefusal::LockedOut => "locked out",
+            LoginRefusal::HomeMissing => "home missing",
+            LoginRefusal::TlsRequired => "TLS required",
+        }
+    }
 }
 
 /// Work the session needs done before it can answer a command. It owns everything it needs
@@ -276,6 +316,7 @@ pub struct Session {
     held: VecDeque<Vec<u8>>,
     output: Vec<u8>,
     actions: VecDeque<Action>,
+    events: VecDeque<Event>,
     login: Login,
     cwd: String,
     transfer_type: TransferType,
@@ -308,6 +349,7 @@ impl Session {
             held: VecDeque::new(),
             output: Vec::new(),
             actions: VecDeque::new(),
+            events: VecDeque::new(),
             login: Login::AwaitUser,
             cwd: String::from("/"),
             transfer_type: TransferType::Image,
@@ -536,6 +578,12 @@ impl Session {
         self.actions.pop_front()
     }
 
+    /// The next event to report (log, count). Events queue until taken; a driver takes them
+    /// after each call into the session.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     // ---- the state machine ---------------------------------------------------------------
 
     /// Runs the buffered lines. During a transfer, ABOR, STAT and NOOP run at once and other
@@ -569,6 +617,9 @@ impl Session {
     }
 
     fn run_line(&mut self, line: &[u8]) {
+        if self.config.log_commands {
+            self.events.push_back(Event::Command(masked(line)));
+        }
         match command::parse(line) {
             Ok(cmd) => self.run(cmd),
             Err(ParseError::Unknown(verb)) => {
@@ -585,6 +636,15 @@ impl Session {
     fn run(&mut self, cmd: Command<'_>) {
         let rename_from = self.rename_from.take();
         if let Some(code) = self.refuse(&cmd) {
+            if code.0 == 530 && matches!(cmd, Command::User(_) | Command::Pass(_)) {
+                let user = match (&cmd, &self.login) {
+                    (Command::User(name), _) => name.to_string(),
+                    (_, Login::AwaitPass(name)) => name.clone(),
+                    _ => String::new(),
+                };
+                let refused = Some(LoginRefusal::TlsRequired);
+                self.events.push_back(Event::Login { user, refused });
+            }
             self.reply(code.0, code.1);
             return;
         }
@@ -617,8 +677,8 @@ impl Session {
             Cwd(p) => self.cwd(p),
             Cdup => self.cwd(".."),
             Mkd(p) => self.mkd(p),
-            Rmd(p) => self.simple_write(p, "Directory removed.", |s, p| s.rmdir(p)),
-            Dele(p) => self.simple_write(p, "File deleted.", |s, p| s.remove(p)),
+            Rmd(p) => self.simple_write(p, "RMD", "Directory removed.", |s, p| s.rmdir(p)),
+            Dele(p) => self.simple_write(p, "DELE", "File deleted.", |s, p| s.remove(p)),
             Rnfr(p) => self.rnfr(p),
             Rnto(p) => self.rnto(rename_from, p),
             Size(p) => self.size(p),
@@ -705,15 +765,24 @@ impl Session {
             }
         };
         let (auth, password, peer) = (self.config.auth.clone(), password.to_string(), self.peer);
+        let name = user.clone();
         self.offload(
             move || auth.authenticate(&user, &password, peer.ip()),
-            |s, result| match result {
-                Ok(account) => {
-                    s.login = Login::LoggedIn(Box::new(account));
-                    s.cwd = String::from("/");
-                    s.reply(230, "Login successful.");
+            move |s, result| {
+                let refused = result.as_ref().err().map(|e| match e {
+                    AuthError::BadCredentials => LoginRefusal::BadCredentials,
+                    AuthError::LockedOut => LoginRefusal::LockedOut,
+                    AuthError::HomeMissing => LoginRefusal::HomeMissing,
+                });
+                s.events.push_back(Event::Login { user: name, refused });
+                match result {
+                    Ok(account) => {
+                        s.login = Login::LoggedIn(Box::new(account));
+                        s.cwd = String::from("/");
+                        s.reply(230, "Login successful.");
+                    }
+                    Err(_) => s.login_failed(),
                 }
-                Err(AuthError::BadCredentials) | Err(AuthError::LockedOut) => s.login_failed(),
             },
         );
     }
@@ -872,9 +941,13 @@ impl Session {
             return self.reply(501, "SITE CHMOD needs an octal mode and a path.");
         }
         let abs = path::resolve(&self.cwd, path);
+        let target = abs.clone();
         self.on_storage(
-            move |s| s.set_mode(path::relative(&abs), mode & 0o777),
-            |s, r| s.reply_result(r, 200, "SITE CHMOD command successful."),
+            move |s| s.set_mode(path::relative(&target), mode & 0o777),
+            move |s, r| {
+                s.note_op("SITE CHMOD", &abs, None, &r, 200);
+                s.reply_result(r, 200, "SITE CHMOD command successful.")
+            },
         );
     }
 
@@ -904,9 +977,13 @@ impl Session {
             true => String::from("File modification time set."),
             false => format!("Modify={}; {arg}", listing::time_val(time)),
         };
+        let target = abs.clone();
         self.on_storage(
-            move |s| s.set_modified(path::relative(&abs), time),
-            move |s, r| s.reply_result(r, 213, &text),
+            move |s| s.set_modified(path::relative(&target), time),
+            move |s, r| {
+                s.note_op("MFMT", &abs, None, &r, 213);
+                s.reply_result(r, 213, &text)
+            },
         );
     }
 
@@ -993,9 +1070,12 @@ impl Session {
         let target = abs.clone();
         self.on_storage(
             move |s| s.mkdir(path::relative(&target)),
-            move |s, made| match made {
-                Ok(()) => s.reply(257, &format!("\"{}\" created.", path::quote(&abs))),
-                Err(e) => s.reply_error(&e),
+            move |s, made| {
+                s.note_op("MKD", &abs, None, &made, 257);
+                match made {
+                    Ok(()) => s.reply(257, &format!("\"{}\" created.", path::quote(&abs))),
+                    Err(e) => s.reply_error(&e),
+                }
             },
         );
     }
@@ -1003,6 +1083,7 @@ impl Session {
     fn simple_write(
         &mut self,
         arg: &str,
+        verb: &'static str,
         done: &'static str,
         op: fn(&dyn Storage, &str) -> std::io::Result<()>,
     ) {
@@ -1010,9 +1091,13 @@ impl Session {
         if abs == "/" {
             return self.reply(550, "The root cannot be changed.");
         }
+        let target = abs.clone();
         self.on_storage(
-            move |s| op(s, path::relative(&abs)),
-            move |s, r| s.reply_result(r, 250, done),
+            move |s| op(s, path::relative(&target)),
+            move |s, r| {
+                s.note_op(verb, &abs, None, &r, 250);
+                s.reply_result(r, 250, done)
+            },
         );
     }
 
@@ -1039,9 +1124,13 @@ impl Session {
             return self.reply(503, "RNTO must follow RNFR.");
         };
         let to = path::resolve(&self.cwd, arg);
+        let (source, target) = (from.clone(), to.clone());
         self.on_storage(
-            move |s| s.rename(path::relative(&from), path::relative(&to)),
-            |s, r| s.reply_result(r, 250, "Rename successful."),
+            move |s| s.rename(path::relative(&source), path::relative(&target)),
+            move |s, r| {
+                s.note_op("RNTO", &to, Some(from), &r, 250);
+                s.reply_result(r, 250, "Rename successful.")
+            },
         );
     }
 
@@ -1423,6 +1512,22 @@ impl Session {
         self.offload(job, then);
     }
 
+    /// Reports a change to the files as an [`Event::FileOp`] with the code its reply gets.
+    fn note_op<T>(
+        &mut self,
+        verb: &'static str,
+        path: &str,
+        from: Option<String>,
+        result: &std::io::Result<T>,
+        ok: u16,
+    ) {
+        let code = match result {
+            Ok(_) => ok,
+            Err(e) => error_reply(e).0,
+        };
+        self.events.push_back(Event::FileOp { verb, path: path.to_string(), from, code });
+    }
+
     fn reply_result(&mut self, result: std::io::Result<()>, code: u16, text: &str) {
         match result {
             Ok(()) => self.reply(code, text),
@@ -1451,6 +1556,11 @@ impl Session {
 
     fn reply_error(&mut self, err: &std::io::Error) {
         let (code, text) = error_reply(err);
+        if (451..500).contains(&code) {
+            // The storage itself failed (not a missing file or a refusal): worth an operator's
+            // attention.
+            self.events.push_back(Event::StorageError(text.clone()));
+        }
         self.reply(code, &text);
     }
 
@@ -1561,6 +1671,18 @@ fn transfer_line(r: &Running) -> String {
 }
 
 /// Commands answered while a transfer runs: the reason FTP has a second channel.
+/// A command line for a log: PASS's argument masked, control characters escaped, at most 200
+/// characters.
+fn masked(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']);
+    let verb = text.split(' ').next().unwrap_or("");
+    if verb.eq_ignore_ascii_case("PASS") {
+        return format!("{verb} ****");
+    }
+    text.chars().take(200).flat_map(char::escape_debug).collect()
+}
+
 fn is_live(line: &[u8]) -> bool {
     matches!(command::parse(line), Ok(Command::Abor | Command::Noop | Command::Stat(None)))
 }

@@ -81,20 +81,28 @@ pub struct XferStart {
     pub ascii: bool,
 }
 
-/// Logs a finished transfer (and appends it to the xferlog), then tells the session.
+/// Logs and counts a finished transfer (and appends it to the xferlog), then tells the
+/// session. Returns the bytes it moved.
 pub fn finish_transfer(
     log: Option<&Xferlog>,
     session: &mut Session,
     peer: IpAddr,
     start: XferStart,
     outcome: Outcome,
-) {
+) -> u64 {
+    let mut moved = 0;
     if let Some((verb, path, bytes)) = session.transfer_status() {
         let complete = matches!(outcome, Outcome::Done);
         let user = session.user().unwrap_or("");
         let took = start.at.elapsed();
-        if matches!(verb, "RETR" | "STOR" | "APPE" | "STOU") {
-            tracing::info!(verb, path, bytes, complete, user, %peer, ms = took.as_millis() as u64, "transfer");
+        moved = bytes;
+        crate::metrics::transfer(verb, complete, bytes, took);
+        let ms = took.as_millis() as u64;
+        match verb {
+            "RETR" | "STOR" | "APPE" | "STOU" => {
+                tracing::info!(verb, path, bytes, complete, user, %peer, ms, "transfer")
+            }
+            _ => tracing::debug!(verb, path, bytes, complete, user, ms, "listing"),
         }
         if let Some(log) = log {
             let anonymous = session.is_anonymous();
@@ -103,6 +111,7 @@ pub fn finish_transfer(
         }
     }
     session.handle_transfer_done(outcome);
+    moved
 }
 
 /// A session's published state, kept in step with the registry.
@@ -113,9 +122,9 @@ pub struct Published {
 }
 
 impl Published {
-    pub fn new(registry: &Arc<Registry>, fd: RawFd, peer: SocketAddr) -> Self {
+    pub fn new(registry: &Arc<Registry>, fd: RawFd, peer: SocketAddr, id: u64) -> Self {
         let peer = peer.to_string();
-        Published { entry: registry.enter(fd, &peer), peer, shown: (None, None) }
+        Published { entry: registry.enter(fd, &peer, id), peer, shown: (None, None) }
     }
 
     /// Publishes what changed since the last call.
@@ -141,10 +150,17 @@ impl Published {
 /// Serves one client until it leaves; never panics on what the client sends. With `implicit`,
 /// the connection speaks TLS from its first byte (implicit FTPS).
 pub fn serve(stream: TcpStream, ctx: &Ctx, implicit: bool) {
-    let Ok(mut conn) = Conn::new(stream, ctx, implicit) else {
+    let Ok(peer) = stream.peer_addr() else {
         return;
     };
+    let (id, span) = crate::observe::opened(peer);
+    let _in_span = span.enter();
+    let since = Instant::now();
+    let Ok(mut conn) = Conn::new(stream, ctx, implicit, id) else {
+        return crate::observe::closed(since, 0);
+    };
     loop {
+        crate::observe::events(&mut conn.session);
         if let Some(p) = &mut conn.published {
             p.update(&conn.session);
         }
@@ -152,9 +168,10 @@ pub fn serve(stream: TcpStream, ctx: &Ctx, implicit: bool) {
             break;
         }
     }
+    crate::observe::events(&mut conn.session);
     conn.published.take();
     conn.control.close();
-    tracing::debug!(peer = %conn.peer, "session ended");
+    crate::observe::closed(since, conn.bytes);
 }
 
 struct Conn<'a> {
@@ -181,10 +198,12 @@ struct Conn<'a> {
     /// A login or idle timeout fired: the connection closes now, its last reply written only
     /// if the socket takes it at once.
     expired: bool,
+    /// Bytes moved by the session's transfers, for its closing log line.
+    bytes: u64,
 }
 
 impl<'a> Conn<'a> {
-    fn new(sock: TcpStream, ctx: &'a Ctx, implicit: bool) -> io::Result<Self> {
+    fn new(sock: TcpStream, ctx: &'a Ctx, implicit: bool, id: u64) -> io::Result<Self> {
         let peer = sock.peer_addr()?;
         let Control { stream: control, session, tls: scope, local } =
             open_control(sock, peer, ctx, implicit)?;
@@ -205,11 +224,12 @@ impl<'a> Conn<'a> {
             wake_at: None,
             stop_by: None,
             closed: false,
-            published: ctx.registry.as_ref().map(|r| Published::new(r, fd, peer)),
+            published: ctx.registry.as_ref().map(|r| Published::new(r, fd, peer, id)),
             xfer: XferStart { at: now, ascii: false },
             data_sleep: None,
             created: now,
             expired: false,
+            bytes: 0,
         })
     }
 
@@ -284,7 +304,7 @@ impl<'a> Conn<'a> {
 
     fn done(&mut self, outcome: Outcome) {
         let log = self.ctx.xferlog.as_deref();
-        finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
+        self.bytes += finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
     }
 
     fn step_task(&mut self) {

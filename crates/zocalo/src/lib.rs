@@ -12,6 +12,8 @@ pub mod conn;
 pub mod data;
 pub mod fs;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod models;
 pub mod net;
 pub mod registry;

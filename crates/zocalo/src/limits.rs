@@ -30,6 +30,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The cause for the logs and metrics.
+    pub fn cause(self) -> crate::observe::Refused {
+        match self {
+            Refusal::TooManyConnections => crate::observe::Refused::MaxConnections,
+            Refusal::TooManyFromAddress => crate::observe::Refused::MaxPerIp,
+        }
+    }
+
     pub fn reply(self) -> &'static [u8] {
         match self {
             Refusal::TooManyConnections => b"421 Too many connections; try again later.\r\n",
@@ -199,8 +207,13 @@ impl LoginGuard for SharedGuard {
         if now.saturating_sub(b.last.load(Ordering::Relaxed)) >= self.ban.as_millis() as u64 {
             b.failures.store(0, Ordering::Relaxed);
         }
-        b.failures.fetch_add(1, Ordering::Relaxed);
+        let failures = b.failures.fetch_add(1, Ordering::Relaxed) + 1;
         b.last.store(now, Ordering::Relaxed);
+        if failures == self.max_failures {
+            crate::metrics::inc(crate::metrics::Counter::LockOuts);
+            let secs = self.ban.as_secs();
+            tracing::warn!(address = %ip, failures, secs, "address locked out after failed logins");
+        }
     }
 }
 

@@ -32,10 +32,10 @@ struct Slot {
     text: [AtomicU64; TEXT_WORDS],
 }
 
-/// The shared slot table. The id counter lives in the mapping too, so ids stay unique across
-/// the processes of the `process` model.
+/// The shared slot table. Session ids come from the metrics table's session counter, which
+/// lives in a shared mapping too, so ids stay unique across the processes of the `process`
+/// model and match the ids in the log lines.
 pub struct Registry {
-    next_id: *const AtomicU64,
     slots: *mut Slot,
     len: usize,
 }
@@ -74,11 +74,10 @@ impl Registry {
         let len = len.clamp(1, 65_536);
         let size = HEADER + len * std::mem::size_of::<Slot>();
         let ptr = crate::shm::map_zeroed(size)?;
-        let next_id = ptr.cast::<AtomicU64>();
         // SAFETY: the slots start HEADER bytes into the mapping, which is page-aligned and
         // `size` bytes long.
         let slots = unsafe { ptr.cast::<u8>().add(HEADER).cast::<Slot>() };
-        Ok(Registry { next_id, slots, len })
+        Ok(Registry { slots, len })
     }
 
     fn slot(&self, i: usize) -> &Slot {
@@ -88,9 +87,7 @@ impl Registry {
 
     /// Claims a free slot for a new session (none when the table is full: the session runs
     /// but is not listed).
-    pub fn enter(self: &Arc<Self>, fd: RawFd, peer: &str) -> Entry {
-        // SAFETY: the header is inside the mapping and holds a zero-initialised AtomicU64.
-        let id = unsafe { &*self.next_id }.fetch_add(1, Ordering::Relaxed) + 1;
+    pub fn enter(self: &Arc<Self>, fd: RawFd, peer: &str, id: u64) -> Entry {
         for i in 0..self.len {
             let slot = self.slot(i);
             if slot.id.compare_exchange(0, id, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -272,11 +269,11 @@ mod tests {
     #[test]
     fn publish_read_and_release() {
         let r = Arc::new(Registry::new(2).unwrap());
-        let a = r.enter(-1, "127.0.0.1:5");
+        let a = r.enter(-1, "127.0.0.1:5", 1);
         a.publish("127.0.0.1:5", "alice", "RETR /x", 10);
         let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let b = r.enter(std::os::fd::AsRawFd::as_raw_fd(&sock), "[::1]:6");
-        let c = r.enter(-1, "no room");
+        let b = r.enter(std::os::fd::AsRawFd::as_raw_fd(&sock), "[::1]:6", 2);
+        let c = r.enter(-1, "no room", 3);
         assert!(c.index.is_none());
         let list = r.sessions();
         assert_eq!(list.len(), 2);
@@ -299,7 +296,7 @@ mod tests {
     #[test]
     fn long_text_is_cut_on_a_char_boundary() {
         let r = Arc::new(Registry::new(1).unwrap());
-        let e = r.enter(-1, "p");
+        let e = r.enter(-1, "p", 4);
         e.publish("p", "ü", &"ñ".repeat(300), 0);
         let v = &r.sessions()[0];
         assert!(v.transfer.starts_with("ññ"));

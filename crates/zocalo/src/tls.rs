@@ -101,7 +101,7 @@ impl Tls {
     fn wrap(config: &Arc<ServerConfig>, sock: TcpStream) -> io::Result<TlsStream> {
         let mut conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
-        Ok(TlsStream { conn, sock, eof: false })
+        Ok(TlsStream { conn, sock, eof: false, counted: false })
     }
 }
 
@@ -111,6 +111,17 @@ pub struct TlsStream {
     conn: ServerConnection,
     sock: TcpStream,
     eof: bool,
+    /// The handshake's outcome went into the metrics (a success once it completes; a stream
+    /// dropped before that counts as a failure).
+    counted: bool,
+}
+
+impl Drop for TlsStream {
+    fn drop(&mut self) {
+        if !self.counted {
+            crate::metrics::inc(crate::metrics::Counter::TlsFailures);
+        }
+    }
 }
 
 impl TlsStream {
@@ -185,6 +196,10 @@ impl TlsStream {
         if let Err(e) = self.conn.process_new_packets() {
             let _ = self.flush_tls();
             return Err(io::Error::new(ErrorKind::InvalidData, e));
+        }
+        if !self.counted && !self.conn.is_handshaking() {
+            self.counted = true;
+            crate::metrics::inc(crate::metrics::Counter::TlsHandshakes);
         }
         Ok(n)
     }

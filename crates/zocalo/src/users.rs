@@ -178,27 +178,32 @@ impl Users {
         Ok(Arc::new(LocalFs::open(&path, self.atomic_uploads)?))
     }
 
-    fn check(&self, user: &str, password: &str) -> Option<Account> {
+    fn check(&self, user: &str, password: &str) -> Result<Account, AuthError> {
+        let bad = AuthError::BadCredentials;
         if self.is_anonymous(user) {
-            let writable = self.anonymous?;
-            return Some(self.account("anonymous", self.root_storage(), writable, true));
+            let writable = self.anonymous.ok_or(bad)?;
+            return Ok(self.account("anonymous", self.root_storage(), writable, true));
         }
         if let Some(expected) = self.plain.get(user) {
             return constant_time_eq(expected.as_bytes(), password.as_bytes())
-                .then(|| self.account(user, self.root_storage(), true, false));
+                .then(|| self.account(user, self.root_storage(), true, false))
+                .ok_or(bad);
         }
         let found = self.file_users.read().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
         if found.is_none() && self.users_file.is_none() {
-            return None;
+            return Err(bad);
         }
         let dummy = || hash_password("zocalo-dummy").unwrap_or_default();
         let hash = found
             .as_ref()
             .map_or_else(|| self.dummy_hash.get_or_init(dummy).as_str(), |u| u.hash.as_str());
         let ok = verify(hash, password) && found.is_some();
-        let user = found.filter(|_| ok)?;
-        let storage = self.home_storage(&user.home).ok()?;
-        Some(self.account(&user.name, storage, user.writable, false))
+        let user = found.filter(|_| ok).ok_or(bad)?;
+        let storage = self.home_storage(&user.home).map_err(|e| {
+            tracing::warn!(user = user.name, home = %user.home.display(), "home unusable: {e}");
+            AuthError::HomeMissing
+        })?;
+        Ok(self.account(&user.name, storage, user.writable, false))
     }
 
     fn account(
@@ -232,11 +237,12 @@ impl Authenticator for Users {
             return Err(AuthError::LockedOut);
         }
         match self.check(user, password) {
-            Some(account) => Ok(account),
-            None => {
+            Ok(account) => Ok(account),
+            Err(AuthError::BadCredentials) => {
                 self.guard.record_failure(peer);
                 Err(AuthError::BadCredentials)
             }
+            Err(other) => Err(other),
         }
     }
 }

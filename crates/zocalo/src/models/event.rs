@@ -121,6 +121,10 @@ struct Conn {
     scheduled: Option<Instant>,
     closed: bool,
     published: Option<Published>,
+    /// Every log line of this session is written in this span (its id and peer).
+    span: tracing::Span,
+    /// Bytes moved by the session's transfers, for its closing log line.
+    bytes: u64,
     xferlog: Option<Arc<Xferlog>>,
     xfer: XferStart,
     data_sleep: Option<Instant>,
@@ -247,10 +251,14 @@ impl EventLoop {
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, implicit: bool) {
         let permit = match self.limits.admit(peer.ip()) {
             Ok(p) => p,
-            Err(refusal) => return net::refuse(&stream, refusal.reply()),
+            Err(refusal) => {
+                crate::observe::refused(refusal.cause(), Some(peer));
+                return net::refuse(&stream, refusal.reply());
+            }
         };
         if let Some(limit) = self.poller.capacity_limit() {
             if stream.as_raw_fd() as usize >= limit {
+                crate::observe::refused(crate::observe::Refused::FdSetsize, Some(peer));
                 return net::refuse(
                     &stream,
                     b"421 Too many connections for select(2); try later.\r\n",
@@ -340,6 +348,8 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
+        let span = conn.span.clone();
+        let _in_span = span.enter();
         conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
         if conn.expired {
             if !conn.handshaking {
@@ -362,6 +372,7 @@ impl EventLoop {
             let key = Key { index, serial: conn.serial, transfer: conn.transfers };
             self.workers.submit(key, work);
         }
+        crate::observe::events(&mut conn.session);
         if let Some(p) = &mut conn.published {
             p.update(&conn.session);
         }
@@ -376,6 +387,10 @@ impl EventLoop {
 
     fn remove(&mut self, index: usize) {
         if let Some(mut conn) = self.conns[index].take() {
+            let span = conn.span.clone();
+            let _in_span = span.enter();
+            crate::observe::events(&mut conn.session);
+            crate::observe::closed(conn.created, conn.bytes);
             conn.published.take();
             conn.drop_task(self.poller.as_mut());
             let _ = self.poller.deregister(conn.control.fd());
@@ -442,8 +457,11 @@ impl Conn {
         let Control { stream: control, session, tls: scope, local } =
             open_control(sock, peer, ctx, implicit)?;
         let now = Instant::now();
-        let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer));
+        let (id, span) = crate::observe::opened(peer);
+        let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer, id));
         Ok(Conn {
+            span,
+            bytes: 0,
             tls: scope,
             published,
             xferlog: ctx.xferlog.clone(),
@@ -632,7 +650,7 @@ impl Conn {
 
     fn done(&mut self, outcome: Outcome) {
         let log = self.xferlog.as_deref();
-        finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
+        self.bytes += finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
     }
 
     fn step_task(&mut self, poller: &mut dyn Poller, index: usize) {

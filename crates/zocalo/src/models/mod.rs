@@ -230,7 +230,10 @@ fn accept_ready(
                     let _ = stream.set_nonblocking(false);
                     handle(stream, permit, listener.implicit_tls);
                 }
-                Err(refusal) => net::refuse(&stream, refusal.reply()),
+                Err(refusal) => {
+                    crate::observe::refused(refusal.cause(), Some(peer));
+                    net::refuse(&stream, refusal.reply())
+                }
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -250,11 +253,8 @@ fn accept_ready(
     }
 }
 
-/// Serves one connection with the blocking driver, logging its start.
+/// Serves one connection with the blocking driver.
 pub(crate) fn serve_blocking(stream: TcpStream, ctx: &Ctx, implicit_tls: bool) {
-    if let Ok(peer) = stream.peer_addr() {
-        tracing::debug!(%peer, "session started");
-    }
     conn::serve(stream, ctx, implicit_tls);
 }
 

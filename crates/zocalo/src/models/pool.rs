@@ -36,6 +36,7 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let refuse = |stream: &TcpStream| {
+        crate::observe::refused(crate::observe::Refused::PoolFull, stream.peer_addr().ok());
         net::refuse(stream, b"421 All workers busy and the queue is full; try later.\r\n")
     };
     let result = accept_loop(
@@ -69,6 +70,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::conn::Ctx, admitted: &AtomicUs
             return;
         };
         if ctx.shutdown.is_triggered() {
+            crate::observe::refused(crate::observe::Refused::Shutdown, stream.peer_addr().ok());
             net::refuse(&stream, b"421 Server shutting down.\r\n");
         } else {
             serve_blocking(stream, ctx, tls);

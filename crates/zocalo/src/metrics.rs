@@ -1,0 +1,356 @@
+//! What the server counts, and `--metrics ADDR`: `/metrics` in the Prometheus text format and
+//! `/health` for balancers.
+//!
+//! Every counter is an atomic in one anonymous shared mapping made before the first fork, so
+//! the `process` model's children count into the same table the metrics endpoint reads (as the
+//! session table and the lock-out table do). Counting is a relaxed atomic add wherever the
+//! thing happens; before [`init`] (the client, unit tests) it does nothing.
+//!
+//! The HTTP side is a small blocking server of its own: one request per connection, each read
+//! and write bounded by a timeout, requests larger than 8 KiB refused. It needs no runtime and
+//! no crate, and a scraper is its only client.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// One counter (or gauge) of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Also the source of session ids: unique across the `process` model's children.
+    SessionsTotal,
+    SessionsOpen,
+    LoginsAccepted,
+    LoginsBadCredentials,
+    LoginsLockedOut,
+    LoginsHomeMissing,
+    LoginsTlsRequired,
+    LockOuts,
+    RefusedMaxConnections,
+    RefusedMaxPerIp,
+    RefusedDescriptors,
+    RefusedFdSetsize,
+    RefusedShutdown,
+    RefusedPoolFull,
+    BytesSent,
+    BytesReceived,
+    TlsHandshakes,
+    TlsFailures,
+    StorageErrors,
+    FileOpsOk,
+    FileOpsFailed,
+    TftpReadOk,
+    TftpReadFailed,
+    TftpWriteOk,
+    TftpWriteFailed,
+}
+
+const COUNTERS: usize = Counter::TftpWriteFailed as usize + 1;
+
+/// The commands whose transfers are counted, by result.
+const VERBS: [&str; 7] = ["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"];
+const TRANSFERS: usize = COUNTERS;
+
+/// Histogram bounds in seconds, for transfers and for listings.
+const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0];
+/// Each histogram: one slot per bucket, then the sum in microseconds, then the count.
+const HISTOGRAM: usize = BUCKETS.len() + 2;
+const TRANSFER_SECONDS: usize = TRANSFERS + VERBS.len() * 2;
+const LISTING_SECONDS: usize = TRANSFER_SECONDS + HISTOGRAM;
+const SLOTS: usize = LISTING_SECONDS + HISTOGRAM;
+
+static TABLE: OnceLock<&'static [AtomicU64]> = OnceLock::new();
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// Maps the table (before any fork) and names the node the metrics are labelled with.
+pub fn init(node: &str) -> io::Result<()> {
+    let _ = NODE.set(node.to_string());
+    if TABLE.get().is_some() {
+        return Ok(());
+    }
+    let ptr = crate::shm::map_zeroed(SLOTS * std::mem::size_of::<AtomicU64>())?;
+    // SAFETY: the mapping is zeroed (a valid AtomicU64 each), aligned to a page, never unmapped,
+    // and only ever accessed through these atomics.
+    let table = unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), SLOTS) };
+    let _ = TABLE.set(table);
+    Ok(())
+}
+
+fn slot(index: usize) -> Option<&'static AtomicU64> {
+    TABLE.get().map(|t| &t[index])
+}
+
+pub fn add(counter: Counter, n: u64) {
+    if let Some(s) = slot(counter as usize) {
+        s.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub fn inc(counter: Counter) {
+    add(counter, 1);
+}
+
+pub fn dec(counter: Counter) {
+    if let Some(s) = slot(counter as usize) {
+        s.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn get(index: usize) -> u64 {
+    slot(index).map_or(0, |s| s.load(Ordering::Relaxed))
+}
+
+/// A new session: counted, and given its id (shown by `ctl status` and in every log line).
+pub fn session_opened() -> u64 {
+    inc(Counter::SessionsOpen);
+    match slot(Counter::SessionsTotal as usize) {
+        Some(s) => s.fetch_add(1, Ordering::Relaxed) + 1,
+        None => {
+            static LOCAL: AtomicU64 = AtomicU64::new(0);
+            LOCAL.fetch_add(1, Ordering::Relaxed) + 1
+        }
+    }
+}
+
+pub fn session_closed() {
+    dec(Counter::SessionsOpen);
+}
+
+/// A finished transfer or listing: its result, bytes and duration.
+pub fn transfer(verb: &str, complete: bool, bytes: u64, took: Duration) {
+    let Some(v) = VERBS.iter().position(|x| *x == verb) else {
+        return;
+    };
+    if let Some(s) = slot(TRANSFERS + v * 2 + usize::from(!complete)) {
+        s.fetch_add(1, Ordering::Relaxed);
+    }
+    let listing = v >= 4;
+    add(if v == 0 || listing { Counter::BytesSent } else { Counter::BytesReceived }, bytes);
+    observe(if listing { LISTING_SECONDS } else { TRANSFER_SECONDS }, took);
+}
+
+fn observe(base: usize, took: Duration) {
+    let seconds = took.as_secs_f64();
+    if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+        if let Some(s) = slot(base + i) {
+            s.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(s) = slot(base + BUCKETS.len()) {
+        s.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+    if let Some(s) = slot(base + BUCKETS.len() + 1) {
+        s.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The Prometheus text exposition of the table.
+pub fn render() -> String {
+    let node = NODE.get().map_or("", String::as_str);
+    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::with_capacity(8 * 1024);
+    let mut family = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in series {
+            let sep = if labels.is_empty() { "" } else { "," };
+            let _ = writeln!(out, "{name}{{node=\"{node}\"{sep}{labels}}} {value}");
+        }
+    };
+    use Counter::*;
+    let c = |counter: Counter| get(counter as usize);
+    family("zocalo_sessions_total", "counter", "Sessions admitted.", &[("", c(SessionsTotal))]);
+    family("zocalo_sessions_open", "gauge", "Sessions open now.", &[("", c(SessionsOpen))]);
+    family(
+        "zocalo_logins_total",
+        "counter",
+        "Login attempts by result.",
+        &[
+            ("result=\"accepted\"", c(LoginsAccepted)),
+            ("result=\"bad_credentials\"", c(LoginsBadCredentials)),
+            ("result=\"locked_out\"", c(LoginsLockedOut)),
+            ("result=\"home_missing\"", c(LoginsHomeMissing)),
+            ("result=\"tls_required\"", c(LoginsTlsRequired)),
+        ],
+    );
+    family("zocalo_lockouts_total", "counter", "Addresses locked out.", &[("", c(LockOuts))]);
+    family(
+        "zocalo_refusals_total",
+        "counter",
+        "Connections refused with 421, by cause.",
+        &[
+            ("cause=\"max_connections\"", c(RefusedMaxConnections)),
+            ("cause=\"max_per_ip\"", c(RefusedMaxPerIp)),
+            ("cause=\"descriptors\"", c(RefusedDescriptors)),
+            ("cause=\"fd_setsize\"", c(RefusedFdSetsize)),
+            ("cause=\"shutdown\"", c(RefusedShutdown)),
+            ("cause=\"pool_full\"", c(RefusedPoolFull)),
+        ],
+    );
+    family("zocalo_sent_bytes_total", "counter", "Data bytes sent.", &[("", c(BytesSent))]);
+    family(
+        "zocalo_received_bytes_total",
+        "counter",
+        "Data bytes received.",
+        &[("", c(BytesReceived))],
+    );
+    let transfers: Vec<(String, u64)> = VERBS
+        .iter()
+        .enumerate()
+        .flat_map(|(v, verb)| {
+            [("ok", 0), ("failed", 1)].map(|(result, i)| {
+                (format!("command=\"{verb}\",result=\"{result}\""), get(TRANSFERS + v * 2 + i))
+            })
+        })
+        .collect();
+    let transfers: Vec<(&str, u64)> = transfers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    family("zocalo_transfers_total", "counter", "Transfers and listings.", &transfers);
+    family(
+        "zocalo_tls_handshakes_total",
+        "counter",
+        "TLS handshakes by result.",
+        &[("result=\"ok\"", c(TlsHandshakes)), ("result=\"failed\"", c(TlsFailures))],
+    );
+    family(
+        "zocalo_storage_errors_total",
+        "counter",
+        "Storage calls that failed.",
+        &[("", c(StorageErrors))],
+    );
+    family(
+        "zocalo_file_operations_total",
+        "counter",
+        "DELE, RMD, MKD, RNTO, SITE CHMOD and MFMT by result.",
+        &[("result=\"ok\"", c(FileOpsOk)), ("result=\"failed\"", c(FileOpsFailed))],
+    );
+    family(
+        "zocalo_tftp_transfers_total",
+        "counter",
+        "TFTP transfers by direction and result.",
+        &[
+            ("direction=\"read\",result=\"ok\"", c(TftpReadOk)),
+            ("direction=\"read\",result=\"failed\"", c(TftpReadFailed)),
+            ("direction=\"write\",result=\"ok\"", c(TftpWriteOk)),
+            ("direction=\"write\",result=\"failed\"", c(TftpWriteFailed)),
+        ],
+    );
+    histogram(&mut out, &node, "zocalo_transfer_duration_seconds", "RETR, STOR, APPE, STOU.", TRANSFER_SECONDS);
+    histogram(&mut out, &node, "zocalo_listing_duration_seconds", "LIST, NLST, MLSD.", LISTING_SECONDS);
+    out
+}
+
+fn histogram(out: &mut String, node: &str, name: &str, help: &str, base: usize) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, bound) in BUCKETS.iter().enumerate() {
+        cumulative += get(base + i);
+        let _ = writeln!(out, "{name}_bucket{{node=\"{node}\",le=\"{bound}\"}} {cumulative}");
+    }
+    let count = get(base + BUCKETS.len() + 1);
+    let _ = writeln!(out, "{name}_bucket{{node=\"{node}\",le=\"+Inf\"}} {count}");
+    let sum = get(base + BUCKETS.len()) as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{node=\"{node}\"}} {sum}");
+    let _ = writeln!(out, "{name}_count{{node=\"{node}\"}} {count}");
+}
+
+/// The largest request read; scrapers send a few hundred bytes.
+const REQUEST_MAX: usize = 8 * 1024;
+/// How long one request may take to arrive or its answer to leave.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `/metrics` and `/health` until `stop` says so. `draining` says whether the server is
+/// stopping (then `/health` answers 503, so a balancer sends no new sessions).
+pub fn serve(listener: &TcpListener, draining: &dyn Fn() -> bool, stop: &dyn Fn() -> bool) {
+    let _ = listener.set_nonblocking(true);
+    while !stop() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = answer(stream, draining());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(listener),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; a 200 ms tick so `stop` is looked at.
+                unsafe { libc::poll(&mut fd, 1, 200) };
+            }
+            Err(e) if crate::net::out_of_descriptors(&e) => std::thread::sleep(IO_TIMEOUT / 10),
+            Err(_) => {}
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, draining: bool) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut request = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        if request.len() > REQUEST_MAX || Instant::now() > deadline {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "");
+        }
+        match stream.read(&mut buf)? {
+            0 => return Ok(()),
+            n => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => {
+            let body = render();
+            respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &body)
+        }
+        ("GET", "/health") if draining => {
+            respond(&mut stream, "503 Service Unavailable", "text/plain", "draining\n")
+        }
+        ("GET", "/health") => respond(&mut stream, "200 OK", "text/plain", "ok\n"),
+        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n"),
+        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", ""),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_in_the_text_format() {
+        init("test-node").unwrap();
+        let id = session_opened();
+        assert!(session_opened() > id);
+        inc(Counter::LoginsAccepted);
+        transfer("RETR", true, 1000, Duration::from_millis(3));
+        transfer("LIST", false, 10, Duration::from_secs(2));
+        let text = render();
+        assert!(text.contains("zocalo_logins_total{node=\"test-node\",result=\"accepted\"} 1"));
+        assert!(text.contains("zocalo_sent_bytes_total{node=\"test-node\"} 1010"));
+        assert!(text.contains("command=\"RETR\",result=\"ok\"} 1"));
+        assert!(text.contains("command=\"LIST\",result=\"failed\"} 1"));
+        assert!(text.contains("zocalo_transfer_duration_seconds_bucket{node=\"test-node\",le=\"0.005\"} 1"));
+        assert!(text.contains("zocalo_listing_duration_seconds_count{node=\"test-node\"} 1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
