@@ -15,7 +15,6 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::registry::Registry;
 use crate::shutdown::{Reload, Shutdown};
-use crate::users::Users;
 
 const MAX_MESSAGE: usize = 32 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,7 +27,7 @@ pub struct Admin {
     /// In the `process` model's admin process: the parent, which must reload too.
     forward: Option<Reload>,
     registry: Arc<Registry>,
-    users: Arc<Users>,
+    reloader: crate::serve::Reloader,
     /// The model and the `listening` lines.
     summary: Vec<String>,
 }
@@ -39,7 +38,7 @@ impl Admin {
     pub fn bind(
         path: &Path,
         registry: Arc<Registry>,
-        users: Arc<Users>,
+        reloader: crate::serve::Reloader,
         summary: Vec<String>,
     ) -> io::Result<Self> {
         remove_stale(path)?;
@@ -49,7 +48,7 @@ impl Admin {
         socket.listen(16)?;
         socket.set_nonblocking(true)?;
         let path = Some(path.to_path_buf());
-        Ok(Admin { socket, path, forward: None, registry, users, summary })
+        Ok(Admin { socket, path, forward: None, registry, reloader, summary })
     }
 
     /// The listening descriptor, for a poll set.
@@ -89,15 +88,16 @@ impl Admin {
                 Ok(id) if self.registry.kick(id) => format!("kicked session {id}\n"),
                 _ => format!("error: no session {id}\n"),
             },
-            (Some("reload"), None) => match self.users.reload() {
-                Ok(n) => {
-                    if let Some(parent) = &self.forward {
-                        parent.ask();
-                    }
-                    format!("reloaded: {n} accounts in the users file\n")
+            (Some("reload"), None) => {
+                // In the `process` model the parent reloads too (new children fork from it).
+                if let Some(parent) = &self.forward {
+                    parent.ask();
                 }
-                Err(e) => format!("error: {e}\n"),
-            },
+                match self.reloader.reload() {
+                    Ok(summary) => format!("{summary}\n"),
+                    Err(e) => format!("error: {e}\n"),
+                }
+            }
             _ => "error: requests are `status`, `kick ID` and `reload`\n".into(),
         }
     }

@@ -394,6 +394,15 @@ pub struct ServeArgs {
     /// Seconds an S3 request may take to connect, to answer, and per read [default: 30].
     #[arg(long, value_name = "SECS")]
     pub s3_timeout: Option<u64>,
+    /// Write logs to this file instead of standard error (reopened on SIGHUP and ctl reload).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Serve /metrics (Prometheus text format) and /health on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// This node's name in metrics and `ctl status` [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -440,6 +449,9 @@ pub struct FileConfig {
     s3_timeout: Option<u64>,
     s3_access_key: Option<String>,
     s3_secret_key: Option<String>,
+    log_file: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+    node_name: Option<String>,
 }
 
 /// FTPS settings.
@@ -487,6 +499,9 @@ pub struct Settings {
     pub login_timeout: Duration,
     /// `None`: the local directory `root`.
     pub s3: Option<zocalo_s3::S3Config>,
+    pub log_file: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub node_name: String,
 }
 
 impl Settings {
@@ -573,6 +588,12 @@ impl Settings {
             max_rate_down: args.max_rate_down.or(file.max_rate_down).filter(|r| *r > 0),
             max_rate_up: args.max_rate_up.or(file.max_rate_up).filter(|r| *r > 0),
             login_timeout: secs(args.login_timeout, file.login_timeout, 60),
+            log_file: args.log_file.clone().or(file.log_file),
+            metrics: args.metrics.or(file.metrics),
+            node_name: match args.node_name.clone().or(file.node_name) {
+                Some(name) => name,
+                None => host_name(),
+            },
             s3: match args.storage.clone().or(file.storage) {
                 None => None,
                 Some(location) => Some(zocalo_s3::S3Config {
@@ -583,6 +604,18 @@ impl Settings {
                 }),
             },
         })
+    }
+}
+
+/// The machine's host name (the default node name).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(0);
+    match rc == 0 && end > 0 {
+        true => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        false => String::from("zocalo"),
     }
 }
 

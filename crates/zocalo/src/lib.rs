@@ -12,6 +12,7 @@ pub mod conn;
 pub mod data;
 pub mod fs;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod observe;
 pub mod models;

@@ -12,12 +12,13 @@ fn main() -> ExitCode {
     let result: Result<(), Failure> = match cli.command {
         Command::Serve(args) => Settings::resolve(&args)
             .and_then(|settings| {
-                init_logs(settings.json_logs);
+                zocalo::logs::init(settings.json_logs, settings.log_file.as_deref())
+                    .map_err(|e| format!("cannot open the log file: {e}"))?;
                 zocalo::serve::run(settings).map_err(|e| e.to_string())
             })
             .map_err(Failure::from),
         Command::Tftp(args) => {
-            init_logs(false);
+            let _ = zocalo::logs::init(false, None);
             zocalo::commands::tftp(args).map_err(Failure::from)
         }
         Command::Get(args) => commands::get(args),
@@ -69,17 +70,3 @@ fn read_password() -> Result<String, String> {
     Ok(pw)
 }
 
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ZOCALO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}

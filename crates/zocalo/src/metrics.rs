@@ -47,9 +47,11 @@ pub enum Counter {
     TftpReadFailed,
     TftpWriteOk,
     TftpWriteFailed,
+    /// Reloads done; also the generation the reopening files compare (see `logs`).
+    Reloads,
 }
 
-const COUNTERS: usize = Counter::TftpWriteFailed as usize + 1;
+const COUNTERS: usize = Counter::Reloads as usize + 1;
 
 /// The commands whose transfers are counted, by result.
 const VERBS: [&str; 7] = ["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"];
@@ -116,6 +118,11 @@ pub fn session_opened() -> u64 {
     }
 }
 
+/// How many reloads happened (the log files reopen when it changes).
+pub fn reload_generation() -> u64 {
+    get(Counter::Reloads as usize)
+}
+
 pub fn session_closed() {
     dec(Counter::SessionsOpen);
 }
@@ -176,6 +183,7 @@ pub fn render() -> String {
             ("result=\"tls_required\"", c(LoginsTlsRequired)),
         ],
     );
+    family("zocalo_reloads_total", "counter", "Reloads (SIGHUP, ctl reload).", &[("", c(Reloads))]);
     family("zocalo_lockouts_total", "counter", "Addresses locked out.", &[("", c(LockOuts))]);
     family(
         "zocalo_refusals_total",

@@ -1,6 +1,7 @@
 //! `zocalo serve`: bind, drop privileges, announce, run the chosen model.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use zocalo_proto::session::{Config, TlsPolicy};
@@ -21,6 +22,7 @@ use crate::xferlog::Xferlog;
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> io::Result<()> {
     raise_fd_limit();
+    crate::metrics::init(&settings.node_name)?;
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     let reuse_port = matches!(settings.model, Model::Event(_, n) if n > 1);
@@ -35,6 +37,12 @@ pub fn run(settings: Settings) -> io::Result<()> {
         })
         .collect::<io::Result<Vec<Listener>>>()?;
     let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
+    let metrics_listener = match settings.metrics {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen for metrics on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     if let Some(user) = &settings.run_as {
         drop_privileges(user)?;
     }
@@ -56,10 +64,14 @@ pub fn run(settings: Settings) -> io::Result<()> {
         }
         lines.push(format!("listening tftp://{addr}"));
     }
+    if let Some(listener) = metrics_listener {
+        lines.push(format!("listening metrics http://{}/metrics", listener.local_addr()?));
+        start_metrics(listener, &server, settings.model, settings.shutdown_grace)?;
+    }
     if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {
         let mut summary = vec![format!("model {}", settings.model)];
         summary.extend(lines.iter().cloned());
-        let admin = Admin::bind(path, registry.clone(), server.users.clone(), summary)
+        let admin = Admin::bind(path, registry.clone(), server.reloader.clone(), summary)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let shutdown = server.ctx.shutdown.clone();
         match settings.model {
@@ -68,7 +80,8 @@ pub fn run(settings: Settings) -> io::Result<()> {
         }
     }
     if settings.model != Model::Process {
-        spawn_reloader(server.reload.clone(), server.ctx.shutdown.clone(), server.users.clone())?;
+        let (reload, shutdown) = (server.reload.clone(), server.ctx.shutdown.clone());
+        spawn_reloader(reload, shutdown, server.reloader.clone())?;
     }
     server.ready = Some(Box::new(move || {
         let mut out = io::stdout().lock();
@@ -85,6 +98,41 @@ pub fn run(settings: Settings) -> io::Result<()> {
     // inherit it instead of each reading /proc again.
     crate::net::ephemeral_range();
     models::run(settings.model, server)
+}
+
+/// Serves `--metrics` on a thread; in the `process` model in a process of its own (its parent
+/// must stay single-threaded to fork), which answers `/health` with 503 through the grace
+/// period after a stop, then exits.
+fn start_metrics(
+    listener: std::net::TcpListener,
+    server: &Server,
+    model: Model,
+    grace: std::time::Duration,
+) -> io::Result<()> {
+    let shutdown = server.ctx.shutdown.clone();
+    let serve = move |exit_after_grace: bool| {
+        let stopped_at = std::cell::Cell::new(None::<std::time::Instant>);
+        let draining = || shutdown.is_triggered();
+        let stop = || {
+            if !exit_after_grace || !shutdown.is_triggered() {
+                return false;
+            }
+            let at = stopped_at.get().unwrap_or_else(std::time::Instant::now);
+            stopped_at.set(Some(at));
+            at.elapsed() > grace + std::time::Duration::from_secs(1)
+        };
+        crate::metrics::serve(&listener, &draining, &stop);
+    };
+    match model {
+        Model::Process => models::fork_service(&server.listeners, move || {
+            serve(true);
+            Ok(())
+        }),
+        _ => {
+            std::thread::Builder::new().name("zocalo-metrics".into()).spawn(move || serve(false))?;
+            Ok(())
+        }
+    }
 }
 
 /// Opens the bucket and checks once that it answers, so a wrong endpoint, bucket or key stops
@@ -131,11 +179,22 @@ fn build(
     config.masquerade = settings.masquerade;
     config.show_dot_files = settings.show_dot_files;
     config.login_fail_delay = settings.login_fail_delay;
+    config.log_commands = tracing::enabled!(target: "zocalo::observe", tracing::Level::DEBUG);
     config.tls = match &settings.tls {
         None => TlsPolicy::Off,
         Some(t) if t.required => TlsPolicy::Required,
         Some(_) => TlsPolicy::Optional,
     };
+    let reloader = Reloader {
+        users,
+        tls: match (&tls, &settings.tls) {
+            (Some(tls), Some(t)) => Some((tls.clone(), t.cert.clone(), t.key.clone())),
+            _ => None,
+        },
+    };
+    // The session table: `ctl status` and SIGUSR1 read it.
+    let registry = Arc::new(Registry::new(settings.max_connections.min(65_536))?);
+    let _ = SESSIONS.set(registry.clone());
     let ctx = Ctx {
         config: Arc::new(config),
         passive_ports: settings.passive_ports.clone(),
@@ -145,18 +204,12 @@ fn build(
         shutdown,
         tls,
         xferlog: match &settings.xferlog {
-            Some(path) => Some(Arc::new(
-                Xferlog::open(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
-            )),
+            Some(path) => Some(Arc::new(Xferlog::open(path)?)),
             None => None,
         },
         rates: Rates { down: settings.max_rate_down, up: settings.max_rate_up },
         login_timeout: settings.login_timeout,
-        registry: match &settings.admin_socket {
-            Some(_) => Some(Arc::new(Registry::new(settings.max_connections.min(65_536))?)),
-            None => None,
-        },
+        registry: Some(registry),
     };
     let workers = match settings.model {
         Model::Pool(n) => n,
@@ -164,10 +217,11 @@ fn build(
     };
     let reload = Reload::new()?;
     reload.install_signal_handler()?;
+    crate::shutdown::install_dump_handler()?;
     let server = Server {
         ready: None,
         reload,
-        users,
+        reloader,
         reserve: Arc::new(net::FdReserve::new()),
         ctx: Arc::new(ctx),
         limits: Limits::new(settings.max_connections, settings.max_per_ip),
@@ -178,26 +232,76 @@ fn build(
     Ok((server, root_storage))
 }
 
-/// Carries out a reload (SIGHUP, `ctl reload`): re-reads the users file. One that fails keeps
-/// the accounts it had and says why.
-pub fn reload_settings(users: &Users) {
-    match users.reload() {
-        Ok(n) => tracing::info!(accounts = n, "reloaded the users file"),
-        Err(e) => tracing::warn!("reload failed, keeping the previous settings: {e}"),
+/// What a reload (SIGHUP, `zocalo ctl reload`) refreshes: the users file, the TLS certificate
+/// and key, and the log files (reopened by path, for logrotate).
+#[derive(Clone)]
+pub struct Reloader {
+    users: Arc<Users>,
+    tls: Option<(Tls, PathBuf, PathBuf)>,
+}
+
+impl Reloader {
+    /// Reloads each part; a part that fails keeps its old settings and says why, the others go
+    /// ahead. Returns the summary (`Err` if anything failed).
+    pub fn reload(&self) -> Result<String, String> {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        match self.users.reload() {
+            Ok(n) => done.push(format!("{n} accounts in the users file")),
+            Err(e) => failed.push(format!("users file: {e}")),
+        }
+        if let Some((tls, cert, key)) = &self.tls {
+            match tls.reload(cert, key) {
+                Ok(()) => done.push(String::from("the TLS certificate")),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        crate::metrics::inc(crate::metrics::Counter::Reloads);
+        done.push(String::from("the log files reopened"));
+        let summary = format!("reloaded {}", done.join(", "));
+        match failed.is_empty() {
+            true => {
+                tracing::info!("{summary}");
+                Ok(summary)
+            }
+            false => {
+                let failed = failed.join("; ");
+                tracing::warn!("{summary}; kept the previous settings for what failed: {failed}");
+                Err(format!("{summary}; failed, kept the previous settings: {failed}"))
+            }
+        }
     }
 }
 
 /// Reloads whenever asked, on a small thread of its own, until the server stops.
-fn spawn_reloader(reload: Reload, shutdown: Shutdown, users: Arc<Users>) -> io::Result<()> {
+fn spawn_reloader(reload: Reload, shutdown: Shutdown, reloader: Reloader) -> io::Result<()> {
     std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || {
         while crate::shutdown::wait_unless_stopped(reload.fd(), &shutdown) {
             if reload.take() {
-                reload_settings(&users);
+                let _ = reloader.reload();
+            }
+            if crate::shutdown::take_dump() {
+                dump_sessions();
             }
         }
     })?;
     Ok(())
 }
+
+/// SIGUSR1: the session table, one log line per session.
+pub fn dump_sessions() {
+    let Some(registry) = SESSIONS.get() else {
+        return;
+    };
+    let sessions = registry.sessions();
+    tracing::info!(sessions = sessions.len(), "session table (SIGUSR1)");
+    for s in sessions {
+        tracing::info!(id = s.id, pid = s.pid, peer = s.peer, user = s.user, transfer = s.transfer, bytes = s.bytes, "session");
+    }
+}
+
+/// The session table, for SIGUSR1.
+static SESSIONS: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
 
 /// One `listening ftp://ADDR` line per listener, printed once the model accepts connections.
 fn announcements(listeners: &[Listener], settings: &Settings) -> io::Result<Vec<String>> {

@@ -110,6 +110,26 @@ extern "C" fn on_reload(_sig: libc::c_int) {
     wake_from_handler(&RELOAD_FD);
 }
 
+/// SIGUSR1 asked for the session table in the log (read by whoever watches the reload
+/// descriptor, which the signal wakes too).
+static DUMP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_dump(_sig: libc::c_int) {
+    DUMP.store(true, Ordering::SeqCst);
+    wake_from_handler(&RELOAD_FD);
+}
+
+/// Routes SIGUSR1 (whose default is to exit) to a dump of the session table; needs the
+/// reload handler's descriptor.
+pub fn install_dump_handler() -> io::Result<()> {
+    set_handler(libc::SIGUSR1, on_dump, 0)
+}
+
+/// True (once) when SIGUSR1 asked for a dump since the last call.
+pub fn take_dump() -> bool {
+    DUMP.swap(false, Ordering::SeqCst)
+}
+
 /// Installs `handler` for `sig` with SA_RESTART (and `flags`). The handler must be
 /// async-signal-safe.
 pub fn set_handler(

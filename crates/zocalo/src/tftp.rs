@@ -38,42 +38,69 @@ impl TftpStorage for StorageAdapter {
             return Err(io::ErrorKind::IsADirectory.into());
         }
         let file = self.storage.open_read(&path, 0)?;
-        Ok((Box::new(Upload(Some(file))), Some(meta.size)))
+        Ok((Box::new(Upload::new(file, false)), Some(meta.size)))
     }
 
     fn open_write(&self, path: &str) -> io::Result<Box<dyn Write + Send>> {
         let file = self.storage.open_write(&relative(path), WriteMode::Truncate)?;
-        Ok(Box::new(Upload(Some(file))))
+        Ok(Box::new(Upload::new(file, true)))
     }
 }
 
 /// A file handle seen as a TFTP reader or writer. A write is committed (renamed into place,
 /// or an S3 upload completed) by the one `flush` the TFTP receiver makes after the last block;
-/// a transfer that fails or times out is dropped unflushed and replaces nothing.
-struct Upload(Option<Box<dyn FileHandle>>);
+/// a transfer that fails or times out is dropped unflushed and replaces nothing. Counted in the
+/// metrics when dropped: a read that reached the end, or a committed write, is a success.
+struct Upload {
+    file: Option<Box<dyn FileHandle>>,
+    write: bool,
+    complete: bool,
+}
+
+impl Upload {
+    fn new(file: Box<dyn FileHandle>, write: bool) -> Upload {
+        Upload { file: Some(file), write, complete: false }
+    }
+}
 
 impl Read for Upload {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.as_mut().map_or(Ok(0), |f| f.read(buf))
+        let n = self.file.as_mut().map_or(Ok(0), |f| f.read(buf))?;
+        self.complete |= n == 0 && !buf.is_empty();
+        Ok(n)
     }
 }
 
 impl Write for Upload {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.as_mut() {
+        match self.file.as_mut() {
             Some(f) => f.write(buf),
             None => Err(io::Error::other("write after the upload was committed")),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.0.take() {
+        match self.file.take() {
             Some(mut f) => {
                 f.flush()?;
-                f.finish()
+                f.finish()?;
+                self.complete = true;
+                Ok(())
             }
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        use crate::metrics::Counter::*;
+        crate::metrics::inc(match (self.write, self.complete) {
+            (false, true) => TftpReadOk,
+            (false, false) => TftpReadFailed,
+            (true, true) => TftpWriteOk,
+            (true, false) => TftpWriteFailed,
+        });
     }
 }
 

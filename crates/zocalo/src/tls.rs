@@ -14,7 +14,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
@@ -32,6 +32,32 @@ pub struct Tls {
     pub data_config: Arc<ServerConfig>,
     /// Refuse data connections that do not resume the control connection's session.
     pub require_reuse: bool,
+    /// The server-wide setup's current configuration, which a reload replaces: sessions that
+    /// start afterwards get the new certificate, running ones keep theirs. `None` in a
+    /// session's scope.
+    current: Option<Arc<RwLock<Arc<ServerConfig>>>>,
+}
+
+/// A rustls configuration from a PEM certificate chain and private key; errors name the file.
+fn server_config(cert: &Path, key: &Path) -> io::Result<Arc<ServerConfig>> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| io::Error::other(format!("TLS certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(io::Error::other(format!("TLS certificate {}: no certificate in it", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| io::Error::other(format!("TLS key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            io::Error::other(format!("TLS key {} for {}: {e}", key.display(), cert.display()))
+        })?;
+    Ok(Arc::new(config))
 }
 
 /// A session cache whose entries can be resumed more than once.
@@ -59,20 +85,18 @@ impl StoresServerSessions for Reusable {
 impl Tls {
     /// Loads a PEM certificate chain and private key.
     pub fn load(cert: &Path, key: &Path, require_reuse: bool) -> io::Result<Self> {
-        let certs = CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| io::Error::other(format!("{}: {e}", cert.display())))?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| io::Error::other(format!("{}: {e}", key.display())))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(io::Error::other)?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(io::Error::other)?;
-        let config = Arc::new(config);
-        Ok(Tls { data_config: config.clone(), config, require_reuse })
+        let config = server_config(cert, key)?;
+        let current = Some(Arc::new(RwLock::new(config.clone())));
+        Ok(Tls { data_config: config.clone(), config, require_reuse, current })
+    }
+
+    /// Loads the certificate and key again (a reload); on any error the old ones stay.
+    pub fn reload(&self, cert: &Path, key: &Path) -> io::Result<()> {
+        let config = server_config(cert, key)?;
+        if let Some(current) = &self.current {
+            *current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        }
+        Ok(())
     }
 
     /// The scope of one control connection: a session cache of its own, shared with its data
@@ -80,12 +104,16 @@ impl Tls {
     pub fn for_session(&self) -> Tls {
         let cache: Arc<dyn StoresServerSessions> =
             Arc::new(Reusable(ServerSessionMemoryCache::new(8)));
-        let mut control = (*self.config).clone();
+        let base = match &self.current {
+            Some(current) => current.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => self.config.clone(),
+        };
+        let mut control = (*base).clone();
         control.session_storage = cache;
         let mut data = control.clone();
         data.send_tls13_tickets = 0;
         let (config, data_config) = (Arc::new(control), Arc::new(data));
-        Tls { config, data_config, require_reuse: self.require_reuse }
+        Tls { config, data_config, require_reuse: self.require_reuse, current: None }
     }
 
     /// A server-side TLS stream for a control connection (the handshake happens as bytes flow).

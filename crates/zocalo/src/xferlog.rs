@@ -8,8 +8,7 @@
 //! authentication method `0`, user id `*`, and `c`omplete or `i`ncomplete). Each line is one
 //! write(2) on a file opened with O_APPEND, so the processes of the `process` model can share it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -20,9 +19,9 @@ const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] =
     ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
-/// The open transfer log.
+/// The open transfer log (reopened by path after a reload: see `logs::Reopening`).
 pub struct Xferlog {
-    file: File,
+    file: crate::logs::Reopening,
 }
 
 /// One finished transfer.
@@ -40,8 +39,7 @@ pub struct Record<'a> {
 
 impl Xferlog {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Xferlog { file })
+        Ok(Xferlog { file: crate::logs::Reopening::open(path)? })
     }
 
     /// Appends one line; listings (LIST, NLST, MLSD) are not file transfers and are skipped.
@@ -63,7 +61,7 @@ impl Xferlog {
             if r.user.is_empty() { "-" } else { r.user },
             if r.complete { 'c' } else { 'i' },
         );
-        let _ = (&self.file).write_all(line.as_bytes());
+        let _ = self.file.write_all(line.as_bytes());
     }
 }
 

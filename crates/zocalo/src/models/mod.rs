@@ -112,7 +112,7 @@ pub struct Server {
     /// SIGHUP and `ctl reload`: the `process` model's parent reloads in its accept loop
     /// (where its children fork from); the other models reload on a thread of their own.
     pub reload: crate::shutdown::Reload,
-    pub users: Arc<crate::users::Users>,
+    pub reloader: crate::serve::Reloader,
     /// The descriptor kept back to refuse clients with 421 at the descriptor limit.
     pub reserve: Arc<net::FdReserve>,
     pub ctx: Arc<Ctx>,

@@ -71,8 +71,11 @@ pub fn run(mut server: Server) -> io::Result<()> {
             || {
                 let _ = child_waker.drain();
                 reap(&mut children.borrow_mut(), registry.as_deref());
+                if crate::shutdown::take_dump() {
+                    crate::serve::dump_sessions();
+                }
                 if server.reload.take() {
-                    crate::serve::reload_settings(&server.users);
+                    let _ = server.reloader.reload();
                 }
             },
             &extra,

@@ -1,0 +1,121 @@
+//! Where log lines go: standard error, or `--log-file FILE`, opened with O_APPEND and reopened
+//! after a reload (SIGHUP or `zocalo ctl reload`, what logrotate's postrotate sends).
+//!
+//! A reload bumps a generation counter in the shared metrics table; a log file (and the
+//! xferlog, through [`Reopening`]) compares it before each write and reopens its path when it
+//! moved on. So the `process` model's children, forked before the reload, move to the new file
+//! too, with no signal of their own.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// A file appended to, reopened by path when the reload generation changes.
+pub struct Reopening {
+    path: PathBuf,
+    state: Mutex<(File, u64)>,
+}
+
+impl Reopening {
+    pub fn open(path: &Path) -> io::Result<Reopening> {
+        let file = append(path)?;
+        let generation = crate::metrics::reload_generation();
+        Ok(Reopening { path: path.to_path_buf(), state: Mutex::new((file, generation)) })
+    }
+
+    /// Appends `bytes` in one write(2), after reopening the file if a reload happened.
+    pub fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::metrics::reload_generation();
+        if state.1 != now {
+            state.1 = now;
+            // A file that cannot be reopened keeps the old one: a line is never lost.
+            if let Ok(file) = append(&self.path) {
+                state.0 = file;
+            }
+        }
+        (&state.0).write_all(bytes)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+static LOG_FILE: OnceLock<Reopening> = OnceLock::new();
+
+/// Sets up logging for `serve`: text or JSON lines, to `file` or standard error. The level
+/// comes from ZOCALO_LOG (default `info`).
+pub fn init(json: bool, file: Option<&Path>) -> io::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZOCALO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let target = match file {
+        Some(path) => {
+            let _ = LOG_FILE.set(Reopening::open(path)?);
+            Target::File
+        }
+        None => Target::Stderr,
+    };
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = builder.with_writer(target);
+    match json {
+        true => builder.json().init(),
+        false => builder.init(),
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Stderr,
+    File,
+}
+
+/// One log line's writer.
+pub enum LineWriter {
+    Stderr(io::Stderr),
+    File(&'static Reopening),
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            LineWriter::Stderr(e) => e.write(buf),
+            LineWriter::File(f) => f.write_all(buf).map(|()| buf.len()),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            LineWriter::Stderr(e) => e.write_all(buf),
+            LineWriter::File(f) => f.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Target {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        match (self, LOG_FILE.get()) {
+            (Target::File, Some(file)) => LineWriter::File(file),
+            _ => LineWriter::Stderr(io::stderr()),
+        }
+    }
+}
