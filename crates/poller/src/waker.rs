@@ -38,10 +38,15 @@ impl Waker {
 
     /// Resets the counter to zero so the eventfd stops being readable. `Ok` if it already was.
     pub fn drain(&self) -> io::Result<()> {
+        self.drain_count().map(drop)
+    }
+
+    /// Like [`drain`](Self::drain), and says how many wakes it drained (0 if none).
+    pub fn drain_count(&self) -> io::Result<u64> {
         let mut count: u64 = 0;
         // SAFETY: we pass a pointer to 8 writable bytes that live across the call.
         let ret = unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-        ok_unless_would_block(ret)
+        ok_unless_would_block(ret).map(|()| count)
     }
 }
 

@@ -247,6 +247,7 @@ impl Reloader {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         match self.users.reload() {
+            Ok(_) if !self.users.has_users_file() => {}
             Ok(n) => done.push(format!("{n} accounts in the users file")),
             Err(e) => failed.push(format!("users file: {e}")),
         }
@@ -277,10 +278,11 @@ impl Reloader {
 fn spawn_reloader(reload: Reload, shutdown: Shutdown, reloader: Reloader) -> io::Result<()> {
     std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || {
         while crate::shutdown::wait_unless_stopped(reload.fd(), &shutdown) {
-            if reload.take() {
+            let (reload_asked, dump_asked) = reload.take();
+            if reload_asked {
                 let _ = reloader.reload();
             }
-            if crate::shutdown::take_dump() {
+            if dump_asked {
                 dump_sessions();
             }
         }

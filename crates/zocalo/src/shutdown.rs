@@ -89,15 +89,18 @@ impl Reload {
         let _ = self.waker.wake();
     }
 
-    /// True (once) when a reload was asked for since the last call.
-    pub fn take(&self) -> bool {
+    /// What was asked for since the last call: (a reload, a session-table dump). SIGUSR1
+    /// wakes the same descriptor as SIGHUP, so the wakes beyond the dumps are reloads.
+    pub fn take(&self) -> (bool, bool) {
         let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout.
-        let asked = unsafe { libc::poll(&mut pfd, 1, 0) == 1 };
-        if asked {
-            let _ = self.waker.drain();
-        }
-        asked
+        let readable = unsafe { libc::poll(&mut pfd, 1, 0) == 1 };
+        let wakes = match readable {
+            true => self.waker.drain_count().unwrap_or(0),
+            false => 0,
+        };
+        let dumps = DUMPS.swap(0, Ordering::SeqCst);
+        (wakes > dumps, dumps > 0)
     }
 
     /// The descriptor to watch for readability.
@@ -110,12 +113,12 @@ extern "C" fn on_reload(_sig: libc::c_int) {
     wake_from_handler(&RELOAD_FD);
 }
 
-/// SIGUSR1 asked for the session table in the log (read by whoever watches the reload
-/// descriptor, which the signal wakes too).
-static DUMP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// SIGUSR1s not yet taken: each asks for the session table in the log (read by whoever
+/// watches the reload descriptor, which the signal wakes too).
+static DUMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 extern "C" fn on_dump(_sig: libc::c_int) {
-    DUMP.store(true, Ordering::SeqCst);
+    DUMPS.fetch_add(1, Ordering::SeqCst);
     wake_from_handler(&RELOAD_FD);
 }
 
@@ -125,10 +128,6 @@ pub fn install_dump_handler() -> io::Result<()> {
     set_handler(libc::SIGUSR1, on_dump, 0)
 }
 
-/// True (once) when SIGUSR1 asked for a dump since the last call.
-pub fn take_dump() -> bool {
-    DUMP.swap(false, Ordering::SeqCst)
-}
 
 /// Installs `handler` for `sig` with SA_RESTART (and `flags`). The handler must be
 /// async-signal-safe.

@@ -159,6 +159,11 @@ impl Users {
         Ok(count)
     }
 
+    /// Whether accounts come from a users file (what a reload re-reads).
+    pub fn has_users_file(&self) -> bool {
+        self.users_file.is_some()
+    }
+
     /// The storage shared by the anonymous user and `--user` accounts.
     pub fn root_storage(&self) -> Arc<dyn Storage> {
         self.root_storage.clone()

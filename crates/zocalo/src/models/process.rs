@@ -71,10 +71,11 @@ pub fn run(mut server: Server) -> io::Result<()> {
             || {
                 let _ = child_waker.drain();
                 reap(&mut children.borrow_mut(), registry.as_deref());
-                if crate::shutdown::take_dump() {
+                let (reload_asked, dump_asked) = server.reload.take();
+                if dump_asked {
                     crate::serve::dump_sessions();
                 }
-                if server.reload.take() {
+                if reload_asked {
                     let _ = server.reloader.reload();
                 }
             },
