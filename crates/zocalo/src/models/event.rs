@@ -649,6 +649,8 @@ impl Conn {
     }
 
     fn done(&mut self, outcome: Outcome) {
+        // A transfer can end on a data or timer event, outside `drive`'s span.
+        let _in_span = self.span.clone().entered();
         let log = self.xferlog.as_deref();
         self.bytes += finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
     }
