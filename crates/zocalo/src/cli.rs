@@ -403,6 +403,10 @@ pub struct ServeArgs {
     /// This node's name in metrics and `ctl status` [default: the host name].
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Serve one session on the connection given as standard input and output (inetd,
+    /// systemd's Accept=yes); --listen is ignored.
+    #[arg(long)]
+    pub inetd: bool,
 }
 
 /// The configuration file's keys, mirroring the flags.

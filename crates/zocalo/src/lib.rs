@@ -21,6 +21,7 @@ pub mod registry;
 pub mod serve;
 pub mod shm;
 pub mod shutdown;
+pub mod systemd;
 pub mod tftp;
 pub mod tls;
 pub mod users;

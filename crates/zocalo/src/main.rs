@@ -14,7 +14,11 @@ fn main() -> ExitCode {
             .and_then(|settings| {
                 zocalo::logs::init(settings.json_logs, settings.log_file.as_deref())
                     .map_err(|e| format!("cannot open the log file: {e}"))?;
-                zocalo::serve::run(settings).map_err(|e| e.to_string())
+                match args.inetd {
+                    true => zocalo::serve::run_inetd(settings),
+                    false => zocalo::serve::run(settings),
+                }
+                .map_err(|e| e.to_string())
             })
             .map_err(Failure::from),
         Command::Tftp(args) => {

@@ -25,17 +25,8 @@ pub fn run(settings: Settings) -> io::Result<()> {
     crate::metrics::init(&settings.node_name)?;
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
-    let reuse_port = matches!(settings.model, Model::Event(_, n) if n > 1);
-    let plain = settings.listen.iter().map(|a| (a, false));
-    let implicit = settings.implicit_tls.iter().map(|a| (a, true));
-    let listeners = plain
-        .chain(implicit)
-        .map(|(addr, implicit_tls)| {
-            let sock = net::listen_first(*addr, settings.backlog, reuse_port)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            Ok(Listener { sock, implicit_tls })
-        })
-        .collect::<io::Result<Vec<Listener>>>()?;
+    let listeners = listeners(&settings)?;
+    let inherited = listeners.first().is_some_and(|l| l.inherited);
     let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
     let metrics_listener = match settings.metrics {
         Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
@@ -47,6 +38,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
         drop_privileges(user)?;
     }
     let (mut server, root_storage) = build(&settings, listeners, shutdown)?;
+    server.inherited_listeners = inherited;
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
@@ -89,6 +81,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
             let _ = writeln!(out, "{line}");
         }
         let _ = out.flush();
+        crate::systemd::ready();
     }));
     match &settings.s3 {
         Some(_) => tracing::info!(model = %settings.model, "serving"),
@@ -98,6 +91,66 @@ pub fn run(settings: Settings) -> io::Result<()> {
     // inherit it instead of each reading /proc again.
     crate::net::ephemeral_range();
     models::run(settings.model, server)
+}
+
+/// The FTP listeners: those systemd handed over (socket activation), or else one bound for
+/// each `--listen` and `--implicit-tls` address.
+fn listeners(settings: &Settings) -> io::Result<Vec<Listener>> {
+    let inherited = crate::systemd::listeners()?;
+    if !inherited.is_empty() {
+        let listeners: Vec<Listener> = inherited
+            .into_iter()
+            .map(|l| Listener { sock: l.sock, implicit_tls: l.implicit_tls, inherited: true })
+            .collect();
+        tracing::info!(count = listeners.len(), "serving the listeners handed over by systemd");
+        return Ok(listeners);
+    }
+    let reuse_port = matches!(settings.model, Model::Event(_, n) if n > 1);
+    let plain = settings.listen.iter().map(|a| (a, false));
+    let implicit = settings.implicit_tls.iter().map(|a| (a, true));
+    plain
+        .chain(implicit)
+        .map(|(addr, implicit_tls)| {
+            let sock = net::listen_first(*addr, settings.backlog, reuse_port)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            Ok(Listener { sock, implicit_tls, inherited: false })
+        })
+        .collect()
+}
+
+/// `serve --inetd`: one session on the connection that inetd (or systemd's `Accept=yes`)
+/// accepted and handed over as standard input and output: the notes' process per connection,
+/// with ACCEPT done by the super-server. Nothing is written to standard output but FTP.
+pub fn run_inetd(settings: Settings) -> io::Result<()> {
+    use std::os::fd::FromRawFd;
+    crate::metrics::init(&settings.node_name)?;
+    let shutdown = Shutdown::new()?;
+    shutdown.install_signal_handlers()?;
+    // SAFETY: dup(2) of standard input has no preconditions; the result is checked.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that this process owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    if stream.peer_addr().is_err() {
+        return Err(io::Error::other("--inetd needs a connected TCP socket on standard input"));
+    }
+    // Standard output is the client's socket too: nothing else may be written there.
+    // SAFETY: /dev/null replaces descriptor 1; the dup2 result is not needed.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+    if let Some(user) = &settings.run_as {
+        drop_privileges(user)?;
+    }
+    let (server, _) = build(&settings, Vec::new(), shutdown)?;
+    crate::conn::serve(stream, &server.ctx, false);
+    Ok(())
 }
 
 /// Serves `--metrics` on a thread; in the `process` model in a process of its own (its parent
@@ -228,6 +281,7 @@ fn build(
         listeners,
         pool_queue: settings.pool_queue.unwrap_or(workers),
         backlog: settings.backlog,
+        inherited_listeners: false,
     };
     Ok((server, root_storage))
 }
@@ -244,6 +298,13 @@ impl Reloader {
     /// Reloads each part; a part that fails keeps its old settings and says why, the others go
     /// ahead. Returns the summary (`Err` if anything failed).
     pub fn reload(&self) -> Result<String, String> {
+        crate::systemd::notify("RELOADING=1");
+        let result = self.reload_parts();
+        crate::systemd::notify("READY=1");
+        result
+    }
+
+    fn reload_parts(&self) -> Result<String, String> {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         match self.users.reload() {
@@ -286,6 +347,7 @@ fn spawn_reloader(reload: Reload, shutdown: Shutdown, reloader: Reloader) -> io:
                 dump_sessions();
             }
         }
+        crate::systemd::notify("STOPPING=1");
     })?;
     Ok(())
 }

@@ -46,8 +46,11 @@ pub fn run(mut server: Server, backend: Backend, loops: usize) -> io::Result<()>
     for _ in 1..loops {
         let mut own = Vec::new();
         for l in &listeners {
-            let sock = net::listen(l.sock.local_addr()?, server.backlog, true)?;
-            own.push(Listener { sock, implicit_tls: l.implicit_tls });
+            let sock = match server.inherited_listeners {
+                true => l.sock.try_clone()?,
+                false => net::listen(l.sock.local_addr()?, server.backlog, true)?,
+            };
+            own.push(Listener { sock, implicit_tls: l.implicit_tls, inherited: l.inherited });
         }
         extra.push(own);
     }

@@ -101,6 +101,8 @@ fn default_pool_size() -> usize {
 pub struct Listener {
     pub sock: TcpListener,
     pub implicit_tls: bool,
+    /// Handed over by systemd (socket activation) rather than bound here.
+    pub inherited: bool,
 }
 
 /// Called once when a model is fully set up and accepting (the `listening` lines).
@@ -122,6 +124,9 @@ pub struct Server {
     pub pool_queue: usize,
     /// The listen backlog, for the extra listeners of `epoll:N`.
     pub backlog: i32,
+    /// The listeners came from systemd: the extra loops of `epoll:N` share them (a socket
+    /// bound here could not join them with SO_REUSEPORT).
+    pub inherited_listeners: bool,
 }
 
 impl Server {
