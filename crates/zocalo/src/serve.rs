@@ -347,7 +347,6 @@ fn spawn_reloader(reload: Reload, shutdown: Shutdown, reloader: Reloader) -> io:
                 dump_sessions();
             }
         }
-        crate::systemd::notify("STOPPING=1");
     })?;
     Ok(())
 }

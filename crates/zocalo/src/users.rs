@@ -76,22 +76,37 @@ pub fn add_user(
     if name.is_empty() || name.contains(':') || home.contains('\n') {
         return Err("user names may not be empty or contain ':'".into());
     }
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read the users file {}: {e}", file.display())),
+    };
     if parse_users(&text)?.iter().any(|u| u.name == name) {
         return Err(format!("user {name} already exists in {}", file.display()));
     }
     let perm = if writable { "rw" } else { "r" };
     let line = format!("{name}:{}:{home}:{perm}\n", hash_password(password)?);
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: io::Error| format!("cannot write the users file {}: {e}", file.display());
+    // Created readable by its owner only: it holds password hashes.
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(file)
-        .map_err(|e| e.to_string())?;
+        .map_err(cannot)?;
     if !text.is_empty() && !text.ends_with('\n') {
-        f.write_all(b"\n").map_err(|e| e.to_string())?;
+        f.write_all(b"\n").map_err(cannot)?;
     }
-    f.write_all(line.as_bytes()).map_err(|e| e.to_string())
+    f.write_all(line.as_bytes()).map_err(cannot)?;
+    let home_path = Path::new(home);
+    if home_path.is_absolute() && !home_path.is_dir() {
+        eprintln!("zocalo: warning: home {home} does not exist yet; {name} cannot log in until it does");
+    } else if !home_path.is_absolute() {
+        eprintln!("zocalo: note: home {home} is relative to the server's --root (or the bucket's prefix)");
+    }
+    Ok(())
 }
 
 /// The server's [`Authenticator`].

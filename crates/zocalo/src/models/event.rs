@@ -335,6 +335,7 @@ impl EventLoop {
     }
 
     fn begin_stop(&mut self) {
+        crate::systemd::notify("STOPPING=1");
         let _ = self.poller.deregister(self.ctx.shutdown.fd());
         for l in self.listeners.drain(..) {
             let _ = self.poller.deregister(l.sock.as_raw_fd());

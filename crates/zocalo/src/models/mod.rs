@@ -213,6 +213,7 @@ pub(crate) fn accept_loop(
         }
         on_wake();
         if fds[server.listeners.len()].revents != 0 {
+            crate::systemd::notify("STOPPING=1");
             return Ok(());
         }
         for (i, listener) in server.listeners.iter().enumerate() {

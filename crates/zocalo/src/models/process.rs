@@ -82,7 +82,6 @@ pub fn run(mut server: Server) -> io::Result<()> {
             &extra,
         )
     };
-    crate::systemd::notify("STOPPING=1");
     server.stop_accepting();
     let limit = server.ctx.grace + Duration::from_secs(2);
     wait_children(&mut children, limit, &child_waker, registry.as_deref());
