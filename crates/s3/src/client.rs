@@ -168,7 +168,8 @@ mod tests {
 
     #[test]
     fn error_codes_map_to_kinds() {
-        let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>x</Message></Error>";
+        let body =
+            "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>x</Message></Error>";
         assert_eq!(error_code(body).as_deref(), Some("NoSuchKey"));
         assert_eq!(error_code("garbage"), None);
         let kind = |status, code| status_to_error(status, code, "h:1").kind();

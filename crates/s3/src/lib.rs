@@ -64,7 +64,9 @@ pub fn parse_location(location: &str) -> Result<(String, String, String), String
     let (endpoint, path) = rest.split_once('/').ok_or_else(bad)?;
     let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
-        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
     if endpoint.is_empty() || !valid_bucket {
         return Err(bad());
     }
@@ -220,7 +222,8 @@ impl S3Storage {
     fn copy_multipart(&self, source: &str, to: &str, size: u64) -> io::Result<()> {
         let client = &self.client;
         let action = client.bucket.create_multipart_upload(Some(&client.credentials), to);
-        let body = upload::read_body(client.send(Method::Post, &action.sign(SIGN_FOR), &[], &[])?)?;
+        let body =
+            upload::read_body(client.send(Method::Post, &action.sign(SIGN_FOR), &[], &[])?)?;
         let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
             .map_err(|e| io::Error::other(format!("S3 CreateMultipartUpload answer: {e}")))?;
         let id = created.upload_id();
@@ -231,12 +234,17 @@ impl S3Storage {
             while start < size {
                 let end = (start + COPY_PART).min(size) - 1;
                 let range = format!("bytes={start}-{end}");
-                let mut action = client.bucket.upload_part(Some(&client.credentials), to, number, id);
+                let mut action =
+                    client.bucket.upload_part(Some(&client.credentials), to, number, id);
                 action.headers_mut().insert("x-amz-copy-source", source);
                 action.headers_mut().insert("x-amz-copy-source-range", range.clone());
                 let headers = [("x-amz-copy-source", source), ("x-amz-copy-source-range", &range)];
-                let text =
-                    upload::read_body(client.send(Method::Put, &action.sign(SIGN_FOR), &headers, &[])?)?;
+                let text = upload::read_body(client.send(
+                    Method::Put,
+                    &action.sign(SIGN_FOR),
+                    &headers,
+                    &[],
+                )?)?;
                 let etag = text
                     .split_once("<ETag>")
                     .and_then(|(_, rest)| rest.split_once("</ETag>"))
@@ -253,7 +261,12 @@ impl S3Storage {
                 etags.iter().map(String::as_str),
             );
             let url = action.sign(SIGN_FOR);
-            let text = upload::read_body(client.send(Method::Post, &url, &[], action.body().as_bytes())?)?;
+            let text = upload::read_body(client.send(
+                Method::Post,
+                &url,
+                &[],
+                action.body().as_bytes(),
+            )?)?;
             match text.contains("<Error>") {
                 true => Err(io::Error::other("S3 could not complete the copy")),
                 false => Ok(()),
@@ -295,13 +308,7 @@ fn file_metadata(size: u64, modified: Option<SystemTime>) -> Metadata {
 
 /// A prefix has no time of its own: a directory shows when it was looked at.
 fn dir_metadata() -> Metadata {
-    Metadata {
-        kind: FileKind::Dir,
-        size: 0,
-        modified: SystemTime::now(),
-        mode: 0o755,
-        nlink: 2,
-    }
+    Metadata { kind: FileKind::Dir, size: 0, modified: SystemTime::now(), mode: 0o755, nlink: 2 }
 }
 
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/` and the unreserved characters.
@@ -385,18 +392,14 @@ impl Storage for S3Storage {
             // A REST to exactly the end is an empty transfer, as on a file system.
             Err(err) if zocalo_proto::storage::error_reply(&err).0 == 554 => {
                 match self.head(&key)? {
-                    Some(meta) if meta.size == offset => {
-                        Ok(Box::new(io::Cursor::new(Vec::new())))
-                    }
+                    Some(meta) if meta.size == offset => Ok(Box::new(io::Cursor::new(Vec::new()))),
                     _ => Err(err),
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                match self.probe_dir(path)?.0 {
-                    true => Err(io::ErrorKind::IsADirectory.into()),
-                    false => Err(err),
-                }
-            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => match self.probe_dir(path)?.0 {
+                true => Err(io::ErrorKind::IsADirectory.into()),
+                false => Err(err),
+            },
             Err(err) => Err(err),
         }
     }
@@ -412,13 +415,16 @@ impl Storage for S3Storage {
         }
         self.check_parent(path)?;
         match self.metadata(path) {
-            Ok(meta) if meta.kind == FileKind::Dir => return Err(io::ErrorKind::IsADirectory.into()),
+            Ok(meta) if meta.kind == FileKind::Dir => {
+                return Err(io::ErrorKind::IsADirectory.into())
+            }
             Ok(_) if create_new => return Err(io::ErrorKind::AlreadyExists.into()),
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
         }
-        let upload = upload::Upload::new(self.client.clone(), self.key(path), create_new, self.part_size);
+        let upload =
+            upload::Upload::new(self.client.clone(), self.key(path), create_new, self.part_size);
         Ok(Box::new(upload))
     }
 
@@ -528,7 +534,10 @@ mod tests {
     #[test]
     fn locations_parse() {
         let ok = |s: &str| parse_location(s).unwrap();
-        assert_eq!(ok("s3://127.0.0.1:8333/files"), ("127.0.0.1:8333".into(), "files".into(), "".into()));
+        assert_eq!(
+            ok("s3://127.0.0.1:8333/files"),
+            ("127.0.0.1:8333".into(), "files".into(), "".into())
+        );
         assert_eq!(ok("s3://h:1/files/a/b/"), ("h:1".into(), "files".into(), "a/b".into()));
         for bad in ["http://h/b", "s3://h", "s3:///b", "s3://h/B", "s3://h/b/../x", "s3://h/ab"] {
             assert!(parse_location(bad).is_err(), "{bad}");

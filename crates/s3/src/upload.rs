@@ -101,13 +101,14 @@ impl Upload {
         let upload_id = created.upload_id().to_string();
         let (tx, rx) = sync_channel::<(u16, Vec<u8>)>(0);
         let (client, key, id) = (self.client.clone(), self.key.clone(), upload_id.clone());
-        let uploader = std::thread::Builder::new().name("zocalo-s3-upload".into()).spawn(move || {
-            let mut etags = Vec::new();
-            for (number, part) in rx {
-                etags.push(upload_part(&client, &key, &id, number, &part)?);
-            }
-            Ok(etags)
-        })?;
+        let uploader =
+            std::thread::Builder::new().name("zocalo-s3-upload".into()).spawn(move || {
+                let mut etags = Vec::new();
+                for (number, part) in rx {
+                    etags.push(upload_part(&client, &key, &id, number, &part)?);
+                }
+                Ok(etags)
+            })?;
         Ok(Multipart { upload_id, parts: Some(tx), uploader: Some(uploader) })
     }
 
@@ -198,7 +199,13 @@ impl Multipart {
     }
 }
 
-fn upload_part(client: &Client, key: &str, id: &str, number: u16, part: &[u8]) -> io::Result<String> {
+fn upload_part(
+    client: &Client,
+    key: &str,
+    id: &str,
+    number: u16,
+    part: &[u8],
+) -> io::Result<String> {
     let action = client.bucket.upload_part(Some(&client.credentials), key, number, id);
     let response = client.send(Method::Put, &action.sign(SIGN_FOR), &[], part)?;
     let etag = response.headers().get("etag").and_then(|v| v.to_str().ok());

@@ -73,4 +73,3 @@ fn read_password() -> Result<String, String> {
     }
     Ok(pw)
 }
-

@@ -58,7 +58,8 @@ const VERBS: [&str; 7] = ["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"
 const TRANSFERS: usize = COUNTERS;
 
 /// Histogram bounds in seconds, for transfers and for listings.
-const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0];
+const BUCKETS: [f64; 12] =
+    [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0];
 /// Each histogram: one slot per bucket, then the sum in microseconds, then the count.
 const HISTOGRAM: usize = BUCKETS.len() + 2;
 const TRANSFER_SECONDS: usize = TRANSFERS + VERBS.len() * 2;
@@ -245,8 +246,20 @@ pub fn render() -> String {
             ("direction=\"write\",result=\"failed\"", c(TftpWriteFailed)),
         ],
     );
-    histogram(&mut out, &node, "zocalo_transfer_duration_seconds", "RETR, STOR, APPE, STOU.", TRANSFER_SECONDS);
-    histogram(&mut out, &node, "zocalo_listing_duration_seconds", "LIST, NLST, MLSD.", LISTING_SECONDS);
+    histogram(
+        &mut out,
+        &node,
+        "zocalo_transfer_duration_seconds",
+        "RETR, STOR, APPE, STOU.",
+        TRANSFER_SECONDS,
+    );
+    histogram(
+        &mut out,
+        &node,
+        "zocalo_listing_duration_seconds",
+        "LIST, NLST, MLSD.",
+        LISTING_SECONDS,
+    );
     out
 }
 
@@ -354,7 +367,9 @@ mod tests {
         assert!(text.contains("zocalo_sent_bytes_total{node=\"test-node\"} 1010"));
         assert!(text.contains("command=\"RETR\",result=\"ok\"} 1"));
         assert!(text.contains("command=\"LIST\",result=\"failed\"} 1"));
-        assert!(text.contains("zocalo_transfer_duration_seconds_bucket{node=\"test-node\",le=\"0.005\"} 1"));
+        assert!(text.contains(
+            "zocalo_transfer_duration_seconds_bucket{node=\"test-node\",le=\"0.005\"} 1"
+        ));
         assert!(text.contains("zocalo_listing_duration_seconds_count{node=\"test-node\"} 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

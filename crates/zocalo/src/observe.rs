@@ -51,7 +51,9 @@ pub fn events(session: &mut Session) {
                 metrics::inc(if ok { Counter::FileOpsOk } else { Counter::FileOpsFailed });
                 let user = session.user().unwrap_or("");
                 match from {
-                    Some(from) => tracing::info!(command = verb, from, path, code, user, "file operation"),
+                    Some(from) => {
+                        tracing::info!(command = verb, from, path, code, user, "file operation")
+                    }
                     None => tracing::info!(command = verb, path, code, user, "file operation"),
                 }
             }

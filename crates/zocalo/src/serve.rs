@@ -182,7 +182,9 @@ fn start_metrics(
             Ok(())
         }),
         _ => {
-            std::thread::Builder::new().name("zocalo-metrics".into()).spawn(move || serve(false))?;
+            std::thread::Builder::new()
+                .name("zocalo-metrics".into())
+                .spawn(move || serve(false))?;
             Ok(())
         }
     }
@@ -359,7 +361,15 @@ pub fn dump_sessions() {
     let sessions = registry.sessions();
     tracing::info!(sessions = sessions.len(), "session table (SIGUSR1)");
     for s in sessions {
-        tracing::info!(id = s.id, pid = s.pid, peer = s.peer, user = s.user, transfer = s.transfer, bytes = s.bytes, "session");
+        tracing::info!(
+            id = s.id,
+            pid = s.pid,
+            peer = s.peer,
+            user = s.user,
+            transfer = s.transfer,
+            bytes = s.bytes,
+            "session"
+        );
     }
 }
 

@@ -128,7 +128,6 @@ pub fn install_dump_handler() -> io::Result<()> {
     set_handler(libc::SIGUSR1, on_dump, 0)
 }
 
-
 /// Installs `handler` for `sig` with SA_RESTART (and `flags`). The handler must be
 /// async-signal-safe.
 pub fn set_handler(

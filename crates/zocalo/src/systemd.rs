@@ -83,7 +83,13 @@ fn is_listening_stream(fd: RawFd) -> bool {
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: valid pointers to an int and its length.
         let rc = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len)
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
         };
         (rc == 0).then_some(value)
     };

@@ -44,7 +44,10 @@ fn server_config(cert: &Path, key: &Path) -> io::Result<Arc<ServerConfig>> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| io::Error::other(format!("TLS certificate {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(io::Error::other(format!("TLS certificate {}: no certificate in it", cert.display())));
+        return Err(io::Error::other(format!(
+            "TLS certificate {}: no certificate in it",
+            cert.display()
+        )));
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| io::Error::other(format!("TLS key {}: {e}", key.display())))?;

@@ -102,9 +102,13 @@ pub fn add_user(
     f.write_all(line.as_bytes()).map_err(cannot)?;
     let home_path = Path::new(home);
     if home_path.is_absolute() && !home_path.is_dir() {
-        eprintln!("zocalo: warning: home {home} does not exist yet; {name} cannot log in until it does");
+        eprintln!(
+            "zocalo: warning: home {home} does not exist yet; {name} cannot log in until it does"
+        );
     } else if !home_path.is_absolute() {
-        eprintln!("zocalo: note: home {home} is relative to the server's --root (or the bucket's prefix)");
+        eprintln!(
+            "zocalo: note: home {home} is relative to the server's --root (or the bucket's prefix)"
+        );
     }
     Ok(())
 }
