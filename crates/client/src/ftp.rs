@@ -340,6 +340,11 @@ impl Client {
         self.expect(&format!("MKD {path}"), false)
     }
 
+    /// RMD.
+    pub fn rmd(&mut self, path: &str) -> Result<()> {
+        self.expect(&format!("RMD {path}"), false).map(drop)
+    }
+
     /// DELE.
     pub fn dele(&mut self, path: &str) -> Result<()> {
         self.expect(&format!("DELE {path}"), false).map(drop)

@@ -13,6 +13,7 @@
 //! anything, or spawn threads for load (the load generator is one thread over a poller).
 
 pub mod bench;
+pub mod credentials;
 pub mod ftp;
 pub mod listing;
 pub mod ops;
@@ -21,6 +22,8 @@ pub mod tls;
 pub mod url;
 
 pub use ftp::{Client, ClientOptions, DataMode, FtpError};
-pub use ops::{exit_code, get, ls, mirror, put, MirrorSummary, OpError, OpOptions, Progress};
+pub use ops::{
+    exit_code, get, ls, mirror, mirror_up, put, MirrorSummary, OpError, OpOptions, Progress,
+};
 
 pub use url::{FtpUrl, Scheme};

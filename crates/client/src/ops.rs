@@ -22,6 +22,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -49,6 +50,8 @@ pub struct OpOptions {
     /// (mirror).
     pub resume: bool,
     pub progress: Progress,
+    /// `mirror --delete`: remove what the source no longer has.
+    pub delete: bool,
 }
 
 /// Why an operation failed.
@@ -101,14 +104,18 @@ pub struct MirrorSummary {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
-    /// Files left alone because `--continue` found them complete.
+    /// Files left alone: the same size and time on both sides (or complete, with
+    /// `--continue`).
     pub skipped: u64,
+    /// Files and directories removed by `--delete`.
+    pub deleted: u64,
 }
 
 /// Downloads `url` to `dest` (a file, a directory to put it in, `-` for standard output, or
 /// `None` for the URL's file name in the current directory). Returns the bytes received.
 pub fn get(url: &str, dest: Option<&Path>, opts: &OpOptions) -> Result<u64, OpError> {
-    let url = FtpUrl::parse(url)?;
+    let mut url = FtpUrl::parse(url)?;
+    crate::credentials::complete(&mut url).map_err(OpError::Usage)?;
     let name = url.file_name().ok_or_else(|| OpError::Usage(format!("{url} names no file")))?;
     let dest = local_target(dest, name);
     let mut client = Client::open(&url, &opts.client)?;
@@ -123,6 +130,7 @@ pub fn get(url: &str, dest: Option<&Path>, opts: &OpOptions) -> Result<u64, OpEr
 /// Uploads `file` to `url` (a path ending in `/` gets the file's name). Returns bytes sent.
 pub fn put(file: &Path, url: &str, opts: &OpOptions) -> Result<u64, OpError> {
     let mut url = FtpUrl::parse(url)?;
+    crate::credentials::complete(&mut url).map_err(OpError::Usage)?;
     if url.path.ends_with('/') {
         let name = file
             .file_name()
@@ -143,7 +151,8 @@ pub fn put(file: &Path, url: &str, opts: &OpOptions) -> Result<u64, OpError> {
 
 /// Writes the LIST of `url`'s path to `out`, as the server formats it.
 pub fn ls(url: &str, opts: &OpOptions, out: &mut dyn Write) -> Result<(), OpError> {
-    let url = FtpUrl::parse(url)?;
+    let mut url = FtpUrl::parse(url)?;
+    crate::credentials::complete(&mut url).map_err(OpError::Usage)?;
     let mut client = Client::open(&url, &opts.client)?;
     let body = client.list(&url.path)?;
     out.write_all(body.as_bytes()).map_err(|e| local(Path::new("<stdout>"), e))?;
@@ -153,7 +162,8 @@ pub fn ls(url: &str, opts: &OpOptions, out: &mut dyn Write) -> Result<(), OpErro
 
 /// Downloads the tree at `url` into `dir` (MLSD, or LIST when MLSD is refused).
 pub fn mirror(url: &str, dir: &Path, opts: &OpOptions) -> Result<MirrorSummary, OpError> {
-    let url = FtpUrl::parse(url)?;
+    let mut url = FtpUrl::parse(url)?;
+    crate::credentials::complete(&mut url).map_err(OpError::Usage)?;
     let mut client = Client::open(&url, &opts.client)?;
     let mut summary = MirrorSummary::default();
     let root = url.path.trim_end_matches('/').to_owned();
@@ -176,6 +186,7 @@ fn mirror_dir(
     fs::create_dir_all(local_dir).map_err(|e| local(local_dir, e))?;
     summary.dirs += 1;
     let listing_path = if remote.is_empty() { "/" } else { remote };
+    let mut seen = std::collections::HashSet::new();
     for entry in client.entries(listing_path)? {
         if entry.name.contains('/') || entry.name == "." || entry.name == ".." {
             continue; // a hostile listing must not write outside `local_dir`
@@ -184,30 +195,174 @@ fn mirror_dir(
         let child_local = local_dir.join(&entry.name);
         match entry.kind {
             Kind::Dir => mirror_dir(client, &child_remote, &child_local, opts, depth + 1, summary)?,
-            Kind::File => {
-                mirror_file(client, &child_remote, &child_local, entry.size, opts, summary)?
-            }
+            Kind::File => mirror_file(client, &child_remote, &child_local, &entry, opts, summary)?,
             Kind::Link | Kind::Other => {}
+        }
+        seen.insert(entry.name);
+    }
+    if opts.delete {
+        for local_entry in fs::read_dir(local_dir).map_err(|e| local(local_dir, e))? {
+            let local_entry = local_entry.map_err(|e| local(local_dir, e))?;
+            let name = local_entry.file_name().to_string_lossy().into_owned();
+            if seen.contains(&name) || name.contains(".zocalo-part-") {
+                continue;
+            }
+            let path = local_entry.path();
+            let is_dir = local_entry.file_type().is_ok_and(|t| t.is_dir());
+            let removed = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(|e| local(&path, e))?;
+            summary.deleted += 1;
         }
     }
     Ok(())
+}
+
+/// Same size, and the same time to the second when the server gives one: nothing to copy.
+fn unchanged(local: &fs::Metadata, size: Option<u64>, modified: Option<SystemTime>) -> bool {
+    let same_time = match (modified, local.modified()) {
+        (Some(remote), Ok(here)) => seconds(remote) == seconds(here),
+        _ => false,
+    };
+    Some(local.len()) == size && same_time
+}
+
+fn seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn mirror_file(
     client: &mut Client,
     remote: &str,
     path: &Path,
-    size: Option<u64>,
+    entry: &crate::listing::Entry,
     opts: &OpOptions,
     summary: &mut MirrorSummary,
 ) -> Result<(), OpError> {
-    let have = fs::metadata(path).map(|m| m.len()).ok();
-    if opts.resume && have.is_some() && have == size {
+    let here = fs::symlink_metadata(path).ok();
+    let complete = here.as_ref().is_some_and(|m| Some(m.len()) == entry.size);
+    if here.as_ref().is_some_and(|m| unchanged(m, entry.size, entry.modified))
+        || (opts.resume && complete)
+    {
         summary.skipped += 1;
         return Ok(());
     }
     summary.bytes += retr_to_file(client, remote, path, opts)?;
     summary.files += 1;
+    if let Some(time) = entry.modified {
+        // Keep the server's time, so the next mirror sees the file unchanged.
+        let file = File::options().write(true).open(path).map_err(|e| local(path, e))?;
+        file.set_modified(time).map_err(|e| local(path, e))?;
+    }
+    Ok(())
+}
+
+/// Uploads the tree at `dir` into `url` (`mirror --reverse`, lftp's `mirror -R`): makes the
+/// directories, sends files that differ in size or time (and sets their time with MFMT),
+/// and with `--delete` removes what the local tree no longer has.
+pub fn mirror_up(dir: &Path, url: &str, opts: &OpOptions) -> Result<MirrorSummary, OpError> {
+    let mut url = FtpUrl::parse(url)?;
+    crate::credentials::complete(&mut url).map_err(OpError::Usage)?;
+    if !dir.is_dir() {
+        return Err(local(dir, io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+    }
+    let mut client = Client::open(&url, &opts.client)?;
+    let mut summary = MirrorSummary::default();
+    let root = url.path.trim_end_matches('/').to_owned();
+    mirror_up_dir(&mut client, dir, &root, opts, 0, &mut summary)?;
+    client.quit()?;
+    Ok(summary)
+}
+
+fn mirror_up_dir(
+    client: &mut Client,
+    local_dir: &Path,
+    remote: &str,
+    opts: &OpOptions,
+    depth: usize,
+    summary: &mut MirrorSummary,
+) -> Result<(), OpError> {
+    if depth > MAX_MIRROR_DEPTH {
+        return Err(OpError::Usage(format!("{}: too deep", local_dir.display())));
+    }
+    let listing_path = if remote.is_empty() { "/" } else { remote };
+    if !remote.is_empty() {
+        // 550 when it exists already; a real failure shows up at the listing just below.
+        let _ = client.mkd(remote);
+    }
+    summary.dirs += 1;
+    let there: std::collections::HashMap<String, crate::listing::Entry> = client
+        .entries(listing_path)?
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect();
+    let mut names = Vec::new();
+    for entry in fs::read_dir(local_dir).map_err(|e| local(local_dir, e))? {
+        let entry = entry.map_err(|e| local(local_dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // A link is not followed (it could lead out of the tree or round in a loop).
+        let meta = fs::symlink_metadata(entry.path()).map_err(|e| local(&entry.path(), e))?;
+        let child_remote = format!("{remote}/{name}");
+        if meta.is_dir() {
+            mirror_up_dir(client, &entry.path(), &child_remote, opts, depth + 1, summary)?;
+        } else if meta.is_file() {
+            let remote_entry = there.get(&name);
+            if remote_entry.is_some_and(|r| unchanged(&meta, r.size, r.modified)) {
+                summary.skipped += 1;
+            } else {
+                summary.bytes += stor_file(client, &entry.path(), &child_remote, &meta, opts)?;
+                summary.files += 1;
+            }
+        } else {
+            continue;
+        }
+        names.push(name);
+    }
+    if opts.delete {
+        for (name, entry) in &there {
+            if names.contains(name) {
+                continue;
+            }
+            remove_remote(client, &format!("{remote}/{name}"), entry.kind, 0)?;
+            summary.deleted += 1;
+        }
+    }
+    Ok(())
+}
+
+fn stor_file(
+    client: &mut Client,
+    path: &Path,
+    remote: &str,
+    meta: &fs::Metadata,
+    opts: &OpOptions,
+) -> Result<u64, OpError> {
+    let mut source = File::open(path).map_err(|e| local(path, e))?;
+    let bar = progress_bar(opts, Some(meta.len()), 0);
+    let sent = client.stor(remote, 0, &mut source, &mut |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if let Ok(time) = meta.modified() {
+        // The server may not know MFMT: then the next mirror compares sizes and times again.
+        let stamp = crate::listing::format_time_val(time);
+        let _ = client.command(&format!("MFMT {stamp} {remote}"));
+    }
+    Ok(sent)
+}
+
+fn remove_remote(client: &mut Client, path: &str, kind: Kind, depth: usize) -> Result<(), OpError> {
+    if kind == Kind::Dir {
+        if depth > MAX_MIRROR_DEPTH {
+            return Err(OpError::Usage(format!("{path}: too deep to delete")));
+        }
+        for entry in client.entries(path)? {
+            if entry.name.contains('/') || entry.name == "." || entry.name == ".." {
+                continue;
+            }
+            remove_remote(client, &format!("{path}/{}", entry.name), entry.kind, depth + 1)?;
+        }
+        client.rmd(path)?;
+    } else {
+        client.dele(path)?;
+    }
     Ok(())
 }
 
@@ -308,17 +463,41 @@ fn progress_bar(opts: &OpOptions, total: Option<u64>, done: u64) -> ProgressBar 
     if opts.progress == Progress::Never || !io::stdout().is_terminal() {
         return ProgressBar::hidden();
     }
+    // The bar takes what the terminal's width leaves, so the line never wraps (40 columns
+    // still fit the counts and the rate).
     let template = match total {
-        Some(_) => "{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} ETA {eta}",
-        None => "{bytes} {bytes_per_sec} {elapsed}",
+        Some(_) => "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}",
+        None => "{bytes} {wide_bar} {bytes_per_sec} {elapsed}",
     };
     let style = ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-    let bar = total.map_or_else(ProgressBar::no_length, ProgressBar::new);
+    let bar = total.map_or_else(ProgressBar::no_length, ProgressBar::new).with_position(done);
     bar.set_style(style);
-    bar.set_position(done);
+    // A resumed transfer's rate counts only the bytes moved now, not those already on disk.
+    bar.reset_eta();
     bar
+}
+
+/// The one line printed when a transfer ends, as curl and lftp print one:
+/// `received 20.0 MiB in 1.2 s (16.7 MiB/s)`.
+pub fn summary(verb: &str, bytes: u64, took: std::time::Duration) -> String {
+    let secs = took.as_secs_f64().max(1e-3);
+    format!("{verb} {} in {secs:.1} s ({}/s)", human(bytes as f64), human(bytes as f64 / secs))
+}
+
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{value:.0} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }
 
 fn local(path: &Path, error: io::Error) -> OpError {
@@ -332,6 +511,13 @@ mod tests {
 
     fn reply(code: u16) -> Reply {
         Reply { code, lines: vec!["text".into()] }
+    }
+
+    #[test]
+    fn summaries_read_like_curls() {
+        let line = summary("received", 20 << 20, std::time::Duration::from_millis(1200));
+        assert_eq!(line, "received 20.0 MiB in 1.2 s (16.7 MiB/s)");
+        assert_eq!(summary("sent", 10, std::time::Duration::from_secs(2)), "sent 10 B in 2.0 s (5 B/s)");
     }
 
     #[test]

@@ -48,10 +48,9 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 }
 
 fn roots(opts: &TlsOptions) -> Result<RootCertStore, String> {
-    let path = opts
-        .cacert
-        .as_ref()
-        .ok_or("no certificate to trust: give --cacert FILE, or --insecure to skip verification")?;
+    let Some(path) = opts.cacert.as_ref() else {
+        return system_roots();
+    };
     let mut store = RootCertStore::empty();
     let certs =
         CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -61,6 +60,20 @@ fn roots(opts: &TlsOptions) -> Result<RootCertStore, String> {
     }
     if store.is_empty() {
         return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(store)
+}
+
+/// The system's CA store.
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(format!(
+            "no system CA certificates found{why}; give --cacert FILE, or --insecure to skip verification"
+        ));
     }
     Ok(store)
 }

@@ -69,7 +69,8 @@ pub enum Command {
     Put(PutArgs),
     /// List a directory: `zocalo ls ftp://HOST/DIR/`.
     Ls(LsArgs),
-    /// Download a directory tree: `zocalo mirror ftp://HOST/DIR/ LOCALDIR`.
+    /// Copy a directory tree, skipping unchanged files: `zocalo mirror ftp://HOST/DIR/ LOCALDIR`
+    /// downloads, `--reverse` uploads.
     Mirror(MirrorArgs),
     /// Measure any FTP server (see bench/compare.sh): `zocalo bench ftp://USER:PASS@HOST:PORT/`.
     Bench(Box<BenchArgs>),
@@ -83,6 +84,9 @@ pub enum Command {
     },
     /// Make a TLS certificate for FTPS.
     Cert {
+        /// Replace cert.pem and key.pem if they exist.
+        #[arg(long)]
+        force: bool,
         /// A self-signed certificate (the only kind for now): cert.pem and key.pem.
         #[arg(long, required = true)]
         self_signed: bool,
@@ -101,7 +105,8 @@ pub enum CtlRequest {
     Status,
     /// Close one session (its id from `status`) with a 421.
     Kick { session: u64 },
-    /// Re-read the users file; logged-in sessions keep their accounts.
+    /// Re-read the users file, reload the TLS certificate, reopen the log files (as SIGHUP);
+    /// running sessions keep their accounts and certificates.
     Reload,
 }
 
@@ -128,7 +133,7 @@ pub struct TftpArgs {
     /// Directory to serve [default: the current directory].
     #[arg(long)]
     pub root: Option<PathBuf>,
-    /// UDP address to listen on [default: 127.0.0.1:6969].
+    /// UDP address to listen on.
     #[arg(long, default_value = "127.0.0.1:6969")]
     pub listen: SocketAddr,
     /// Accept write requests (TFTP has no login: this is the anonymous permission).
@@ -140,18 +145,15 @@ pub struct TftpArgs {
 }
 
 /// Options shared by the client commands.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct ClientOpts {
     /// Active mode: the server connects back (PORT/EPRT) instead of passive (EPSV/PASV).
     #[arg(long)]
     pub active: bool,
-    /// Resume a partial transfer with REST (get, put); skip complete files (mirror).
-    #[arg(long = "continue")]
-    pub resume: bool,
     /// Explicit FTPS on an ftp:// URL (AUTH TLS, PROT P); ftps:// URLs are implicit TLS.
     #[arg(long)]
     pub tls: bool,
-    /// PEM file with the certificates to trust.
+    /// PEM file with the certificates to trust [default: the system's CA store].
     #[arg(long, value_name = "FILE")]
     pub cacert: Option<PathBuf>,
     /// Accept any server certificate (testing only).
@@ -160,6 +162,14 @@ pub struct ClientOpts {
     /// Never draw a progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Options of a single transfer (get, put).
+#[derive(Debug, Args, Clone, Default)]
+pub struct TransferOpts {
+    /// Resume a partial transfer with REST.
+    #[arg(long = "continue")]
+    pub resume: bool,
     /// TFTP block size (RFC 2348).
     #[arg(long)]
     pub blksize: Option<u16>,
@@ -171,35 +181,55 @@ pub struct ClientOpts {
 /// `zocalo get URL [DEST]`.
 #[derive(Debug, Args)]
 pub struct TransferArgs {
+    /// The file: ftp://[USER[:PASS]@]HOST[:PORT]/PATH, ftps://... or tftp://HOST[:PORT]/PATH.
     pub url: String,
     /// Where to write [default: the file name from the URL; `-` for standard output].
     pub dest: Option<PathBuf>,
     #[command(flatten)]
     pub opts: ClientOpts,
+    #[command(flatten)]
+    pub transfer: TransferOpts,
 }
 
 /// `zocalo put FILE URL`.
 #[derive(Debug, Args)]
 pub struct PutArgs {
+    /// The local file to upload.
     pub file: PathBuf,
+    /// Where to: ftp://[USER[:PASS]@]HOST[:PORT]/PATH (a path ending in / keeps the file's
+    /// name), ftps://... or tftp://HOST[:PORT]/PATH.
     pub url: String,
     #[command(flatten)]
     pub opts: ClientOpts,
+    #[command(flatten)]
+    pub transfer: TransferOpts,
 }
 
 /// `zocalo ls URL`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// The directory: ftp://[USER[:PASS]@]HOST[:PORT]/DIR/ or ftps://...
     pub url: String,
     #[command(flatten)]
     pub opts: ClientOpts,
 }
 
-/// `zocalo mirror URL DIR`.
+/// `zocalo mirror URL DIR` (or `--reverse`: DIR into URL).
 #[derive(Debug, Args)]
 pub struct MirrorArgs {
+    /// The remote directory: ftp://[USER[:PASS]@]HOST[:PORT]/DIR/ or ftps://...
     pub url: String,
+    /// The local directory: written into (created if missing), or with --reverse read from.
     pub dir: PathBuf,
+    /// Upload: copy the local directory DIR to the server at URL (lftp's mirror -R).
+    #[arg(long, short = 'R')]
+    pub reverse: bool,
+    /// Remove what the source no longer has from the copy.
+    #[arg(long)]
+    pub delete: bool,
+    /// Also skip files of the same size whatever their time, and resume partial downloads.
+    #[arg(long = "continue")]
+    pub resume: bool,
     #[command(flatten)]
     pub opts: ClientOpts,
 }
@@ -418,6 +448,7 @@ pub struct FileConfig {
     user: Option<Vec<String>>,
     users: Option<PathBuf>,
     anonymous: Option<bool>,
+    no_anonymous: Option<bool>,
     write: Option<bool>,
     passive_ports: Option<String>,
     masquerade: Option<IpAddr>,
@@ -535,6 +566,8 @@ impl Settings {
             false
         } else if args.anonymous {
             true
+        } else if file.no_anonymous == Some(true) {
+            false
         } else {
             file.anonymous.unwrap_or(true)
         };

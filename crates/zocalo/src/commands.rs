@@ -11,7 +11,9 @@ use zocalo_tftp::{ClientOptions, TftpStorage};
 use zocalo_client::bench::{self, BenchOptions};
 use zocalo_client::{DataMode, OpError, OpOptions, Progress};
 
-use crate::cli::{BenchArgs, ClientOpts, LsArgs, MirrorArgs, PutArgs, TftpArgs, TransferArgs};
+use crate::cli::{
+    BenchArgs, ClientOpts, LsArgs, MirrorArgs, PutArgs, TftpArgs, TransferArgs, TransferOpts,
+};
 use crate::fs::LocalFs;
 use crate::shutdown::Shutdown;
 use crate::tftp::StorageAdapter;
@@ -65,7 +67,7 @@ fn parse_tftp(url: &str) -> Result<Option<TftpUrl>, String> {
     Ok(Some(TftpUrl { addr, path: format!("/{path}") }))
 }
 
-fn tftp_options(opts: &ClientOpts) -> ClientOptions {
+fn tftp_options(opts: &TransferOpts) -> ClientOptions {
     ClientOptions {
         blksize: opts.blksize,
         windowsize: opts.windowsize,
@@ -97,8 +99,8 @@ impl From<OpError> for Failure {
     }
 }
 
-fn op_options(opts: &ClientOpts) -> OpOptions {
-    let mut o = OpOptions { resume: opts.resume, ..OpOptions::default() };
+fn op_options(opts: &ClientOpts, resume: bool) -> OpOptions {
+    let mut o = OpOptions { resume, ..OpOptions::default() };
     o.client.mode = if opts.active { DataMode::Active } else { DataMode::Passive };
     o.client.explicit_tls = opts.tls;
     o.client.tls.cacert = opts.cacert.clone();
@@ -109,15 +111,25 @@ fn op_options(opts: &ClientOpts) -> OpOptions {
 
 /// `zocalo get URL [DEST]`.
 pub fn get(args: TransferArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let quiet = args.opts.quiet;
+    let report = |n: u64| {
+        if !quiet {
+            eprintln!("{}", zocalo_client::ops::summary("received", n, started.elapsed()));
+        }
+    };
     let Some(url) = parse_tftp(&args.url)? else {
-        zocalo_client::get(&args.url, args.dest.as_deref(), &op_options(&args.opts))?;
+        let opts = op_options(&args.opts, args.transfer.resume);
+        report(zocalo_client::get(&args.url, args.dest.as_deref(), &opts)?);
         return Ok(());
     };
     let dest = dest_for(&url.path, args.dest);
-    let opts = tftp_options(&args.opts);
+    let opts = tftp_options(&args.transfer);
     if dest == Path::new("-") {
         let mut out = io::stdout().lock();
-        zocalo_tftp::get(url.addr, &url.path, &mut out, &opts).map_err(|e| tftp_failure(&e))?;
+        let n =
+            zocalo_tftp::get(url.addr, &url.path, &mut out, &opts).map_err(|e| tftp_failure(&e))?;
+        report(n);
         return Ok(());
     }
     let local = |e: io::Error| format!("{}: {e}", dest.display());
@@ -125,22 +137,30 @@ pub fn get(args: TransferArgs) -> Result<(), Failure> {
     let n =
         zocalo_tftp::get(url.addr, &url.path, part.file(), &opts).map_err(|e| tftp_failure(&e))?;
     part.commit().map_err(local)?;
-    eprintln!("{n} bytes to {}", dest.display());
+    report(n);
     Ok(())
 }
 
 /// `zocalo put FILE URL`.
 pub fn put(args: PutArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let quiet = args.opts.quiet;
+    let report = |n: u64| {
+        if !quiet {
+            eprintln!("{}", zocalo_client::ops::summary("sent", n, started.elapsed()));
+        }
+    };
     let Some(url) = parse_tftp(&args.url)? else {
-        zocalo_client::put(&args.file, &args.url, &op_options(&args.opts))?;
+        let opts = op_options(&args.opts, args.transfer.resume);
+        report(zocalo_client::put(&args.file, &args.url, &opts)?);
         return Ok(());
     };
     let mut file = File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let size = file.metadata().ok().map(|m| m.len());
-    let opts = tftp_options(&args.opts);
-    let n =
-        zocalo_tftp::put(url.addr, &url.path, &mut file, size, &opts).map_err(|e| e.to_string())?;
-    eprintln!("{n} bytes from {}", args.file.display());
+    let opts = tftp_options(&args.transfer);
+    let n = zocalo_tftp::put(url.addr, &url.path, &mut file, size, &opts)
+        .map_err(|e| tftp_failure(&e))?;
+    report(n);
     Ok(())
 }
 
@@ -155,16 +175,21 @@ fn tftp_failure(e: &zocalo_tftp::ClientError) -> Failure {
 /// `zocalo ls URL`.
 pub fn ls(args: LsArgs) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
-    zocalo_client::ls(&args.url, &op_options(&args.opts), &mut out)?;
+    zocalo_client::ls(&args.url, &op_options(&args.opts, false), &mut out)?;
     Ok(())
 }
 
 /// `zocalo mirror URL DIR`.
 pub fn mirror(args: MirrorArgs) -> Result<(), Failure> {
-    let s = zocalo_client::mirror(&args.url, &args.dir, &op_options(&args.opts))?;
+    let mut opts = op_options(&args.opts, args.resume);
+    opts.delete = args.delete;
+    let s = match args.reverse {
+        true => zocalo_client::mirror_up(&args.dir, &args.url, &opts)?,
+        false => zocalo_client::mirror(&args.url, &args.dir, &opts)?,
+    };
     eprintln!(
-        "{} files, {} directories, {} bytes, {} skipped",
-        s.files, s.dirs, s.bytes, s.skipped
+        "{} files ({} bytes), {} directories, {} unchanged, {} deleted",
+        s.files, s.bytes, s.dirs, s.skipped, s.deleted
     );
     Ok(())
 }

@@ -31,8 +31,11 @@ fn main() -> ExitCode {
         Command::Mirror(args) => commands::mirror(args),
         Command::Bench(args) => commands::bench(*args),
         Command::Ctl { socket, request } => ctl(&socket, request).map_err(Failure::from),
-        Command::Cert { out, name, .. } => zocalo::tls::self_signed(&out, &name)
-            .map(|()| println!("wrote {0}/cert.pem and {0}/key.pem", out.display()))
+        Command::Cert { out, name, force, .. } => zocalo::tls::self_signed(&out, &name, force)
+            .map(|()| {
+                let (cert, key) = (out.join("cert.pem"), out.join("key.pem"));
+                println!("wrote {} and {}", cert.display(), key.display())
+            })
             .map_err(|e| Failure::from(e.to_string())),
         Command::User(UserCommand::Add { name, users, home, read_only }) => read_password()
             .and_then(|pw| zocalo::users::add_user(&users, &name, &pw, &home, !read_only))

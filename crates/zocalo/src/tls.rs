@@ -391,7 +391,16 @@ impl Write for Stream {
 }
 
 /// Writes `cert.pem` and `key.pem` for a self-signed certificate for localhost into `dir`.
-pub fn self_signed(dir: &Path, names: &[String]) -> io::Result<()> {
+pub fn self_signed(dir: &Path, names: &[String], force: bool) -> io::Result<()> {
+    for file in ["cert.pem", "key.pem"] {
+        let path = dir.join(file);
+        if !force && path.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists; --force replaces it", path.display()),
+            ));
+        }
+    }
     let mut names = names.to_vec();
     if names.is_empty() {
         names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
