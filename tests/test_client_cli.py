@@ -70,3 +70,137 @@ def test_bench_fails_when_every_session_failed_and_names_its_units(start_server,
     assert '"unit":"logins/s"' in good.stdout.replace(" ", ""), good.stdout
     results = (tmp_path / "report" / "results.md").read_text()
     assert results.startswith("Last run: `scenarios=logins clients=5"), results[:200]
+
+
+def zocalo(*args, env=None, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    return subprocess.run([str(helpers.zocalo_bin()), *map(str, args)], capture_output=True,
+                          text=True, timeout=DEADLINE, env=env, stdin=stdin)
+
+
+def test_password_from_netrc_and_a_clear_error_without_one(start_server, tmp_path):
+    """A URL with a user and no password: ~/.netrc supplies it; with none and no terminal, a
+    usage error (exit 2) says where a password can come from (no empty password is sent)."""
+    srv = start_server("epoll")
+    (srv.root / "f.txt").write_bytes(b"netrc works\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**__import__("os").environ, "HOME": str(home)}
+    url = f"ftp://{helpers.USER}@127.0.0.1:{srv.port}/f.txt"
+    p = zocalo("get", "--quiet", url, tmp_path / "none.txt", env=env)
+    assert p.returncode == 2, p.stderr
+    assert "~/.netrc" in p.stderr and helpers.USER in p.stderr
+    (home / ".netrc").write_text(f"machine 127.0.0.1\n  login {helpers.USER}\n"
+                                 f"  password {helpers.PASSWORD}\n")
+    (home / ".netrc").chmod(0o600)
+    p = zocalo("get", "--quiet", url, tmp_path / "got.txt", env=env)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "got.txt").read_bytes() == b"netrc works\n"
+    # No user in the URL: .netrc names the account for the host.
+    p = zocalo("get", url.replace(f"{helpers.USER}@", ""), tmp_path / "got2.txt", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "received 12 B in" in p.stderr, "a one-line summary ends the transfer"
+
+
+def test_ftps_verified_against_the_system_ca_store(start_server, tmp_path, certs):
+    """Without --cacert the system's store is used: a self-signed server fails (exit 3), and
+    passes once that store (SSL_CERT_FILE) holds its certificate."""
+    srv = start_server("epoll", extra=["--tls-cert", certs["cert"], "--tls-key", certs["key"]])
+    (srv.root / "f.txt").write_bytes(b"tls\n")
+    url = f"ftp://{helpers.USER}:{helpers.PASSWORD}@127.0.0.1:{srv.port}/f.txt"
+    env = {**__import__("os").environ}
+    env.pop("SSL_CERT_DIR", None)
+    env["SSL_CERT_FILE"] = "/etc/ssl/certs/ca-certificates.crt"
+    p = zocalo("get", "--quiet", "--tls", url, tmp_path / "a.txt", env=env)
+    assert p.returncode == 3, p.stderr
+    env["SSL_CERT_FILE"] = str(certs["cert"])
+    p = zocalo("get", "--quiet", "--tls", url, tmp_path / "b.txt", env=env)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "b.txt").read_bytes() == b"tls\n"
+
+
+def test_mirror_keeps_times_skips_unchanged_deletes_and_uploads(start_server, tmp_path):
+    import os
+    srv = start_server("epoll", write=True)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha")
+    (src / "sub" / "b.bin").write_bytes(os.urandom(100_000))
+    old = 1_600_000_000
+    os.utime(src / "a.txt", (old, old))
+    url = f"ftp://{helpers.USER}:{helpers.PASSWORD}@127.0.0.1:{srv.port}/site/"
+    p = zocalo("mirror", "--quiet", "--reverse", url, src)
+    assert p.returncode == 0, p.stderr
+    assert (srv.root / "site" / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    assert int((srv.root / "site" / "a.txt").stat().st_mtime) == old, "MFMT kept the time"
+    p = zocalo("mirror", "--quiet", "--reverse", url, src)
+    assert "0 files" in p.stderr and "2 unchanged" in p.stderr, p.stderr
+    back = tmp_path / "back"
+    p = zocalo("mirror", "--quiet", url, back)
+    assert p.returncode == 0, p.stderr
+    assert (back / "a.txt").read_bytes() == b"alpha"
+    assert int((back / "a.txt").stat().st_mtime) == old, "the download kept the time"
+    p = zocalo("mirror", "--quiet", url, back)
+    assert "0 files" in p.stderr and "2 unchanged" in p.stderr, p.stderr
+    (back / "stale.txt").write_text("gone upstream")
+    (src / "a.txt").unlink()
+    p = zocalo("mirror", "--quiet", "--reverse", "--delete", url, src)
+    assert p.returncode == 0, p.stderr
+    assert not (srv.root / "site" / "a.txt").exists()
+    p = zocalo("mirror", "--quiet", "--delete", url, back)
+    assert p.returncode == 0, p.stderr
+    assert not (back / "stale.txt").exists() and not (back / "a.txt").exists()
+    assert (back / "sub" / "b.bin").exists()
+
+
+def test_help_and_flags_agree_with_the_code(tmp_path):
+    tftp_help = zocalo("tftp", "--help").stdout
+    assert tftp_help.count("127.0.0.1:6969") == 1, tftp_help
+    ls_help = zocalo("ls", "--help").stdout
+    for flag in ("--blksize", "--windowsize", "--continue"):
+        assert flag not in ls_help, flag
+    get_help = zocalo("get", "--help").stdout
+    assert "--continue" in get_help and "ftp://" in get_help.split("Options")[0]
+    assert "--blksize" not in zocalo("mirror", "--help").stdout
+    out = tmp_path / "tls"
+    first = zocalo("cert", "--self-signed", "--out", out)
+    assert first.returncode == 0 and "tls//" not in first.stdout, first.stdout
+    key = (out / "key.pem").read_bytes()
+    again = zocalo("cert", "--self-signed", "--out", out)
+    assert again.returncode != 0 and "--force" in again.stderr
+    assert (out / "key.pem").read_bytes() == key
+    assert zocalo("cert", "--self-signed", "--out", out, "--force").returncode == 0
+    config = tmp_path / "z.toml"
+    config.write_text("no-anonymous = true\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = subprocess.Popen([str(helpers.zocalo_bin()), "serve", "--config", str(config),
+                             "--root", str(root), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline().decode()
+        port = int(line.split("ftp://127.0.0.1:")[1].split()[0])
+        c = helpers.Ctl("127.0.0.1", port)
+        assert c.reply()[0] == 220
+        assert c.cmd("USER anonymous")[0] == 331
+        assert c.cmd("PASS x")[0] == 530, "no-anonymous = true in the config file"
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_refused_tftp_put_exits_with_a_documented_code(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = subprocess.Popen([str(helpers.zocalo_bin()), "tftp", "--root", str(root), "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline().decode()
+        port = line.split("tftp://127.0.0.1:")[1].split()[0]
+        src = tmp_path / "f.bin"
+        src.write_bytes(b"x" * 100)
+        p = zocalo("put", src, f"tftp://127.0.0.1:{port}/f.bin")
+        assert p.returncode == 6, (p.returncode, p.stderr)  # refused: read-only server
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1110,3 +1110,50 @@ def test_clnt_and_avbl(srv):
     expected = free.f_bavail * free.f_frsize
     assert abs(int(text.split()[1]) - expected) <= 64 * 1024 * 1024, (text, expected)
     assert c.cmd("AVBL missing-dir")[0] == 550
+
+
+# ==========================================================================
+# File hashes (HASH, OPTS HASH, RANG, XSHA256 ...) and symbolic links in listings
+
+
+def test_hash_commands(srv):
+    import hashlib
+    import zlib
+    data = os.urandom(300_000)
+    (srv.root / "h.bin").write_bytes(data)
+    ftp = srv.ftp()
+    feat = ftp.sendcmd("FEAT")
+    assert "HASH SHA-256*;SHA-512;SHA-1;MD5;CRC32" in feat
+    reply = ftp.sendcmd("HASH h.bin")
+    assert reply == f"213 SHA-256 0-{len(data)} {hashlib.sha256(data).hexdigest()} /h.bin"
+    assert ftp.sendcmd("OPTS HASH MD5") == "200 MD5"
+    assert ftp.sendcmd("OPTS HASH") == "200 MD5"
+    assert ftp.sendcmd("RANG 10 1000").startswith("350")
+    assert ftp.sendcmd("HASH h.bin") == f"213 MD5 10-1000 {hashlib.md5(data[10:1000]).hexdigest()} /h.bin"
+    assert code_of(ftp, "OPTS HASH SHA-3") == 504
+    assert ftp.sendcmd("XSHA1 h.bin") == f"250 {hashlib.sha1(data).hexdigest()}"
+    assert ftp.sendcmd("XSHA512 h.bin") == f"250 {hashlib.sha512(data).hexdigest()}"
+    assert ftp.sendcmd("XCRC h.bin 0 5") == f"250 {zlib.crc32(data[:5]):08x}"
+    assert ftp.sendcmd("XMD5 h.bin") == f"250 {hashlib.md5(data).hexdigest()}"
+    assert code_of(ftp, "HASH missing.bin") == 550
+    assert code_of(ftp, "HASH /") == 550
+    ftp.quit()
+
+
+def test_symbolic_links_are_listed_as_links(srv, tmp_path):
+    (srv.root / "dir1" / "dir12").mkdir(parents=True)
+    (srv.root / "dir1" / "dir12" / "f.txt").write_bytes(b"through the link")
+    os.symlink("dir1/dir12", srv.root / "dir32")
+    os.symlink("nowhere", srv.root / "broken")
+    ftp = srv.ftp()
+    lines = []
+    ftp.retrlines("LIST", lines.append)
+    link = [l for l in lines if l.endswith("dir32 -> dir1/dir12")]
+    assert link and link[0].startswith("l"), lines
+    assert any(l.startswith("l") and l.endswith("broken -> nowhere") for l in lines), lines
+    facts = dict(ftp.mlsd())
+    assert facts["dir32"]["type"] == "OS.unix=slink:dir1/dir12"
+    assert facts["broken"]["type"] == "OS.unix=slink:nowhere"
+    # A link inside the root still works as a path.
+    assert download(ftp, "dir32/f.txt") == b"through the link"
+    ftp.quit()

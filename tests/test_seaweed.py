@@ -10,6 +10,7 @@ import os
 import subprocess
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from helpers import file_sha256, need, sha256
 from seaweed import rclone_env, rclone_s3_args
@@ -60,6 +61,23 @@ def test_cluster_writes_and_reads_with_a_node_killed(seaweed):
         seaweed.start_node(2)  # the session's cluster goes on whole, whatever happened
     seaweed.wait_for(lambda: seaweed.object_sha256(key, 2) == sha256(data),
                      REPLICATE_DEADLINE, "the restarted node 2 to serve the object")
+
+
+def test_cluster_comes_back_after_an_outage(seaweed):
+    """Every node stopped at once (an outage: gateways refuse connections), then started
+    again: the objects are all still there, served by every node."""
+    data = os.urandom(128 * 1024)
+    key = PREFIX + "survives-the-outage.bin"
+    seaweed.s3_client(0).put_object(Bucket=seaweed.bucket, Key=key, Body=data)
+    seaweed.wait_replicated([key])
+    seaweed.stop_all()
+    try:
+        with pytest.raises(EndpointConnectionError):
+            seaweed.s3_client(1, timeout=3).head_object(Bucket=seaweed.bucket, Key=key)
+    finally:
+        seaweed.start_all()
+    for i in range(3):
+        assert seaweed.object_sha256(key, i) == sha256(data)
 
 
 @pytest.mark.parametrize("size_mib", [1, 12], ids=["single-put", "multipart"])

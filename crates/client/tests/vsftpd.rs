@@ -154,6 +154,7 @@ fn opts(mode: DataMode) -> OpOptions {
         },
         resume: false,
         progress: Progress::Never,
+        delete: false,
     }
 }
 

@@ -90,6 +90,12 @@ pub enum Command<'a> {
     Clnt(&'a str),
     /// Free space where a path lives (draft-peterson-streamlined-ftp-command-extensions).
     Avbl(Option<&'a str>),
+    /// A file's hash with the algorithm chosen by OPTS HASH (draft-bryan-ftpext-hash).
+    Hash(&'a str),
+    /// The byte range of the next HASH: `RANG START END` (END exclusive); `RANG 1 0` resets.
+    Rang(Option<(u64, u64)>),
+    /// XSHA256, XSHA512, XSHA1, XMD5 and XCRC `PATH [START END]` (as ProFTPD's mod_digest).
+    XHash { algorithm: crate::hash::Algorithm, path: &'a str, range: Option<(u64, u64)> },
 }
 
 /// Why a line is not a command the session can run; each maps to one reply.
@@ -112,10 +118,10 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
     };
-    if verb.len() > 4 || verb.is_empty() {
+    if verb.len() > 8 || verb.is_empty() {
         return Err(ParseError::Unknown(truncate(verb)));
     }
-    let mut upper = [0u8; 4];
+    let mut upper = [0u8; 8];
     for (dst, src) in upper.iter_mut().zip(verb.bytes()) {
         *dst = src.to_ascii_uppercase();
     }
@@ -182,8 +188,47 @@ fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, P
         b"CCC" => Ccc,
         b"CLNT" => Clnt(arg),
         b"AVBL" => Avbl(optional(arg)),
+        b"HASH" => Hash(required(arg)?),
+        b"RANG" => Rang(rang(arg)?),
+        b"XSHA256" => x_hash(crate::hash::Algorithm::Sha256, arg)?,
+        b"XSHA512" => x_hash(crate::hash::Algorithm::Sha512, arg)?,
+        b"XSHA1" => x_hash(crate::hash::Algorithm::Sha1, arg)?,
+        b"XMD5" => x_hash(crate::hash::Algorithm::Md5, arg)?,
+        b"XCRC" => x_hash(crate::hash::Algorithm::Crc32, arg)?,
         _ => return Err(ParseError::Unknown(truncate(raw))),
     })
+}
+
+/// `RANG START END`: `None` for `RANG 1 0`, the reset.
+fn rang(arg: &str) -> Result<Option<(u64, u64)>, ParseError> {
+    let bad = ParseError::Syntax("RANG needs a start and an end byte.");
+    let mut words = arg.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(start)), Some(Ok(end)), None) = (words.next(), words.next(), words.next()) else {
+        return Err(bad);
+    };
+    match (start, end) {
+        (1, 0) => Ok(None),
+        (s, e) if s < e => Ok(Some((s, e))),
+        _ => Err(bad),
+    }
+}
+
+/// `PATH [START END]` of the X hash commands: a path may hold spaces, so only two trailing
+/// numbers make a range.
+fn x_hash(algorithm: crate::hash::Algorithm, arg: &str) -> Result<Command<'_>, ParseError> {
+    let arg = required(arg)?;
+    let mut parts = arg.rsplitn(3, ' ');
+    let (end, start, path) = (parts.next(), parts.next(), parts.next());
+    if let (Some(Ok(end)), Some(Ok(start)), Some(path)) =
+        (end.map(str::parse::<u64>), start.map(str::parse::<u64>), path)
+    {
+        if start >= end {
+            return Err(ParseError::Syntax("The range must have START before END."));
+        }
+        let path = path.trim_matches('"');
+        return Ok(Command::XHash { algorithm, path, range: Some((start, end)) });
+    }
+    Ok(Command::XHash { algorithm, path: arg.trim_matches('"'), range: None })
 }
 
 /// `YYYYMMDDHHMMSS path` (UTC, RFC 3659 time-val without fraction): the time and the path.

@@ -14,6 +14,7 @@
 pub mod ascii;
 pub mod auth;
 pub mod command;
+pub mod hash;
 pub mod line;
 pub mod listing;
 pub mod memory;

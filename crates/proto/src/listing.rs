@@ -140,15 +140,27 @@ pub fn list_line(out: &mut Vec<u8>, name: &str, meta: &Metadata, now: SystemTime
 }
 
 /// The facts of one MLSD/MLST entry, then a space and the name (RFC 3659 section 7.2).
-pub fn facts_line(out: &mut Vec<u8>, name: &str, meta: &Metadata, writable: bool, cdir: bool) {
-    let kind: &[u8] = match (cdir, meta.kind) {
-        (true, _) => b"cdir",
-        (false, FileKind::Dir) => b"dir",
-        (false, FileKind::File) => b"file",
-        (false, _) => b"OS.unix=other",
-    };
+/// A symbolic link with a known target is `type=OS.unix=slink:TARGET` (RFC 3659 section 7.5.2).
+pub fn facts_line(
+    out: &mut Vec<u8>,
+    name: &str,
+    meta: &Metadata,
+    link: Option<&str>,
+    writable: bool,
+    cdir: bool,
+) {
     out.extend_from_slice(b"type=");
-    out.extend_from_slice(kind);
+    match (cdir, meta.kind, link) {
+        (true, _, _) => out.extend_from_slice(b"cdir"),
+        (false, FileKind::Dir, _) => out.extend_from_slice(b"dir"),
+        (false, FileKind::File, _) => out.extend_from_slice(b"file"),
+        (false, FileKind::Symlink, Some(target)) => {
+            // A `;` in the target would end the fact early: it is left out.
+            out.extend_from_slice(b"OS.unix=slink:");
+            out.extend(target.bytes().filter(|b| *b != b';' && *b != b'\r' && *b != b'\n'));
+        }
+        (false, _, _) => out.extend_from_slice(b"OS.unix=other"),
+    }
     out.push(b';');
     if meta.kind == FileKind::File {
         out.extend_from_slice(b"size=");
@@ -294,14 +306,21 @@ impl Listing {
 
     fn push_line(&mut self, e: &DirEntry) {
         match &self.format {
-            Format::Long { now } => list_line(&mut self.lines, &e.name, &e.meta, *now),
+            Format::Long { now } => match &e.link {
+                Some(target) if e.meta.kind == FileKind::Symlink => {
+                    let shown = format!("{} -> {target}", e.name);
+                    list_line(&mut self.lines, &shown, &e.meta, *now)
+                }
+                _ => list_line(&mut self.lines, &e.name, &e.meta, *now),
+            },
             Format::Names { prefix } => {
                 self.lines.extend_from_slice(prefix.as_bytes());
                 self.lines.extend_from_slice(e.name.as_bytes());
                 self.lines.extend_from_slice(b"\r\n");
             }
             Format::Facts { writable } => {
-                facts_line(&mut self.lines, &e.name, &e.meta, *writable, false);
+                let link = e.link.as_deref();
+                facts_line(&mut self.lines, &e.name, &e.meta, link, *writable, false);
                 self.lines.extend_from_slice(b"\r\n");
             }
         }
@@ -386,11 +405,16 @@ mod tests {
     #[test]
     fn facts() {
         let mut out = Vec::new();
-        facts_line(&mut out, "f", &meta(FileKind::File, 5, 0), false, false);
+        facts_line(&mut out, "f", &meta(FileKind::File, 5, 0), None, false, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "type=file;size=5;modify=19700101000000;perm=r;UNIX.mode=0755; f"
         );
+        let mut out = Vec::new();
+        let link = meta(FileKind::Symlink, 9, 0);
+        facts_line(&mut out, "l", &link, Some("../a;b/c"), true, false);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("type=OS.unix=slink:../ab/c;modify="), "{line}");
     }
 
     #[test]
@@ -417,6 +441,7 @@ mod tests {
                 .map(|i| DirEntry {
                     name: format!("f{:07}", self.n - i),
                     meta: Metadata::unknown(),
+                    link: None,
                 })
                 .collect();
             self.read.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);

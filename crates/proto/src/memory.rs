@@ -85,6 +85,7 @@ impl Storage for MemoryStorage {
             .map(|(p, n)| DirEntry {
                 name: p.rsplit('/').next().unwrap_or(p).into(),
                 meta: meta(n),
+                link: None,
             })
             .collect();
         Ok(entries)

@@ -58,6 +58,8 @@ pub struct Config {
     pub clock: fn() -> SystemTime,
     /// Report every command line as an [`Event::Command`] (the driver logs them at debug).
     pub log_commands: bool,
+    /// How long one HASH (or XSHA256, ...) may read before it gives up with 451.
+    pub hash_timeout: Duration,
 }
 
 /// What TLS the server offers on the control connection (RFC 4217).
@@ -83,6 +85,7 @@ impl Config {
             show_dot_files: false,
             clock: SystemTime::now,
             log_commands: false,
+            hash_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -289,6 +292,7 @@ const FEATURES: &[&str] = &[
     "EPRT",
     "EPSV",
     "HOST",
+    "RANG STREAM",
     "MDTM",
     "MFMT",
     "MLST type*;size*;modify*;perm*;UNIX.mode*;",
@@ -304,6 +308,7 @@ const HELP_TEXT: &[&str] = &[
     " PWD  QUIT",
     " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER",
     " XCUP XCWD XMKD XPWD XRMD",
+    " HASH RANG XCRC XMD5 XSHA1 XSHA256 XSHA512",
 ];
 
 /// One control connection's protocol state. See the module documentation for the polling order.
@@ -322,6 +327,9 @@ pub struct Session {
     transfer_type: TransferType,
     rest: u64,
     rename_from: Option<String>,
+    /// OPTS HASH's choice, and the byte range RANG set for the next HASH.
+    hash_algorithm: crate::hash::Algorithm,
+    hash_range: Option<(u64, u64)>,
     data: DataSetup,
     epsv_all: bool,
     running: Option<Running>,
@@ -355,6 +363,8 @@ impl Session {
             transfer_type: TransferType::Image,
             rest: 0,
             rename_from: None,
+            hash_algorithm: crate::hash::Algorithm::Sha256,
+            hash_range: None,
             data: DataSetup::None,
             epsv_all: false,
             running: None,
@@ -662,6 +672,12 @@ impl Session {
             Ccc => self.reply(534, "CCC refused: the control connection stays protected."),
             Clnt(name) => self.clnt(name),
             Avbl(p) => self.avbl(p),
+            Hash(p) => {
+                let range = self.hash_range.take();
+                self.hash(p, self.hash_algorithm, range, true)
+            }
+            Rang(range) => self.rang(range),
+            XHash { algorithm, path, range } => self.hash(path, algorithm, range, false),
             Feat => self.feat(),
             Opts(opt) => self.opts(opt),
             Help(arg) => self.help(arg),
@@ -876,7 +892,18 @@ impl Session {
     fn feat(&mut self) {
         let mut text = String::from("211-Features:\r\n");
         let tls = if self.config.tls == TlsPolicy::Off { &[][..] } else { TLS_FEATURES };
-        for f in tls.iter().chain(FEATURES) {
+        let algorithms: Vec<String> = crate::hash::ALGORITHMS
+            .iter()
+            .map(|a| match *a == self.hash_algorithm {
+                true => format!("{}*", a.name()),
+                false => a.name().to_string(),
+            })
+            .collect();
+        let hash = format!("HASH {}", algorithms.join(";"));
+        let mut lines: Vec<&str> = tls.iter().chain(FEATURES).copied().collect();
+        lines.push(&hash);
+        lines.sort_unstable();
+        for f in lines {
             let _ = write!(text, " {f}\r\n");
         }
         text.push_str("211 End\r\n");
@@ -893,6 +920,14 @@ impl Session {
             }
             "UTF8" => self.reply(504, "UTF8 mode cannot be turned off."),
             "MLST" => self.reply(200, "MLST OPTS type;size;modify;perm;UNIX.mode;"),
+            "HASH" if value.is_empty() => self.reply(200, self.hash_algorithm.name()),
+            "HASH" => match crate::hash::Algorithm::from_name(value) {
+                Some(algorithm) => {
+                    self.hash_algorithm = algorithm;
+                    self.reply(200, algorithm.name())
+                }
+                None => self.reply(504, "Unknown hash algorithm."),
+            },
             _ => self.reply(501, "Unknown option."),
         }
     }
@@ -968,6 +1003,53 @@ impl Session {
                 Err(e) => s.reply_error(&e),
             },
         );
+    }
+
+    /// HASH (draft-bryan-ftpext-hash: `213 ALGO START-END HEX PATH`) or an X hash command
+    /// (`250 HEX`) of a file, or of a byte range of it (END exclusive).
+    fn hash(
+        &mut self,
+        arg: &str,
+        algorithm: crate::hash::Algorithm,
+        range: Option<(u64, u64)>,
+        draft: bool,
+    ) {
+        let abs = path::resolve(&self.cwd, arg);
+        let (clock, limit) = (self.config.clock, self.config.hash_timeout);
+        let target = abs.clone();
+        let job = move |s: &dyn Storage| {
+            let relative = path::relative(&target);
+            let meta = s.metadata(relative)?;
+            if meta.kind != FileKind::File {
+                return Err(std::io::ErrorKind::IsADirectory.into());
+            }
+            let (start, end) = range.unwrap_or((0, meta.size));
+            let end = end.min(meta.size);
+            if start > end {
+                return Err(rest_past_end());
+            }
+            let mut file = s.open_read(relative, start)?;
+            let hex = crate::hash::digest(algorithm, &mut *file, end - start, clock, clock() + limit)?;
+            Ok((hex, start, end))
+        };
+        self.on_storage(job, move |s, hashed| match hashed {
+            Ok((hex, start, end)) if draft => {
+                s.reply(213, &format!("{} {start}-{end} {hex} {abs}", algorithm.name()))
+            }
+            Ok((hex, ..)) => s.reply(250, &hex),
+            Err(e) => s.reply_error(&e),
+        });
+    }
+
+    /// RANG: the byte range of the next HASH.
+    fn rang(&mut self, range: Option<(u64, u64)>) {
+        self.hash_range = range;
+        match range {
+            Some((start, end)) => {
+                self.reply(350, &format!("Restarting at {start}. End byte range at {end}."))
+            }
+            None => self.reply(350, "Byte range reset."),
+        }
     }
 
     /// MFMT (and MDTM with a time): sets the modification time.
@@ -1169,7 +1251,7 @@ impl Session {
         match meta {
             Ok(m) => {
                 let mut line = Vec::from(&b" "[..]);
-                listing::facts_line(&mut line, abs, &m, writable, false);
+                listing::facts_line(&mut line, abs, &m, None, writable, false);
                 let text = format!(
                     "250-Listing {abs}\r\n{}\r\n250 End.\r\n",
                     String::from_utf8_lossy(&line)

@@ -34,6 +34,8 @@ pub struct Metadata {
 pub struct DirEntry {
     pub name: String,
     pub meta: Metadata,
+    /// A symbolic link's target, as stored in the link (listed, never followed here).
+    pub link: Option<String>,
 }
 
 /// How STOR, APPE and STOU open their target.
@@ -126,7 +128,7 @@ pub trait Storage: Send + Sync {
             true => self.list(path)?,
             false => {
                 let names = self.names(path)?.into_iter();
-                names.map(|name| DirEntry { name, meta: Metadata::unknown() }).collect()
+                names.map(|name| DirEntry { name, meta: Metadata::unknown(), link: None }).collect()
             }
         };
         Ok(Box::new(entries.into_iter()))

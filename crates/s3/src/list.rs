@@ -57,7 +57,8 @@ impl Lister {
             let name = dir.prefix.strip_prefix(&self.prefix).unwrap_or(&dir.prefix);
             let name = name.trim_end_matches('/');
             if !name.is_empty() {
-                page.entries.push(DirEntry { name: name.to_string(), meta: dir_metadata() });
+                let (name, meta, link) = (name.to_string(), dir_metadata(), None);
+                page.entries.push(DirEntry { name, meta, link });
             }
         }
         for object in parsed.contents {
@@ -66,7 +67,7 @@ impl Lister {
                 Some(name) if !name.contains('/') => {
                     let modified = object.last_modified.as_deref().and_then(time::parse_iso8601);
                     let meta = file_metadata(object.size.unwrap_or(0), modified);
-                    page.entries.push(DirEntry { name: name.to_string(), meta });
+                    page.entries.push(DirEntry { name: name.to_string(), meta, link: None });
                 }
                 _ => {}
             }

@@ -203,7 +203,7 @@ impl Storage for LocalFs {
         let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let dir = rustix::fs::Dir::read_from(&fd)?;
         let fs = LocalFs { root: self.root.try_clone()?, atomic_uploads: self.atomic_uploads };
-        Ok(Box::new(LocalDir { fs, fd, dir, path: path.to_string(), stat }))
+        Ok(Box::new(LocalDir { fs, fd, dir, stat }))
     }
 
     fn names(&self, path: &str) -> io::Result<Vec<String>> {
@@ -273,16 +273,10 @@ impl LocalFs {
         }
     }
 
-    /// What a symlink in a listing points to, if the target is inside the root.
-    fn resolve_link(&self, dir: &str, name: &str) -> Option<Metadata> {
-        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
-        self.metadata(&path).ok()
-    }
-
-    /// Stats each name of `batch` in `dir` (not following symlinks, then resolving each link
-    /// beneath the root for its target's metadata) and appends the entries; a name that
-    /// vanished since it was read is left out.
-    fn stat_batch(&self, dir: &OwnedFd, path: &str, batch: &NameBatch, out: &mut Vec<DirEntry>) {
+    /// Stats each name of `batch` in `dir` (not following symbolic links, whose targets are
+    /// read instead) and appends the entries; a name that vanished since it was read is left
+    /// out.
+    fn stat_batch(&self, dir: &OwnedFd, batch: &NameBatch, out: &mut Vec<DirEntry>) {
         for name in batch.names() {
             if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
@@ -290,12 +284,17 @@ impl LocalFs {
             let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
                 continue;
             };
-            let mut meta = metadata(&stat);
+            let meta = metadata(&stat);
+            // A link is listed as a link, with its target: a client walking the tree must not
+            // descend into it as if it were a copy (and loop).
+            let link = match meta.kind {
+                FileKind::Symlink => rustix::fs::readlinkat(dir, name, Vec::new())
+                    .ok()
+                    .map(|target| target.to_string_lossy().into_owned()),
+                _ => None,
+            };
             let name = name.to_string_lossy().into_owned();
-            if meta.kind == FileKind::Symlink {
-                meta = self.resolve_link(path, &name).unwrap_or(meta);
-            }
-            out.push(DirEntry { name, meta });
+            out.push(DirEntry { name, meta, link });
         }
     }
 }
@@ -306,7 +305,6 @@ struct LocalDir {
     fs: LocalFs,
     fd: OwnedFd,
     dir: rustix::fs::Dir,
-    path: String,
     stat: bool,
 }
 
@@ -326,13 +324,13 @@ impl DirStream for LocalDir {
                 break;
             }
             if self.stat {
-                self.fs.stat_batch(&self.fd, &self.path, &names, &mut out);
+                self.fs.stat_batch(&self.fd, &names, &mut out);
                 continue;
             }
             for name in names.names() {
                 if name.to_bytes() != b"." && name.to_bytes() != b".." {
                     let name = name.to_string_lossy().into_owned();
-                    out.push(DirEntry { name, meta: Metadata::unknown() });
+                    out.push(DirEntry { name, meta: Metadata::unknown(), link: None });
                 }
             }
         }
@@ -456,9 +454,11 @@ mod tests {
             assert_eq!((meta.kind, meta.size), (FileKind::File, (i % 7) as u64), "f{i:05}");
         }
         assert_eq!(find("subdir").unwrap().kind, FileKind::Dir);
-        assert_eq!(find("link").unwrap().kind, FileKind::File, "a link inside shows its target");
-        assert_eq!(find("link").unwrap().size, 3);
+        assert_eq!(find("link").unwrap().kind, FileKind::Symlink, "a link is listed as a link");
+        let target = |name: &str| entries.iter().find(|e| e.name == name).unwrap().link.clone();
+        assert_eq!(target("link").as_deref(), Some("f00003"));
         assert_eq!(find("escape").unwrap().kind, FileKind::Symlink, "not resolved outside");
+        assert_eq!(target("escape").as_deref(), Some("../../secret"));
         let mut names = fs.names("big").unwrap();
         names.sort();
         let listed: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
