@@ -26,9 +26,7 @@ pub fn parse_netrc(text: &str) -> Vec<NetrcEntry> {
     loop {
         if pending.is_empty() {
             match lines.next() {
-                Some(line) => {
-                    pending = line.split_whitespace().rev().map(str::to_string).collect()
-                }
+                Some(line) => pending = line.split_whitespace().rev().map(str::to_string).collect(),
                 None => break,
             }
             continue;
@@ -82,7 +80,11 @@ pub fn parse_netrc(text: &str) -> Vec<NetrcEntry> {
 
 /// The entry for `host` (and `user`, when the URL names one): a matching `machine`, else
 /// `default`.
-pub fn lookup<'a>(entries: &'a [NetrcEntry], host: &str, user: Option<&str>) -> Option<&'a NetrcEntry> {
+pub fn lookup<'a>(
+    entries: &'a [NetrcEntry],
+    host: &str,
+    user: Option<&str>,
+) -> Option<&'a NetrcEntry> {
     let fits = |e: &&NetrcEntry| user.is_none() || e.login.as_deref() == user;
     entries
         .iter()

@@ -290,11 +290,8 @@ fn mirror_up_dir(
         let _ = client.mkd(remote);
     }
     summary.dirs += 1;
-    let there: std::collections::HashMap<String, crate::listing::Entry> = client
-        .entries(listing_path)?
-        .into_iter()
-        .map(|e| (e.name.clone(), e))
-        .collect();
+    let there: std::collections::HashMap<String, crate::listing::Entry> =
+        client.entries(listing_path)?.into_iter().map(|e| (e.name.clone(), e)).collect();
     let mut names = Vec::new();
     for entry in fs::read_dir(local_dir).map_err(|e| local(local_dir, e))? {
         let entry = entry.map_err(|e| local(local_dir, e))?;
@@ -517,7 +514,10 @@ mod tests {
     fn summaries_read_like_curls() {
         let line = summary("received", 20 << 20, std::time::Duration::from_millis(1200));
         assert_eq!(line, "received 20.0 MiB in 1.2 s (16.7 MiB/s)");
-        assert_eq!(summary("sent", 10, std::time::Duration::from_secs(2)), "sent 10 B in 2.0 s (5 B/s)");
+        assert_eq!(
+            summary("sent", 10, std::time::Duration::from_secs(2)),
+            "sent 10 B in 2.0 s (5 B/s)"
+        );
     }
 
     #[test]

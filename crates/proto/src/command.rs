@@ -95,7 +95,11 @@ pub enum Command<'a> {
     /// The byte range of the next HASH: `RANG START END` (END exclusive); `RANG 1 0` resets.
     Rang(Option<(u64, u64)>),
     /// XSHA256, XSHA512, XSHA1, XMD5 and XCRC `PATH [START END]` (as ProFTPD's mod_digest).
-    XHash { algorithm: crate::hash::Algorithm, path: &'a str, range: Option<(u64, u64)> },
+    XHash {
+        algorithm: crate::hash::Algorithm,
+        path: &'a str,
+        range: Option<(u64, u64)>,
+    },
 }
 
 /// Why a line is not a command the session can run; each maps to one reply.

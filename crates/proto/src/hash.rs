@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn known_answers() {
         let abc = b"abc";
-        assert_eq!(hex(Algorithm::Sha256, abc), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(Algorithm::Sha256, abc),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(hex(Algorithm::Sha1, abc), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(hex(Algorithm::Md5, abc), "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(hex(Algorithm::Crc32, abc), "352441c2");
@@ -147,7 +150,8 @@ mod tests {
         let part = digest(Algorithm::Md5, &mut &b"abcdef"[..], 3, SystemTime::now, far).unwrap();
         assert_eq!(part, hex(Algorithm::Md5, b"abc"));
         let past = SystemTime::UNIX_EPOCH;
-        let err = digest(Algorithm::Md5, &mut &b"abcdef"[..], 6, SystemTime::now, past).unwrap_err();
+        let err =
+            digest(Algorithm::Md5, &mut &b"abcdef"[..], 6, SystemTime::now, past).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

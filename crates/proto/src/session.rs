@@ -1029,7 +1029,8 @@ impl Session {
                 return Err(rest_past_end());
             }
             let mut file = s.open_read(relative, start)?;
-            let hex = crate::hash::digest(algorithm, &mut *file, end - start, clock, clock() + limit)?;
+            let hex =
+                crate::hash::digest(algorithm, &mut *file, end - start, clock, clock() + limit)?;
             Ok((hex, start, end))
         };
         self.on_storage(job, move |s, hashed| match hashed {

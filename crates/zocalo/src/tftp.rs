@@ -42,7 +42,9 @@ impl TftpStorage for StorageAdapter {
     }
 
     fn open_write(&self, path: &str) -> io::Result<Box<dyn Write + Send>> {
-        let file = self.storage.open_write(&relative(path), WriteMode::Truncate)?;
+        let mut file = self.storage.open_write(&relative(path), WriteMode::Truncate)?;
+        // The write request is accepted now: TFTP has no later moment for the upload to begin.
+        file.begin()?;
         Ok(Box::new(Upload::new(file, true)))
     }
 }
