@@ -250,10 +250,7 @@ def test_tls_required_refusal_and_debug_commands_are_logged_without_passwords(
     c = srv.ctl()
     assert c.cmd(f"USER {USER}")[0] == 530
     c.close()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    ftps = ftplib.FTP_TLS(context=ctx, timeout=10)
-    ftps.connect("127.0.0.1", srv.port)
+    ftps = unverified_ftps(srv.port)
     ftps.login(USER, PASSWORD)
     ftps.quit()
     closed = poll_until(lambda: read_log(log).count('"connection closed"') >= 3, 10)
@@ -289,12 +286,18 @@ def test_logrotate_sighup_moves_both_logs_without_dropping_a_session(start_serve
     assert srv.alive()
 
 
-def peer_cert(port: int) -> bytes:
-    """The DER certificate an explicit-FTPS session is shown."""
+def unverified_ftps(port: int) -> ftplib.FTP_TLS:
+    """An FTPS client connected to the server (these tests look at certificates themselves)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ftps = ftplib.FTP_TLS(context=ctx, timeout=10)
     ftps.connect("127.0.0.1", port)
+    return ftps
+
+
+def peer_cert(port: int) -> bytes:
+    """The DER certificate an explicit-FTPS session is shown."""
+    ftps = unverified_ftps(port)
     ftps.auth()
     der = ftps.sock.getpeercert(binary_form=True)
     ftps.quit()
@@ -319,10 +322,7 @@ def test_certificate_reload(start_server, model, tmp_path):
     srv = start_server(model, write=True, extra=["--tls-cert", live / "cert.pem", "--tls-key",
                                                  live / "key.pem", "--log-file", log])
     first = peer_cert(srv.port)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    old = ftplib.FTP_TLS(context=ctx, timeout=10)
-    old.connect("127.0.0.1", srv.port)
+    old = unverified_ftps(srv.port)
     old.login(USER, PASSWORD)
     old.prot_p()
     helpers.upload(old, "before.bin", b"before")

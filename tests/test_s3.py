@@ -301,9 +301,16 @@ def _stored_sha256(server, path: str, timeout: float = 60) -> str | None:
     return got[-1] if got else None
 
 
-def _outcome_is_clear(reply: str) -> bool:
-    """A transfer either completed or ended with a 4xx reply that says what happened."""
-    return reply.startswith("226") or reply[:1] == "4"
+def _final_reply(ftp, conn) -> str:
+    """Closes the data connection and returns the transfer's final reply; a transfer either
+    completed or ended with a 4xx reply that says what happened."""
+    conn.close()
+    try:
+        reply = ftp.voidresp()
+    except ftplib.Error as e:
+        reply = str(e)
+    assert reply.startswith("226") or reply[:1] == "4", reply
+    return reply
 
 
 @pytest.fixture
@@ -331,12 +338,7 @@ def test_storage_node_killed_during_an_upload(s3srv, seaweed, fault_data):
                 conn.sendall(view[offset:offset + step])
             except OSError:
                 break  # the server ended the transfer: its reply says why
-        conn.close()
-        try:
-            reply = ftp.voidresp()
-        except ftplib.Error as e:
-            reply = str(e)
-        assert _outcome_is_clear(reply), reply
+        reply = _final_reply(ftp, conn)
         if reply.startswith("226"):
             assert _stored_sha256(server, "big.bin") == sha256(fault_data)
         assert _stored_sha256(server, "before.bin") == sha256(before)
@@ -362,12 +364,7 @@ def test_storage_node_killed_during_a_download(s3srv, seaweed, fault_data):
             got += chunk
             if len(got) >= 30 << 20 and seaweed.nodes[1].alive():
                 seaweed.kill_node(1)
-        conn.close()
-        try:
-            reply = ftp.voidresp()
-        except ftplib.Error as e:
-            reply = str(e)
-        assert _outcome_is_clear(reply), reply
+        reply = _final_reply(ftp, conn)
         if reply.startswith("226"):
             assert sha256(bytes(got)) == sha256(fault_data)
         else:
