@@ -311,18 +311,18 @@ impl Reloader {
         let mut failed = Vec::new();
         match self.users.reload() {
             Ok(_) if !self.users.has_users_file() => {}
-            Ok(n) => done.push(format!("{n} accounts in the users file")),
+            Ok(n) => done.push(format!("{n} accounts from the users file")),
             Err(e) => failed.push(format!("users file: {e}")),
         }
         if let Some((tls, cert, key)) = &self.tls {
             match tls.reload(cert, key) {
-                Ok(()) => done.push(String::from("the TLS certificate")),
+                Ok(()) => done.push(String::from("the TLS certificate and key")),
                 Err(e) => failed.push(e.to_string()),
             }
         }
         crate::metrics::inc(crate::metrics::Counter::Reloads);
-        done.push(String::from("the log files reopened"));
-        let summary = format!("reloaded {}", done.join(", "));
+        done.push(String::from("the log files (reopened)"));
+        let summary = format!("reloaded: {}", done.join(", "));
         match failed.is_empty() {
             true => {
                 tracing::info!("{summary}");
