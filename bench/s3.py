@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from seaweed import Cluster, rclone_env, rclone_s3_args  # noqa: E402
 
-ZOCALO = REPO / "target" / "release" / "zocalo"
+ZOCALO = Path(os.environ.get("ZOCALO_BIN") or REPO / "target" / "release" / "zocalo")
 USER, PASSWORD = "u", "p"
 
 

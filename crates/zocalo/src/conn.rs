@@ -40,6 +40,8 @@ pub struct Ctx {
     pub rates: Rates,
     /// How long a client may take to log in.
     pub login_timeout: Duration,
+    /// Worker threads per event loop (more for network storage).
+    pub work_threads: usize,
 }
 
 /// A new client's control connection, ready for its driver.

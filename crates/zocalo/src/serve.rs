@@ -264,6 +264,10 @@ fn build(
         },
         rates: Rates { down: settings.max_rate_down, up: settings.max_rate_up },
         login_timeout: settings.login_timeout,
+        work_threads: match settings.s3 {
+            Some(_) => crate::models::workers::NETWORK_THREADS,
+            None => crate::models::workers::THREADS,
+        },
         registry: Some(registry),
     };
     let workers = match settings.model {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Action, Outcome, Session, Work};
 
-use super::workers::{self, Key, Workers};
+use super::workers::{Key, Workers};
 use super::{Listener, Server};
 use crate::conn::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
@@ -156,7 +156,7 @@ impl EventLoop {
             poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE)?;
         }
         poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
-        let workers = Workers::start(workers::THREADS)?;
+        let workers = Workers::start(ctx.work_threads)?;
         poller.register(workers.as_raw_fd(), token(WORK_DONE, SIGNAL), Interest::READABLE)?;
         let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
         Ok(EventLoop {

@@ -14,8 +14,14 @@ use std::sync::{Arc, Mutex};
 use zocalo_poller::Waker;
 use zocalo_proto::session::{Done, Work};
 
-/// Worker threads per event loop.
+/// Worker threads per event loop, for a local file system: its calls are short, mostly CPU.
 pub const THREADS: usize = 4;
+
+/// Worker threads per event loop for network storage (S3): each call mostly waits for an
+/// answer, and an upload's write waits while its previous part is sent, so more of them keep
+/// the loop's other sessions from queueing behind a few slow requests (nginx's thread_pool
+/// defaults to 32 for the same reason).
+pub const NETWORK_THREADS: usize = 16;
 
 /// Which connection a job belongs to: its slot and a serial number, so that a result that comes
 /// back after its connection closed (and the slot was reused) is dropped; and whose it is: the
