@@ -40,33 +40,11 @@ pub fn parse_mlsd_line(line: &str) -> Option<Entry> {
         match key.to_ascii_lowercase().as_str() {
             "type" => kind = mlsd_kind(value)?,
             "size" => size = value.parse().ok(),
-            "modify" => modified = parse_time_val(value),
+            "modify" => modified = zocalo_proto::listing::parse_time_val(value),
             _ => {}
         }
     }
     Some(Entry { name: name.to_owned(), kind, size, modified })
-}
-
-/// RFC 3659's time-val, `YYYYMMDDHHMMSS[.sss]` in UTC (also MDTM's answer).
-pub fn parse_time_val(text: &str) -> Option<std::time::SystemTime> {
-    let digits = text.get(..14)?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n = |a: usize, b: usize| digits[a..b].parse::<u32>().ok();
-    let (year, month, day) = (n(0, 4)? as i64, n(4, 6)?, n(6, 8)?);
-    let (h, m, s) = (n(8, 10)? as u64, n(10, 12)? as u64, n(12, 14)? as u64);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = u64::try_from(zocalo_proto::listing::days_from_civil(year, month, day)).ok()?;
-    let secs = days * 86_400 + h * 3600 + m * 60 + s;
-    std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
-}
-
-/// A time as RFC 3659's time-val (for MFMT).
-pub fn format_time_val(time: std::time::SystemTime) -> String {
-    zocalo_proto::listing::time_val(time)
 }
 
 /// `None` for `cdir` and `pdir`, which name no child.

@@ -339,7 +339,7 @@ fn stor_file(
     bar.finish_and_clear();
     if let Ok(time) = meta.modified() {
         // The server may not know MFMT: then the next mirror compares sizes and times again.
-        let stamp = crate::listing::format_time_val(time);
+        let stamp = zocalo_proto::listing::time_val(time);
         let _ = client.command(&format!("MFMT {stamp} {remote}"));
     }
     Ok(sent)

@@ -238,20 +238,10 @@ fn x_hash(algorithm: crate::hash::Algorithm, arg: &str) -> Result<Command<'_>, P
 /// `YYYYMMDDHHMMSS path` (UTC, RFC 3659 time-val without fraction): the time and the path.
 fn time_then_path(arg: &str) -> Option<(SystemTime, &str)> {
     let (stamp, path) = arg.split_once(' ')?;
-    if stamp.len() != 14 || !stamp.bytes().all(|b| b.is_ascii_digit()) || path.is_empty() {
+    if stamp.len() != 14 || path.is_empty() {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| stamp[r].parse::<u32>().ok();
-    let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (hour, minute, second) = (num(8..10)?, num(10..12)?, num(12..14)?);
-    let valid = (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24;
-    if !valid || minute > 59 || second > 60 || year < 1970 {
-        return None;
-    }
-    let days = crate::listing::days_from_civil(i64::from(year), month, day);
-    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?);
-    Some((time, path))
+    Some((crate::listing::parse_time_val(stamp)?, path))
 }
 
 fn truncate(verb: &str) -> String {

@@ -57,6 +57,36 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A UTC civil time as a [`SystemTime`]: `None` when a field is out of range or the time is
+/// before 1970 (the inverse of [`civil`]).
+pub fn from_civil(
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+) -> Option<SystemTime> {
+    let valid = (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24;
+    if !valid || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days * 86_400 + u64::from(hour * 3600 + minute * 60 + second);
+    UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
+/// Parses a time-val, `YYYYMMDDHHMMSS` with an optional `.sss` that is ignored (MDTM's answer,
+/// MLSx `modify`, MFMT's argument).
+pub fn parse_time_val(text: &str) -> Option<SystemTime> {
+    let digits = text.get(..14)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |a: usize, b: usize| digits[a..b].parse::<u32>().ok();
+    from_civil(i64::from(n(0, 4)?), n(4, 6)?, n(6, 8)?, n(8, 10)?, n(10, 12)?, n(12, 14)?)
+}
+
 /// `YYYYMMDDHHMMSS`, the time-val of MDTM and MLSx `modify` (RFC 3659 section 2.3).
 pub fn time_val(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(14);

@@ -163,7 +163,7 @@ impl Metadata {
 /// The reply for a failed storage call: the single place where errors become FTP codes.
 pub fn error_reply(err: &io::Error) -> (u16, String) {
     use io::ErrorKind::*;
-    if err.get_ref().is_some_and(|e| e.is::<RestPastEnd>()) {
+    if is_rest_past_end(err) {
         return (554, "REST position is past the end of the file.".into());
     }
     /// Linux's ELOOP: O_NOFOLLOW or RESOLVE_NO_SYMLINKS met a symlink.
@@ -203,6 +203,11 @@ impl std::fmt::Display for RestPastEnd {
 }
 
 impl std::error::Error for RestPastEnd {}
+
+/// Whether `err` is [`RestPastEnd`].
+pub fn is_rest_past_end(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<RestPastEnd>())
+}
 
 /// The error for [`RestPastEnd`].
 pub fn rest_past_end() -> io::Error {

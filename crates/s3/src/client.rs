@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 use std::time::Duration;
 
-use rusty_s3::{Bucket, Credentials, Method};
+use rusty_s3::{Bucket, Credentials, Method, S3Action};
 use ureq::http::{self, Response};
 use ureq::Body;
 
@@ -90,6 +90,58 @@ impl Client {
         status_to_error(status, error_code(&text).as_deref(), &self.endpoint)
     }
 
+    /// CreateMultipartUpload: the new upload's id.
+    pub(crate) fn create_multipart(&self, key: &str) -> io::Result<String> {
+        let action = self.bucket.create_multipart_upload(Some(&self.credentials), key);
+        let body = read_body(self.send(Method::Post, &action.sign(SIGN_FOR), &[], &[])?)?;
+        let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
+            .map_err(|e| io::Error::other(format!("S3 CreateMultipartUpload answer: {e}")))?;
+        Ok(created.upload_id().to_string())
+    }
+
+    /// CompleteMultipartUpload of the parts with these ETags (in order); with `create_new`,
+    /// only if the key does not exist yet (`If-None-Match: *`).
+    pub(crate) fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+        create_new: bool,
+    ) -> io::Result<()> {
+        let etags = etags.iter().map(String::as_str);
+        let mut action =
+            self.bucket.complete_multipart_upload(Some(&self.credentials), key, upload_id, etags);
+        let headers: &[(&str, &str)] = match create_new {
+            true => &[("if-none-match", "*")],
+            false => &[],
+        };
+        for (name, value) in headers {
+            action.headers_mut().insert(*name, *value);
+        }
+        let url = action.sign(SIGN_FOR);
+        let body = action.body();
+        let answer = self.send(Method::Post, &url, headers, body.as_bytes())?;
+        self.body_error(&read_body(answer)?, "complete the upload")
+    }
+
+    /// AbortMultipartUpload, best effort: the parts of a failed upload must not linger.
+    pub(crate) fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let action = self.bucket.abort_multipart_upload(Some(&self.credentials), key, upload_id);
+        let _ = self.send(Method::Delete, &action.sign(SIGN_FOR), &[], &[]);
+    }
+
+    /// CopyObject and CompleteMultipartUpload may answer 200 and report a failure in the body.
+    pub(crate) fn body_error(&self, body: &str, what: &str) -> io::Result<()> {
+        match body.contains("<Error>") {
+            true => Err(io::Error::other(format!(
+                "S3 storage at {} could not {what} ({})",
+                self.endpoint,
+                error_code(body).unwrap_or_default()
+            ))),
+            false => Ok(()),
+        }
+    }
+
     fn transport_error(&self, err: ureq::Error) -> io::Error {
         let kind = match &err {
             ureq::Error::Io(e) => return annotate(e, &self.endpoint),
@@ -101,6 +153,13 @@ impl Client {
         };
         io::Error::new(kind, format!("S3 storage at {} unreachable: {err}", self.endpoint))
     }
+}
+
+/// Reads an answer's (small) body as text.
+pub(crate) fn read_body(response: Response<Body>) -> io::Result<String> {
+    let mut text = String::new();
+    response.into_body().into_reader().take(1 << 20).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Throttled (429, 503 SlowDown) or failing (5xx): worth another try.

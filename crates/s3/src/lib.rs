@@ -57,6 +57,25 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+impl S3Config {
+    /// The bucket at `s3://HOST:PORT/BUCKET[/PREFIX]` with these credentials, and the defaults:
+    /// region `us-east-1`, HTTPS, a 30 s timeout, parts of [`FIRST_PART`].
+    pub fn new(location: &str, access_key: String, secret_key: String) -> Result<S3Config, String> {
+        let (endpoint, bucket, prefix) = parse_location(location)?;
+        Ok(S3Config {
+            endpoint,
+            bucket,
+            prefix,
+            region: "us-east-1".into(),
+            access_key,
+            secret_key,
+            insecure_http: false,
+            timeout: Duration::from_secs(30),
+            part_size: FIRST_PART,
+        })
+    }
+}
+
 /// Splits `s3://HOST:PORT/BUCKET[/PREFIX]` into endpoint, bucket and prefix.
 pub fn parse_location(location: &str) -> Result<(String, String, String), String> {
     let bad = || format!("{location}: expected s3://HOST:PORT/BUCKET[/PREFIX]");
@@ -207,44 +226,25 @@ impl S3Storage {
         action.headers_mut().insert("x-amz-copy-source", source.clone());
         let url = action.sign(SIGN_FOR);
         let response = client.send(Method::Put, &url, &[("x-amz-copy-source", &source)], &[])?;
-        // CopyObject may answer 200 and report its failure in the body.
-        let text = upload::read_body(response)?;
-        match text.contains("<Error>") {
-            true => Err(io::Error::other(format!(
-                "S3 storage at {} could not copy {from}: {}",
-                client.endpoint,
-                client::error_code(&text).unwrap_or_default()
-            ))),
-            false => Ok(()),
-        }
+        client.body_error(&client::read_body(response)?, &format!("copy {from}"))
     }
 
     fn copy_multipart(&self, source: &str, to: &str, size: u64) -> io::Result<()> {
         let client = &self.client;
-        let action = client.bucket.create_multipart_upload(Some(&client.credentials), to);
-        let body =
-            upload::read_body(client.send(Method::Post, &action.sign(SIGN_FOR), &[], &[])?)?;
-        let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
-            .map_err(|e| io::Error::other(format!("S3 CreateMultipartUpload answer: {e}")))?;
-        let id = created.upload_id();
+        let id = client.create_multipart(to)?;
         let mut etags = Vec::new();
-        let result = (|| {
-            let mut start = 0u64;
-            let mut number = 1u16;
+        let mut copy_parts = || {
+            let (mut start, mut number) = (0u64, 1u16);
             while start < size {
                 let end = (start + COPY_PART).min(size) - 1;
                 let range = format!("bytes={start}-{end}");
-                let mut action =
-                    client.bucket.upload_part(Some(&client.credentials), to, number, id);
-                action.headers_mut().insert("x-amz-copy-source", source);
-                action.headers_mut().insert("x-amz-copy-source-range", range.clone());
+                let mut action = client.bucket.upload_part(Some(&client.credentials), to, number, &id);
                 let headers = [("x-amz-copy-source", source), ("x-amz-copy-source-range", &range)];
-                let text = upload::read_body(client.send(
-                    Method::Put,
-                    &action.sign(SIGN_FOR),
-                    &headers,
-                    &[],
-                )?)?;
+                for (name, value) in headers {
+                    action.headers_mut().insert(name, value);
+                }
+                let answer = client.send(Method::Put, &action.sign(SIGN_FOR), &headers, &[])?;
+                let text = client::read_body(answer)?;
                 let etag = text
                     .split_once("<ETag>")
                     .and_then(|(_, rest)| rest.split_once("</ETag>"))
@@ -254,27 +254,11 @@ impl S3Storage {
                 start = end + 1;
                 number += 1;
             }
-            let action = client.bucket.complete_multipart_upload(
-                Some(&client.credentials),
-                to,
-                id,
-                etags.iter().map(String::as_str),
-            );
-            let url = action.sign(SIGN_FOR);
-            let text = upload::read_body(client.send(
-                Method::Post,
-                &url,
-                &[],
-                action.body().as_bytes(),
-            )?)?;
-            match text.contains("<Error>") {
-                true => Err(io::Error::other("S3 could not complete the copy")),
-                false => Ok(()),
-            }
-        })();
+            client.complete_multipart(to, &id, &etags, false)
+        };
+        let result = copy_parts();
         if result.is_err() {
-            let action = client.bucket.abort_multipart_upload(Some(&client.credentials), to, id);
-            let _ = client.send(Method::Delete, &action.sign(SIGN_FOR), &[], &[]);
+            client.abort_multipart(to, &id);
         }
         result
     }
@@ -390,7 +374,7 @@ impl Storage for S3Storage {
                 endpoint: client.endpoint.clone(),
             })),
             // A REST to exactly the end is an empty transfer, as on a file system.
-            Err(err) if zocalo_proto::storage::error_reply(&err).0 == 554 => {
+            Err(err) if zocalo_proto::storage::is_rest_past_end(&err) => {
                 match self.head(&key)? {
                     Some(meta) if meta.size == offset => Ok(Box::new(io::Cursor::new(Vec::new()))),
                     _ => Err(err),
@@ -546,17 +530,7 @@ mod tests {
 
     #[test]
     fn paths_map_to_keys() {
-        let config = S3Config {
-            endpoint: "127.0.0.1:9".into(),
-            bucket: "files".into(),
-            prefix: "site".into(),
-            region: "us-east-1".into(),
-            access_key: "k".into(),
-            secret_key: "s".into(),
-            insecure_http: true,
-            timeout: Duration::from_secs(1),
-            part_size: FIRST_PART,
-        };
+        let config = S3Config::new("s3://127.0.0.1:9/files/site", "k".into(), "s".into()).unwrap();
         let storage = S3Storage::new(&config).unwrap();
         assert_eq!(storage.key("a/b"), "site/a/b");
         assert_eq!(storage.dir_prefix(""), "site/");
@@ -571,15 +545,9 @@ mod tests {
     fn a_dead_storage_is_a_clear_error() {
         // Port 9 (discard) on loopback has no listener: connection refused, retried, then 451.
         let config = S3Config {
-            endpoint: "127.0.0.1:9".into(),
-            bucket: "files".into(),
-            prefix: String::new(),
-            region: "us-east-1".into(),
-            access_key: "k".into(),
-            secret_key: "s".into(),
             insecure_http: true,
             timeout: Duration::from_secs(2),
-            part_size: FIRST_PART,
+            ..S3Config::new("s3://127.0.0.1:9/files", "k".into(), "s".into()).unwrap()
         };
         let storage = S3Storage::new(&config).unwrap();
         let err = storage.metadata("file").unwrap_err();

@@ -10,7 +10,7 @@ use zocalo_proto::storage::DirStream;
 use zocalo_proto::DirEntry;
 
 use crate::client::{Client, SIGN_FOR};
-use crate::{dir_metadata, file_metadata, time, upload};
+use crate::{client, dir_metadata, file_metadata, time};
 
 /// One page of a directory.
 pub(crate) struct Page {
@@ -47,7 +47,7 @@ impl Lister {
             action.with_continuation_token(token.as_str());
         }
         let response = client.send(Method::Get, &action.sign(SIGN_FOR), &[], &[])?;
-        let body = upload::read_body(response)?;
+        let body = client::read_body(response)?;
         let parsed = rusty_s3::actions::ListObjectsV2::parse_response(&body)
             .map_err(|e| io::Error::other(format!("S3 ListObjectsV2 answer: {e}")))?;
         self.token = parsed.next_continuation_token;

@@ -1,17 +1,9 @@
 //! The two date forms S3 answers with: HTTP's `Last-Modified` (RFC 7231's IMF-fixdate) and
 //! ListObjectsV2's ISO 8601 `LastModified`.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use zocalo_proto::listing::days_from_civil;
-
-fn at(year: i64, month: u32, day: u32, h: u64, m: u64, s: u64) -> Option<SystemTime> {
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + s))
-}
+use zocalo_proto::listing::from_civil;
 
 /// `Sun, 29 Nov 2026 16:12:14 GMT`.
 pub(crate) fn parse_http_date(text: &str) -> Option<SystemTime> {
@@ -21,7 +13,7 @@ pub(crate) fn parse_http_date(text: &str) -> Option<SystemTime> {
     let month = MONTHS.iter().position(|m| *m == month_name)? as u32 + 1;
     let year = parts.next()?.parse().ok()?;
     let (h, m, s) = clock(parts.next()?)?;
-    at(year, month, day, h, m, s)
+    from_civil(year, month, day, h, m, s)
 }
 
 /// `2026-11-29T16:12:14.000Z`.
@@ -32,11 +24,11 @@ pub(crate) fn parse_iso8601(text: &str) -> Option<SystemTime> {
     let month = date.next()?.parse().ok()?;
     let day = date.next()?.parse().ok()?;
     let (h, m, s) = clock(clock_text.get(..8)?)?;
-    at(year, month, day, h, m, s)
+    from_civil(year, month, day, h, m, s)
 }
 
-fn clock(text: &str) -> Option<(u64, u64, u64)> {
-    let mut parts = text.split(':').map(|p| p.parse::<u64>().ok());
+fn clock(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split(':').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??, parts.next()??))
 }
 
@@ -49,7 +41,7 @@ mod tests {
 
     #[test]
     fn both_forms_parse() {
-        let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_968_734);
+        let expected = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_968_734);
         assert_eq!(parse_http_date("Sun, 29 Nov 2026 16:12:14 GMT"), Some(expected));
         assert_eq!(parse_iso8601("2026-11-29T16:12:14.000Z"), Some(expected));
         assert_eq!(parse_iso8601("2026-11-29T16:12:14Z"), Some(expected));

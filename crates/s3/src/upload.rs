@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use rusty_s3::{Method, S3Action};
 use zocalo_proto::FileHandle;
 
-use crate::client::{error_code, Client, SIGN_FOR};
+use crate::client::{Client, SIGN_FOR};
 
 /// The size of the first thousand parts.
 pub const FIRST_PART: usize = 8 * 1024 * 1024;
@@ -91,14 +91,7 @@ impl Upload {
     }
 
     fn start(&self) -> io::Result<Multipart> {
-        let client = &self.client;
-        let action = client.bucket.create_multipart_upload(Some(&client.credentials), &self.key);
-        let url = action.sign(SIGN_FOR);
-        let response = client.send(Method::Post, &url, &[], &[])?;
-        let body = read_body(response)?;
-        let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
-            .map_err(|e| io::Error::other(format!("S3 CreateMultipartUpload answer: {e}")))?;
-        let upload_id = created.upload_id().to_string();
+        let upload_id = self.client.create_multipart(&self.key)?;
         let (tx, rx) = sync_channel::<(u16, Vec<u8>)>(0);
         let (client, key, id) = (self.client.clone(), self.key.clone(), upload_id.clone());
         let uploader =
@@ -140,32 +133,7 @@ impl Upload {
             }
         };
         let client = &self.client;
-        let mut action = client.bucket.complete_multipart_upload(
-            Some(&client.credentials),
-            &self.key,
-            &multipart.upload_id,
-            etags.iter().map(String::as_str),
-        );
-        if self.create_new {
-            action.headers_mut().insert("if-none-match", "*");
-        }
-        let url = action.sign(SIGN_FOR);
-        let body = action.body();
-        let headers: &[(&str, &str)] = match self.create_new {
-            true => &[("if-none-match", "*")],
-            false => &[],
-        };
-        let result = client.send(Method::Post, &url, headers, body.as_bytes()).and_then(|r| {
-            // CompleteMultipartUpload may answer 200 and report its failure in the body.
-            let text = read_body(r)?;
-            match error_code(&text) {
-                Some(code) if text.contains("<Error>") => Err(io::Error::other(format!(
-                    "S3 storage at {} could not complete the upload ({code})",
-                    client.endpoint
-                ))),
-                _ => Ok(()),
-            }
-        });
+        let result = client.complete_multipart(&self.key, &multipart.upload_id, &etags, self.create_new);
         if result.is_err() {
             multipart.abort_in_background(self.client.clone(), self.key.clone());
         }
@@ -188,12 +156,7 @@ impl Multipart {
     fn abort_in_background(mut self, client: Arc<Client>, key: String) {
         let spawned = std::thread::Builder::new().name("zocalo-s3-abort".into()).spawn(move || {
             let _ = self.join();
-            let action = client.bucket.abort_multipart_upload(
-                Some(&client.credentials),
-                &key,
-                &self.upload_id,
-            );
-            let _ = client.send(Method::Delete, &action.sign(SIGN_FOR), &[], &[]);
+            client.abort_multipart(&key, &self.upload_id);
         });
         drop(spawned);
     }
@@ -211,13 +174,6 @@ fn upload_part(
     let etag = response.headers().get("etag").and_then(|v| v.to_str().ok());
     etag.map(str::to_string)
         .ok_or_else(|| io::Error::other(format!("S3 storage at {} gave no ETag", client.endpoint)))
-}
-
-/// Reads an answer's (small) body as text.
-pub(crate) fn read_body(response: ureq::http::Response<ureq::Body>) -> io::Result<String> {
-    let mut text = String::new();
-    response.into_body().into_reader().take(1 << 20).read_to_string(&mut text)?;
-    Ok(text)
 }
 
 impl Write for Upload {

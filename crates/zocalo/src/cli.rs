@@ -663,7 +663,6 @@ fn s3_config(
     file_key: Option<String>,
     file_secret: Option<String>,
 ) -> Result<zocalo_s3::S3Config, String> {
-    let (endpoint, bucket, prefix) = zocalo_s3::parse_location(location)?;
     let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
     let access_key = env("AWS_ACCESS_KEY_ID").or(file_key);
     let secret_key = env("AWS_SECRET_ACCESS_KEY").or(file_secret);
@@ -673,17 +672,7 @@ fn s3_config(
              or s3-access-key and s3-secret-key in the config file"
         ));
     };
-    Ok(zocalo_s3::S3Config {
-        endpoint,
-        bucket,
-        prefix,
-        region: "us-east-1".into(),
-        access_key,
-        secret_key,
-        insecure_http: false,
-        timeout: Duration::from_secs(30),
-        part_size: zocalo_s3::FIRST_PART,
-    })
+    zocalo_s3::S3Config::new(location, access_key, secret_key)
 }
 
 fn tls_settings(
