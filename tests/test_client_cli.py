@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import helpers
@@ -84,7 +85,7 @@ def test_password_from_netrc_and_a_clear_error_without_one(start_server, tmp_pat
     (srv.root / "f.txt").write_bytes(b"netrc works\n")
     home = tmp_path / "home"
     home.mkdir()
-    env = {**__import__("os").environ, "HOME": str(home)}
+    env = {**os.environ, "HOME": str(home)}
     url = f"ftp://{helpers.USER}@127.0.0.1:{srv.port}/f.txt"
     p = zocalo("get", "--quiet", url, tmp_path / "none.txt", env=env)
     assert p.returncode == 2, p.stderr
@@ -107,7 +108,7 @@ def test_ftps_verified_against_the_system_ca_store(start_server, tmp_path, certs
     srv = start_server("epoll", extra=["--tls-cert", certs["cert"], "--tls-key", certs["key"]])
     (srv.root / "f.txt").write_bytes(b"tls\n")
     url = f"ftp://{helpers.USER}:{helpers.PASSWORD}@127.0.0.1:{srv.port}/f.txt"
-    env = {**__import__("os").environ}
+    env = {**os.environ}
     env.pop("SSL_CERT_DIR", None)
     env["SSL_CERT_FILE"] = "/etc/ssl/certs/ca-certificates.crt"
     p = zocalo("get", "--quiet", "--tls", url, tmp_path / "a.txt", env=env)
@@ -119,7 +120,6 @@ def test_ftps_verified_against_the_system_ca_store(start_server, tmp_path, certs
 
 
 def test_mirror_keeps_times_skips_unchanged_deletes_and_uploads(start_server, tmp_path):
-    import os
     srv = start_server("epoll", write=True)
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

@@ -20,58 +20,40 @@ pub struct NetrcEntry {
 /// `password WORD`, `account WORD`, and `macdef NAME` (whose body, up to an empty line, is
 /// skipped).
 pub fn parse_netrc(text: &str) -> Vec<NetrcEntry> {
-    let mut entries: Vec<NetrcEntry> = Vec::new();
+    // The tokens in order; a macro's body (the lines after `macdef`, up to an empty one) is
+    // not made of tokens and is left out.
+    let mut tokens = Vec::new();
     let mut lines = text.lines();
-    let mut pending: Vec<String> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match lines.next() {
-                Some(line) => pending = line.split_whitespace().rev().map(str::to_string).collect(),
-                None => break,
+    while let Some(line) = lines.next() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.iter().position(|w| *w == "macdef") {
+            Some(at) => {
+                tokens.extend_from_slice(&words[..at]);
+                lines.by_ref().take_while(|l| !l.trim().is_empty()).for_each(drop);
             }
-            continue;
+            None => tokens.extend(words),
         }
-        let token = pending.pop().unwrap_or_default();
-        let value = |pending: &mut Vec<String>, lines: &mut std::str::Lines<'_>| {
-            while pending.is_empty() {
-                match lines.next() {
-                    Some(line) => {
-                        *pending = line.split_whitespace().rev().map(str::to_string).collect()
-                    }
-                    None => return None,
-                }
-            }
-            pending.pop()
-        };
-        match token.as_str() {
+    }
+    let mut entries: Vec<NetrcEntry> = Vec::new();
+    let mut tokens = tokens.into_iter();
+    while let Some(token) = tokens.next() {
+        let value = |tokens: &mut std::vec::IntoIter<&str>| tokens.next().map(str::to_string);
+        match token {
             "machine" => {
-                let name = value(&mut pending, &mut lines);
-                entries.push(NetrcEntry { machine: name, ..NetrcEntry::default() });
+                let machine = value(&mut tokens);
+                entries.push(NetrcEntry { machine, ..NetrcEntry::default() });
             }
             "default" => entries.push(NetrcEntry::default()),
-            "login" => {
-                let v = value(&mut pending, &mut lines);
+            "login" | "password" => {
+                let v = value(&mut tokens);
                 if let Some(e) = entries.last_mut() {
-                    e.login = v;
-                }
-            }
-            "password" => {
-                let v = value(&mut pending, &mut lines);
-                if let Some(e) = entries.last_mut() {
-                    e.password = v;
-                }
-            }
-            "account" => {
-                value(&mut pending, &mut lines);
-            }
-            "macdef" => {
-                pending.clear();
-                for line in lines.by_ref() {
-                    if line.trim().is_empty() {
-                        break;
+                    match token {
+                        "login" => e.login = v,
+                        _ => e.password = v,
                     }
                 }
             }
+            "account" => drop(value(&mut tokens)),
             _ => {}
         }
     }

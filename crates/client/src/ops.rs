@@ -185,12 +185,8 @@ fn mirror_dir(
     }
     fs::create_dir_all(local_dir).map_err(|e| local(local_dir, e))?;
     summary.dirs += 1;
-    let listing_path = if remote.is_empty() { "/" } else { remote };
     let mut seen = std::collections::HashSet::new();
-    for entry in client.entries(listing_path)? {
-        if entry.name.contains('/') || entry.name == "." || entry.name == ".." {
-            continue; // a hostile listing must not write outside `local_dir`
-        }
+    for entry in children(client, remote)? {
         let child_remote = format!("{remote}/{}", entry.name);
         let child_local = local_dir.join(&entry.name);
         match entry.kind {
@@ -215,6 +211,15 @@ fn mirror_dir(
         }
     }
     Ok(())
+}
+
+/// The entries of a remote directory (`""` is the root) whose names can be used as a path's
+/// last part: a hostile listing's `..` or `a/b` must not lead a mirror outside its tree.
+fn children(client: &mut Client, remote: &str) -> Result<Vec<crate::listing::Entry>, OpError> {
+    let path = if remote.is_empty() { "/" } else { remote };
+    let mut entries = client.entries(path)?;
+    entries.retain(|e| !e.name.contains('/') && e.name != "." && e.name != "..");
+    Ok(entries)
 }
 
 /// Same size, and the same time to the second when the server gives one: nothing to copy.
@@ -284,14 +289,13 @@ fn mirror_up_dir(
     if depth > MAX_MIRROR_DEPTH {
         return Err(OpError::Usage(format!("{}: too deep", local_dir.display())));
     }
-    let listing_path = if remote.is_empty() { "/" } else { remote };
     if !remote.is_empty() {
         // 550 when it exists already; a real failure shows up at the listing just below.
         let _ = client.mkd(remote);
     }
     summary.dirs += 1;
     let there: std::collections::HashMap<String, crate::listing::Entry> =
-        client.entries(listing_path)?.into_iter().map(|e| (e.name.clone(), e)).collect();
+        children(client, remote)?.into_iter().map(|e| (e.name.clone(), e)).collect();
     let mut names = Vec::new();
     for entry in fs::read_dir(local_dir).map_err(|e| local(local_dir, e))? {
         let entry = entry.map_err(|e| local(local_dir, e))?;
@@ -350,10 +354,7 @@ fn remove_remote(client: &mut Client, path: &str, kind: Kind, depth: usize) -> R
         if depth > MAX_MIRROR_DEPTH {
             return Err(OpError::Usage(format!("{path}: too deep to delete")));
         }
-        for entry in client.entries(path)? {
-            if entry.name.contains('/') || entry.name == "." || entry.name == ".." {
-                continue;
-            }
+        for entry in children(client, path)? {
             remove_remote(client, &format!("{path}/{}", entry.name), entry.kind, depth + 1)?;
         }
         client.rmd(path)?;

@@ -238,7 +238,8 @@ impl S3Storage {
             while start < size {
                 let end = (start + COPY_PART).min(size) - 1;
                 let range = format!("bytes={start}-{end}");
-                let mut action = client.bucket.upload_part(Some(&client.credentials), to, number, &id);
+                let mut action =
+                    client.bucket.upload_part(Some(&client.credentials), to, number, &id);
                 let headers = [("x-amz-copy-source", source), ("x-amz-copy-source-range", &range)];
                 for (name, value) in headers {
                     action.headers_mut().insert(name, value);
@@ -374,12 +375,10 @@ impl Storage for S3Storage {
                 endpoint: client.endpoint.clone(),
             })),
             // A REST to exactly the end is an empty transfer, as on a file system.
-            Err(err) if zocalo_proto::storage::is_rest_past_end(&err) => {
-                match self.head(&key)? {
-                    Some(meta) if meta.size == offset => Ok(Box::new(io::Cursor::new(Vec::new()))),
-                    _ => Err(err),
-                }
-            }
+            Err(err) if zocalo_proto::storage::is_rest_past_end(&err) => match self.head(&key)? {
+                Some(meta) if meta.size == offset => Ok(Box::new(io::Cursor::new(Vec::new()))),
+                _ => Err(err),
+            },
             Err(err) if err.kind() == io::ErrorKind::NotFound => match self.probe_dir(path)?.0 {
                 true => Err(io::ErrorKind::IsADirectory.into()),
                 false => Err(err),

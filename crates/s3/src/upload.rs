@@ -133,7 +133,8 @@ impl Upload {
             }
         };
         let client = &self.client;
-        let result = client.complete_multipart(&self.key, &multipart.upload_id, &etags, self.create_new);
+        let result =
+            client.complete_multipart(&self.key, &multipart.upload_id, &etags, self.create_new);
         if result.is_err() {
             multipart.abort_in_background(self.client.clone(), self.key.clone());
         }

@@ -89,11 +89,16 @@ impl Admin {
                 _ => format!("error: no session {id}\n"),
             },
             (Some("reload"), None) => {
-                // In the `process` model the parent reloads too (new children fork from it).
-                if let Some(parent) = &self.forward {
-                    parent.ask();
-                }
-                match self.reloader.reload() {
+                // In the `process` model the parent reloads (new children fork from it, and
+                // only it may talk to systemd); this process answers with the same check.
+                let result = match &self.forward {
+                    Some(parent) => {
+                        parent.ask();
+                        self.reloader.check()
+                    }
+                    None => self.reloader.reload(),
+                };
+                match result {
                     Ok(summary) => format!("{summary}\n"),
                     Err(e) => format!("error: {e}\n"),
                 }

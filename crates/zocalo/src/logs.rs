@@ -39,10 +39,6 @@ impl Reopening {
         }
         (&state.0).write_all(bytes)
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 fn append(path: &Path) -> io::Result<File> {

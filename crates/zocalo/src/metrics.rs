@@ -87,10 +87,14 @@ fn slot(index: usize) -> Option<&'static AtomicU64> {
     TABLE.get().map(|t| &t[index])
 }
 
-pub fn add(counter: Counter, n: u64) {
-    if let Some(s) = slot(counter as usize) {
+fn bump(index: usize, n: u64) {
+    if let Some(s) = slot(index) {
         s.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+pub fn add(counter: Counter, n: u64) {
+    bump(counter as usize, n);
 }
 
 pub fn inc(counter: Counter) {
@@ -133,9 +137,7 @@ pub fn transfer(verb: &str, complete: bool, bytes: u64, took: Duration) {
     let Some(v) = VERBS.iter().position(|x| *x == verb) else {
         return;
     };
-    if let Some(s) = slot(TRANSFERS + v * 2 + usize::from(!complete)) {
-        s.fetch_add(1, Ordering::Relaxed);
-    }
+    bump(TRANSFERS + v * 2 + usize::from(!complete), 1);
     let listing = v >= 4;
     add(if v == 0 || listing { Counter::BytesSent } else { Counter::BytesReceived }, bytes);
     observe(if listing { LISTING_SECONDS } else { TRANSFER_SECONDS }, took);
@@ -144,16 +146,10 @@ pub fn transfer(verb: &str, complete: bool, bytes: u64, took: Duration) {
 fn observe(base: usize, took: Duration) {
     let seconds = took.as_secs_f64();
     if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-        if let Some(s) = slot(base + i) {
-            s.fetch_add(1, Ordering::Relaxed);
-        }
+        bump(base + i, 1);
     }
-    if let Some(s) = slot(base + BUCKETS.len()) {
-        s.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-    if let Some(s) = slot(base + BUCKETS.len() + 1) {
-        s.fetch_add(1, Ordering::Relaxed);
-    }
+    bump(base + BUCKETS.len(), took.as_micros() as u64);
+    bump(base + BUCKETS.len() + 1, 1);
 }
 
 /// The Prometheus text exposition of the table.

@@ -10,15 +10,11 @@ use zocalo_proto::{Event, LoginRefusal, Session};
 
 use crate::metrics::{self, Counter};
 
-/// The span every line of one session is logged in.
-pub fn session_span(id: u64, peer: SocketAddr) -> tracing::Span {
-    tracing::info_span!("session", id, peer = %peer)
-}
-
-/// A connection was admitted: counted, given its id, logged.
+/// A connection was admitted: counted, given its id and the span every line of the session is
+/// logged in, logged.
 pub fn opened(peer: SocketAddr) -> (u64, tracing::Span) {
     let id = metrics::session_opened();
-    let span = session_span(id, peer);
+    let span = tracing::info_span!("session", id, peer = %peer);
     span.in_scope(|| tracing::info!("connection opened"));
     (id, span)
 }

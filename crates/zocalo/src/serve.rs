@@ -240,16 +240,16 @@ fn build(
         Some(t) if t.required => TlsPolicy::Required,
         Some(_) => TlsPolicy::Optional,
     };
+    // The session table: `ctl status` and SIGUSR1 read it.
+    let registry = Arc::new(Registry::new(settings.max_connections.min(65_536))?);
     let reloader = Reloader {
         users,
         tls: match (&tls, &settings.tls) {
             (Some(tls), Some(t)) => Some((tls.clone(), t.cert.clone(), t.key.clone())),
             _ => None,
         },
+        sessions: registry.clone(),
     };
-    // The session table: `ctl status` and SIGUSR1 read it.
-    let registry = Arc::new(Registry::new(settings.max_connections.min(65_536))?);
-    let _ = SESSIONS.set(registry.clone());
     let ctx = Ctx {
         config: Arc::new(config),
         passive_ports: settings.passive_ports.clone(),
@@ -293,24 +293,49 @@ fn build(
 }
 
 /// What a reload (SIGHUP, `zocalo ctl reload`) refreshes: the users file, the TLS certificate
-/// and key, and the log files (reopened by path, for logrotate).
+/// and key, and the log files (reopened by path, for logrotate); and SIGUSR1's session table.
 #[derive(Clone)]
 pub struct Reloader {
     users: Arc<Users>,
     tls: Option<(Tls, PathBuf, PathBuf)>,
+    sessions: Arc<Registry>,
 }
 
 impl Reloader {
+    /// Carries out what `reload` (SIGHUP, `ctl reload`) and SIGUSR1 asked for since last time.
+    pub fn answer(&self, reload: &Reload) {
+        let (reload_asked, dump_asked) = reload.take();
+        if reload_asked {
+            let _ = self.reload();
+        }
+        if dump_asked {
+            self.dump_sessions();
+        }
+    }
+
     /// Reloads each part; a part that fails keeps its old settings and says why, the others go
     /// ahead. Returns the summary (`Err` if anything failed).
     pub fn reload(&self) -> Result<String, String> {
         crate::systemd::notify("RELOADING=1");
-        let result = self.reload_parts();
+        let (done, failed) = self.reload_parts();
+        crate::metrics::inc(crate::metrics::Counter::Reloads);
         crate::systemd::notify("READY=1");
+        let result = summarize(done, &failed);
+        match &result {
+            Ok(summary) => tracing::info!("{summary}"),
+            Err(e) => tracing::warn!("{e}"),
+        }
         result
     }
 
-    fn reload_parts(&self) -> Result<String, String> {
+    /// What a reload would say, checked on this process's own copies: the `process` model's
+    /// admin process answers with it while its parent does the reload that counts.
+    pub fn check(&self) -> Result<String, String> {
+        let (done, failed) = self.reload_parts();
+        summarize(done, &failed)
+    }
+
+    fn reload_parts(&self) -> (Vec<String>, Vec<String>) {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         match self.users.reload() {
@@ -324,19 +349,34 @@ impl Reloader {
                 Err(e) => failed.push(e.to_string()),
             }
         }
-        crate::metrics::inc(crate::metrics::Counter::Reloads);
-        done.push(String::from("the log files (reopened)"));
-        let summary = format!("reloaded: {}", done.join(", "));
-        match failed.is_empty() {
-            true => {
-                tracing::info!("{summary}");
-                Ok(summary)
-            }
-            false => {
-                let failed = failed.join("; ");
-                tracing::warn!("{summary}; kept the previous settings for what failed: {failed}");
-                Err(format!("{summary}; failed, kept the previous settings: {failed}"))
-            }
+        (done, failed)
+    }
+
+    /// SIGUSR1: the session table, one log line per session.
+    pub fn dump_sessions(&self) {
+        let sessions = self.sessions.sessions();
+        tracing::info!(sessions = sessions.len(), "session table (SIGUSR1)");
+        for s in sessions {
+            tracing::info!(
+                id = s.id,
+                pid = s.pid,
+                peer = s.peer,
+                user = s.user,
+                transfer = s.transfer,
+                bytes = s.bytes,
+                "session"
+            );
+        }
+    }
+}
+
+fn summarize(mut done: Vec<String>, failed: &[String]) -> Result<String, String> {
+    done.push(String::from("the log files (reopened)"));
+    let summary = format!("reloaded: {}", done.join(", "));
+    match failed.is_empty() {
+        true => Ok(summary),
+        false => {
+            Err(format!("{summary}; failed, kept the previous settings: {}", failed.join("; ")))
         }
     }
 }
@@ -345,40 +385,11 @@ impl Reloader {
 fn spawn_reloader(reload: Reload, shutdown: Shutdown, reloader: Reloader) -> io::Result<()> {
     std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || {
         while crate::shutdown::wait_unless_stopped(reload.fd(), &shutdown) {
-            let (reload_asked, dump_asked) = reload.take();
-            if reload_asked {
-                let _ = reloader.reload();
-            }
-            if dump_asked {
-                dump_sessions();
-            }
+            reloader.answer(&reload);
         }
     })?;
     Ok(())
 }
-
-/// SIGUSR1: the session table, one log line per session.
-pub fn dump_sessions() {
-    let Some(registry) = SESSIONS.get() else {
-        return;
-    };
-    let sessions = registry.sessions();
-    tracing::info!(sessions = sessions.len(), "session table (SIGUSR1)");
-    for s in sessions {
-        tracing::info!(
-            id = s.id,
-            pid = s.pid,
-            peer = s.peer,
-            user = s.user,
-            transfer = s.transfer,
-            bytes = s.bytes,
-            "session"
-        );
-    }
-}
-
-/// The session table, for SIGUSR1.
-static SESSIONS: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
 
 /// One `listening ftp://ADDR` line per listener, printed once the model accepts connections.
 fn announcements(listeners: &[Listener], settings: &Settings) -> io::Result<Vec<String>> {

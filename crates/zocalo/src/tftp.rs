@@ -38,14 +38,14 @@ impl TftpStorage for StorageAdapter {
             return Err(io::ErrorKind::IsADirectory.into());
         }
         let file = self.storage.open_read(&path, 0)?;
-        Ok((Box::new(Upload::new(file, false)), Some(meta.size)))
+        Ok((Box::new(TftpFile::new(file, false)), Some(meta.size)))
     }
 
     fn open_write(&self, path: &str) -> io::Result<Box<dyn Write + Send>> {
         let mut file = self.storage.open_write(&relative(path), WriteMode::Truncate)?;
         // The write request is accepted now: TFTP has no later moment for the upload to begin.
         file.begin()?;
-        Ok(Box::new(Upload::new(file, true)))
+        Ok(Box::new(TftpFile::new(file, true)))
     }
 }
 
@@ -53,19 +53,19 @@ impl TftpStorage for StorageAdapter {
 /// or an S3 upload completed) by the one `flush` the TFTP receiver makes after the last block;
 /// a transfer that fails or times out is dropped unflushed and replaces nothing. Counted in the
 /// metrics when dropped: a read that reached the end, or a committed write, is a success.
-struct Upload {
+struct TftpFile {
     file: Option<Box<dyn FileHandle>>,
     write: bool,
     complete: bool,
 }
 
-impl Upload {
-    fn new(file: Box<dyn FileHandle>, write: bool) -> Upload {
-        Upload { file: Some(file), write, complete: false }
+impl TftpFile {
+    fn new(file: Box<dyn FileHandle>, write: bool) -> TftpFile {
+        TftpFile { file: Some(file), write, complete: false }
     }
 }
 
-impl Read for Upload {
+impl Read for TftpFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.as_mut().map_or(Ok(0), |f| f.read(buf))?;
         self.complete |= n == 0 && !buf.is_empty();
@@ -73,7 +73,7 @@ impl Read for Upload {
     }
 }
 
-impl Write for Upload {
+impl Write for TftpFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.file.as_mut() {
             Some(f) => f.write(buf),
@@ -94,7 +94,7 @@ impl Write for Upload {
     }
 }
 
-impl Drop for Upload {
+impl Drop for TftpFile {
     fn drop(&mut self) {
         use crate::metrics::Counter::*;
         crate::metrics::inc(match (self.write, self.complete) {

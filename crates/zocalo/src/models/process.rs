@@ -71,13 +71,7 @@ pub fn run(mut server: Server) -> io::Result<()> {
             || {
                 let _ = child_waker.drain();
                 reap(&mut children.borrow_mut(), registry.as_deref());
-                let (reload_asked, dump_asked) = server.reload.take();
-                if dump_asked {
-                    crate::serve::dump_sessions();
-                }
-                if reload_asked {
-                    let _ = server.reloader.reload();
-                }
+                server.reloader.answer(&server.reload);
             },
             &extra,
         )
