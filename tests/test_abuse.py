@@ -173,12 +173,15 @@ def unreading_client(srv, lines: bytes, login: bool = False) -> socket.socket:
 
 
 def rss_kib(pid: int) -> int:
-    """Resident memory of the server and its children (the process model's sessions)."""
+    """Memory of the server and its children (the process model's sessions), as proportional
+    set size: a page a forked child shares with its parent counts once, not once per process
+    (VmRSS would count the binary and every page the parent touched before the fork again in
+    each child)."""
     total = 0
     for p in [pid, *helpers._children_of(pid)]:
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next((int(l.split()[1]) for l in f if l.startswith("Pss:")), 0)
         except OSError:
             pass
     return total

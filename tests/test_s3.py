@@ -360,7 +360,10 @@ def test_storage_node_killed_during_an_upload(s3srv, seaweed, fault_data):
 
 def test_storage_node_killed_during_a_download(s3srv, seaweed, fault_data):
     server = s3srv(timeout=10)
-    server.put("big.bin", fault_data)
+    # Setting up, not what is tested: right after the previous test's node restart the cluster
+    # may still be electing a leader, and a PUT then times out.
+    seaweed.wait_for(lambda: server.put("big.bin", fault_data) or True, 120,
+                     "the cluster to store the 100 MiB object")
     seaweed.wait_replicated([server.key("big.bin")])
     ftp = server.srv.ftp(timeout=60)
     ftp.voidcmd("TYPE I")
