@@ -395,6 +395,7 @@ def test_whole_storage_down_answers_451_and_service_resumes(s3srv, seaweed):
     server = s3srv(timeout=3)
     data = os.urandom(300_000)
     server.put("kept.bin", data)
+    seaweed.wait_replicated([server.key("kept.bin")])
     ftp = server.srv.ftp(timeout=30)
     seaweed.stop_all()
     try:
@@ -412,7 +413,10 @@ def test_whole_storage_down_answers_451_and_service_resumes(s3srv, seaweed):
         assert ftp.pwd() == "/"
     finally:
         seaweed.start_all()
-    assert helpers.download(ftp, "kept.bin") == data
+    # Back: the cluster answers again (its first requests after a restart can still time out
+    # while its masters settle), and the same session is served the same bytes.
+    seaweed.wait_for(lambda: helpers.download(ftp, "kept.bin") == data, 60,
+                     "zocalo to serve kept.bin again")
     helpers.upload(ftp, "after.bin", b"back")
     assert server.object_sha256("after.bin") == sha256(b"back")
     ftp.quit()
