@@ -9,6 +9,7 @@
 //! - [`command`]: one line to a typed [`command::Command`];
 //! - [`session`]: the state machine;
 //! - [`path`], [`listing`], [`ascii`]: virtual paths, listing formats, TYPE A conversion;
+//! - [`proxy`]: the PROXY protocol header a load balancer sends first;
 //! - [`storage`], [`auth`]: the provider traits; [`memory`]: an in-memory storage for tests.
 
 pub mod ascii;
@@ -19,6 +20,7 @@ pub mod line;
 pub mod listing;
 pub mod memory;
 pub mod path;
+pub mod proxy;
 pub mod session;
 pub mod storage;
 

@@ -1,7 +1,7 @@
 //! The local admin channel: an AF_UNIX SOCK_SEQPACKET socket (mode 0600), the notes' other
 //! address family and the socket type that keeps message boundaries.
 //!
-//! A client sends one message, `status`, `kick ID` or `reload`, and gets the answer as one or
+//! A client sends one message, `status`, `kick [NODE:]ID`, `drain` or `reload`, and gets the answer as one or
 //! more messages followed by an empty one. `zocalo ctl` is that client.
 
 use std::io;
@@ -30,6 +30,10 @@ pub struct Admin {
     reloader: crate::serve::Reloader,
     /// The model and the `listening` lines.
     summary: Vec<String>,
+    /// This node's name, in the status lines.
+    node: String,
+    /// The cluster's shared state, for other nodes' sessions and kicks.
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Admin {
@@ -40,6 +44,8 @@ impl Admin {
         registry: Arc<Registry>,
         reloader: crate::serve::Reloader,
         summary: Vec<String>,
+        node: String,
+        shared: Option<Arc<crate::shared::Shared>>,
     ) -> io::Result<Self> {
         remove_stale(path)?;
         let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
@@ -48,7 +54,7 @@ impl Admin {
         socket.listen(16)?;
         socket.set_nonblocking(true)?;
         let path = Some(path.to_path_buf());
-        Ok(Admin { socket, path, forward: None, registry, reloader, summary })
+        Ok(Admin { socket, path, forward: None, registry, reloader, summary, node, shared })
     }
 
     /// The listening descriptor, for a poll set.
@@ -84,10 +90,12 @@ impl Admin {
         let mut words = request.split_whitespace();
         match (words.next(), words.next()) {
             (Some("status"), None) => self.status(),
-            (Some("kick"), Some(id)) => match id.parse() {
-                Ok(id) if self.registry.kick(id) => format!("kicked session {id}\n"),
-                _ => format!("error: no session {id}\n"),
-            },
+            (Some("kick"), Some(target)) => self.kick(target),
+            (Some("drain"), None) => {
+                crate::metrics::start_draining();
+                tracing::warn!("draining: the balancer's agent check now says drain");
+                "draining: the agent answers drain; sessions go on\n".into()
+            }
             (Some("reload"), None) => {
                 // In the `process` model the parent reloads (new children fork from it, and
                 // only it may talk to systemd); this process answers with the same check.
@@ -103,7 +111,7 @@ impl Admin {
                     Err(e) => format!("error: {e}\n"),
                 }
             }
-            _ => "error: requests are `status`, `kick ID` and `reload`\n".into(),
+            _ => "error: requests are `status`, `kick [NODE:]ID`, `drain` and `reload`\n".into(),
         }
     }
 
@@ -113,17 +121,52 @@ impl Admin {
             out.push_str(line);
             out.push('\n');
         }
-        let sessions = self.registry.sessions();
-        out.push_str(&format!("sessions {}\n", sessions.len()));
-        for s in sessions {
-            let user = if s.user.is_empty() { "-" } else { &s.user };
-            let transfer = if s.transfer.is_empty() { "-".to_string() } else { s.transfer.clone() };
-            out.push_str(&format!(
-                "session id={} pid={} peer={} user={user} transfer={transfer:?} bytes={}\n",
-                s.id, s.pid, s.peer, s.bytes
-            ));
+        let mut lines: Vec<String> =
+            self.registry.sessions().iter().map(|s| s.line(&self.node)).collect();
+        if let Some(shared) = &self.shared {
+            match shared.other_sessions() {
+                Some(nodes) => {
+                    for (_, remote) in nodes {
+                        lines.extend(remote);
+                    }
+                }
+                None => out.push_str("shared state unreachable: this node's sessions only\n"),
+            }
+        }
+        out.push_str(&format!("sessions {}\n", lines.len()));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
         }
         out
+    }
+
+    /// `kick ID` (this node) or `kick NODE:ID` (any node of the cluster).
+    fn kick(&self, target: &str) -> String {
+        let (node, id) = match target.rsplit_once(':') {
+            Some((node, id)) => (Some(node), id),
+            None => (None, target),
+        };
+        let Ok(id) = id.parse::<u64>() else {
+            return format!("error: no session {target}\n");
+        };
+        match (node, &self.shared) {
+            (None, _) => {}
+            (Some(node), _) if node == self.node => {}
+            (Some(node), Some(shared)) => {
+                return match shared.kick(node, id) {
+                    Some(()) => format!("asked node {node} to kick session {id}\n"),
+                    None => "error: shared state unreachable\n".into(),
+                };
+            }
+            (Some(node), None) => {
+                return format!("error: no node {node} (this node has no --shared-state)\n");
+            }
+        }
+        match self.registry.kick(id) {
+            true => format!("kicked session {id}\n"),
+            false => format!("error: no session {target}\n"),
+        }
     }
 
     /// Serves admin clients in a thread of its own until `shutdown` fires.

@@ -437,6 +437,22 @@ pub struct ServeArgs {
     /// systemd's Accept=yes); --listen is ignored.
     #[arg(long)]
     pub inetd: bool,
+    /// Connections from these addresses (a load balancer such as HAProxy) must begin with a
+    /// PROXY protocol header (v1 or v2), whose client address then counts everywhere. Repeat
+    /// the flag for more than one range, e.g. 10.0.0.0/24.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<String>,
+    /// Seconds a trusted balancer has to send its PROXY header [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub proxy_header_timeout: Option<u64>,
+    /// Keep lock-outs, connection limits and the session table in Redis, shared by every node
+    /// given the same URL (redis://HOST:PORT/[DB]).
+    #[arg(long, value_name = "URL")]
+    pub shared_state: Option<String>,
+    /// Answer HAProxy's agent-check on this address: `up ready`, or `drain` while the node
+    /// drains (`zocalo ctl drain`, or a stop under way).
+    #[arg(long, value_name = "ADDR")]
+    pub agent: Option<SocketAddr>,
 }
 
 /// The configuration file's keys, mirroring the flags.
@@ -487,6 +503,10 @@ pub struct FileConfig {
     log_file: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     node_name: Option<String>,
+    proxy_protocol_from: Option<Vec<String>>,
+    proxy_header_timeout: Option<u64>,
+    shared_state: Option<String>,
+    agent: Option<SocketAddr>,
 }
 
 /// FTPS settings.
@@ -537,6 +557,11 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub node_name: String,
+    /// Balancers whose connections start with a PROXY header.
+    pub proxy_from: Vec<crate::proxy::Cidr>,
+    pub proxy_timeout: Duration,
+    pub shared_state: Option<String>,
+    pub agent: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -627,6 +652,13 @@ impl Settings {
             login_timeout: secs(args.login_timeout, file.login_timeout, 60),
             log_file: args.log_file.clone().or(file.log_file),
             metrics: args.metrics.or(file.metrics),
+            proxy_from: pick_vec(&args.proxy_protocol_from, file.proxy_protocol_from)
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<_, _>>()?,
+            proxy_timeout: secs(args.proxy_header_timeout, file.proxy_header_timeout, 5),
+            shared_state: args.shared_state.clone().or(file.shared_state),
+            agent: args.agent.or(file.agent),
             node_name: match args.node_name.clone().or(file.node_name) {
                 Some(name) => name,
                 None => host_name(),

@@ -42,6 +42,12 @@ pub struct Ctx {
     pub login_timeout: Duration,
     /// Worker threads per event loop (more for network storage).
     pub work_threads: usize,
+    /// `--proxy-protocol-from`: balancers whose control and data connections start with a
+    /// PROXY header, and how long they have to send it.
+    pub proxy_from: Vec<crate::proxy::Cidr>,
+    pub proxy_timeout: Duration,
+    /// `--shared-state`.
+    pub shared: Option<Arc<crate::shared::Shared>>,
 }
 
 /// A new client's control connection, ready for its driver.

@@ -14,6 +14,8 @@ pub struct Limits {
     max_total: usize,
     max_per_ip: usize,
     state: Mutex<Counts>,
+    /// `--shared-state`: the counts across every node, checked after the local ones.
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 #[derive(Debug, Default)]
@@ -51,15 +53,41 @@ impl Refusal {
 pub struct Permit {
     limits: Arc<Limits>,
     ip: IpAddr,
+    /// Counted in the shared state too.
+    shared: bool,
 }
 
 impl Limits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()) })
+    pub fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        shared: Option<Arc<crate::shared::Shared>>,
+    ) -> Arc<Self> {
+        Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()), shared })
     }
 
-    /// Counts a new connection from `ip`, or refuses it.
+    /// Whether [`admit`](Self::admit) asks Redis (a network call: the event loop hands it to a
+    /// worker).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Counts a new connection from `ip` here and, with `--shared-state`, across the cluster
+    /// (when Redis answers; else the local count decides alone), or refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+        let ip = crate::proxy::canonical(ip);
+        let mut permit = self.admit_here(ip)?;
+        if let Some(shared) = &self.shared {
+            match shared.admit(ip) {
+                Some(Ok(())) => permit.shared = true,
+                Some(Err(refusal)) => return Err(refusal),
+                None => {}
+            }
+        }
+        Ok(permit)
+    }
+
+    fn admit_here(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.total >= self.max_total {
             return Err(Refusal::TooManyConnections);
@@ -70,7 +98,7 @@ impl Limits {
         }
         *n += 1;
         s.total += 1;
-        Ok(Permit { limits: self.clone(), ip })
+        Ok(Permit { limits: self.clone(), ip, shared: false })
     }
 
     /// Connections now counted.
@@ -90,9 +118,20 @@ impl Limits {
     }
 }
 
+impl Permit {
+    /// Drops the permit without releasing anything: a `process`-model child's copy of its
+    /// parent's permit, which the parent releases when it reaps the child.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limits.release(self.ip);
+        if let (true, Some(shared)) = (self.shared, &self.limits.shared) {
+            shared.release(self.ip);
+        }
     }
 }
 
@@ -217,13 +256,35 @@ impl LoginGuard for SharedGuard {
     }
 }
 
+/// Lock-outs with `--shared-state`: the local table always counts (it decides alone while Redis
+/// does not answer), and an address locked out on any node is locked out here.
+pub struct ClusterGuard {
+    pub local: SharedGuard,
+    pub shared: Arc<crate::shared::Shared>,
+}
+
+impl LoginGuard for ClusterGuard {
+    fn is_locked(&self, ip: IpAddr) -> bool {
+        let ip = crate::proxy::canonical(ip);
+        self.local.is_locked(ip) || self.shared.is_locked(ip).unwrap_or(false)
+    }
+
+    fn record_failure(&self, ip: IpAddr) {
+        let ip = crate::proxy::canonical(ip);
+        self.local.record_failure(ip);
+        if self.shared.record_failure(ip) == Some(true) {
+            tracing::warn!(address = %ip, "address locked out on every node of the cluster");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn totals_and_per_ip() {
-        let limits = Limits::new(3, 2);
+        let limits = Limits::new(3, 2, None);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let p1 = limits.admit(a).unwrap();

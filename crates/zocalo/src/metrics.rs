@@ -47,6 +47,12 @@ pub enum Counter {
     TftpReadFailed,
     TftpWriteOk,
     TftpWriteFailed,
+    /// Connections from a trusted balancer closed for a bad or missing PROXY header.
+    ProxyRefused,
+    /// Redis calls of `--shared-state` that failed (the node then uses its local limits).
+    SharedStateErrors,
+    /// 1 while the node drains (`ctl drain`): the agent tells the balancer `drain`.
+    Draining,
     /// Reloads done; also the generation the reopening files compare (see `logs`).
     Reloads,
 }
@@ -105,6 +111,18 @@ pub fn dec(counter: Counter) {
     if let Some(s) = slot(counter as usize) {
         s.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Starts draining (`ctl drain`): the agent answers `drain` from now on, in every process.
+pub fn start_draining() {
+    if let Some(s) = slot(Counter::Draining as usize) {
+        s.store(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether `ctl drain` was said.
+pub fn draining() -> bool {
+    get(Counter::Draining as usize) != 0
 }
 
 fn get(index: usize) -> u64 {
@@ -182,6 +200,19 @@ pub fn render() -> String {
     );
     family("zocalo_reloads_total", "counter", "Reloads (SIGHUP, ctl reload).", &[("", c(Reloads))]);
     family("zocalo_lockouts_total", "counter", "Addresses locked out.", &[("", c(LockOuts))]);
+    family(
+        "zocalo_proxy_refused_total",
+        "counter",
+        "Connections from a trusted balancer closed for a bad or missing PROXY header.",
+        &[("", c(ProxyRefused))],
+    );
+    family(
+        "zocalo_shared_state_errors_total",
+        "counter",
+        "Calls to the shared state (Redis) that failed.",
+        &[("", c(SharedStateErrors))],
+    );
+    family("zocalo_draining", "gauge", "1 while the node drains.", &[("", c(Draining))]);
     family(
         "zocalo_refusals_total",
         "counter",

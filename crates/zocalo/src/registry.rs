@@ -182,6 +182,23 @@ impl Registry {
     }
 }
 
+impl SessionView {
+    /// The session's `ctl status` line on node `node`.
+    pub fn line(&self, node: &str) -> String {
+        let user = if self.user.is_empty() { "-" } else { &self.user };
+        let transfer = if self.transfer.is_empty() { "-" } else { &self.transfer };
+        format!(
+            "session node={node} id={} pid={} peer={} user={user} transfer={transfer:?} bytes={}",
+            self.id, self.pid, self.peer, self.bytes
+        )
+    }
+}
+
+/// The address part of a published peer (`IP:PORT`, `[IPv6]:PORT`).
+pub fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
+    peer.parse::<std::net::SocketAddr>().ok().map(|a| crate::proxy::canonical(a.ip()))
+}
+
 fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
     let text = String::from_utf8_lossy(&text[..end]);

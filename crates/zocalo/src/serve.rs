@@ -10,7 +10,7 @@ use crate::admin::Admin;
 use crate::cli::Settings;
 use crate::conn::Ctx;
 use crate::data::Rates;
-use crate::limits::{Limits, SharedGuard};
+use crate::limits::{ClusterGuard, Limits, LoginGuard, SharedGuard};
 use crate::models::{self, Listener, Model, Server};
 use crate::net;
 use crate::registry::Registry;
@@ -63,8 +63,10 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {
         let mut summary = vec![format!("model {}", settings.model)];
         summary.extend(lines.iter().cloned());
-        let admin = Admin::bind(path, registry.clone(), server.reloader.clone(), summary)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let (node, shared) = (settings.node_name.clone(), server.ctx.shared.clone());
+        let admin =
+            Admin::bind(path, registry.clone(), server.reloader.clone(), summary, node, shared)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let shutdown = server.ctx.shutdown.clone();
         match settings.model {
             Model::Process => admin.fork(shutdown, server.reload.clone(), &server.listeners)?,
@@ -74,6 +76,35 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if settings.model != Model::Process {
         let (reload, shutdown) = (server.reload.clone(), server.ctx.shutdown.clone());
         spawn_reloader(reload, shutdown, server.reloader.clone())?;
+    }
+    if let (Some(shared), Some(registry)) = (&server.ctx.shared, &server.ctx.registry) {
+        let (shared, registry) = (shared.clone(), registry.clone());
+        let shutdown = server.ctx.shutdown.clone();
+        match settings.model {
+            // The parent must stay single-threaded to fork: the sync loop gets a process.
+            Model::Process => models::fork_service(&server.listeners, move || {
+                shared.run_sync(&registry, &shutdown);
+                Ok(())
+            })?,
+            _ => drop(shared.spawn_sync(registry, shutdown)?),
+        }
+    }
+    if let Some(addr) = settings.agent {
+        let listener = net::listen(addr, 64, false)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        lines.push(format!("listening agent://{}", listener.local_addr()?));
+        let shutdown = server.ctx.shutdown.clone();
+        match settings.model {
+            Model::Process => models::fork_service(&server.listeners, move || {
+                crate::agent::serve(&listener, &shutdown);
+                Ok(())
+            })?,
+            _ => drop(
+                std::thread::Builder::new()
+                    .name("zocalo-agent".into())
+                    .spawn(move || crate::agent::serve(&listener, &shutdown))?,
+            ),
+        }
     }
     server.ready = Some(Box::new(move || {
         let mut out = io::stdout().lock();
@@ -213,7 +244,22 @@ fn build(
         Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
         None => None,
     };
-    let guard = Arc::new(SharedGuard::new(settings.max_login_failures, settings.ban_time)?);
+    let shared = match &settings.shared_state {
+        Some(url) => Some(crate::shared::Shared::open(&crate::shared::Options {
+            url,
+            node: &settings.node_name,
+            max_total: settings.max_connections,
+            max_per_ip: settings.max_per_ip,
+            max_failures: settings.max_login_failures,
+            ban: settings.ban_time,
+        })?),
+        None => None,
+    };
+    let local = SharedGuard::new(settings.max_login_failures, settings.ban_time)?;
+    let guard: Arc<dyn LoginGuard> = match &shared {
+        Some(shared) => Arc::new(ClusterGuard { local, shared: shared.clone() }),
+        None => Arc::new(local),
+    };
     let users = Users::new(
         UsersConfig {
             root: settings.root.clone(),
@@ -269,6 +315,9 @@ fn build(
             None => crate::models::workers::THREADS,
         },
         registry: Some(registry),
+        proxy_from: settings.proxy_from.clone(),
+        proxy_timeout: settings.proxy_timeout,
+        shared: shared.clone(),
     };
     let workers = match settings.model {
         Model::Pool(n) => n,
@@ -283,7 +332,7 @@ fn build(
         reloader,
         reserve: Arc::new(net::FdReserve::new()),
         ctx: Arc::new(ctx),
-        limits: Limits::new(settings.max_connections, settings.max_per_ip),
+        limits: Limits::new(settings.max_connections, settings.max_per_ip, shared),
         listeners,
         pool_queue: settings.pool_queue.unwrap_or(workers),
         backlog: settings.backlog,

@@ -1,0 +1,457 @@
+//! State that the nodes of a cluster share, kept in Redis (`--shared-state redis://...`): the
+//! connection counts behind `--max-connections` and `--max-per-ip`, failed-login lock-outs, and
+//! the session table that `zocalo ctl status` and `kick` see on every node.
+//!
+//! Keys (all under `zocalo:`):
+//!
+//! - `nodes`: the set of node names that have run.
+//! - `conn:NODE`: a hash of this node's open sessions, `*` in all and one field per client
+//!   address. A Lua script admits a connection atomically against the sum over every live node;
+//!   the hash expires after [`LEASE`] unless its node renews it, so a node that dies leaves no
+//!   phantom sessions. Each node rewrites its own hash from its session table whenever it
+//!   (re)connects, which also repairs the releases it could not send during an outage.
+//! - `sessions:NODE`: a hash of `ctl status` lines by session id, rewritten every [`TICK`] with
+//!   the same lease.
+//! - `kick:NODE`: ids that another node's `ctl kick NODE:ID` asked this node to close.
+//! - `fail:ADDR` and `lock:ADDR`: failed logins within the ban time and the lock-out itself.
+//!
+//! Every call has a short timeout. When Redis does not answer, the node logs it once, counts
+//! `zocalo_shared_state_errors_total`, serves on its local limits and lock-outs (which it keeps
+//! all along) and tries Redis again after [`RETRY`]; it logs again when Redis is back.
+//!
+//! Which thread calls: the admitting thread (the blocking models' accept loop, the event loop's
+//! workers, never the loop itself), the login's worker for lock-outs, and the sync thread (a
+//! process of its own in the `process` model) for the lease, the table, kicks and releases.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, RedisResult, Script};
+
+use crate::limits::Refusal;
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+
+/// How long a node's entries outlive it.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How often the sync thread renews the lease, publishes the table and looks for kicks.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How long to wait before trying an unreachable Redis again.
+pub const RETRY: Duration = Duration::from_secs(1);
+/// Connect, read and write timeout of every call.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+const ADMIT: &str = r"
+local total, same = 0, 0
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = 'zocalo:conn:' .. node
+  local all = redis.call('HGET', key, '*')
+  if all then
+    total = total + tonumber(all)
+    same = same + tonumber(redis.call('HGET', key, ARGV[1]) or '0')
+  end
+end
+if total >= tonumber(ARGV[2]) then return 1 end
+if same >= tonumber(ARGV[3]) then return 2 end
+redis.call('SADD', KEYS[1], ARGV[5])
+redis.call('HINCRBY', KEYS[2], '*', 1)
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 0
+";
+
+const RELEASE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[1], '*', -1) < 0 then redis.call('HSET', KEYS[1], '*', 0) end
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+";
+
+const FAIL: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
+return n
+";
+
+/// The shared state of one node.
+pub struct Shared {
+    client: redis::Client,
+    /// Where Redis is, for log lines (the URL without its password).
+    location: String,
+    node: String,
+    max_total: usize,
+    max_per_ip: usize,
+    max_failures: u32,
+    ban: Duration,
+    /// The connection of the admitting and login threads, with the process that opened it (a
+    /// forked child must not talk on its parent's connection).
+    conn: Mutex<Option<(i32, Connection)>>,
+    /// Set while Redis is unreachable: calls fail at once until then.
+    down_until: Mutex<Option<Instant>>,
+    /// Set when the sync thread runs in this process: releases go to it, off the caller's
+    /// thread (the event loop drops its permits on the loop).
+    releases: OnceLock<Mutex<Sender<IpAddr>>>,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+struct Scripts {
+    admit: Script,
+    release: Script,
+    fail: Script,
+}
+
+/// Settings of [`Shared::open`].
+pub struct Options<'a> {
+    pub url: &'a str,
+    pub node: &'a str,
+    pub max_total: usize,
+    pub max_per_ip: usize,
+    pub max_failures: u32,
+    pub ban: Duration,
+}
+
+impl Shared {
+    /// Checks the URL and tries Redis once. A Redis that does not answer does not stop the
+    /// start: the node serves on its local limits and says so.
+    pub fn open(o: &Options) -> io::Result<Arc<Self>> {
+        let client = redis::Client::open(o.url).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("--shared-state {}: {e}", o.url))
+        })?;
+        let location = match o.url.rsplit_once('@') {
+            Some((_, host)) => format!("redis://{host}"),
+            None => o.url.to_string(),
+        };
+        let shared = Arc::new(Shared {
+            client,
+            location,
+            node: o.node.to_string(),
+            max_total: o.max_total,
+            max_per_ip: o.max_per_ip,
+            max_failures: o.max_failures.max(1),
+            ban: o.ban.max(Duration::from_secs(1)),
+            conn: Mutex::new(None),
+            down_until: Mutex::new(None),
+            releases: OnceLock::new(),
+            scripts: Scripts {
+                admit: Script::new(ADMIT),
+                release: Script::new(RELEASE),
+                fail: Script::new(FAIL),
+            },
+        });
+        match shared.call(|c| redis::cmd("PING").query::<String>(c)) {
+            Some(_) => tracing::info!(redis = %shared.location, node = %shared.node, "shared state"),
+            None => tracing::warn!(
+                redis = %shared.location,
+                "shared state unreachable at start; serving on local limits until it answers"
+            ),
+        }
+        Ok(shared)
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let c = self.client.get_connection_with_timeout(TIMEOUT)?;
+        c.set_read_timeout(Some(TIMEOUT))?;
+        c.set_write_timeout(Some(TIMEOUT))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on this process's connection; `None` when Redis is down or the call fails.
+    fn call<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Option<T> {
+        if self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > Instant::now())
+        {
+            return None;
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((owner, c)) = slot.take() {
+            if owner == pid {
+                *slot = Some((owner, c));
+            } else {
+                // The parent's connection, inherited through fork: it stays the parent's.
+                std::mem::forget(c);
+            }
+        }
+        let result = match slot.as_mut() {
+            Some((_, c)) => f(c),
+            None => self.connect().and_then(|mut c| {
+                let r = f(&mut c);
+                *slot = Some((pid, c));
+                r
+            }),
+        };
+        match result {
+            Ok(v) => {
+                self.up();
+                Some(v)
+            }
+            Err(e) => {
+                *slot = None;
+                self.down(&e);
+                None
+            }
+        }
+    }
+
+    fn up(&self) {
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        if down.take().is_some() {
+            tracing::info!(redis = %self.location, "shared state reachable again");
+        }
+    }
+
+    fn down(&self, e: &redis::RedisError) {
+        crate::metrics::inc(crate::metrics::Counter::SharedStateErrors);
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        if down.is_none() {
+            tracing::warn!(
+                redis = %self.location,
+                "shared state unreachable ({e}); serving on local limits and lock-outs"
+            );
+        }
+        *down = Some(Instant::now() + RETRY);
+    }
+
+    fn conn_key(&self) -> String {
+        format!("zocalo:conn:{}", self.node)
+    }
+
+    /// Counts a connection from `ip` across the cluster. `None`: Redis did not answer (the
+    /// local count decides alone).
+    pub fn admit(&self, ip: IpAddr) -> Option<Result<(), Refusal>> {
+        let verdict: i64 = self.call(|c| {
+            self.scripts
+                .admit
+                .key("zocalo:nodes")
+                .key(self.conn_key())
+                .arg(ip.to_string())
+                .arg(self.max_total)
+                .arg(self.max_per_ip)
+                .arg(LEASE.as_secs())
+                .arg(&self.node)
+                .invoke(c)
+        })?;
+        Some(match verdict {
+            0 => Ok(()),
+            1 => Err(Refusal::TooManyConnections),
+            _ => Err(Refusal::TooManyFromAddress),
+        })
+    }
+
+    /// Gives back a connection [`admit`](Self::admit) counted.
+    pub fn release(&self, ip: IpAddr) {
+        if let Some(tx) = self.releases.get() {
+            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(ip);
+            return;
+        }
+        self.release_now(ip, None);
+    }
+
+    fn release_now(&self, ip: IpAddr, on: Option<&mut Connection>) {
+        let (key, ip) = (self.conn_key(), ip.to_string());
+        let run = |c: &mut Connection| -> RedisResult<i64> {
+            self.scripts.release.key(&key).arg(&ip).invoke(c)
+        };
+        match on {
+            Some(c) => drop(run(c)),
+            None => drop(self.call(run)),
+        }
+    }
+
+    /// Whether another node (or this one) locked `ip` out. `None`: Redis did not answer.
+    pub fn is_locked(&self, ip: IpAddr) -> Option<bool> {
+        self.call(|c| redis::cmd("EXISTS").arg(format!("zocalo:lock:{ip}")).query(c))
+    }
+
+    /// Counts a failed login from `ip` for every node; true when this one locked it out.
+    pub fn record_failure(&self, ip: IpAddr) -> Option<bool> {
+        let n: u64 = self.call(|c| {
+            self.scripts
+                .fail
+                .key(format!("zocalo:fail:{ip}"))
+                .key(format!("zocalo:lock:{ip}"))
+                .arg(self.max_failures)
+                .arg(self.ban.as_secs())
+                .invoke(c)
+        })?;
+        Some(n == u64::from(self.max_failures))
+    }
+
+    /// Asks `node` to close session `id` (it does within a [`TICK`]).
+    pub fn kick(&self, node: &str, id: u64) -> Option<()> {
+        let key = format!("zocalo:kick:{node}");
+        self.call(|c| {
+            redis::pipe()
+                .rpush(&key, id)
+                .ignore()
+                .expire(&key, LEASE.as_secs() as i64)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Every other live node's `ctl status` lines, by node name.
+    pub fn other_sessions(&self) -> Option<Vec<(String, Vec<String>)>> {
+        self.call(|c| {
+            let mut nodes: Vec<String> = redis::cmd("SMEMBERS").arg("zocalo:nodes").query(c)?;
+            nodes.sort();
+            let mut out = Vec::new();
+            for node in nodes.into_iter().filter(|n| *n != self.node) {
+                let key = format!("zocalo:sessions:{node}");
+                let live: bool = redis::cmd("EXISTS").arg(&key).query(c)?;
+                if !live {
+                    continue;
+                }
+                let table: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(c)?;
+                let mut lines: Vec<(u64, String)> = table
+                    .into_iter()
+                    .filter(|(id, _)| id != "-")
+                    .map(|(id, line)| (id.parse().unwrap_or(0), line))
+                    .collect();
+                lines.sort();
+                out.push((node, lines.into_iter().map(|(_, l)| l).collect()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Runs the sync loop in a thread of this process until `shutdown`: releases, the lease,
+    /// the session table and kicks. Its own connection (a blocking BLPOP-free loop of short
+    /// calls), so it never waits behind an admission.
+    pub fn spawn_sync(
+        self: &Arc<Self>,
+        registry: Arc<Registry>,
+        shutdown: Shutdown,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let (tx, rx) = mpsc::channel();
+        let _ = self.releases.set(Mutex::new(tx));
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name("zocalo-shared".into())
+            .spawn(move || shared.sync(&registry, &shutdown, &rx))
+    }
+
+    /// The sync loop, in the calling thread (the `process` model's sync process).
+    pub fn run_sync(self: &Arc<Self>, registry: &Registry, shutdown: &Shutdown) {
+        let (_tx, rx) = mpsc::channel();
+        self.sync(registry, shutdown, &rx);
+    }
+
+    fn sync(&self, registry: &Registry, shutdown: &Shutdown, releases: &Receiver<IpAddr>) {
+        let mut conn: Option<Connection> = None;
+        let mut failing = false;
+        let mut next_tick = Instant::now();
+        while !shutdown.is_triggered() {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match releases.recv_timeout(wait.min(Duration::from_millis(200))) {
+                Ok(ip) => {
+                    match conn.as_mut() {
+                        Some(c) => self.release_now(ip, Some(c)),
+                        // Not connected: the rewrite at the next connection accounts for it.
+                        None => {}
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) if Instant::now() < next_tick => continue,
+                Err(_) => {}
+            }
+            next_tick = Instant::now() + TICK;
+            let fresh = conn.is_none();
+            if fresh {
+                match self.connect() {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        if !failing {
+                            self.down(&e);
+                        }
+                        failing = true;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            match self.heartbeat(c, registry, fresh) {
+                Ok(()) => {
+                    if failing {
+                        self.up();
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    conn = None;
+                    if !failing {
+                        self.down(&e);
+                    }
+                    failing = true;
+                }
+            }
+        }
+        // Leaving: the other nodes stop counting and listing this node's sessions at once.
+        if let Some(c) = conn.as_mut() {
+            let _: RedisResult<()> = redis::pipe()
+                .del(self.conn_key())
+                .ignore()
+                .del(format!("zocalo:sessions:{}", self.node))
+                .ignore()
+                .query(c);
+        }
+    }
+
+    /// One tick: renew the lease, publish the session table, act on kicks; after a
+    /// (re)connection, rewrite this node's counts from its session table.
+    fn heartbeat(&self, c: &mut Connection, registry: &Registry, rewrite: bool) -> RedisResult<()> {
+        let sessions = registry.sessions();
+        let lease = LEASE.as_secs() as i64;
+        let (conn_key, table_key) = (self.conn_key(), format!("zocalo:sessions:{}", self.node));
+        let mut pipe = redis::pipe();
+        pipe.atomic().sadd("zocalo:nodes", &self.node).ignore();
+        if rewrite {
+            let mut per_ip: HashMap<String, usize> = HashMap::new();
+            for s in &sessions {
+                if let Some(ip) = crate::registry::peer_ip(&s.peer) {
+                    *per_ip.entry(ip.to_string()).or_default() += 1;
+                }
+            }
+            pipe.del(&conn_key).ignore().hset(&conn_key, "*", sessions.len()).ignore();
+            for (ip, n) in per_ip {
+                pipe.hset(&conn_key, ip, n).ignore();
+            }
+        } else {
+            // Created by the first admission if it is not there; never with a count of its own.
+            pipe.hset_nx(&conn_key, "*", 0).ignore();
+        }
+        pipe.expire(&conn_key, lease).ignore();
+        // "-" keeps the table present (and so the node listed) while it has no sessions.
+        pipe.del(&table_key).ignore().hset(&table_key, "-", "").ignore();
+        for s in &sessions {
+            pipe.hset(&table_key, s.id, s.line(&self.node)).ignore();
+        }
+        pipe.expire(&table_key, lease).ignore();
+        pipe.query::<()>(c)?;
+        let kick_key = format!("zocalo:kick:{}", self.node);
+        let (ids, _): (Vec<u64>, ()) =
+            redis::pipe().atomic().lrange(&kick_key, 0, -1).del(&kick_key).query(c)?;
+        for id in ids {
+            if registry.kick(id) {
+                tracing::info!(id, "session kicked from another node");
+            }
+        }
+        Ok(())
+    }
+}
