@@ -101,10 +101,15 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CtlRequest {
-    /// Listeners, model, and each session's user, peer and transfer.
+    /// Listeners, model, and each session's node, user, peer and transfer (with
+    /// --shared-state, the sessions of every node of the cluster).
     Status,
-    /// Close one session (its id from `status`) with a 421.
-    Kick { session: u64 },
+    /// Close one session with a 421: its id from `status`, or NODE:ID for a session of
+    /// another node of the cluster.
+    Kick { session: String },
+    /// Tell the load balancer (the --agent check) to send this node no new sessions; running
+    /// sessions go on. Stop the node once `status` shows none left.
+    Drain,
     /// Re-read the users file, reload the TLS certificate, reopen the log files (as SIGHUP);
     /// running sessions keep their accounts and certificates.
     Reload,

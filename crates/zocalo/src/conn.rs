@@ -155,16 +155,14 @@ impl Published {
     }
 }
 
-/// Serves one client until it leaves; never panics on what the client sends. With `implicit`,
+/// Serves one client until it leaves; never panics on what the client sends. `peer` is the
+/// client's address (a balancer's PROXY header may have given it). With `implicit`,
 /// the connection speaks TLS from its first byte (implicit FTPS).
-pub fn serve(stream: TcpStream, ctx: &Ctx, implicit: bool) {
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
+pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, implicit: bool) {
     let (id, span) = crate::observe::opened(peer);
     let _in_span = span.enter();
     let since = Instant::now();
-    let Ok(mut conn) = Conn::new(stream, ctx, implicit, id) else {
+    let Ok(mut conn) = Conn::new(stream, peer, ctx, implicit, id) else {
         return crate::observe::closed(since, 0);
     };
     loop {
@@ -211,8 +209,13 @@ struct Conn<'a> {
 }
 
 impl<'a> Conn<'a> {
-    fn new(sock: TcpStream, ctx: &'a Ctx, implicit: bool, id: u64) -> io::Result<Self> {
-        let peer = sock.peer_addr()?;
+    fn new(
+        sock: TcpStream,
+        peer: SocketAddr,
+        ctx: &'a Ctx,
+        implicit: bool,
+        id: u64,
+    ) -> io::Result<Self> {
         let Control { stream: control, session, tls: scope, local } =
             open_control(sock, peer, ctx, implicit)?;
         let now = Instant::now();
@@ -289,7 +292,8 @@ impl<'a> Conn<'a> {
                 self.data_activity = Instant::now();
                 let (passive, tls) = (self.passive.take().map(|(l, _)| l), self.tls.as_ref());
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
-                match DataTask::new(t, passive, self.local, self.peer.ip(), tls, self.ctx.rates) {
+                let (peer, proxy_from) = (self.peer.ip(), &self.ctx.proxy_from);
+                match DataTask::new(t, passive, self.local, peer, tls, self.ctx.rates, proxy_from) {
                     Ok(task) => {
                         self.task = Some(task);
                         self.step_task();

@@ -111,6 +111,8 @@ fn spend(throttle: &mut Option<Throttle>, n: usize) {
 /// One transfer, from connection setup to the last byte.
 pub struct DataTask {
     state: State,
+    /// Balancers whose passive data connections start with a PROXY header.
+    proxy_from: Vec<crate::proxy::Cidr>,
     progress: Arc<AtomicU64>,
     tls: Option<Tls>,
     throttle: Option<Throttle>,
@@ -127,6 +129,14 @@ pub struct Rates {
 
 enum State {
     Accepting {
+        listener: TcpListener,
+        peer: IpAddr,
+        pump: Pump,
+    },
+    /// A passive data connection from a trusted balancer: its PROXY header says whether it
+    /// comes from the client.
+    Proxied {
+        gate: crate::proxy::Gate,
         listener: TcpListener,
         peer: IpAddr,
         pump: Pump,
@@ -148,8 +158,9 @@ enum State {
 
 impl DataTask {
     /// Starts a transfer; `passive` is the listener opened for PASV/EPSV, `local` the control
-    /// connection's local address (active connections leave from it), `peer` its peer. `tls` is
-    /// the server's TLS setup, used when the transfer is protected (PROT P).
+    /// connection's local address (active connections leave from it), `peer` its client. `tls`
+    /// is the server's TLS setup, used when the transfer is protected (PROT P); `proxy_from` the
+    /// balancers whose connections start with a PROXY header.
     pub fn new(
         t: Transfer,
         passive: Option<TcpListener>,
@@ -157,7 +168,9 @@ impl DataTask {
         peer: IpAddr,
         tls: Option<&Tls>,
         rates: Rates,
+        proxy_from: &[crate::proxy::Cidr],
     ) -> Result<Self, Outcome> {
+        let peer = canonical_ip(peer);
         let pump = Pump::new(t.body, t.ascii, t.tls);
         let rate = if pump.sends() { rates.down } else { rates.up };
         let throttle = rate.map(Throttle::new);
@@ -173,7 +186,8 @@ impl DataTask {
                 State::Connecting { sock, pump }
             }
         };
-        Ok(DataTask { state, progress: t.progress, tls, throttle, failed: None })
+        let proxy_from = proxy_from.to_vec();
+        Ok(DataTask { state, proxy_from, progress: t.progress, tls, throttle, failed: None })
     }
 
     /// Uploads write their file through [`Step::Io`] instead of on the stepping thread (the
@@ -181,6 +195,7 @@ impl DataTask {
     pub fn offload_file_io(&mut self) {
         match &mut self.state {
             State::Accepting { pump, .. }
+            | State::Proxied { pump, .. }
             | State::Connecting { pump, .. }
             | State::Running { pump, .. } => pump.offload = true,
             State::Done => {}
@@ -204,7 +219,7 @@ impl DataTask {
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).
     pub fn is_connecting(&self) -> bool {
-        matches!(self.state, State::Accepting { .. } | State::Connecting { .. })
+        matches!(self.state, State::Accepting { .. } | State::Proxied { .. } | State::Connecting { .. })
     }
 
     /// Does all the work possible without blocking.
@@ -215,13 +230,40 @@ impl DataTask {
         }
         loop {
             match std::mem::replace(&mut self.state, State::Done) {
-                State::Accepting { listener, peer, pump } => match accept_from(&listener, peer) {
-                    Ok(Some(sock)) => match self.running(sock, pump, Some(listener)) {
-                        Ok(state) => self.state = state,
-                        Err(outcome) => return Step::Finished(outcome),
-                    },
-                    Ok(None) => return self.park(State::Accepting { listener, peer, pump }, false),
-                    Err(_) => return Step::Finished(Outcome::NoConnection),
+                State::Accepting { listener, peer, pump } => {
+                    match accept_from(&listener, peer, &self.proxy_from) {
+                        Ok(Some(Accepted::Direct(sock))) => {
+                            match self.running(sock, pump, Some(listener)) {
+                                Ok(state) => self.state = state,
+                                Err(outcome) => return Step::Finished(outcome),
+                            }
+                        }
+                        Ok(Some(Accepted::Proxied(gate))) => {
+                            self.state = State::Proxied { gate, listener, peer, pump };
+                        }
+                        Ok(None) => {
+                            return self.park(State::Accepting { listener, peer, pump }, false)
+                        }
+                        Err(_) => return Step::Finished(Outcome::NoConnection),
+                    }
+                }
+                State::Proxied { mut gate, listener, peer, pump } => match gate.step() {
+                    Ok(Some(from)) if from.ip() == peer => {
+                        match self.running(gate.into_stream(), pump, Some(listener)) {
+                            Ok(state) => self.state = state,
+                            Err(outcome) => return Step::Finished(outcome),
+                        }
+                    }
+                    Ok(Some(from)) => {
+                        let balancer = gate.balancer;
+                        tracing::warn!(%from, %balancer, expected = %peer, "refused a data connection from another address");
+                        self.state = State::Accepting { listener, peer, pump };
+                    }
+                    Ok(None) => return self.park(State::Proxied { gate, listener, peer, pump }, false),
+                    Err(why) => {
+                        crate::proxy::log_refused(gate.balancer, &why);
+                        self.state = State::Accepting { listener, peer, pump };
+                    }
                 },
                 State::Connecting { sock, pump } => match connected(&sock) {
                     Ok(true) => match self.running(sock.into(), pump, None) {
@@ -318,6 +360,7 @@ impl DataTask {
     fn park(&mut self, state: State, again: bool) -> Step {
         let (fd, writable) = match &state {
             State::Accepting { listener, .. } => (listener.as_raw_fd(), false),
+            State::Proxied { gate, .. } => (gate.stream.as_raw_fd(), false),
             State::Connecting { sock, .. } => (sock.as_raw_fd(), true),
             State::Running { stream, pump, closing, .. } => {
                 let writable = again
@@ -333,11 +376,29 @@ impl DataTask {
     }
 }
 
-/// Accepts one connection, dropping any that come from an address other than the client's.
-fn accept_from(listener: &TcpListener, peer: IpAddr) -> io::Result<Option<TcpStream>> {
+/// A passive data connection: from the client, or from a balancer that sends its header first.
+enum Accepted {
+    Direct(TcpStream),
+    Proxied(crate::proxy::Gate),
+}
+
+/// Accepts one connection, dropping any that come from an address other than the client's
+/// (a trusted balancer's connection is kept until its header says whom it is from).
+fn accept_from(
+    listener: &TcpListener,
+    peer: IpAddr,
+    proxy_from: &[crate::proxy::Cidr],
+) -> io::Result<Option<Accepted>> {
     loop {
         match listener.accept() {
-            Ok((sock, from)) if canonical_ip(from.ip()) == peer => return Ok(Some(sock)),
+            Ok((sock, from)) if crate::proxy::trusted(proxy_from, from.ip()) => {
+                // The data timeout bounds the wait; the header has no deadline of its own here.
+                let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+                return Ok(Some(Accepted::Proxied(crate::proxy::Gate::new(sock, from, far)?)));
+            }
+            Ok((sock, from)) if canonical_ip(from.ip()) == peer => {
+                return Ok(Some(Accepted::Direct(sock)))
+            }
             Ok((sock, from)) => {
                 tracing::warn!(%from, expected = %peer, "refused a data connection from another address");
                 drop(sock);

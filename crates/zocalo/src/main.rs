@@ -55,6 +55,7 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
         CtlRequest::Status => "status".to_string(),
         CtlRequest::Kick { session } => format!("kick {session}"),
         CtlRequest::Reload => "reload".to_string(),
+        CtlRequest::Drain => "drain".to_string(),
     };
     let answer =
         zocalo::admin::request(socket, &text).map_err(|e| format!("{}: {e}", socket.display()))?;

@@ -156,6 +156,22 @@ impl Gate {
         }))
     }
 
+    /// Reads the whole header, waiting for the socket until the deadline (a process or thread
+    /// of this connection's own: `serve --inetd`).
+    pub fn wait(&mut self) -> Result<SocketAddr, Refused> {
+        loop {
+            if let Some(peer) = self.step()? {
+                return Ok(peer);
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Refused::TimedOut);
+            }
+            crate::conn::poll_one(self.stream.as_raw_fd(), libc::POLLIN, left)
+                .map_err(Refused::Io)?;
+        }
+    }
+
     /// Gives the connection back once the header is read.
     pub fn into_stream(self) -> TcpStream {
         self.stream
@@ -224,22 +240,11 @@ mod tests {
         let mut gate = Gate::new(sock, balancer, deadline).unwrap();
         assert!(gate.step().unwrap().is_none(), "nothing sent yet");
         client.write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 4").unwrap();
-        let wait = |g: &mut Gate| {
-            for _ in 0..500 {
-                match g.step() {
-                    Ok(None) => std::thread::yield_now(),
-                    other => return other,
-                }
-            }
-            Ok(None)
-        };
-        assert!(wait(&mut gate).unwrap().is_none(), "half a header");
+        crate::conn::poll_one(gate.stream.as_raw_fd(), libc::POLLIN, deadline - Instant::now())
+            .unwrap();
+        assert!(gate.step().unwrap().is_none(), "half a header");
         client.write_all(b"000 21\r\nUSER x\r\n").unwrap();
-        let peer = loop {
-            if let Some(p) = wait(&mut gate).unwrap() {
-                break p;
-            }
-        };
+        let peer = gate.wait().unwrap();
         assert_eq!(peer, "192.0.2.9:4000".parse().unwrap());
         let mut rest = [0u8; 8];
         let mut stream = gate.into_stream();

@@ -164,9 +164,9 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
     }
     // SAFETY: `fd` is a new descriptor that this process owns.
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    if stream.peer_addr().is_err() {
+    let Ok(mut peer) = stream.peer_addr() else {
         return Err(io::Error::other("--inetd needs a connected TCP socket on standard input"));
-    }
+    };
     // Standard output is the client's socket too: nothing else may be written there.
     // SAFETY: /dev/null replaces descriptor 1; the dup2 result is not needed.
     unsafe {
@@ -180,7 +180,21 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
         drop_privileges(user)?;
     }
     let (server, _) = build(&settings, Vec::new(), shutdown)?;
-    crate::conn::serve(stream, &server.ctx, false);
+    let mut stream = stream;
+    if crate::proxy::trusted(&settings.proxy_from, peer.ip()) {
+        let deadline = std::time::Instant::now() + settings.proxy_timeout;
+        let mut gate = crate::proxy::Gate::new(stream, peer, deadline)?;
+        match gate.wait() {
+            Ok(client) => peer = client,
+            Err(why) => {
+                crate::proxy::log_refused(peer, &why);
+                return Ok(());
+            }
+        }
+        stream = gate.into_stream();
+        stream.set_nonblocking(false)?;
+    }
+    crate::conn::serve(stream, peer, &server.ctx, false);
     Ok(())
 }
 

@@ -22,7 +22,8 @@ use super::workers::{Key, Workers};
 use super::{Listener, Server};
 use crate::conn::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
-use crate::limits::{Limits, Permit};
+use crate::limits::{Limits, Permit, Refusal};
+use crate::proxy::{self, Gate};
 use crate::net::{self, FdReserve};
 use crate::tls::{Stream, Tls};
 use crate::xferlog::Xferlog;
@@ -34,6 +35,9 @@ const LISTENER: usize = 2;
 const SIGNAL: usize = 3;
 /// The index of the workers' eventfd among the SIGNAL tokens (0 is the stop signal).
 const WORK_DONE: usize = 1;
+/// LISTENER tokens and work keys from this index on name a [`Gate`] slot: a connection whose
+/// PROXY header is being read, or whose admission (a Redis call) is on a worker.
+const GATE_BASE: usize = 1 << 24;
 
 fn token(index: usize, kind: usize) -> Token {
     Token(index << KIND_BITS | kind)
@@ -99,6 +103,24 @@ struct EventLoop {
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     stop_by: Option<Instant>,
+    /// Connections not yet sessions: a balancer's PROXY header being read, or an admission
+    /// out on a worker. Their deadlines are few and short, so they are scanned, not heaped.
+    gates: Vec<Option<Pending>>,
+    free_gates: Vec<usize>,
+}
+
+/// A connection on its way to becoming a session.
+struct Pending {
+    state: PendingState,
+    implicit: bool,
+    serial: u64,
+}
+
+enum PendingState {
+    Header(Gate),
+    /// The admission runs on a worker (it asks Redis); the result comes back with this slot's
+    /// key.
+    Admitting { stream: TcpStream, peer: SocketAddr },
 }
 
 /// One client's state in the loop.
@@ -172,6 +194,8 @@ impl EventLoop {
             free,
             timers,
             stop_by: None,
+            gates: Vec::new(),
+            free_gates: Vec::new(),
         })
     }
 
@@ -194,6 +218,7 @@ impl EventLoop {
     fn dispatch(&mut self, ev: &Event) {
         let (index, kind) = (ev.token.0 >> KIND_BITS, ev.token.0 & ((1 << KIND_BITS) - 1));
         match kind {
+            LISTENER if index >= GATE_BASE => self.on_gate(index - GATE_BASE),
             LISTENER => self.accept(index),
             SIGNAL if index == WORK_DONE => self.on_work_done(),
             SIGNAL => self.begin_stop(),
@@ -211,6 +236,9 @@ impl EventLoop {
             };
             let implicit = listener.implicit_tls;
             match listener.sock.accept() {
+                Ok((stream, peer)) if proxy::trusted(&self.ctx.proxy_from, peer.ip()) => {
+                    self.open_gate(stream, peer, implicit);
+                }
                 Ok((stream, peer)) => self.admit(stream, peer, implicit),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if net::out_of_descriptors(&e) => {
@@ -251,8 +279,124 @@ impl EventLoop {
         }
     }
 
+    // ---- before the session: PROXY headers and admission ------------------------------------
+
+    fn new_gate(&mut self, pending: Pending) -> usize {
+        let i = self.free_gates.pop().unwrap_or_else(|| {
+            self.gates.push(None);
+            self.gates.len() - 1
+        });
+        self.gates[i] = Some(pending);
+        i
+    }
+
+    fn open_gate(&mut self, stream: TcpStream, balancer: SocketAddr, implicit: bool) {
+        if self.gates.len() - self.free_gates.len() >= super::MAX_GATES {
+            return tracing::warn!(%balancer, "too many PROXY headers pending; closed");
+        }
+        let deadline = Instant::now() + self.ctx.proxy_timeout;
+        let gate = match Gate::new(stream, balancer, deadline) {
+            Ok(gate) => gate,
+            Err(e) => return tracing::warn!(%balancer, "cannot read a PROXY header: {e}"),
+        };
+        let fd = gate.stream.as_raw_fd();
+        self.next_serial += 1;
+        let pending =
+            Pending { state: PendingState::Header(gate), implicit, serial: self.next_serial };
+        let i = self.new_gate(pending);
+        if let Err(e) = self.poller.register(fd, token(GATE_BASE + i, LISTENER), Interest::READABLE)
+        {
+            tracing::warn!("cannot watch a connection: {e}");
+            self.gates[i] = None;
+            self.free_gates.push(i);
+            return;
+        }
+        self.on_gate(i);
+    }
+
+    /// Reads more of a header; past its deadline (`now`), gives up.
+    fn on_gate(&mut self, i: usize) {
+        let Some(Some(Pending { state: PendingState::Header(gate), .. })) = self.gates.get_mut(i)
+        else {
+            return;
+        };
+        let result = match gate.step() {
+            Ok(None) if gate.deadline <= Instant::now() => Err(proxy::Refused::TimedOut),
+            Ok(None) => return,
+            other => other,
+        };
+        let Some(Pending { state: PendingState::Header(gate), implicit, .. }) =
+            self.gates[i].take()
+        else {
+            return;
+        };
+        self.free_gates.push(i);
+        let _ = self.poller.deregister(gate.stream.as_raw_fd());
+        match result {
+            Ok(Some(peer)) => self.admit(gate.into_stream(), peer, implicit),
+            Ok(None) => {}
+            Err(why) => proxy::log_refused(gate.balancer, &why),
+        }
+    }
+
+    fn next_gate_deadline(&self) -> Option<Instant> {
+        self.gates
+            .iter()
+            .filter_map(|g| match g {
+                Some(Pending { state: PendingState::Header(gate), .. }) => Some(gate.deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn expire_gates(&mut self, now: Instant) {
+        for i in 0..self.gates.len() {
+            if matches!(&self.gates[i], Some(Pending { state: PendingState::Header(g), .. }) if g.deadline <= now)
+            {
+                self.on_gate(i);
+            }
+        }
+    }
+
+    /// Counts the connection against the limits. With `--shared-state` that asks Redis, which
+    /// a worker does (the loop never waits on the network); the result comes back through
+    /// [`Self::admitted`].
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, implicit: bool) {
-        let permit = match self.limits.admit(peer.ip()) {
+        if !self.limits.is_shared() {
+            let verdict = self.limits.admit(peer.ip());
+            return self.admitted(stream, peer, implicit, verdict);
+        }
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let state = PendingState::Admitting { stream, peer };
+        let i = self.new_gate(Pending { state, implicit, serial });
+        let limits = self.limits.clone();
+        let work = Work::new(move || limits.admit(peer.ip()));
+        self.workers.submit(Key { index: GATE_BASE + i, serial, transfer: 0 }, work);
+    }
+
+    fn on_admission(&mut self, i: usize, serial: u64, done: zocalo_proto::session::Done) {
+        if !matches!(&self.gates.get(i), Some(Some(p)) if p.serial == serial) {
+            return;
+        }
+        let Some(Pending { state: PendingState::Admitting { stream, peer }, implicit, .. }) =
+            self.gates[i].take()
+        else {
+            return;
+        };
+        self.free_gates.push(i);
+        let verdict = done.take::<Result<Permit, Refusal>>().unwrap_or(Err(Refusal::TooManyConnections));
+        self.admitted(stream, peer, implicit, verdict);
+    }
+
+    fn admitted(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        implicit: bool,
+        verdict: Result<Permit, Refusal>,
+    ) {
+        let permit = match verdict {
             Ok(p) => p,
             Err(refusal) => {
                 crate::observe::refused(refusal.cause(), Some(peer));
@@ -313,6 +457,10 @@ impl EventLoop {
     fn on_work_done(&mut self) {
         for finished in self.workers.take_finished() {
             let Key { index, serial, transfer } = finished.key;
+            if index >= GATE_BASE {
+                self.on_admission(index - GATE_BASE, serial, finished.done);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
@@ -341,6 +489,12 @@ impl EventLoop {
             let _ = self.poller.deregister(l.sock.as_raw_fd());
         }
         self.stop_by = Some(Instant::now() + self.ctx.grace);
+        for pending in self.gates.drain(..).flatten() {
+            if let PendingState::Header(gate) = pending.state {
+                let _ = self.poller.deregister(gate.stream.as_raw_fd());
+            }
+        }
+        self.free_gates.clear();
         for index in 0..self.conns.len() {
             self.drive(index);
         }
@@ -420,7 +574,8 @@ impl EventLoop {
 
     fn next_timeout(&self) -> Option<Duration> {
         let next = self.timers.peek().map(|Reverse((t, _))| *t);
-        let next = [next, self.stop_by, self.accept_paused].into_iter().flatten().min()?;
+        let gates = self.next_gate_deadline();
+        let next = [next, self.stop_by, self.accept_paused, gates].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 
@@ -428,6 +583,9 @@ impl EventLoop {
     /// for the next turn of the loop, so no connection can keep the loop from the others.
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self.gates.len() > self.free_gates.len() {
+            self.expire_gates(now);
+        }
         let mut due = Vec::new();
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now {
@@ -629,7 +787,8 @@ impl Conn {
                 let passive = self.passive.take().map(|(l, _)| l);
                 self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
                 let (tls, rates) = (self.tls.as_ref(), ctx.rates);
-                match DataTask::new(t, passive, self.local, self.peer.ip(), tls, rates) {
+                let (peer, proxy_from) = (self.peer.ip(), &ctx.proxy_from);
+                match DataTask::new(t, passive, self.local, peer, tls, rates, proxy_from) {
                     Ok(mut task) => {
                         task.offload_file_io();
                         self.transfers += 1;

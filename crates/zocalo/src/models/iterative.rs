@@ -11,7 +11,7 @@ pub fn run(mut server: Server) -> io::Result<()> {
     accept_loop(
         &server,
         ready,
-        |stream, _permit, tls| serve_blocking(stream, &ctx, tls),
+        |accepted, _permit, tls| serve_blocking(accepted, &ctx, tls),
         || {},
         &[],
     )

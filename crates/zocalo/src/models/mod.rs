@@ -19,16 +19,18 @@ pub mod workers;
 
 use std::fmt;
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use zocalo_poller::Backend;
 
 use crate::conn::{self, Ctx};
 use crate::limits::{Limits, Permit};
 use crate::net;
+use crate::proxy::{self, Gate};
 
 /// The `--model` switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,24 +177,37 @@ pub fn fork_service(
 /// descriptor could refuse a client.
 pub(crate) const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// An accepted connection and its client's address: the socket's peer, or the address a
+/// trusted balancer's PROXY header gave.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+}
+
+/// Connections from a balancer whose PROXY header is still being read, at most this many at a
+/// time (each holds a descriptor and at most 528 bytes); more are closed with a log line.
+pub(crate) const MAX_GATES: usize = 4096;
+
 /// Accepts on every listener until the stop signal, giving each admitted connection to
-/// `handle`; a connection over a limit gets its 421 here and is closed.
+/// `handle`; a connection over a limit gets its 421 here and is closed. A connection from a
+/// trusted balancer first has its PROXY header read here, without blocking (the loop polls
+/// those sockets beside the listeners), so that the limits count the real client.
 pub(crate) fn accept_loop(
     server: &Server,
     ready: Ready,
-    mut handle: impl FnMut(TcpStream, Permit, bool),
+    mut handle: impl FnMut(Accepted, Permit, bool),
     mut on_wake: impl FnMut(),
     extra_fds: &[i32],
 ) -> io::Result<()> {
     let shutdown_fd = server.ctx.shutdown.fd();
-    let mut fds: Vec<libc::pollfd> = server
+    let mut fixed: Vec<libc::pollfd> = server
         .listeners
         .iter()
         .map(|l| libc::pollfd { fd: l.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
         .collect();
-    fds.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
+    fixed.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
     for &fd in extra_fds {
-        fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+        fixed.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     }
     for l in &server.listeners {
         l.sock.set_nonblocking(true)?;
@@ -200,10 +215,26 @@ pub(crate) fn accept_loop(
     if let Some(ready) = ready {
         ready();
     }
+    let mut gates: Vec<(Gate, bool)> = Vec::new();
+    let mut fds = Vec::new();
     loop {
-        fds.iter_mut().for_each(|p| p.revents = 0);
+        fds.clear();
+        fds.extend_from_slice(&fixed);
+        let pollin = |g: &(Gate, bool)| libc::pollfd {
+            fd: g.0.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        fds.extend(gates.iter().map(pollin));
+        let timeout = match gates.iter().map(|g| g.0.deadline).min() {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                left.as_millis().min(60_000) as i32 + 1
+            }
+            None => -1,
+        };
         // SAFETY: `fds` is a valid, initialised slice of pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -218,7 +249,25 @@ pub(crate) fn accept_loop(
         }
         for (i, listener) in server.listeners.iter().enumerate() {
             if fds[i].revents != 0 {
-                accept_ready(listener, server, &mut handle);
+                accept_ready(listener, server, &mut handle, &mut gates);
+            }
+        }
+        let ready: Vec<bool> = fds[fixed.len()..].iter().map(|p| p.revents != 0).collect();
+        let now = Instant::now();
+        // Downwards, so that swap_remove only moves a gate already looked at.
+        for i in (0..ready.len().min(gates.len())).rev() {
+            if !ready[i] && gates[i].0.deadline > now {
+                continue;
+            }
+            let (mut gate, implicit) = gates.swap_remove(i);
+            match gate.step() {
+                Ok(Some(peer)) => {
+                    let stream = gate.into_stream();
+                    admit(server, Accepted { stream, peer }, implicit, &mut handle);
+                }
+                Ok(None) if gate.deadline > now => gates.push((gate, implicit)),
+                Ok(None) => proxy::log_refused(gate.balancer, &proxy::Refused::TimedOut),
+                Err(why) => proxy::log_refused(gate.balancer, &why),
             }
         }
     }
@@ -227,20 +276,25 @@ pub(crate) fn accept_loop(
 fn accept_ready(
     listener: &Listener,
     server: &Server,
-    handle: &mut impl FnMut(TcpStream, Permit, bool),
+    handle: &mut impl FnMut(Accepted, Permit, bool),
+    gates: &mut Vec<(Gate, bool)>,
 ) {
     loop {
         match listener.sock.accept() {
-            Ok((stream, peer)) => match server.limits.admit(peer.ip()) {
-                Ok(permit) => {
-                    let _ = stream.set_nonblocking(false);
-                    handle(stream, permit, listener.implicit_tls);
+            Ok((stream, peer)) if proxy::trusted(&server.ctx.proxy_from, peer.ip()) => {
+                if gates.len() >= MAX_GATES {
+                    tracing::warn!(balancer = %peer, "too many PROXY headers pending; closed");
+                    continue;
                 }
-                Err(refusal) => {
-                    crate::observe::refused(refusal.cause(), Some(peer));
-                    net::refuse(&stream, refusal.reply())
+                let deadline = Instant::now() + server.ctx.proxy_timeout;
+                match Gate::new(stream, peer, deadline) {
+                    Ok(gate) => gates.push((gate, listener.implicit_tls)),
+                    Err(e) => tracing::warn!(balancer = %peer, "cannot read a PROXY header: {e}"),
                 }
-            },
+            }
+            Ok((stream, peer)) => {
+                admit(server, Accepted { stream, peer }, listener.implicit_tls, handle);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if net::out_of_descriptors(&e) => {
@@ -259,9 +313,29 @@ fn accept_ready(
     }
 }
 
+/// Counts the connection against the limits (here and, with `--shared-state`, across the
+/// cluster) and hands it over, or refuses it with its 421.
+fn admit(
+    server: &Server,
+    accepted: Accepted,
+    implicit: bool,
+    handle: &mut impl FnMut(Accepted, Permit, bool),
+) {
+    match server.limits.admit(accepted.peer.ip()) {
+        Ok(permit) => {
+            let _ = accepted.stream.set_nonblocking(false);
+            handle(accepted, permit, implicit);
+        }
+        Err(refusal) => {
+            crate::observe::refused(refusal.cause(), Some(accepted.peer));
+            net::refuse(&accepted.stream, refusal.reply())
+        }
+    }
+}
+
 /// Serves one connection with the blocking driver.
-pub(crate) fn serve_blocking(stream: TcpStream, ctx: &Ctx, implicit_tls: bool) {
-    conn::serve(stream, ctx, implicit_tls);
+pub(crate) fn serve_blocking(accepted: Accepted, ctx: &Ctx, implicit_tls: bool) {
+    conn::serve(accepted.stream, accepted.peer, ctx, implicit_tls);
 }
 
 #[cfg(test)]

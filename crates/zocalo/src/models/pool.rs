@@ -8,16 +8,15 @@
 //! the `sessions` benchmark at 500 clients, with 256 workers and a queue of 256).
 
 use std::io;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
-use super::{accept_loop, serve_blocking, Server};
+use super::{accept_loop, serve_blocking, Accepted, Server};
 use crate::limits::Permit;
 use crate::net;
 
-type Job = (TcpStream, Permit, bool);
+type Job = (Accepted, Permit, bool);
 
 pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
     let ready = server.ready.take();
@@ -35,21 +34,21 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
                 .spawn(move || worker(&rx, &ctx, &admitted))
         })
         .collect::<Result<_, _>>()?;
-    let refuse = |stream: &TcpStream| {
-        crate::observe::refused(crate::observe::Refused::PoolFull, stream.peer_addr().ok());
-        net::refuse(stream, b"421 All workers busy and the queue is full; try later.\r\n")
+    let refuse = |a: &Accepted| {
+        crate::observe::refused(crate::observe::Refused::PoolFull, Some(a.peer));
+        net::refuse(&a.stream, b"421 All workers busy and the queue is full; try later.\r\n")
     };
     let result = accept_loop(
         &server,
         ready,
-        |stream, permit, tls| {
+        |accepted, permit, tls| {
             if admitted.load(Ordering::Acquire) >= capacity {
-                return refuse(&stream);
+                return refuse(&accepted);
             }
             admitted.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::SendError((stream, ..))) = tx.send((stream, permit, tls)) {
+            if let Err(mpsc::SendError((accepted, ..))) = tx.send((accepted, permit, tls)) {
                 admitted.fetch_sub(1, Ordering::AcqRel);
-                refuse(&stream);
+                refuse(&accepted);
             }
         },
         || {},
@@ -66,14 +65,14 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
 fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::conn::Ctx, admitted: &AtomicUsize) {
     loop {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((stream, permit, tls)) = job else {
+        let Ok((accepted, permit, tls)) = job else {
             return;
         };
         if ctx.shutdown.is_triggered() {
-            crate::observe::refused(crate::observe::Refused::Shutdown, stream.peer_addr().ok());
-            net::refuse(&stream, b"421 Server shutting down.\r\n");
+            crate::observe::refused(crate::observe::Refused::Shutdown, Some(accepted.peer));
+            net::refuse(&accepted.stream, b"421 Server shutting down.\r\n");
         } else {
-            serve_blocking(stream, ctx, tls);
+            serve_blocking(accepted, ctx, tls);
         }
         drop(permit);
         admitted.fetch_sub(1, Ordering::AcqRel);

@@ -42,26 +42,27 @@ pub fn run(mut server: Server) -> io::Result<()> {
         accept_loop(
             &server,
             ready,
-            |stream, permit, tls| {
+            |accepted, permit, tls| {
                 // SAFETY: the accept loop is single-threaded, so the child starts with a
                 // consistent copy of the parent's memory.
                 match unsafe { libc::fork() } {
                     0 => {
-                        drop(permit);
+                        // The parent's: it releases the count when it reaps this child.
+                        permit.forget();
                         for l in &server.listeners {
                             // SAFETY: closing our copy of the listening descriptor in the child.
                             unsafe { libc::close(l.sock.as_raw_fd()) };
                         }
                         if server.ctx.registry.is_some() {
-                            crate::registry::install_child_kick(stream.as_raw_fd());
+                            crate::registry::install_child_kick(accepted.stream.as_raw_fd());
                         }
-                        serve_blocking(stream, &server.ctx, tls);
+                        serve_blocking(accepted, &server.ctx, tls);
                         // SAFETY: leave without running the parent's destructors or atexit.
                         unsafe { libc::_exit(0) }
                     }
                     -1 => {
                         tracing::warn!("fork failed: {}", io::Error::last_os_error());
-                        net::refuse(&stream, b"421 Cannot serve you now; try later.\r\n");
+                        net::refuse(&accepted.stream, b"421 Cannot serve you now; try later.\r\n");
                     }
                     pid => {
                         children.borrow_mut().insert(pid, permit);

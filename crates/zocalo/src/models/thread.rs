@@ -12,10 +12,10 @@ pub fn run(mut server: Server) -> io::Result<()> {
     let result = accept_loop(
         &server,
         ready,
-        |stream, permit, tls| {
+        |accepted, permit, tls| {
             let ctx = server.ctx.clone();
             let spawned = std::thread::Builder::new().name("zocalo-conn".into()).spawn(move || {
-                serve_blocking(stream, &ctx, tls);
+                serve_blocking(accepted, &ctx, tls);
                 drop(permit);
             });
             match spawned {
