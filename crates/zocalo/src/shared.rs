@@ -42,6 +42,8 @@ pub const LEASE: Duration = Duration::from_secs(10);
 pub const TICK: Duration = Duration::from_secs(1);
 /// How long to wait before trying an unreachable Redis again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Idle connections kept for the admitting and login threads.
+const MAX_IDLE: usize = 32;
 /// Connect, read and write timeout of every call.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -88,9 +90,11 @@ pub struct Shared {
     max_per_ip: usize,
     max_failures: u32,
     ban: Duration,
-    /// The connection of the admitting and login threads, with the process that opened it (a
-    /// forked child must not talk on its parent's connection).
-    conn: Mutex<Option<(i32, Connection)>>,
+    /// Idle connections of the admitting and login threads, each with the process that opened
+    /// it (a forked child must not talk on its parent's connections). A caller takes one for
+    /// its call and puts it back, so concurrent callers (the event loop's workers) never wait
+    /// behind each other's round trips.
+    idle: Mutex<Vec<(i32, Connection)>>,
     /// Set while Redis is unreachable: calls fail at once until then.
     down_until: Mutex<Option<Instant>>,
     /// Set when the sync thread runs in this process: releases go to it, off the caller's
@@ -140,7 +144,7 @@ impl Shared {
             max_per_ip: o.max_per_ip,
             max_failures: o.max_failures.max(1),
             ban: o.ban.max(Duration::from_secs(1)),
-            conn: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
             releases: OnceLock::new(),
             scripts: Scripts {
@@ -174,30 +178,29 @@ impl Shared {
         }
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
-        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((owner, c)) = slot.take() {
-            if owner == pid {
-                *slot = Some((owner, c));
-            } else {
-                // The parent's connection, inherited through fork: it stays the parent's.
-                std::mem::forget(c);
+        let taken = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.first().is_some_and(|(owner, _)| *owner != pid) {
+                // The parent's connections, inherited through fork: they stay the parent's.
+                idle.drain(..).for_each(|(_, c)| std::mem::forget(c));
             }
-        }
-        let result = match slot.as_mut() {
-            Some((_, c)) => f(c),
-            None => self.connect().and_then(|mut c| {
-                let r = f(&mut c);
-                *slot = Some((pid, c));
-                r
-            }),
+            idle.pop()
+        };
+        let result = match taken {
+            Some((_, mut c)) => f(&mut c).map(|v| (v, c)),
+            None => self.connect().and_then(|mut c| f(&mut c).map(|v| (v, c))),
         };
         match result {
-            Ok(v) => {
+            Ok((v, c)) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push((pid, c));
+                }
+                drop(idle);
                 self.up();
                 Some(v)
             }
             Err(e) => {
-                *slot = None;
                 self.down(&e);
                 None
             }
