@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Script};
@@ -42,8 +42,11 @@ pub const LEASE: Duration = Duration::from_secs(10);
 pub const TICK: Duration = Duration::from_secs(1);
 /// How long to wait before trying an unreachable Redis again.
 pub const RETRY: Duration = Duration::from_secs(1);
-/// Idle connections kept for the admitting and login threads.
-const MAX_IDLE: usize = 32;
+/// Connections kept open for the admitting and login threads: a caller takes one for its call
+/// and puts it back, so this many callers (the event loop's workers) never wait behind each
+/// other's round trips. The sync thread keeps the pool full while Redis answers, so the node
+/// holds a constant number of descriptors.
+const POOL: usize = 4;
 /// Connect, read and write timeout of every call.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -90,11 +93,9 @@ pub struct Shared {
     max_per_ip: usize,
     max_failures: u32,
     ban: Duration,
-    /// Idle connections of the admitting and login threads, each with the process that opened
-    /// it (a forked child must not talk on its parent's connections). A caller takes one for
-    /// its call and puts it back, so concurrent callers (the event loop's workers) never wait
-    /// behind each other's round trips.
-    idle: Mutex<Vec<(i32, Connection)>>,
+    /// The connections of the admitting and login threads.
+    pool: Mutex<Pool>,
+    returned: Condvar,
     /// Set while Redis is unreachable: calls fail at once until then.
     down_until: Mutex<Option<Instant>>,
     /// Set when the sync thread runs in this process: releases go to it, off the caller's
@@ -107,6 +108,15 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").field("node", &self.node).finish_non_exhaustive()
     }
+}
+
+/// The pool's connections, all opened by process `pid` (a forked child must not talk on its
+/// parent's connections: it starts a pool of its own).
+struct Pool {
+    pid: i32,
+    idle: Vec<Connection>,
+    /// Open connections, idle or lent out.
+    open: usize,
 }
 
 struct Scripts {
@@ -144,7 +154,8 @@ impl Shared {
             max_per_ip: o.max_per_ip,
             max_failures: o.max_failures.max(1),
             ban: o.ban.max(Duration::from_secs(1)),
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool { pid: 0, idle: Vec::new(), open: 0 }),
+            returned: Condvar::new(),
             down_until: Mutex::new(None),
             releases: OnceLock::new(),
             scripts: Scripts {
@@ -154,7 +165,10 @@ impl Shared {
             },
         });
         match shared.call(|c| redis::cmd("PING").query::<String>(c)) {
-            Some(_) => tracing::info!(redis = %shared.location, node = %shared.node, "shared state"),
+            Some(_) => {
+                shared.fill();
+                tracing::info!(redis = %shared.location, node = %shared.node, "shared state");
+            }
             None => tracing::warn!(
                 redis = %shared.location,
                 "shared state unreachable at start; serving on local limits until it answers"
@@ -176,33 +190,101 @@ impl Shared {
         {
             return None;
         }
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
-        let taken = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.first().is_some_and(|(owner, _)| *owner != pid) {
-                // The parent's connections, inherited through fork: they stay the parent's.
-                idle.drain(..).for_each(|(_, c)| std::mem::forget(c));
+        let taken = match self.take() {
+            Ok(c) => c,
+            Err(e) => {
+                self.down(&e);
+                return None;
             }
-            idle.pop()
         };
-        let result = match taken {
-            Some((_, mut c)) => f(&mut c).map(|v| (v, c)),
-            None => self.connect().and_then(|mut c| f(&mut c).map(|v| (v, c))),
-        };
-        match result {
-            Ok((v, c)) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE {
-                    idle.push((pid, c));
+        let mut c = match taken {
+            Some(c) => c,
+            None => match self.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.lock_pool().open -= 1;
+                    self.returned.notify_one();
+                    self.down(&e);
+                    return None;
                 }
-                drop(idle);
+            },
+        };
+        let result = f(&mut c);
+        let mut pool = self.lock_pool();
+        match result {
+            Ok(v) => {
+                pool.idle.push(c);
+                drop(pool);
+                self.returned.notify_one();
                 self.up();
                 Some(v)
             }
             Err(e) => {
+                pool.open -= 1;
+                drop(pool);
+                self.returned.notify_one();
                 self.down(&e);
                 None
+            }
+        }
+    }
+
+    /// This process's pool (a fork's child drops its parent's without closing them).
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        if pool.pid != pid {
+            pool.idle.drain(..).for_each(std::mem::forget);
+            *pool = Pool { pid, idle: Vec::new(), open: 0 };
+        }
+        pool
+    }
+
+    /// An idle connection, or `None` with room counted for a new one; waits (up to the call
+    /// timeout) while all are lent out.
+    fn take(&self) -> RedisResult<Option<Connection>> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut pool = self.lock_pool();
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Ok(Some(c));
+            }
+            if pool.open < POOL {
+                pool.open += 1;
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let busy = (redis::ErrorKind::Io, "every shared-state connection is busy");
+                return Err(busy.into());
+            }
+            pool = self.returned.wait_timeout(pool, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Opens the pool's missing connections (at start, and from the sync thread once Redis
+    /// answers again).
+    fn fill(&self) {
+        loop {
+            match self.take() {
+                Ok(Some(c)) => {
+                    // Full already: this was an idle one.
+                    self.lock_pool().idle.push(c);
+                    self.returned.notify_one();
+                    return;
+                }
+                Ok(None) => match self.connect() {
+                    Ok(c) => {
+                        self.lock_pool().idle.push(c);
+                        self.returned.notify_one();
+                    }
+                    Err(_) => {
+                        self.lock_pool().open -= 1;
+                        return;
+                    }
+                },
+                Err(_) => return,
             }
         }
     }
@@ -347,16 +429,24 @@ impl Shared {
         let shared = self.clone();
         std::thread::Builder::new()
             .name("zocalo-shared".into())
-            .spawn(move || shared.sync(&registry, &shutdown, &rx))
+            .spawn(move || shared.sync(&registry, &shutdown, &rx, true))
     }
 
     /// The sync loop, in the calling thread (the `process` model's sync process).
     pub fn run_sync(self: &Arc<Self>, registry: &Registry, shutdown: &Shutdown) {
         let (_tx, rx) = mpsc::channel();
-        self.sync(registry, shutdown, &rx);
+        self.sync(registry, shutdown, &rx, false);
     }
 
-    fn sync(&self, registry: &Registry, shutdown: &Shutdown, releases: &Receiver<IpAddr>) {
+    /// `in_process`: the sync loop runs in the process whose pool the callers use (it keeps
+    /// it full); in the `process` model it runs in a process of its own.
+    fn sync(
+        &self,
+        registry: &Registry,
+        shutdown: &Shutdown,
+        releases: &Receiver<IpAddr>,
+        in_process: bool,
+    ) {
         let mut conn: Option<Connection> = None;
         let mut failing = false;
         let mut next_tick = Instant::now();
@@ -395,6 +485,9 @@ impl Shared {
                         self.up();
                     }
                     failing = false;
+                    if in_process {
+                        self.fill();
+                    }
                 }
                 Err(e) => {
                     conn = None;
