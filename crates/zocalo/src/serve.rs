@@ -266,6 +266,7 @@ fn build(
             max_per_ip: settings.max_per_ip,
             max_failures: settings.max_login_failures,
             ban: settings.ban_time,
+            keep_full: settings.model != Model::Process,
         })?),
         None => None,
     };

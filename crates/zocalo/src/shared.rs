@@ -133,6 +133,10 @@ pub struct Options<'a> {
     pub max_per_ip: usize,
     pub max_failures: u32,
     pub ban: Duration,
+    /// Open the pool's connections at start and keep it full from the sync thread (false in
+    /// the `process` model, whose parent makes one call at a time and whose sync loop runs in
+    /// another process).
+    pub keep_full: bool,
 }
 
 impl Shared {
@@ -166,7 +170,9 @@ impl Shared {
         });
         match shared.call(|c| redis::cmd("PING").query::<String>(c)) {
             Some(_) => {
-                shared.fill();
+                if o.keep_full {
+                    shared.fill();
+                }
                 tracing::info!(redis = %shared.location, node = %shared.node, "shared state");
             }
             None => tracing::warn!(
@@ -185,7 +191,7 @@ impl Shared {
     }
 
     /// Runs `f` on this process's connection; `None` when Redis is down or the call fails.
-    fn call<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Option<T> {
+    fn call<T>(&self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> Option<T> {
         if self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > Instant::now())
         {
             return None;
@@ -197,6 +203,7 @@ impl Shared {
                 return None;
             }
         };
+        let pooled = taken.is_some();
         let mut c = match taken {
             Some(c) => c,
             None => match self.connect() {
@@ -209,7 +216,17 @@ impl Shared {
                 }
             },
         };
-        let result = f(&mut c);
+        let mut result = f(&mut c);
+        if pooled && result.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
+            // An idle connection that Redis closed (a restart): one more try on a new one.
+            match self.connect() {
+                Ok(fresh) => {
+                    c = fresh;
+                    result = f(&mut c);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
         let mut pool = self.lock_pool();
         match result {
             Ok(v) => {

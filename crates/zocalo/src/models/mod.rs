@@ -20,7 +20,7 @@ pub mod workers;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -182,6 +182,9 @@ pub(crate) const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_m
 pub struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// Other descriptors the accept loop holds (connections whose PROXY header is pending): a
+    /// child forked for this connection closes its copies, or they would outlive the parent's.
+    pub pending: Vec<RawFd>,
 }
 
 /// Connections from a balancer whose PROXY header is still being read, at most this many at a
@@ -263,7 +266,8 @@ pub(crate) fn accept_loop(
             match gate.step() {
                 Ok(Some(peer)) => {
                     let stream = gate.into_stream();
-                    admit(server, Accepted { stream, peer }, implicit, &mut handle);
+                    let pending = pending_fds(&gates);
+                    admit(server, Accepted { stream, peer, pending }, implicit, &mut handle);
                 }
                 Ok(None) if gate.deadline > now => gates.push((gate, implicit)),
                 Ok(None) => proxy::log_refused(gate.balancer, &proxy::Refused::TimedOut),
@@ -293,7 +297,8 @@ fn accept_ready(
                 }
             }
             Ok((stream, peer)) => {
-                admit(server, Accepted { stream, peer }, listener.implicit_tls, handle);
+                let pending = pending_fds(gates);
+                admit(server, Accepted { stream, peer, pending }, listener.implicit_tls, handle);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -311,6 +316,10 @@ fn accept_ready(
             }
         }
     }
+}
+
+fn pending_fds(gates: &[(Gate, bool)]) -> Vec<RawFd> {
+    gates.iter().map(|(g, _)| g.stream.as_raw_fd()).collect()
 }
 
 /// Counts the connection against the limits (here and, with `--shared-state`, across the

@@ -53,6 +53,11 @@ pub fn run(mut server: Server) -> io::Result<()> {
                             // SAFETY: closing our copy of the listening descriptor in the child.
                             unsafe { libc::close(l.sock.as_raw_fd()) };
                         }
+                        for &fd in &accepted.pending {
+                            // SAFETY: our copies of connections whose PROXY header the parent
+                            // is still reading: the parent alone decides when they close.
+                            unsafe { libc::close(fd) };
+                        }
                         if server.ctx.registry.is_some() {
                             crate::registry::install_child_kick(accepted.stream.as_raw_fd());
                         }
