@@ -219,7 +219,10 @@ impl DataTask {
 
     /// True while no data connection exists yet (a timeout then means 425, not 426).
     pub fn is_connecting(&self) -> bool {
-        matches!(self.state, State::Accepting { .. } | State::Proxied { .. } | State::Connecting { .. })
+        matches!(
+            self.state,
+            State::Accepting { .. } | State::Proxied { .. } | State::Connecting { .. }
+        )
     }
 
     /// Does all the work possible without blocking.
@@ -259,7 +262,9 @@ impl DataTask {
                         tracing::warn!(%from, %balancer, expected = %peer, "refused a data connection from another address");
                         self.state = State::Accepting { listener, peer, pump };
                     }
-                    Ok(None) => return self.park(State::Proxied { gate, listener, peer, pump }, false),
+                    Ok(None) => {
+                        return self.park(State::Proxied { gate, listener, peer, pump }, false)
+                    }
                     Err(why) => {
                         crate::proxy::log_refused(gate.balancer, &why);
                         self.state = State::Accepting { listener, peer, pump };

@@ -192,7 +192,11 @@ impl Shared {
 
     /// Runs `f` on this process's connection; `None` when Redis is down or the call fails.
     fn call<T>(&self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> Option<T> {
-        if self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > Instant::now())
+        if self
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t > Instant::now())
         {
             return None;
         }
@@ -471,10 +475,9 @@ impl Shared {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match releases.recv_timeout(wait.min(Duration::from_millis(200))) {
                 Ok(ip) => {
-                    match conn.as_mut() {
-                        Some(c) => self.release_now(ip, Some(c)),
-                        // Not connected: the rewrite at the next connection accounts for it.
-                        None => {}
+                    // Not connected: the rewrite at the next connection accounts for it.
+                    if let Some(c) = conn.as_mut() {
+                        self.release_now(ip, Some(c));
                     }
                     continue;
                 }

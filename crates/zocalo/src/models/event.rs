@@ -23,8 +23,8 @@ use super::{Listener, Server};
 use crate::conn::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
 use crate::data::{DataTask, Step};
 use crate::limits::{Limits, Permit, Refusal};
-use crate::proxy::{self, Gate};
 use crate::net::{self, FdReserve};
+use crate::proxy::{self, Gate};
 use crate::tls::{Stream, Tls};
 use crate::xferlog::Xferlog;
 
@@ -120,7 +120,10 @@ enum PendingState {
     Header(Gate),
     /// The admission runs on a worker (it asks Redis); the result comes back with this slot's
     /// key.
-    Admitting { stream: TcpStream, peer: SocketAddr },
+    Admitting {
+        stream: TcpStream,
+        peer: SocketAddr,
+    },
 }
 
 /// One client's state in the loop.
@@ -385,7 +388,8 @@ impl EventLoop {
             return;
         };
         self.free_gates.push(i);
-        let verdict = done.take::<Result<Permit, Refusal>>().unwrap_or(Err(Refusal::TooManyConnections));
+        let verdict =
+            done.take::<Result<Permit, Refusal>>().unwrap_or(Err(Refusal::TooManyConnections));
         self.admitted(stream, peer, implicit, verdict);
     }
 
