@@ -563,7 +563,7 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     pub node_name: String,
     /// Balancers whose connections start with a PROXY header.
-    pub proxy_from: Vec<crate::proxy::Cidr>,
+    pub proxy_from: Vec<crate::drivers::proxy::Cidr>,
     pub proxy_timeout: Duration,
     pub shared_state: Option<String>,
     pub agent: Option<SocketAddr>,

@@ -14,8 +14,8 @@ use zocalo_client::{DataMode, OpError, OpOptions, Progress};
 use crate::cli::{
     BenchArgs, ClientOpts, LsArgs, MirrorArgs, PutArgs, TftpArgs, TransferArgs, TransferOpts,
 };
-use crate::fs::LocalFs;
 use crate::shutdown::Shutdown;
+use crate::storage::local::LocalFs;
 use crate::tftp::StorageAdapter;
 
 /// `zocalo tftp`: TFTP alone, until SIGTERM or SIGINT.

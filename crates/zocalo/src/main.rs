@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let result: Result<(), Failure> = match cli.command {
         Command::Serve(args) => Settings::resolve(&args)
             .and_then(|settings| {
-                zocalo::logs::init(settings.json_logs, settings.log_file.as_deref())
+                zocalo::ops::logs::init(settings.json_logs, settings.log_file.as_deref())
                     .map_err(|e| format!("cannot open the log file: {e}"))?;
                 match args.inetd {
                     true => zocalo::serve::run_inetd(settings),
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             })
             .map_err(Failure::from),
         Command::Tftp(args) => {
-            let _ = zocalo::logs::init(false, None);
+            let _ = zocalo::ops::logs::init(false, None);
             zocalo::commands::tftp(args).map_err(Failure::from)
         }
         Command::Get(args) => commands::get(args),
@@ -57,8 +57,8 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
         CtlRequest::Reload => "reload".to_string(),
         CtlRequest::Drain => "drain".to_string(),
     };
-    let answer =
-        zocalo::admin::request(socket, &text).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let answer = zocalo::ops::admin::request(socket, &text)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
     match answer.strip_prefix("error: ") {
         Some(e) => Err(e.trim().to_string()),
         None => {

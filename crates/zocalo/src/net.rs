@@ -150,7 +150,7 @@ impl FdReserve {
         let shed = freed
             && match listener.accept() {
                 Ok((stream, _)) => {
-                    crate::metrics::inc(crate::metrics::Counter::RefusedDescriptors);
+                    crate::ops::metrics::inc(crate::ops::metrics::Counter::RefusedDescriptors);
                     refuse(&stream, b"421 Server out of file descriptors; try again later.\r\n");
                     true
                 }

@@ -6,23 +6,23 @@ use std::sync::Arc;
 
 use zocalo_proto::session::{Config, TlsPolicy};
 
-use crate::admin::Admin;
 use crate::cli::Settings;
-use crate::conn::Ctx;
-use crate::data::Rates;
-use crate::limits::{ClusterGuard, Limits, LoginGuard, SharedGuard};
+use crate::drivers::blocking::Ctx;
+use crate::drivers::data::Rates;
 use crate::models::{self, Listener, Model, Server};
 use crate::net;
-use crate::registry::Registry;
+use crate::ops::admin::Admin;
+use crate::ops::limits::{ClusterGuard, Limits, LoginGuard, SharedGuard};
+use crate::ops::registry::Registry;
+use crate::ops::xferlog::Xferlog;
 use crate::shutdown::{Reload, Shutdown};
 use crate::tls::Tls;
 use crate::users::{Users, UsersConfig};
-use crate::xferlog::Xferlog;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> io::Result<()> {
     raise_fd_limit();
-    crate::metrics::init(&settings.node_name)?;
+    crate::ops::metrics::init(&settings.node_name)?;
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     let listeners = listeners(&settings)?;
@@ -96,13 +96,13 @@ pub fn run(settings: Settings) -> io::Result<()> {
         let shutdown = server.ctx.shutdown.clone();
         match settings.model {
             Model::Process => models::fork_service(&server.listeners, move || {
-                crate::agent::serve(&listener, &shutdown);
+                crate::ops::agent::serve(&listener, &shutdown);
                 Ok(())
             })?,
             _ => drop(
                 std::thread::Builder::new()
                     .name("zocalo-agent".into())
-                    .spawn(move || crate::agent::serve(&listener, &shutdown))?,
+                    .spawn(move || crate::ops::agent::serve(&listener, &shutdown))?,
             ),
         }
     }
@@ -112,7 +112,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
             let _ = writeln!(out, "{line}");
         }
         let _ = out.flush();
-        crate::systemd::ready();
+        crate::ops::systemd::ready();
     }));
     match &settings.s3 {
         Some(_) => tracing::info!(model = %settings.model, "serving"),
@@ -127,7 +127,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
 /// The FTP listeners: those systemd handed over (socket activation), or else one bound for
 /// each `--listen` and `--implicit-tls` address.
 fn listeners(settings: &Settings) -> io::Result<Vec<Listener>> {
-    let inherited = crate::systemd::listeners()?;
+    let inherited = crate::ops::systemd::listeners()?;
     if !inherited.is_empty() {
         let listeners: Vec<Listener> = inherited
             .into_iter()
@@ -154,7 +154,7 @@ fn listeners(settings: &Settings) -> io::Result<Vec<Listener>> {
 /// with ACCEPT done by the super-server. Nothing is written to standard output but FTP.
 pub fn run_inetd(settings: Settings) -> io::Result<()> {
     use std::os::fd::FromRawFd;
-    crate::metrics::init(&settings.node_name)?;
+    crate::ops::metrics::init(&settings.node_name)?;
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     // SAFETY: dup(2) of standard input has no preconditions; the result is checked.
@@ -181,20 +181,20 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
     }
     let (server, _) = build(&settings, Vec::new(), shutdown)?;
     let mut stream = stream;
-    if crate::proxy::trusted(&settings.proxy_from, peer.ip()) {
+    if crate::drivers::proxy::trusted(&settings.proxy_from, peer.ip()) {
         let deadline = std::time::Instant::now() + settings.proxy_timeout;
-        let mut gate = crate::proxy::Gate::new(stream, peer, deadline)?;
+        let mut gate = crate::drivers::proxy::Gate::new(stream, peer, deadline)?;
         match gate.wait() {
             Ok(client) => peer = client,
             Err(why) => {
-                crate::proxy::log_refused(peer, &why);
+                crate::drivers::proxy::log_refused(peer, &why);
                 return Ok(());
             }
         }
         stream = gate.into_stream();
         stream.set_nonblocking(false)?;
     }
-    crate::conn::serve(stream, peer, &server.ctx, false);
+    crate::drivers::blocking::serve(stream, peer, &server.ctx, false);
     Ok(())
 }
 
@@ -219,7 +219,7 @@ fn start_metrics(
             stopped_at.set(Some(at));
             at.elapsed() > grace + std::time::Duration::from_secs(1)
         };
-        crate::metrics::serve(&listener, &draining, &stop);
+        crate::ops::metrics::serve(&listener, &draining, &stop);
     };
     match model {
         Model::Process => models::fork_service(&server.listeners, move || {
@@ -259,7 +259,7 @@ fn build(
         None => None,
     };
     let shared = match &settings.shared_state {
-        Some(url) => Some(crate::shared::Shared::open(&crate::shared::Options {
+        Some(url) => Some(crate::ops::shared::Shared::open(&crate::ops::shared::Options {
             url,
             node: &settings.node_name,
             max_total: settings.max_connections,
@@ -295,7 +295,7 @@ fn build(
     config.masquerade = settings.masquerade;
     config.show_dot_files = settings.show_dot_files;
     config.login_fail_delay = settings.login_fail_delay;
-    config.log_commands = tracing::enabled!(target: "zocalo::observe", tracing::Level::DEBUG);
+    config.log_commands = tracing::enabled!(target: "zocalo::ops::observe", tracing::Level::DEBUG);
     config.tls = match &settings.tls {
         None => TlsPolicy::Off,
         Some(t) if t.required => TlsPolicy::Required,
@@ -326,8 +326,8 @@ fn build(
         rates: Rates { down: settings.max_rate_down, up: settings.max_rate_up },
         login_timeout: settings.login_timeout,
         work_threads: match settings.s3 {
-            Some(_) => crate::models::workers::NETWORK_THREADS,
-            None => crate::models::workers::THREADS,
+            Some(_) => crate::drivers::workers::NETWORK_THREADS,
+            None => crate::drivers::workers::THREADS,
         },
         registry: Some(registry),
         proxy_from: settings.proxy_from.clone(),
@@ -380,10 +380,10 @@ impl Reloader {
     /// Reloads each part; a part that fails keeps its old settings and says why, the others go
     /// ahead. Returns the summary (`Err` if anything failed).
     pub fn reload(&self) -> Result<String, String> {
-        crate::systemd::notify("RELOADING=1");
+        crate::ops::systemd::notify("RELOADING=1");
         let (done, failed) = self.reload_parts();
-        crate::metrics::inc(crate::metrics::Counter::Reloads);
-        crate::systemd::notify("READY=1");
+        crate::ops::metrics::inc(crate::ops::metrics::Counter::Reloads);
+        crate::ops::systemd::notify("READY=1");
         let result = summarize(done, &failed);
         match &result {
             Ok(summary) => tracing::info!("{summary}"),

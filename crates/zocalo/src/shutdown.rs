@@ -51,7 +51,7 @@ impl Shutdown {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, fd) = (stop.clone(), self.fd());
         std::thread::Builder::new().name("zocalo-stop".into()).spawn(move || {
-            while !crate::conn::poll_one(fd, libc::POLLIN, Duration::from_secs(3600))
+            while !crate::drivers::blocking::poll_one(fd, libc::POLLIN, Duration::from_secs(3600))
                 .unwrap_or(true)
             {}
             flag.store(true, Ordering::SeqCst);

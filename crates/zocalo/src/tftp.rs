@@ -96,8 +96,8 @@ impl Write for TftpFile {
 
 impl Drop for TftpFile {
     fn drop(&mut self) {
-        use crate::metrics::Counter::*;
-        crate::metrics::inc(match (self.write, self.complete) {
+        use crate::ops::metrics::Counter::*;
+        crate::ops::metrics::inc(match (self.write, self.complete) {
             (false, true) => TftpReadOk,
             (false, false) => TftpReadFailed,
             (true, true) => TftpWriteOk,

@@ -150,7 +150,7 @@ pub struct TlsStream {
 impl Drop for TlsStream {
     fn drop(&mut self) {
         if !self.counted {
-            crate::metrics::inc(crate::metrics::Counter::TlsFailures);
+            crate::ops::metrics::inc(crate::ops::metrics::Counter::TlsFailures);
         }
     }
 }
@@ -230,7 +230,7 @@ impl TlsStream {
         }
         if !self.counted && !self.conn.is_handshaking() {
             self.counted = true;
-            crate::metrics::inc(crate::metrics::Counter::TlsHandshakes);
+            crate::ops::metrics::inc(crate::ops::metrics::Counter::TlsHandshakes);
         }
         Ok(n)
     }

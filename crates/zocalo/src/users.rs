@@ -16,8 +16,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use zocalo_proto::{Account, AuthError, Authenticator, Storage};
 
-use crate::fs::LocalFs;
-use crate::limits::LoginGuard;
+use crate::ops::limits::LoginGuard;
+use crate::storage::local::LocalFs;
 
 /// One line of the users file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,14 +8,15 @@
 //! | `pool:N`    | one of N threads created at start            | `pool.rs`       |
 //! | `select`, `poll`, `epoll[:N]` | one readiness loop (per core) for all | `event.rs` |
 //!
-//! The blocking models share [`crate::conn`]; they differ only in how they hand it a socket.
+//! The drivers the models run are in [`crate::drivers`].
+//!
+//! The blocking models share [`crate::drivers::blocking`]; they differ only in how they hand it a socket.
 
 pub mod event;
 pub mod iterative;
 pub mod pool;
 pub mod process;
 pub mod thread;
-pub mod workers;
 
 use std::fmt;
 use std::io;
@@ -27,10 +28,10 @@ use std::time::Instant;
 
 use zocalo_poller::Backend;
 
-use crate::conn::{self, Ctx};
-use crate::limits::{Limits, Permit};
+use crate::drivers::blocking::{self, Ctx};
+use crate::drivers::proxy::{self, Gate};
 use crate::net;
-use crate::proxy::{self, Gate};
+use crate::ops::limits::{Limits, Permit};
 
 /// The `--model` switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +248,7 @@ pub(crate) fn accept_loop(
         }
         on_wake();
         if fds[server.listeners.len()].revents != 0 {
-            crate::systemd::notify("STOPPING=1");
+            crate::ops::systemd::notify("STOPPING=1");
             return Ok(());
         }
         for (i, listener) in server.listeners.iter().enumerate() {
@@ -336,7 +337,7 @@ fn admit(
             handle(accepted, permit, implicit);
         }
         Err(refusal) => {
-            crate::observe::refused(refusal.cause(), Some(accepted.peer));
+            crate::ops::observe::refused(refusal.cause(), Some(accepted.peer));
             net::refuse(&accepted.stream, refusal.reply())
         }
     }
@@ -344,7 +345,7 @@ fn admit(
 
 /// Serves one connection with the blocking driver.
 pub(crate) fn serve_blocking(accepted: Accepted, ctx: &Ctx, implicit_tls: bool) {
-    conn::serve(accepted.stream, accepted.peer, ctx, implicit_tls);
+    blocking::serve(accepted.stream, accepted.peer, ctx, implicit_tls);
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
 use super::{accept_loop, serve_blocking, Accepted, Server};
-use crate::limits::Permit;
 use crate::net;
+use crate::ops::limits::Permit;
 
 type Job = (Accepted, Permit, bool);
 
@@ -35,7 +35,7 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let refuse = |a: &Accepted| {
-        crate::observe::refused(crate::observe::Refused::PoolFull, Some(a.peer));
+        crate::ops::observe::refused(crate::ops::observe::Refused::PoolFull, Some(a.peer));
         net::refuse(&a.stream, b"421 All workers busy and the queue is full; try later.\r\n")
     };
     let result = accept_loop(
@@ -62,14 +62,17 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
     result
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::conn::Ctx, admitted: &AtomicUsize) {
+fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::drivers::blocking::Ctx, admitted: &AtomicUsize) {
     loop {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((accepted, permit, tls)) = job else {
             return;
         };
         if ctx.shutdown.is_triggered() {
-            crate::observe::refused(crate::observe::Refused::Shutdown, Some(accepted.peer));
+            crate::ops::observe::refused(
+                crate::ops::observe::Refused::Shutdown,
+                Some(accepted.peer),
+            );
             net::refuse(&accepted.stream, b"421 Server shutting down.\r\n");
         } else {
             serve_blocking(accepted, ctx, tls);

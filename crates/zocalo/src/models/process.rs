@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use zocalo_poller::Waker;
 
 use super::{accept_loop, serve_blocking, Server};
-use crate::limits::Permit;
 use crate::net;
-use crate::registry::Registry;
+use crate::ops::limits::Permit;
+use crate::ops::registry::Registry;
 
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -59,7 +59,7 @@ pub fn run(mut server: Server) -> io::Result<()> {
                             unsafe { libc::close(fd) };
                         }
                         if server.ctx.registry.is_some() {
-                            crate::registry::install_child_kick(accepted.stream.as_raw_fd());
+                            crate::ops::registry::install_child_kick(accepted.stream.as_raw_fd());
                         }
                         serve_blocking(accepted, &server.ctx, tls);
                         // SAFETY: leave without running the parent's destructors or atexit.
@@ -123,7 +123,7 @@ fn wait_children(
             left_for_dead(children);
             return;
         }
-        let _ = crate::conn::poll_one(
+        let _ = crate::drivers::blocking::poll_one(
             waker.as_raw_fd(),
             libc::POLLIN,
             left.min(Duration::from_millis(100)),

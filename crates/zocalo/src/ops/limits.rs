@@ -15,7 +15,7 @@ pub struct Limits {
     max_per_ip: usize,
     state: Mutex<Counts>,
     /// `--shared-state`: the counts across every node, checked after the local ones.
-    shared: Option<Arc<crate::shared::Shared>>,
+    shared: Option<Arc<crate::ops::shared::Shared>>,
 }
 
 #[derive(Debug, Default)]
@@ -33,10 +33,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// The cause for the logs and metrics.
-    pub fn cause(self) -> crate::observe::Refused {
+    pub fn cause(self) -> crate::ops::observe::Refused {
         match self {
-            Refusal::TooManyConnections => crate::observe::Refused::MaxConnections,
-            Refusal::TooManyFromAddress => crate::observe::Refused::MaxPerIp,
+            Refusal::TooManyConnections => crate::ops::observe::Refused::MaxConnections,
+            Refusal::TooManyFromAddress => crate::ops::observe::Refused::MaxPerIp,
         }
     }
 
@@ -61,7 +61,7 @@ impl Limits {
     pub fn new(
         max_total: usize,
         max_per_ip: usize,
-        shared: Option<Arc<crate::shared::Shared>>,
+        shared: Option<Arc<crate::ops::shared::Shared>>,
     ) -> Arc<Self> {
         Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()), shared })
     }
@@ -75,7 +75,7 @@ impl Limits {
     /// Counts a new connection from `ip` here and, with `--shared-state`, across the cluster
     /// (when Redis answers; else the local count decides alone), or refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
-        let ip = crate::proxy::canonical(ip);
+        let ip = crate::drivers::proxy::canonical(ip);
         let mut permit = self.admit_here(ip)?;
         if let Some(shared) = &self.shared {
             match shared.admit(ip) {
@@ -175,7 +175,7 @@ impl SharedGuard {
     pub fn new(max_failures: u32, ban: Duration) -> std::io::Result<Self> {
         let len = 4096;
         let size = len * std::mem::size_of::<Bucket>();
-        let ptr = crate::shm::map_zeroed(size)?;
+        let ptr = crate::ops::shm::map_zeroed(size)?;
         let epoch = Instant::now();
         Ok(SharedGuard { buckets: ptr.cast(), len, max_failures, ban, epoch })
     }
@@ -249,7 +249,7 @@ impl LoginGuard for SharedGuard {
         let failures = b.failures.fetch_add(1, Ordering::Relaxed) + 1;
         b.last.store(now, Ordering::Relaxed);
         if failures == self.max_failures {
-            crate::metrics::inc(crate::metrics::Counter::LockOuts);
+            crate::ops::metrics::inc(crate::ops::metrics::Counter::LockOuts);
             let secs = self.ban.as_secs();
             tracing::warn!(address = %ip, failures, secs, "address locked out after failed logins");
         }
@@ -260,17 +260,17 @@ impl LoginGuard for SharedGuard {
 /// does not answer), and an address locked out on any node is locked out here.
 pub struct ClusterGuard {
     pub local: SharedGuard,
-    pub shared: Arc<crate::shared::Shared>,
+    pub shared: Arc<crate::ops::shared::Shared>,
 }
 
 impl LoginGuard for ClusterGuard {
     fn is_locked(&self, ip: IpAddr) -> bool {
-        let ip = crate::proxy::canonical(ip);
+        let ip = crate::drivers::proxy::canonical(ip);
         self.local.is_locked(ip) || self.shared.is_locked(ip).unwrap_or(false)
     }
 
     fn record_failure(&self, ip: IpAddr) {
-        let ip = crate::proxy::canonical(ip);
+        let ip = crate::drivers::proxy::canonical(ip);
         self.local.record_failure(ip);
         if self.shared.record_failure(ip) == Some(true) {
             tracing::warn!(address = %ip, "address locked out on every node of the cluster");

@@ -73,7 +73,7 @@ impl Registry {
     pub fn new(len: usize) -> io::Result<Self> {
         let len = len.clamp(1, 65_536);
         let size = HEADER + len * std::mem::size_of::<Slot>();
-        let ptr = crate::shm::map_zeroed(size)?;
+        let ptr = crate::ops::shm::map_zeroed(size)?;
         // SAFETY: the slots start HEADER bytes into the mapping, which is page-aligned and
         // `size` bytes long.
         let slots = unsafe { ptr.cast::<u8>().add(HEADER).cast::<Slot>() };
@@ -196,7 +196,7 @@ impl SessionView {
 
 /// The address part of a published peer (`IP:PORT`, `[IPv6]:PORT`).
 pub fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
-    peer.parse::<std::net::SocketAddr>().ok().map(|a| crate::proxy::canonical(a.ip()))
+    peer.parse::<std::net::SocketAddr>().ok().map(|a| crate::drivers::proxy::canonical(a.ip()))
 }
 
 fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {

@@ -12,7 +12,7 @@ use crate::shutdown::Shutdown;
 
 /// The line for the balancer.
 pub fn status() -> &'static [u8] {
-    match crate::metrics::draining() {
+    match crate::ops::metrics::draining() {
         true => b"drain\n",
         false => b"up ready\n",
     }

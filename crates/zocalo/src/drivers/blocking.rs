@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use zocalo_proto::session::{Action, Config, Outcome, Session};
 
-use crate::data::{DataTask, Rates, Step};
+use crate::drivers::data::{DataTask, Rates, Step};
 use crate::net;
-use crate::registry::{Entry, Registry};
+use crate::ops::registry::{Entry, Registry};
+use crate::ops::xferlog::{Record, Xferlog};
 use crate::shutdown::Shutdown;
 use crate::tls::{Stream, Tls};
-use crate::xferlog::{Record, Xferlog};
 
 /// Everything a connection needs from the server.
 pub struct Ctx {
@@ -44,10 +44,10 @@ pub struct Ctx {
     pub work_threads: usize,
     /// `--proxy-protocol-from`: balancers whose control and data connections start with a
     /// PROXY header, and how long they have to send it.
-    pub proxy_from: Vec<crate::proxy::Cidr>,
+    pub proxy_from: Vec<crate::drivers::proxy::Cidr>,
     pub proxy_timeout: Duration,
     /// `--shared-state`.
-    pub shared: Option<Arc<crate::shared::Shared>>,
+    pub shared: Option<Arc<crate::ops::shared::Shared>>,
 }
 
 /// A new client's control connection, ready for its driver.
@@ -104,7 +104,7 @@ pub fn finish_transfer(
         let user = session.user().unwrap_or("");
         let took = start.at.elapsed();
         moved = bytes;
-        crate::metrics::transfer(verb, complete, bytes, took);
+        crate::ops::metrics::transfer(verb, complete, bytes, took);
         let ms = took.as_millis() as u64;
         match verb {
             "RETR" | "STOR" | "APPE" | "STOU" => {
@@ -159,14 +159,14 @@ impl Published {
 /// client's address (a balancer's PROXY header may have given it). With `implicit`,
 /// the connection speaks TLS from its first byte (implicit FTPS).
 pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, implicit: bool) {
-    let (id, span) = crate::observe::opened(peer);
+    let (id, span) = crate::ops::observe::opened(peer);
     let _in_span = span.enter();
     let since = Instant::now();
     let Ok(mut conn) = Conn::new(stream, peer, ctx, implicit, id) else {
-        return crate::observe::closed(since, 0);
+        return crate::ops::observe::closed(since, 0);
     };
     loop {
-        crate::observe::events(&mut conn.session);
+        crate::ops::observe::events(&mut conn.session);
         if let Some(p) = &mut conn.published {
             p.update(&conn.session);
         }
@@ -174,10 +174,10 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, implicit: bool) {
             break;
         }
     }
-    crate::observe::events(&mut conn.session);
+    crate::ops::observe::events(&mut conn.session);
     conn.published.take();
     conn.control.close();
-    crate::observe::closed(since, conn.bytes);
+    crate::ops::observe::closed(since, conn.bytes);
 }
 
 struct Conn<'a> {

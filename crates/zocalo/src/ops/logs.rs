@@ -22,14 +22,14 @@ pub struct Reopening {
 impl Reopening {
     pub fn open(path: &Path) -> io::Result<Reopening> {
         let file = append(path)?;
-        let generation = crate::metrics::reload_generation();
+        let generation = crate::ops::metrics::reload_generation();
         Ok(Reopening { path: path.to_path_buf(), state: Mutex::new((file, generation)) })
     }
 
     /// Appends `bytes` in one write(2), after reopening the file if a reload happened.
     pub fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::metrics::reload_generation();
+        let now = crate::ops::metrics::reload_generation();
         if state.1 != now {
             state.1 = now;
             // A file that cannot be reopened keeps the old one: a line is never lost.

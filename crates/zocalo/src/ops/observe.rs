@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use zocalo_proto::{Event, LoginRefusal, Session};
 
-use crate::metrics::{self, Counter};
+use crate::ops::metrics::{self, Counter};
 
 /// A connection was admitted: counted, given its id and the span every line of the session is
 /// logged in, logged.

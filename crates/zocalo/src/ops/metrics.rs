@@ -81,7 +81,7 @@ pub fn init(node: &str) -> io::Result<()> {
     if TABLE.get().is_some() {
         return Ok(());
     }
-    let ptr = crate::shm::map_zeroed(SLOTS * std::mem::size_of::<AtomicU64>())?;
+    let ptr = crate::ops::shm::map_zeroed(SLOTS * std::mem::size_of::<AtomicU64>())?;
     // SAFETY: the mapping is zeroed (a valid AtomicU64 each), aligned to a page, never unmapped,
     // and only ever accessed through these atomics.
     let table = unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), SLOTS) };

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Script};
 
-use crate::limits::Refusal;
-use crate::registry::Registry;
+use crate::ops::limits::Refusal;
+use crate::ops::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// How long a node's entries outlive it.
@@ -318,7 +318,7 @@ impl Shared {
     }
 
     fn down(&self, e: &redis::RedisError) {
-        crate::metrics::inc(crate::metrics::Counter::SharedStateErrors);
+        crate::ops::metrics::inc(crate::ops::metrics::Counter::SharedStateErrors);
         let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
         if down.is_none() {
             tracing::warn!(
@@ -540,7 +540,7 @@ impl Shared {
         if rewrite {
             let mut per_ip: HashMap<String, usize> = HashMap::new();
             for s in &sessions {
-                if let Some(ip) = crate::registry::peer_ip(&s.peer) {
+                if let Some(ip) = crate::ops::registry::peer_ip(&s.peer) {
                     *per_ip.entry(ip.to_string()).or_default() += 1;
                 }
             }

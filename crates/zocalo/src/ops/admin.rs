@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::registry::Registry;
+use crate::ops::registry::Registry;
 use crate::shutdown::{Reload, Shutdown};
 
 const MAX_MESSAGE: usize = 32 * 1024;
@@ -33,7 +33,7 @@ pub struct Admin {
     /// This node's name, in the status lines.
     node: String,
     /// The cluster's shared state, for other nodes' sessions and kicks.
-    shared: Option<Arc<crate::shared::Shared>>,
+    shared: Option<Arc<crate::ops::shared::Shared>>,
 }
 
 impl Admin {
@@ -45,7 +45,7 @@ impl Admin {
         reloader: crate::serve::Reloader,
         summary: Vec<String>,
         node: String,
-        shared: Option<Arc<crate::shared::Shared>>,
+        shared: Option<Arc<crate::ops::shared::Shared>>,
     ) -> io::Result<Self> {
         remove_stale(path)?;
         let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
@@ -92,7 +92,7 @@ impl Admin {
             (Some("status"), None) => self.status(),
             (Some("kick"), Some(target)) => self.kick(target),
             (Some("drain"), None) => {
-                crate::metrics::start_draining();
+                crate::ops::metrics::start_draining();
                 tracing::warn!("draining: the balancer's agent check now says drain");
                 "draining: the agent answers drain; sessions go on\n".into()
             }

@@ -164,7 +164,7 @@ impl Gate {
             if left.is_zero() {
                 return Err(Refused::TimedOut);
             }
-            crate::conn::poll_one(self.stream.as_raw_fd(), libc::POLLIN, left)
+            crate::drivers::blocking::poll_one(self.stream.as_raw_fd(), libc::POLLIN, left)
                 .map_err(Refused::Io)?;
         }
     }
@@ -197,7 +197,7 @@ fn consume(stream: &TcpStream, mut n: usize) -> io::Result<()> {
 
 /// Logs a refused header: the connection is then closed without a reply.
 pub fn log_refused(balancer: SocketAddr, why: &Refused) {
-    crate::metrics::inc(crate::metrics::Counter::ProxyRefused);
+    crate::ops::metrics::inc(crate::ops::metrics::Counter::ProxyRefused);
     tracing::warn!(%balancer, "closed a connection from a trusted balancer: {why}");
 }
 
@@ -237,8 +237,12 @@ mod tests {
         let mut gate = Gate::new(sock, balancer, deadline).unwrap();
         assert!(gate.step().unwrap().is_none(), "nothing sent yet");
         client.write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 4").unwrap();
-        crate::conn::poll_one(gate.stream.as_raw_fd(), libc::POLLIN, deadline - Instant::now())
-            .unwrap();
+        crate::drivers::blocking::poll_one(
+            gate.stream.as_raw_fd(),
+            libc::POLLIN,
+            deadline - Instant::now(),
+        )
+        .unwrap();
         assert!(gate.step().unwrap().is_none(), "half a header");
         client.write_all(b"000 21\r\nUSER x\r\n").unwrap();
         let peer = gate.wait().unwrap();

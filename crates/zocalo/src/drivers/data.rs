@@ -112,7 +112,7 @@ fn spend(throttle: &mut Option<Throttle>, n: usize) {
 pub struct DataTask {
     state: State,
     /// Balancers whose passive data connections start with a PROXY header.
-    proxy_from: Vec<crate::proxy::Cidr>,
+    proxy_from: Vec<crate::drivers::proxy::Cidr>,
     progress: Arc<AtomicU64>,
     tls: Option<Tls>,
     throttle: Option<Throttle>,
@@ -136,7 +136,7 @@ enum State {
     /// A passive data connection from a trusted balancer: its PROXY header says whether it
     /// comes from the client.
     Proxied {
-        gate: crate::proxy::Gate,
+        gate: crate::drivers::proxy::Gate,
         listener: TcpListener,
         peer: IpAddr,
         pump: Pump,
@@ -168,7 +168,7 @@ impl DataTask {
         peer: IpAddr,
         tls: Option<&Tls>,
         rates: Rates,
-        proxy_from: &[crate::proxy::Cidr],
+        proxy_from: &[crate::drivers::proxy::Cidr],
     ) -> Result<Self, Outcome> {
         let peer = canonical_ip(peer);
         let pump = Pump::new(t.body, t.ascii, t.tls);
@@ -266,7 +266,7 @@ impl DataTask {
                         return self.park(State::Proxied { gate, listener, peer, pump }, false)
                     }
                     Err(why) => {
-                        crate::proxy::log_refused(gate.balancer, &why);
+                        crate::drivers::proxy::log_refused(gate.balancer, &why);
                         self.state = State::Accepting { listener, peer, pump };
                     }
                 },
@@ -384,7 +384,7 @@ impl DataTask {
 /// A passive data connection: from the client, or from a balancer that sends its header first.
 enum Accepted {
     Direct(TcpStream),
-    Proxied(crate::proxy::Gate),
+    Proxied(crate::drivers::proxy::Gate),
 }
 
 /// Accepts one connection, dropping any that come from an address other than the client's
@@ -392,14 +392,16 @@ enum Accepted {
 fn accept_from(
     listener: &TcpListener,
     peer: IpAddr,
-    proxy_from: &[crate::proxy::Cidr],
+    proxy_from: &[crate::drivers::proxy::Cidr],
 ) -> io::Result<Option<Accepted>> {
     loop {
         match listener.accept() {
-            Ok((sock, from)) if crate::proxy::trusted(proxy_from, from.ip()) => {
+            Ok((sock, from)) if crate::drivers::proxy::trusted(proxy_from, from.ip()) => {
                 // The data timeout bounds the wait; the header has no deadline of its own here.
                 let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-                return Ok(Some(Accepted::Proxied(crate::proxy::Gate::new(sock, from, far)?)));
+                return Ok(Some(Accepted::Proxied(crate::drivers::proxy::Gate::new(
+                    sock, from, far,
+                )?)));
             }
             Ok((sock, from)) if canonical_ip(from.ip()) == peer => {
                 return Ok(Some(Accepted::Direct(sock)))

@@ -21,7 +21,7 @@ const MONTHS: [&str; 12] =
 
 /// The open transfer log (reopened by path after a reload: see `logs::Reopening`).
 pub struct Xferlog {
-    file: crate::logs::Reopening,
+    file: crate::ops::logs::Reopening,
 }
 
 /// One finished transfer.
@@ -39,7 +39,7 @@ pub struct Record<'a> {
 
 impl Xferlog {
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Xferlog { file: crate::logs::Reopening::open(path)? })
+        Ok(Xferlog { file: crate::ops::logs::Reopening::open(path)? })
     }
 
     /// Appends one line; listings (LIST, NLST, MLSD) are not file transfers and are skipped.

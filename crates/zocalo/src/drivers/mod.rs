@@ -1,0 +1,15 @@
+//! The drivers: what carries a session's actions out over real sockets. The blocking driver
+//! serves one connection with poll(2) on its own thread or process; the event loop serves many
+//! on one thread. Both step the same data channel and hand storage work to the same places.
+//!
+//! - [`blocking`]: one connection per thread or process (iterative, process, thread, pool);
+//! - [`event_loop`]: every connection of a loop (select, poll, epoll) and [`workers`], its
+//!   threads for storage and authentication calls;
+//! - [`data`]: the data channel, a non-blocking state machine both drivers step;
+//! - [`proxy`]: reading a trusted balancer's PROXY header before a connection is admitted.
+
+pub mod blocking;
+pub mod data;
+pub mod event_loop;
+pub mod proxy;
+pub mod workers;
