@@ -115,92 +115,203 @@ pub enum ParseError {
     NetworkProtocol,
 }
 
+/// When a command may run before the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeLogin {
+    Never,
+    Always,
+    /// Only without an argument (STAT: the server's status; with a path, a listing).
+    WithoutArgument,
+}
+
+/// A verb's entry in [`VERBS`]: everything about a command that is not its handler. Adding a
+/// command means an entry here, a variant of [`Command`], its handler in the session, and tests.
+pub struct Verb {
+    pub name: &'static str,
+    /// Other names for the same command (RFC 775's X commands).
+    pub aliases: &'static [&'static str],
+    pub before_login: BeforeLogin,
+    /// Changes files: refused with 550 for a read-only account, before the handler runs.
+    pub writes: bool,
+    /// Its FEAT lines; `tls`: offered only when the server has a certificate.
+    pub feat: &'static [&'static str],
+    pub tls: bool,
+    /// Listed by HELP (CCC is parsed, to be refused, but never offered).
+    pub help: bool,
+    /// The argument (the rest of the line after one space) to a typed command.
+    pub parse: for<'a> fn(&'a str) -> Result<Command<'a>, ParseError>,
+}
+
+impl std::fmt::Debug for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+const fn verb(
+    name: &'static str,
+    before_login: BeforeLogin,
+    writes: bool,
+    parse: for<'a> fn(&'a str) -> Result<Command<'a>, ParseError>,
+) -> Verb {
+    Verb { name, aliases: &[], before_login, writes, feat: &[], tls: false, help: true, parse }
+}
+
+const fn aka(mut v: Verb, aliases: &'static [&'static str]) -> Verb {
+    v.aliases = aliases;
+    v
+}
+
+const fn feat(mut v: Verb, lines: &'static [&'static str]) -> Verb {
+    v.feat = lines;
+    v
+}
+
+use BeforeLogin::{Always, Never, WithoutArgument};
+
+/// Every command zocalo knows, in HELP's order. The session's guard reads `before_login` and
+/// `writes` from here, FEAT and HELP are built from here, and the parser finds verbs here.
+pub static VERBS: &[Verb] = &[
+    verb("ABOR", Always, false, |_| Ok(Command::Abor)),
+    verb("ACCT", Always, false, |_| Ok(Command::Acct)),
+    verb("ALLO", Never, false, |_| Ok(Command::Allo)),
+    verb("APPE", Never, true, |a| Ok(Command::Appe(required(a)?))),
+    Verb {
+        feat: &["AUTH TLS"],
+        tls: true,
+        ..verb("AUTH", Always, false, |a| Ok(Command::Auth(required(a)?)))
+    },
+    feat(verb("AVBL", Never, false, |a| Ok(Command::Avbl(optional(a)))), &["AVBL"]),
+    Verb { help: false, ..verb("CCC", Always, false, |_| Ok(Command::Ccc)) },
+    aka(verb("CDUP", Never, false, |_| Ok(Command::Cdup)), &["XCUP"]),
+    feat(verb("CLNT", Always, false, |a| Ok(Command::Clnt(a))), &["CLNT"]),
+    // TVFS: paths are Unix-style, `/` separated, from the session's root.
+    feat(aka(verb("CWD", Never, false, |a| Ok(Command::Cwd(required(a)?))), &["XCWD"]), &["TVFS"]),
+    verb("DELE", Never, true, |a| Ok(Command::Dele(required(a)?))),
+    feat(verb("EPRT", Never, false, |a| Ok(Command::Eprt(eprt(a)?))), &["EPRT"]),
+    feat(verb("EPSV", Never, false, |a| Ok(Command::Epsv(epsv(a)?))), &["EPSV"]),
+    verb("FEAT", Always, false, |_| Ok(Command::Feat)),
+    verb("HELP", Always, false, |a| Ok(Command::Help(optional(a)))),
+    feat(verb("HOST", Always, false, |a| Ok(Command::Host(required(a)?))), &["HOST"]),
+    verb("LIST", Never, false, |a| Ok(Command::List(list_arg(a)))),
+    // MDTM with a time before the path sets it (the form vsftpd and ncftp use): that parses to
+    // MFMT's command, and so to MFMT's entry.
+    feat(
+        verb("MDTM", Never, false, |a| match time_then_path(a) {
+            Some((time, path)) => Ok(Command::Mfmt { time, path, mdtm: true }),
+            None => Ok(Command::Mdtm(required(a)?)),
+        }),
+        &["MDTM"],
+    ),
+    feat(
+        verb("MFMT", Never, true, |a| {
+            let (time, path) = time_then_path(a)
+                .ok_or(ParseError::Syntax("MFMT needs YYYYMMDDHHMMSS and a path."))?;
+            Ok(Command::Mfmt { time, path, mdtm: false })
+        }),
+        &["MFMT"],
+    ),
+    aka(verb("MKD", Never, true, |a| Ok(Command::Mkd(required(a)?))), &["XMKD"]),
+    verb("MLSD", Never, false, |a| Ok(Command::Mlsd(optional(a)))),
+    feat(
+        verb("MLST", Never, false, |a| Ok(Command::Mlst(optional(a)))),
+        &["MLST type*;size*;modify*;perm*;UNIX.mode*;"],
+    ),
+    verb("MODE", Never, false, |a| {
+        one_of(a, "S", "Only MODE S (stream) is supported.").map(|_| Command::Mode)
+    }),
+    verb("NLST", Never, false, |a| Ok(Command::Nlst(list_arg(a)))),
+    verb("NOOP", Always, false, |_| Ok(Command::Noop)),
+    feat(verb("OPTS", Always, false, |a| Ok(Command::Opts(required(a)?))), &["UTF8"]),
+    verb("PASS", Always, false, |a| Ok(Command::Pass(a))),
+    verb("PASV", Never, false, |_| Ok(Command::Pasv)),
+    Verb {
+        feat: &["PBSZ"],
+        tls: true,
+        ..verb("PBSZ", Always, false, |a| Ok(Command::Pbsz(required(a)?)))
+    },
+    verb("PORT", Never, false, |a| Ok(Command::Port(port(a)?))),
+    Verb {
+        feat: &["PROT"],
+        tls: true,
+        ..verb("PROT", Always, false, |a| Ok(Command::Prot(required(a)?)))
+    },
+    aka(verb("PWD", Never, false, |_| Ok(Command::Pwd)), &["XPWD"]),
+    verb("QUIT", Always, false, |_| Ok(Command::Quit)),
+    verb("REIN", Always, false, |_| Ok(Command::Rein)),
+    feat(
+        verb("REST", Never, false, |a| {
+            let offset = a.trim().parse();
+            Ok(Command::Rest(offset.map_err(|_| ParseError::Syntax("REST needs a byte offset."))?))
+        }),
+        &["REST STREAM"],
+    ),
+    verb("RETR", Never, false, |a| Ok(Command::Retr(required(a)?))),
+    aka(verb("RMD", Never, true, |a| Ok(Command::Rmd(required(a)?))), &["XRMD"]),
+    verb("RNFR", Never, true, |a| Ok(Command::Rnfr(required(a)?))),
+    verb("RNTO", Never, true, |a| Ok(Command::Rnto(required(a)?))),
+    // SITE's subcommands check their own permission (SITE CHMOD writes, SITE HELP does not).
+    verb("SITE", Never, false, |a| Ok(Command::Site(required(a)?))),
+    feat(verb("SIZE", Never, false, |a| Ok(Command::Size(required(a)?))), &["SIZE"]),
+    verb("STAT", WithoutArgument, false, |a| Ok(Command::Stat(list_arg(a).path))),
+    verb("STOR", Never, true, |a| Ok(Command::Stor(required(a)?))),
+    verb("STOU", Never, true, |_| Ok(Command::Stou)),
+    verb("STRU", Never, false, |a| {
+        one_of(a, "F", "Only STRU F (file) is supported.").map(|_| Command::Stru)
+    }),
+    verb("SYST", Always, false, |_| Ok(Command::Syst)),
+    verb("TYPE", Never, false, |a| Ok(Command::Type(transfer_type(a)?))),
+    verb("USER", Always, false, |a| Ok(Command::User(required(a)?))),
+    // The HASH FEAT line lists the algorithms with the session's choice marked: the session
+    // writes it.
+    verb("HASH", Never, false, |a| Ok(Command::Hash(required(a)?))),
+    feat(verb("RANG", Never, false, |a| Ok(Command::Rang(rang(a)?))), &["RANG STREAM"]),
+    verb("XCRC", Never, false, |a| x_hash(crate::hash::Algorithm::Crc32, a)),
+    verb("XMD5", Never, false, |a| x_hash(crate::hash::Algorithm::Md5, a)),
+    verb("XSHA1", Never, false, |a| x_hash(crate::hash::Algorithm::Sha1, a)),
+    verb("XSHA256", Never, false, |a| x_hash(crate::hash::Algorithm::Sha256, a)),
+    verb("XSHA512", Never, false, |a| x_hash(crate::hash::Algorithm::Sha512, a)),
+];
+
+/// The entry for `name` (any case), by name or alias.
+pub fn find(name: &str) -> Option<&'static Verb> {
+    VERBS.iter().find(|v| {
+        v.name.eq_ignore_ascii_case(name) || v.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    })
+}
+
+/// A parsed line: the command, and the entry whose rules apply to it.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub verb: &'static Verb,
+    pub command: Command<'a>,
+    /// The line had an argument (for [`BeforeLogin::WithoutArgument`]).
+    pub has_argument: bool,
+}
+
 /// Parses one line (terminator already removed).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+    parse_line(line).map(|p| p.command)
+}
+
+/// Parses one line into its command and its [`VERBS`] entry. A command is governed by the entry
+/// of what it parsed to: `MDTM TIME PATH` sets a time, so MFMT's rules apply.
+pub fn parse_line(line: &[u8]) -> Result<Parsed<'_>, ParseError> {
     let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("Line is not UTF-8."))?;
-    let (verb, arg) = match line.find(' ') {
+    let (name, arg) = match line.find(' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
     };
-    if verb.len() > 8 || verb.is_empty() {
-        return Err(ParseError::Unknown(truncate(verb)));
+    if name.len() > 8 || name.is_empty() {
+        return Err(ParseError::Unknown(truncate(name)));
     }
-    let mut upper = [0u8; 8];
-    for (dst, src) in upper.iter_mut().zip(verb.bytes()) {
-        *dst = src.to_ascii_uppercase();
-    }
-    parse_verb(&upper[..verb.len()], arg, verb)
-}
-
-fn parse_verb<'a>(verb: &[u8], arg: &'a str, raw: &str) -> Result<Command<'a>, ParseError> {
-    use Command::*;
-    Ok(match verb {
-        b"USER" => User(required(arg)?),
-        b"PASS" => Pass(arg),
-        b"ACCT" => Acct,
-        b"QUIT" => Quit,
-        b"REIN" => Rein,
-        b"CWD" | b"XCWD" => Cwd(required(arg)?),
-        b"CDUP" | b"XCUP" => Cdup,
-        b"PWD" | b"XPWD" => Pwd,
-        b"MKD" | b"XMKD" => Mkd(required(arg)?),
-        b"RMD" | b"XRMD" => Rmd(required(arg)?),
-        b"DELE" => Dele(required(arg)?),
-        b"RNFR" => Rnfr(required(arg)?),
-        b"RNTO" => Rnto(required(arg)?),
-        b"RETR" => Retr(required(arg)?),
-        b"STOR" => Stor(required(arg)?),
-        b"STOU" => Stou,
-        b"APPE" => Appe(required(arg)?),
-        b"LIST" => List(list_arg(arg)),
-        b"NLST" => Nlst(list_arg(arg)),
-        b"MLSD" => Mlsd(optional(arg)),
-        b"MLST" => Mlst(optional(arg)),
-        b"STAT" => Stat(list_arg(arg).path),
-        b"HELP" => Help(optional(arg)),
-        b"NOOP" => Noop,
-        b"SYST" => Syst,
-        b"TYPE" => Type(transfer_type(arg)?),
-        b"MODE" => one_of(arg, "S", "Only MODE S (stream) is supported.").map(|_| Mode)?,
-        b"STRU" => one_of(arg, "F", "Only STRU F (file) is supported.").map(|_| Stru)?,
-        b"PASV" => Pasv,
-        b"EPSV" => Epsv(epsv(arg)?),
-        b"PORT" => Port(port(arg)?),
-        b"EPRT" => Eprt(eprt(arg)?),
-        b"ABOR" => Abor,
-        b"ALLO" => Allo,
-        b"REST" => {
-            Rest(arg.trim().parse().map_err(|_| ParseError::Syntax("REST needs a byte offset."))?)
-        }
-        b"SITE" => Site(required(arg)?),
-        b"FEAT" => Feat,
-        b"OPTS" => Opts(required(arg)?),
-        b"SIZE" => Size(required(arg)?),
-        b"MDTM" => match time_then_path(arg) {
-            Some((time, path)) => Mfmt { time, path, mdtm: true },
-            None => Mdtm(required(arg)?),
-        },
-        b"MFMT" => {
-            let (time, path) = time_then_path(arg)
-                .ok_or(ParseError::Syntax("MFMT needs YYYYMMDDHHMMSS and a path."))?;
-            Mfmt { time, path, mdtm: false }
-        }
-        b"HOST" => Host(required(arg)?),
-        b"AUTH" => Auth(required(arg)?),
-        b"PBSZ" => Pbsz(required(arg)?),
-        b"PROT" => Prot(required(arg)?),
-        b"CCC" => Ccc,
-        b"CLNT" => Clnt(arg),
-        b"AVBL" => Avbl(optional(arg)),
-        b"HASH" => Hash(required(arg)?),
-        b"RANG" => Rang(rang(arg)?),
-        b"XSHA256" => x_hash(crate::hash::Algorithm::Sha256, arg)?,
-        b"XSHA512" => x_hash(crate::hash::Algorithm::Sha512, arg)?,
-        b"XSHA1" => x_hash(crate::hash::Algorithm::Sha1, arg)?,
-        b"XMD5" => x_hash(crate::hash::Algorithm::Md5, arg)?,
-        b"XCRC" => x_hash(crate::hash::Algorithm::Crc32, arg)?,
-        _ => return Err(ParseError::Unknown(truncate(raw))),
-    })
+    let verb = find(name).ok_or_else(|| ParseError::Unknown(truncate(name)))?;
+    let command = (verb.parse)(arg)?;
+    let verb = match command {
+        Command::Mfmt { .. } => find("MFMT").unwrap_or(verb),
+        _ => verb,
+    };
+    Ok(Parsed { verb, command, has_argument: !arg.trim().is_empty() })
 }
 
 /// `RANG START END`: `None` for `RANG 1 0`, the reset.
@@ -367,6 +478,29 @@ pub fn pasv_reply_addr(text: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_verb_and_alias_is_found_once() {
+        for v in VERBS {
+            for name in std::iter::once(&v.name).chain(v.aliases) {
+                assert!(std::ptr::eq(find(name).unwrap(), v), "{name}");
+                assert!(std::ptr::eq(find(&name.to_ascii_lowercase()).unwrap(), v), "{name}");
+                assert!(name.len() <= 8, "{name}: verbs are at most 8 bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_is_governed_by_what_it_parses_to() {
+        let p = parse_line(b"MDTM 20240102030405 file").unwrap();
+        assert_eq!((p.verb.name, p.verb.writes), ("MFMT", true));
+        let p = parse_line(b"MDTM file").unwrap();
+        assert_eq!((p.verb.name, p.verb.writes), ("MDTM", false));
+        let p = parse_line(b"xmkd dir").unwrap();
+        assert_eq!((p.verb.name, p.verb.writes, p.has_argument), ("MKD", true, true));
+        let p = parse_line(b"STAT").unwrap();
+        assert_eq!((p.verb.before_login, p.has_argument), (BeforeLogin::WithoutArgument, false));
+    }
 
     fn ok(line: &str) -> Command<'_> {
         parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e:?}"))

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::auth::{Account, AuthError, Authenticator};
-use crate::command::{self, Command, EpsvArg, ParseError, TransferType};
+use crate::command::{self, BeforeLogin, Command, EpsvArg, ParseError, TransferType};
 use crate::line::{LineBuffer, Overflow, MAX_LINE};
 use crate::listing;
 use crate::path;
@@ -285,31 +285,6 @@ struct Running {
 /// Reply bytes a session queues before it stops running commands: a client that pipelines
 /// commands without reading the replies costs the server at most this (plus one reply).
 pub const OUTPUT_CAP: usize = 32 * 1024;
-
-const FEATURES: &[&str] = &[
-    "AVBL",
-    "CLNT",
-    "EPRT",
-    "EPSV",
-    "HOST",
-    "RANG STREAM",
-    "MDTM",
-    "MFMT",
-    "MLST type*;size*;modify*;perm*;UNIX.mode*;",
-    "REST STREAM",
-    "SIZE",
-    "TVFS",
-    "UTF8",
-];
-const TLS_FEATURES: &[&str] = &["AUTH TLS", "PBSZ", "PROT"];
-const HELP_TEXT: &[&str] = &[
-    " ABOR ACCT ALLO APPE AUTH AVBL CDUP CLNT CWD  DELE EPRT EPSV FEAT HELP HOST",
-    " LIST MDTM MFMT MKD  MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT",
-    " PWD  QUIT",
-    " REIN REST RETR RMD  RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER",
-    " XCUP XCWD XMKD XPWD XRMD",
-    " HASH RANG XCRC XMD5 XSHA1 XSHA256 XSHA512",
-];
 
 /// One control connection's protocol state. See the module documentation for the polling order.
 pub struct Session {
@@ -630,8 +605,8 @@ impl Session {
         if self.config.log_commands {
             self.events.push_back(Event::Command(masked(line)));
         }
-        match command::parse(line) {
-            Ok(cmd) => self.run(cmd),
+        match command::parse_line(line) {
+            Ok(parsed) => self.run(parsed),
             Err(ParseError::Unknown(verb)) => {
                 self.reply(500, &format!("Unknown command {verb:?}."))
             }
@@ -643,9 +618,10 @@ impl Session {
         }
     }
 
-    fn run(&mut self, cmd: Command<'_>) {
+    fn run(&mut self, parsed: command::Parsed<'_>) {
         let rename_from = self.rename_from.take();
-        if let Some(code) = self.refuse(&cmd) {
+        if let Some(code) = self.refuse(&parsed) {
+            let cmd = parsed.command;
             if code.0 == 530 && matches!(cmd, Command::User(_) | Command::Pass(_)) {
                 let user = match (&cmd, &self.login) {
                     (Command::User(name), _) => name.to_string(),
@@ -659,7 +635,7 @@ impl Session {
             return;
         }
         use Command::*;
-        match cmd {
+        match parsed.command {
             User(name) => self.user_cmd(name),
             Pass(password) => self.pass(password),
             Acct => self.reply(202, "ACCT not needed."),
@@ -718,41 +694,23 @@ impl Session {
     }
 
     /// The guard shared by all commands: login, TLS policy and write permission.
-    fn refuse(&self, cmd: &Command<'_>) -> Option<(u16, &'static str)> {
-        use Command::*;
-        let pre_login = matches!(
-            cmd,
-            User(_)
-                | Pass(_)
-                | Acct
-                | Quit
-                | Rein
-                | Host(_)
-                | Auth(_)
-                | Pbsz(_)
-                | Prot(_)
-                | Ccc
-                | Clnt(_)
-                | Feat
-                | Opts(_)
-                | Help(_)
-                | Noop
-                | Syst
-                | Stat(None)
-                | Abor
-        );
-        let needs_tls = matches!(cmd, User(_) | Pass(_));
+    /// The guard every command passes first, from its [`command::VERBS`] entry: TLS before
+    /// USER/PASS when required, the login, write permission.
+    fn refuse(&self, parsed: &command::Parsed<'_>) -> Option<(u16, &'static str)> {
+        let verb = parsed.verb;
+        let needs_tls = matches!(parsed.command, Command::User(_) | Command::Pass(_));
         if needs_tls && self.config.tls == TlsPolicy::Required && !self.tls_control {
             return Some((530, "TLS required: send AUTH TLS first."));
         }
-        if !pre_login && !matches!(self.login, Login::LoggedIn(_)) {
+        let before_login = match verb.before_login {
+            BeforeLogin::Always => true,
+            BeforeLogin::Never => false,
+            BeforeLogin::WithoutArgument => !parsed.has_argument,
+        };
+        if !before_login && !matches!(self.login, Login::LoggedIn(_)) {
             return Some((530, "Please log in with USER and PASS."));
         }
-        let writes = matches!(
-            cmd,
-            Mkd(_) | Rmd(_) | Dele(_) | Rnfr(_) | Rnto(_) | Stor(_) | Appe(_) | Stou | Mfmt { .. }
-        );
-        if writes && !self.account().is_some_and(|a| a.writable) {
+        if verb.writes && !self.account().is_some_and(|a| a.writable) {
             return Some((550, "Permission denied."));
         }
         None
@@ -891,7 +849,7 @@ impl Session {
 
     fn feat(&mut self) {
         let mut text = String::from("211-Features:\r\n");
-        let tls = if self.config.tls == TlsPolicy::Off { &[][..] } else { TLS_FEATURES };
+        let tls = self.config.tls != TlsPolicy::Off;
         let algorithms: Vec<String> = crate::hash::ALGORITHMS
             .iter()
             .map(|a| match *a == self.hash_algorithm {
@@ -900,7 +858,11 @@ impl Session {
             })
             .collect();
         let hash = format!("HASH {}", algorithms.join(";"));
-        let mut lines: Vec<&str> = tls.iter().chain(FEATURES).copied().collect();
+        let mut lines: Vec<&str> = command::VERBS
+            .iter()
+            .filter(|v| tls || !v.tls)
+            .flat_map(|v| v.feat.iter().copied())
+            .collect();
         lines.push(&hash);
         lines.sort_unstable();
         for f in lines {
@@ -933,20 +895,21 @@ impl Session {
     }
 
     fn help(&mut self, arg: Option<&str>) {
-        if let Some(verb) = arg {
-            // CCC is parsed (to answer it 534), but never done: HELP does not offer it.
-            let refused = matches!(command::parse(verb.as_bytes()), Ok(Command::Ccc));
-            let known = !refused
-                && (command::parse(verb.as_bytes()).is_ok()
-                    || matches!(command::parse(verb.as_bytes()), Err(ParseError::Syntax(_))));
-            return if known {
-                self.reply(214, &format!("{} is supported.", verb.to_ascii_uppercase()))
-            } else {
-                self.reply(502, "Unknown command.")
+        if let Some(name) = arg {
+            return match command::find(name.trim()) {
+                Some(verb) if verb.help => self.reply(214, &format!("{} is supported.", verb.name)),
+                _ => self.reply(502, "Unknown command."),
             };
         }
+        let names: Vec<&str> = command::VERBS
+            .iter()
+            .filter(|v| v.help)
+            .flat_map(|v| std::iter::once(v.name).chain(v.aliases.iter().copied()))
+            .collect();
+        let rows: Vec<String> =
+            names.chunks(16).map(|row| row.iter().map(|n| format!(" {n:<4}")).collect()).collect();
         let mut lines = vec!["The following commands are recognized:"];
-        lines.extend_from_slice(HELP_TEXT);
+        lines.extend(rows.iter().map(String::as_str));
         lines.push("Help OK.");
         self.reply_multi(214, &lines);
     }
