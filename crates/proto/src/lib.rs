@@ -9,6 +9,7 @@
 //! - [`command`]: one line to a typed [`command::Command`];
 //! - [`session`]: the state machine;
 //! - [`path`], [`listing`], [`ascii`]: virtual paths, listing formats, TYPE A conversion;
+//! - [`reply`]: every reply's bytes, for the session and the drivers' refusals;
 //! - [`proxy`]: the PROXY protocol header a load balancer sends first;
 //! - [`storage`], [`auth`]: the provider traits; [`memory`]: an in-memory storage for tests.
 
@@ -21,6 +22,7 @@ pub mod listing;
 pub mod memory;
 pub mod path;
 pub mod proxy;
+pub mod reply;
 pub mod session;
 pub mod storage;
 

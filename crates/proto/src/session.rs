@@ -28,7 +28,6 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +38,7 @@ use crate::command::{self, BeforeLogin, Command, EpsvArg, ParseError, TransferTy
 use crate::line::{LineBuffer, Overflow, MAX_LINE};
 use crate::listing;
 use crate::path;
+use crate::reply::Reply;
 use crate::storage::{error_reply, rest_past_end, FileHandle, FileKind, Storage, WriteMode};
 
 /// Settings shared by every session of a server.
@@ -848,7 +848,6 @@ impl Session {
     // ---- information ---------------------------------------------------------------------
 
     fn feat(&mut self) {
-        let mut text = String::from("211-Features:\r\n");
         let tls = self.config.tls != TlsPolicy::Off;
         let algorithms: Vec<String> = crate::hash::ALGORITHMS
             .iter()
@@ -865,11 +864,11 @@ impl Session {
             .collect();
         lines.push(&hash);
         lines.sort_unstable();
-        for f in lines {
-            let _ = write!(text, " {f}\r\n");
-        }
-        text.push_str("211 End\r\n");
-        self.output.extend_from_slice(text.as_bytes());
+        let features: Vec<String> = lines.iter().map(|f| format!(" {f}")).collect();
+        let mut reply = vec!["Features:"];
+        reply.extend(features.iter().map(String::as_str));
+        reply.push("End");
+        self.reply_multi(211, &reply);
     }
 
     fn opts(&mut self, opt: &str) {
@@ -1077,12 +1076,13 @@ impl Session {
     fn stat_path_done(&mut self, abs: &str, listing: std::io::Result<Vec<u8>>) {
         match listing {
             Ok(body) => {
-                let mut text = format!("213-Status of {}:\r\n", abs);
-                for line in String::from_utf8_lossy(&body).lines() {
-                    let _ = write!(text, " {line}\r\n");
-                }
-                text.push_str("213 End of status.\r\n");
-                self.output.extend_from_slice(text.as_bytes());
+                let body = String::from_utf8_lossy(&body);
+                let first = format!("Status of {abs}:");
+                let lines: Vec<String> = body.lines().map(|l| format!(" {l}")).collect();
+                let mut reply = vec![first.as_str()];
+                reply.extend(lines.iter().map(String::as_str));
+                reply.push("End of status.");
+                self.reply_multi(213, &reply);
             }
             Err(e) => self.reply_error(&e),
         }
@@ -1216,11 +1216,8 @@ impl Session {
             Ok(m) => {
                 let mut line = Vec::from(&b" "[..]);
                 listing::facts_line(&mut line, abs, &m, None, writable, false);
-                let text = format!(
-                    "250-Listing {abs}\r\n{}\r\n250 End.\r\n",
-                    String::from_utf8_lossy(&line)
-                );
-                self.output.extend_from_slice(text.as_bytes());
+                let (first, facts) = (format!("Listing {abs}"), String::from_utf8_lossy(&line));
+                self.reply_multi(250, &[&first, &facts, "End."]);
             }
             Err(e) => self.reply_error(&e),
         }
@@ -1611,18 +1608,11 @@ impl Session {
     }
 
     fn reply(&mut self, code: u16, text: &str) {
-        let _ = write!(Utf8Writer(&mut self.output), "{code} {text}\r\n");
+        Reply::new(code, text).write_to(&mut self.output);
     }
 
     fn reply_multi(&mut self, code: u16, lines: &[&str]) {
-        let last = lines.len().saturating_sub(1);
-        for (i, line) in lines.iter().enumerate() {
-            let _ = match i {
-                0 if last > 0 => write!(Utf8Writer(&mut self.output), "{code}-{line}\r\n"),
-                i if i == last => write!(Utf8Writer(&mut self.output), "{code} {line}\r\n"),
-                _ => write!(Utf8Writer(&mut self.output), "{line}\r\n"),
-            };
-        }
+        Reply::multi(code, lines).write_to(&mut self.output);
     }
 
     fn close(&mut self) {
@@ -1696,15 +1686,6 @@ impl ListKind {
             ListKind::Names => "NLST",
             ListKind::Facts => "MLSD",
         }
-    }
-}
-
-struct Utf8Writer<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Utf8Writer<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

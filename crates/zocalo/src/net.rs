@@ -9,6 +9,7 @@ use std::ops::RangeInclusive;
 use std::sync::OnceLock;
 
 use socket2::{Domain, Socket, Type};
+use zocalo_proto::reply::Reply;
 
 /// Backlog of a passive data listener. One connection is expected, but a backlog of 1 makes
 /// the kernel drop a SYN that races an earlier one (a client retrying, a scanner), and a dropped
@@ -107,10 +108,10 @@ pub(crate) fn ephemeral_range() -> &'static (u16, u16) {
 }
 
 /// Writes a short reply to a socket that will not get a session (over a limit), best effort.
-pub fn refuse(stream: &std::net::TcpStream, reply: &[u8]) {
+pub fn refuse(stream: &std::net::TcpStream, reply: Reply<'_>) {
     use std::io::Write;
     let _ = stream.set_nonblocking(true);
-    let _ = (&*stream).write(reply);
+    let _ = (&*stream).write(&reply.to_bytes());
 }
 
 /// True for the accept(2) errors that say the process or the system is out of descriptors
@@ -151,7 +152,10 @@ impl FdReserve {
             && match listener.accept() {
                 Ok((stream, _)) => {
                     crate::ops::metrics::inc(crate::ops::metrics::Counter::RefusedDescriptors);
-                    refuse(&stream, b"421 Server out of file descriptors; try again later.\r\n");
+                    refuse(
+                        &stream,
+                        Reply::new(421, "Server out of file descriptors; try again later."),
+                    );
                     true
                 }
                 Err(_) => false,

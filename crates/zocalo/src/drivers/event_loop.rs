@@ -377,7 +377,10 @@ impl EventLoop {
                 crate::ops::observe::refused(crate::ops::observe::Refused::FdSetsize, Some(peer));
                 return net::refuse(
                     &stream,
-                    b"421 Too many connections for select(2); try later.\r\n",
+                    zocalo_proto::reply::Reply::new(
+                        421,
+                        "Too many connections for select(2); try later.",
+                    ),
                 );
             }
         }

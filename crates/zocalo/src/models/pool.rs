@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::{accept_loop, serve_blocking, Accepted, Server};
 use crate::net;
 use crate::ops::limits::Permit;
+use zocalo_proto::reply::Reply;
 
 type Job = (Accepted, Permit, bool);
 
@@ -36,7 +37,10 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
         .collect::<Result<_, _>>()?;
     let refuse = |a: &Accepted| {
         crate::ops::observe::refused(crate::ops::observe::Refused::PoolFull, Some(a.peer));
-        net::refuse(&a.stream, b"421 All workers busy and the queue is full; try later.\r\n")
+        net::refuse(
+            &a.stream,
+            Reply::new(421, "All workers busy and the queue is full; try later."),
+        )
     };
     let result = accept_loop(
         &server,
@@ -73,7 +77,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::drivers::blocking::Ctx, admitt
                 crate::ops::observe::Refused::Shutdown,
                 Some(accepted.peer),
             );
-            net::refuse(&accepted.stream, b"421 Server shutting down.\r\n");
+            net::refuse(&accepted.stream, Reply::new(421, "Server shutting down."));
         } else {
             serve_blocking(accepted, ctx, tls);
         }

@@ -67,7 +67,13 @@ pub fn run(mut server: Server) -> io::Result<()> {
                     }
                     -1 => {
                         tracing::warn!("fork failed: {}", io::Error::last_os_error());
-                        net::refuse(&accepted.stream, b"421 Cannot serve you now; try later.\r\n");
+                        net::refuse(
+                            &accepted.stream,
+                            zocalo_proto::reply::Reply::new(
+                                421,
+                                "Cannot serve you now; try later.",
+                            ),
+                        );
                     }
                     pid => {
                         children.borrow_mut().insert(pid, permit);

@@ -40,10 +40,15 @@ impl Refusal {
         }
     }
 
-    pub fn reply(self) -> &'static [u8] {
+    pub fn reply(self) -> zocalo_proto::reply::Reply<'static> {
+        use zocalo_proto::reply::Reply;
         match self {
-            Refusal::TooManyConnections => b"421 Too many connections; try again later.\r\n",
-            Refusal::TooManyFromAddress => b"421 Too many connections from your address.\r\n",
+            Refusal::TooManyConnections => {
+                Reply::new(421, "Too many connections; try again later.")
+            }
+            Refusal::TooManyFromAddress => {
+                Reply::new(421, "Too many connections from your address.")
+            }
         }
     }
 }
