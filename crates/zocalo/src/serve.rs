@@ -95,14 +95,17 @@ pub fn run(settings: Settings) -> io::Result<()> {
         lines.push(format!("listening agent://{}", listener.local_addr()?));
         let shutdown = server.ctx.shutdown.clone();
         match settings.model {
-            Model::Process => models::fork_service(&server.listeners, move || {
-                crate::ops::agent::serve(&listener, &shutdown);
-                Ok(())
-            })?,
+            Model::Process => {
+                let grace = settings.shutdown_grace + std::time::Duration::from_secs(1);
+                models::fork_service(&server.listeners, move || {
+                    crate::ops::agent::serve(&listener, &shutdown, Some(grace));
+                    Ok(())
+                })?
+            }
             _ => drop(
                 std::thread::Builder::new()
                     .name("zocalo-agent".into())
-                    .spawn(move || crate::ops::agent::serve(&listener, &shutdown))?,
+                    .spawn(move || crate::ops::agent::serve(&listener, &shutdown, None))?,
             ),
         }
     }
@@ -185,7 +188,7 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
         let deadline = std::time::Instant::now() + settings.proxy_timeout;
         let mut gate = crate::drivers::proxy::Gate::new(stream, peer, deadline)?;
         match gate.wait() {
-            Ok(client) => peer = client,
+            Ok(from) => peer = from.addr(),
             Err(why) => {
                 crate::drivers::proxy::log_refused(peer, &why);
                 return Ok(());

@@ -251,14 +251,14 @@ impl DataTask {
                     }
                 }
                 State::Proxied { mut gate, listener, peer, pump } => match gate.step() {
-                    Ok(Some(from)) if from.ip() == peer => {
+                    Ok(Some(crate::drivers::proxy::Origin::Client(from))) if from.ip() == peer => {
                         match self.running(gate.into_stream(), pump, Some(listener)) {
                             Ok(state) => self.state = state,
                             Err(outcome) => return Step::Finished(outcome),
                         }
                     }
                     Ok(Some(from)) => {
-                        let balancer = gate.balancer;
+                        let (balancer, from) = (gate.balancer, from.addr());
                         tracing::warn!(%from, %balancer, expected = %peer, "refused a data connection from another address");
                         self.state = State::Accepting { listener, peer, pump };
                     }

@@ -301,7 +301,11 @@ impl EventLoop {
         self.free_gates.push(i);
         let _ = self.poller.deregister(gate.stream.as_raw_fd());
         match result {
-            Ok(Some(peer)) => self.admit(gate.into_stream(), peer, implicit),
+            Ok(Some(proxy::Origin::Client(peer))) => self.admit(gate.into_stream(), peer, implicit),
+            Ok(Some(proxy::Origin::Balancer(b))) => {
+                let exempt = Ok(self.limits.exempt(b.ip()));
+                self.admitted(gate.into_stream(), b, implicit, exempt)
+            }
             Ok(None) => {}
             Err(why) => proxy::log_refused(gate.balancer, &why),
         }

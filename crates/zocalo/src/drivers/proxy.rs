@@ -84,6 +84,24 @@ pub struct Gate {
     buf: Vec<u8>,
 }
 
+/// Whom a connection with a whole header is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client the header names.
+    Client(SocketAddr),
+    /// The balancer itself: a `LOCAL` header (a health check), or one without a TCP address.
+    Balancer(SocketAddr),
+}
+
+impl Origin {
+    /// The address the connection counts as coming from.
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Origin::Client(a) | Origin::Balancer(a) => a,
+        }
+    }
+}
+
 /// Why a header was refused, for the log line.
 #[derive(Debug)]
 pub enum Refused {
@@ -111,10 +129,9 @@ impl Gate {
         Ok(Gate { stream, balancer, deadline, buf: Vec::new() })
     }
 
-    /// Reads what is there. `Ok(Some(peer))` once the header is whole: the client's address, or
-    /// the balancer's own for a `LOCAL` header (a health check). `Ok(None)`: wait until the
-    /// socket is readable and call again.
-    pub fn step(&mut self) -> Result<Option<SocketAddr>, Refused> {
+    /// Reads what is there. `Ok(Some(from))` once the header is whole. `Ok(None)`: wait until
+    /// the socket is readable and call again.
+    pub fn step(&mut self) -> Result<Option<Origin>, Refused> {
         let mut peek = [0u8; MAX_V2];
         let room = MAX_V2 - self.buf.len();
         let n = loop {
@@ -148,14 +165,14 @@ impl Gate {
         all.truncate(all.len() - n + take);
         self.buf = all;
         Ok(done.map(|h| match h.addrs {
-            Some(a) => SocketAddr::new(canonical(a.source.ip()), a.source.port()),
-            None => self.balancer,
+            Some(a) => Origin::Client(SocketAddr::new(canonical(a.source.ip()), a.source.port())),
+            None => Origin::Balancer(self.balancer),
         }))
     }
 
     /// Reads the whole header, waiting for the socket until the deadline (a process or thread
     /// of this connection's own: `serve --inetd`).
-    pub fn wait(&mut self) -> Result<SocketAddr, Refused> {
+    pub fn wait(&mut self) -> Result<Origin, Refused> {
         loop {
             if let Some(peer) = self.step()? {
                 return Ok(peer);
@@ -246,7 +263,7 @@ mod tests {
         assert!(gate.step().unwrap().is_none(), "half a header");
         client.write_all(b"000 21\r\nUSER x\r\n").unwrap();
         let peer = gate.wait().unwrap();
-        assert_eq!(peer, "192.0.2.9:4000".parse().unwrap());
+        assert_eq!(peer, Origin::Client("192.0.2.9:4000".parse().unwrap()));
         let mut rest = [0u8; 8];
         let mut stream = gate.into_stream();
         stream.set_nonblocking(false).unwrap();

@@ -265,10 +265,16 @@ pub(crate) fn accept_loop(
             }
             let (mut gate, implicit) = gates.swap_remove(i);
             match gate.step() {
-                Ok(Some(peer)) => {
-                    let stream = gate.into_stream();
-                    let pending = pending_fds(&gates);
-                    admit(server, Accepted { stream, peer, pending }, implicit, &mut handle);
+                Ok(Some(from)) => {
+                    let (stream, pending) = (gate.into_stream(), pending_fds(&gates));
+                    let accepted = Accepted { stream, peer: from.addr(), pending };
+                    match from {
+                        proxy::Origin::Client(_) => admit(server, accepted, implicit, &mut handle),
+                        proxy::Origin::Balancer(b) => {
+                            let _ = accepted.stream.set_nonblocking(false);
+                            handle(accepted, server.limits.exempt(b.ip()), implicit);
+                        }
+                    }
                 }
                 Ok(None) if gate.deadline > now => gates.push((gate, implicit)),
                 Ok(None) => proxy::log_refused(gate.balancer, &proxy::Refused::TimedOut),

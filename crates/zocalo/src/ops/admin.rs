@@ -154,8 +154,11 @@ impl Admin {
             (None, _) => {}
             (Some(node), _) if node == self.node => {}
             (Some(node), Some(shared)) => {
+                use crate::ops::shared::Kick;
                 return match shared.kick(node, id) {
-                    Some(()) => format!("asked node {node} to kick session {id}\n"),
+                    Some(Kick::Asked) => format!("asked node {node} to kick session {id}\n"),
+                    Some(Kick::NoNode) => format!("error: no node {node:?} in the cluster\n"),
+                    Some(Kick::NoSession) => format!("error: no session {target}\n"),
                     None => "error: shared state unreachable\n".into(),
                 };
             }

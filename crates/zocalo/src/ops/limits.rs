@@ -60,6 +60,8 @@ pub struct Permit {
     ip: IpAddr,
     /// Counted in the shared state too.
     shared: bool,
+    /// Counted at all (a balancer's health check is not).
+    counted: bool,
 }
 
 impl Limits {
@@ -69,6 +71,12 @@ impl Limits {
         shared: Option<Arc<crate::ops::shared::Shared>>,
     ) -> Arc<Self> {
         Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()), shared })
+    }
+
+    /// A permit that counts nothing: a trusted balancer's health check (a PROXY `LOCAL`
+    /// header) is served without taking a client's place.
+    pub fn exempt(self: &Arc<Self>, ip: IpAddr) -> Permit {
+        Permit { limits: self.clone(), ip, shared: false, counted: false }
     }
 
     /// Whether [`admit`](Self::admit) asks Redis (a network call: the event loop hands it to a
@@ -103,7 +111,7 @@ impl Limits {
         }
         *n += 1;
         s.total += 1;
-        Ok(Permit { limits: self.clone(), ip, shared: false })
+        Ok(Permit { limits: self.clone(), ip, shared: false, counted: true })
     }
 
     /// Connections now counted.
@@ -133,6 +141,9 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         self.limits.release(self.ip);
         if let (true, Some(shared)) = (self.shared, &self.limits.shared) {
             shared.release(self.ip);

@@ -83,6 +83,14 @@ if n >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) en
 return n
 ";
 
+/// What [`Shared::kick`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    Asked,
+    NoNode,
+    NoSession,
+}
+
 /// The shared state of one node.
 pub struct Shared {
     client: redis::Client,
@@ -394,16 +402,26 @@ impl Shared {
         Some(n == u64::from(self.max_failures))
     }
 
-    /// Asks `node` to close session `id` (it does within a [`TICK`]).
-    pub fn kick(&self, node: &str, id: u64) -> Option<()> {
-        let key = format!("zocalo:kick:{node}");
+    /// Asks `node` to close session `id` (it does within a [`TICK`]), if that node publishes
+    /// such a session.
+    pub fn kick(&self, node: &str, id: u64) -> Option<Kick> {
+        let (key, table) = (format!("zocalo:kick:{node}"), format!("zocalo:sessions:{node}"));
         self.call(|c| {
+            let (live, listed): (bool, bool) =
+                redis::pipe().exists(&table).hexists(&table, id).query(c)?;
+            if !live {
+                return Ok(Kick::NoNode);
+            }
+            if !listed {
+                return Ok(Kick::NoSession);
+            }
             redis::pipe()
                 .rpush(&key, id)
                 .ignore()
                 .expire(&key, LEASE.as_secs() as i64)
                 .ignore()
-                .query::<()>(c)
+                .query::<()>(c)?;
+            Ok(Kick::Asked)
         })
     }
 
