@@ -1,10 +1,12 @@
 //! Arbitrary command sequences against a session on in-memory storage; actions are carried out
-//! by a fake driver so transfers, passive setups and delays all complete.
+//! by a fake driver so transfers, passive setups and delays all complete, and a line that
+//! starts with BEL fires the session's next timer.
 #![no_main]
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use zocalo_proto::memory::MemoryStorage;
@@ -33,6 +35,13 @@ fuzz_target!(|data: &[u8]| {
         }
         s.handle_input(&chunk[..chunk.len().min(room)]);
         drive(&mut s);
+        // A line starting with BEL lets the session's next timer fire (login, idle or delay).
+        if chunk.first() == Some(&0x07) {
+            if let Some(t) = s.poll_timeout() {
+                s.handle_timeout(t);
+                drive(&mut s);
+            }
+        }
     }
 });
 
@@ -40,7 +49,16 @@ fn drive(s: &mut Session) {
     for _ in 0..64 {
         let n = s.pending_output().len();
         s.advance_output(n);
-        let Some(action) = s.poll_action() else { return };
+        let Some(action) = s.poll_action() else {
+            // A failed login's delay: let it pass (the login and idle timeouts are minutes off).
+            match s.poll_timeout() {
+                Some(t) if t < Instant::now() + Duration::from_secs(5) => {
+                    s.handle_timeout(t);
+                    continue;
+                }
+                _ => return,
+            }
+        };
         match action {
             Action::OpenPassive => s.handle_passive_opened(Ok("127.0.0.1:5000".parse().unwrap())),
             Action::Transfer(t) => {
@@ -54,7 +72,6 @@ fn drive(s: &mut Session) {
                 }
                 s.handle_transfer_done(Outcome::Done);
             }
-            Action::Sleep(_) => s.handle_wakeup(),
             Action::StartTls => s.handle_tls_established(),
             Action::Work(w) => s.handle_work_done(w.run()),
             Action::Abort => s.handle_transfer_done(Outcome::Aborted),

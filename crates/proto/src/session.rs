@@ -14,16 +14,22 @@
 //!
 //! Inputs: the bytes of [`handle_input`](Session::handle_input), the results of actions
 //! (`handle_passive_opened`, `handle_work_done`, `handle_transfer_done`,
-//! `handle_tls_established`, `handle_wakeup`), and events of the driver's
-//! (`handle_login_timeout`, `handle_idle_timeout`, `handle_admin_close`, `handle_shutdown`).
+//! `handle_tls_established`), time ([`handle_timeout`](Session::handle_timeout), when
+//! [`poll_timeout`](Session::poll_timeout) says), and events of the driver's
+//! (`handle_admin_close`, `handle_shutdown`).
+//!
+//! Timers belong to the session, as in quinn-proto: it says when it next needs to be woken
+//! (the login timeout, the idle timeout, a failed login's delay) and handles it; a driver keeps
+//! one deadline per connection and no timer policy of its own for the session.
 //!
 //! The session never blocks: every call on the storage or the authenticator is an
 //! [`Action::Work`] for the driver to run where it fits, so an event loop can keep serving other
 //! sessions while one waits for a disk, the network or an Argon2 hash. While work, a passive
 //! port, a login delay or a TLS handshake is outstanding, the session takes no command.
 //!
-//! It never reads a clock except through [`Config::clock`] (for listing dates and STOU names),
-//! never sleeps, and never touches a socket. Bulk data never passes through it: a transfer
+//! It never reads a clock except through [`Config::clock`] (wall time: listing dates, STOU
+//! names, HASH's deadline) and [`Config::now`] (monotonic: its timers), never sleeps, and
+//! never touches a socket. Bulk data never passes through it: a transfer
 //! action carries an open file handle that the driver pumps.
 
 use std::any::Any;
@@ -31,7 +37,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Account, AuthError, Authenticator};
 use crate::command::{self, BeforeLogin, Command, EpsvArg, ParseError, TransferType};
@@ -54,8 +60,14 @@ pub struct Config {
     pub tls: TlsPolicy,
     /// LIST and NLST show dot files without `-a` (`--show-dot-files`).
     pub show_dot_files: bool,
-    /// The wall clock: the dates in LIST output and the seed of STOU names.
+    /// The wall clock: the dates in LIST output, the seed of STOU names, HASH's deadline.
     pub clock: fn() -> SystemTime,
+    /// The monotonic clock of the session's timers (a test can give a clock of its own).
+    pub now: fn() -> Instant,
+    /// How long a client may take to log in.
+    pub login_timeout: Duration,
+    /// How long a session may sit with nothing running.
+    pub idle_timeout: Duration,
     /// Report every command line as an [`Event::Command`] (the driver logs them at debug).
     pub log_commands: bool,
     /// How long one HASH (or XSHA256, ...) may read before it gives up with 451.
@@ -84,6 +96,9 @@ impl Config {
             tls: TlsPolicy::Off,
             show_dot_files: false,
             clock: SystemTime::now,
+            now: Instant::now,
+            login_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
             log_commands: false,
             hash_timeout: Duration::from_secs(60),
         }
@@ -103,8 +118,6 @@ pub enum Action {
     Transfer(Transfer),
     /// Stop the running transfer and report it as [`Outcome::Aborted`].
     Abort,
-    /// Wait this long, then call [`Session::handle_wakeup`]. Input is held meanwhile.
-    Sleep(Duration),
     /// Start a TLS handshake on the control connection (the `234` has been written), then call
     /// [`Session::handle_tls_established`].
     StartTls,
@@ -318,12 +331,22 @@ pub struct Session {
     then: Option<Then>,
     /// What the client called itself (CLNT).
     client_name: Option<String>,
+    /// The session's timers, on [`Config::now`]: the login timeout runs from `started`, the
+    /// idle timeout from `last_activity` (input, or the end of work, a transfer or a
+    /// handshake), and a failed login's delay ends at `wake_at`.
+    started: Instant,
+    last_activity: Instant,
+    wake_at: Option<Instant>,
+    /// Closed by a timeout: the driver closes now, writing the last reply only if the socket
+    /// takes it at once.
+    expired: bool,
 }
 
 impl Session {
     /// A new session for a connection from `peer` accepted on `local`; the 220 greeting is
     /// already queued.
     pub fn new(config: Arc<Config>, peer: SocketAddr, local: SocketAddr) -> Self {
+        let now = (config.now)();
         let mut s = Session {
             config,
             peer: canonical(peer),
@@ -351,6 +374,10 @@ impl Session {
             pbsz_done: false,
             then: None,
             client_name: None,
+            started: now,
+            last_activity: now,
+            wake_at: None,
+            expired: false,
         };
         s.reply(220, "zocalo FTP server ready.");
         s
@@ -390,9 +417,27 @@ impl Session {
         self.peer
     }
 
-    /// True when nothing is running: the idle timeout applies.
+    /// True when nothing is running: the idle timeout applies (a TLS handshake counts: a
+    /// client that starts one and goes silent is idle).
     pub fn is_idle(&self) -> bool {
-        self.running.is_none() && self.wait.is_none()
+        self.running.is_none() && matches!(self.wait, None | Some(Wait::Tls))
+    }
+
+    /// When the session next needs [`handle_timeout`](Self::handle_timeout): the login
+    /// timeout, the idle timeout, or the end of a failed login's delay. `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let login = self.user().is_none().then(|| self.started + self.config.login_timeout);
+        let idle = self.is_idle().then(|| self.last_activity + self.config.idle_timeout);
+        [login, idle, self.wake_at].into_iter().flatten().min()
+    }
+
+    /// True when a timeout closed the session: the driver closes the connection at once,
+    /// writing the last reply only if the socket takes it without waiting.
+    pub fn expired(&self) -> bool {
+        self.expired
     }
 
     /// True once the session has asked to close; it takes no more input.
@@ -423,6 +468,7 @@ impl Session {
         if self.closed {
             return;
         }
+        self.last_activity = (self.config.now)();
         if self.input.extend(bytes) == Overflow::LineTooLong {
             self.reply(500, "Command line too long.");
             self.close();
@@ -457,6 +503,7 @@ impl Session {
         let Some(run) = self.running.take() else {
             return;
         };
+        self.last_activity = (self.config.now)();
         self.reply_outcome(&run, outcome);
         if run.aborting {
             self.reply(226, "ABOR command successful.");
@@ -464,8 +511,31 @@ impl Session {
         self.process();
     }
 
-    /// The delay asked for by [`Action::Sleep`] is over.
-    pub fn handle_wakeup(&mut self) {
+    /// Time has passed: whatever of the session's timers is due at `now` fires (see
+    /// [`poll_timeout`](Self::poll_timeout)). A login or idle timeout says 421 and closes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if self.wake_at.is_some_and(|t| t <= now) {
+            self.wake_at = None;
+            self.login_delay_over();
+        }
+        if self.closed {
+            return;
+        }
+        if self.user().is_none() && self.started + self.config.login_timeout <= now {
+            self.reply(421, "Login timeout; closing control connection.");
+            self.expired = true;
+            self.close();
+        } else if self.is_idle() && self.last_activity + self.config.idle_timeout <= now {
+            self.reply(421, "Idle timeout; closing control connection.");
+            self.expired = true;
+            self.close();
+        }
+    }
+
+    fn login_delay_over(&mut self) {
         if let Some(Wait::LoginDelay { close }) = self.wait {
             self.wait = None;
             self.reply(530, "Login incorrect.");
@@ -483,6 +553,7 @@ impl Session {
             return;
         }
         self.wait = None;
+        self.last_activity = (self.config.now)();
         if let Some(then) = self.then.take() {
             if !self.closed {
                 then(self, done);
@@ -496,24 +567,9 @@ impl Session {
         if self.wait == Some(Wait::Tls) {
             self.wait = None;
             self.tls_control = true;
+            self.last_activity = (self.config.now)();
         }
         self.process();
-    }
-
-    /// The client sat idle for longer than the server allows.
-    pub fn handle_idle_timeout(&mut self) {
-        if !self.closed {
-            self.reply(421, "Idle timeout; closing control connection.");
-            self.close();
-        }
-    }
-
-    /// The client did not log in within the time the server allows.
-    pub fn handle_login_timeout(&mut self) {
-        if !self.closed {
-            self.reply(421, "Login timeout; closing control connection.");
-            self.close();
-        }
     }
 
     /// An administrator closed the session (`zocalo ctl kick`).
@@ -764,12 +820,11 @@ impl Session {
     fn login_failed(&mut self) {
         self.failed_logins += 1;
         let close = self.failed_logins >= self.config.max_login_attempts;
+        self.wait = Some(Wait::LoginDelay { close });
         if self.config.login_fail_delay.is_zero() {
-            self.wait = Some(Wait::LoginDelay { close });
-            self.handle_wakeup();
+            self.login_delay_over();
         } else {
-            self.wait = Some(Wait::LoginDelay { close });
-            self.actions.push_back(Action::Sleep(self.config.login_fail_delay));
+            self.wake_at = Some((self.config.now)() + self.config.login_fail_delay);
         }
     }
 

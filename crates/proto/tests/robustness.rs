@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use zocalo_proto::command;
 use zocalo_proto::memory::MemoryStorage;
@@ -114,7 +115,14 @@ fn drive(s: &mut Session, rng: &mut Rng) {
         let n = s.pending_output().len();
         s.advance_output(n);
         let Some(action) = s.poll_action() else {
-            return;
+            // A failed login's delay: let it pass (the login and idle timeouts are minutes off).
+            match s.poll_timeout() {
+                Some(t) if t < Instant::now() + Duration::from_secs(5) => {
+                    s.handle_timeout(t);
+                    continue;
+                }
+                _ => return,
+            }
         };
         match action {
             Action::OpenPassive => s.handle_passive_opened(Ok("127.0.0.1:5000".parse().unwrap())),
@@ -127,7 +135,6 @@ fn drive(s: &mut Session, rng: &mut Rng) {
                 };
                 s.handle_transfer_done(outcome);
             }
-            Action::Sleep(_) => s.handle_wakeup(),
             Action::StartTls => s.handle_tls_established(),
             Action::Work(w) => s.handle_work_done(w.run()),
             Action::Abort => s.handle_transfer_done(Outcome::Aborted),

@@ -1,10 +1,11 @@
 //! Scripted sessions: lines in, replies and actions out, on in-memory storage. A tiny fake
 //! driver carries out the actions (passive listeners, transfers) without any socket.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use zocalo_proto::memory::MemoryStorage;
 use zocalo_proto::session::{Action, Body, Config, Outcome, Session};
@@ -26,6 +27,18 @@ impl Authenticator for TestAuth {
     }
 }
 
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+thread_local! {
+    /// How far this test's fake clock has been moved (each test runs on a thread of its own).
+    static OFFSET: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// The sessions' monotonic clock in these tests: it moves only when a test says so.
+fn fake_now() -> Instant {
+    *BASE.get_or_init(Instant::now) + OFFSET.with(Cell::get)
+}
+
 /// A session plus the fake driver's state.
 struct Script {
     session: Session,
@@ -37,7 +50,6 @@ struct Script {
     /// Run transfers at once (true) or leave them pending (false).
     complete_transfers: bool,
     pending: Vec<Action>,
-    sleeps: Vec<Duration>,
     closed: bool,
     /// Run storage and authentication work as soon as it is asked for.
     complete_work: bool,
@@ -53,6 +65,7 @@ impl Script {
         storage.put("hello.txt", b"hello\nworld\n");
         let mut config = Config::new(Arc::new(TestAuth { storage: storage.clone() }));
         config.login_fail_delay = Duration::ZERO;
+        config.now = fake_now;
         tweak(&mut config);
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:2121".parse().unwrap();
@@ -64,7 +77,6 @@ impl Script {
             downloaded: Vec::new(),
             complete_transfers: true,
             pending: Vec::new(),
-            sleeps: Vec::new(),
             closed: false,
             complete_work: true,
         };
@@ -115,14 +127,19 @@ impl Script {
                 }
                 self.session.handle_transfer_done(Outcome::Done);
             }
-            Action::Sleep(d) => {
-                self.sleeps.push(d);
-                self.session.handle_wakeup();
-            }
             Action::Close => self.closed = true,
             Action::Work(w) if self.complete_work => self.session.handle_work_done(w.run()),
             other => self.pending.push(other),
         }
+    }
+
+    /// Moves the fake clock by `d`, fires what is due, and returns what the session answered.
+    fn advance(&mut self, d: Duration) -> String {
+        OFFSET.with(|o| o.set(o.get() + d));
+        if self.session.poll_timeout().is_some_and(|t| t <= fake_now()) {
+            self.session.handle_timeout(fake_now());
+        }
+        self.drain()
     }
 
     /// Sends one line and returns everything the session answered.
@@ -173,13 +190,18 @@ fn failed_logins_are_delayed_and_limited() {
     let mut s = Script::with(|c| c.login_fail_delay = Duration::from_millis(500));
     for _ in 0..2 {
         s.send("USER alice");
-        assert_eq!(s.code("PASS nope"), 530);
+        assert_eq!(s.send("PASS nope"), "", "the 530 waits for the delay");
+        assert_eq!(s.send("NOOP"), "", "input is held during the delay");
+        let due = s.session.poll_timeout().unwrap();
+        assert_eq!(due, fake_now() + Duration::from_millis(500));
+        assert_eq!(s.advance(Duration::from_millis(499)), "");
+        assert_eq!(s.advance(Duration::from_millis(1)), "530 Login incorrect.\r\n200 NOOP ok.\r\n");
     }
     s.send("USER alice");
-    let reply = s.send("PASS nope");
+    s.send("PASS nope");
+    let reply = s.advance(Duration::from_millis(500));
     assert!(reply.contains("530") && reply.contains("421"), "{reply}");
     assert!(s.closed);
-    assert_eq!(s.sleeps, vec![Duration::from_millis(500); 3]);
 }
 
 #[test]
@@ -396,20 +418,48 @@ fn utf8_names() {
 
 #[test]
 fn idle_timeout_and_shutdown_close_with_421() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.session.poll_timeout(), Some(fake_now() + Duration::from_secs(300)));
+    assert_eq!(s.advance(Duration::from_secs(200)), "");
+    assert_eq!(s.code("NOOP"), 200, "input restarts the idle timer");
+    assert_eq!(s.advance(Duration::from_secs(299)), "");
+    assert!(s.advance(Duration::from_secs(1)).starts_with("421 Idle timeout"));
+    assert!(s.closed && s.session.expired());
+    assert_eq!(s.session.poll_timeout(), None);
+}
+
+#[test]
+fn the_login_timeout_runs_from_the_connection_until_a_login() {
     let mut s = Script::new();
-    s.session.handle_idle_timeout();
-    assert!(s.drain().starts_with("421"));
-    assert!(s.closed);
+    assert_eq!(s.session.poll_timeout(), Some(fake_now() + Duration::from_secs(60)));
+    s.advance(Duration::from_secs(59));
+    assert_eq!(s.code("NOOP"), 200, "commands do not restart the login timeout");
+    assert!(s.advance(Duration::from_secs(1)).starts_with("421 Login timeout"));
+    assert!(s.closed && s.session.expired());
+
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.advance(Duration::from_secs(60)), "", "no login timeout once logged in");
+}
+
+#[test]
+fn no_idle_timeout_while_work_is_out() {
+    let mut s = Script::login("alice", "secret");
+    s.complete_work = false;
+    assert_eq!(s.send("SIZE hello.txt"), "");
+    assert_eq!(s.session.poll_timeout(), None, "work out: nothing to time");
+    let Some(Action::Work(work)) = s.pending.pop() else { panic!("no work for SIZE") };
+    s.advance(Duration::from_secs(1000));
+    s.session.handle_work_done(work.run());
+    assert_eq!(s.drain(), "213 12\r\n");
+    assert_eq!(s.session.poll_timeout(), Some(fake_now() + Duration::from_secs(300)));
 }
 
 #[test]
 fn a_timeout_on_a_closed_session_queues_nothing_more() {
     let mut s = Script::new();
-    s.session.handle_idle_timeout();
-    s.drain();
+    s.advance(Duration::from_secs(60));
     for _ in 0..3 {
-        s.session.handle_idle_timeout();
-        s.session.handle_login_timeout();
+        s.session.handle_timeout(fake_now() + Duration::from_secs(1000));
     }
     assert!(s.session.pending_output().is_empty(), "a second 421 was queued");
     assert!(s.session.poll_action().is_none(), "a second Close was queued");
@@ -505,7 +555,7 @@ fn storage_and_login_are_work_for_the_driver_and_hold_input() {
     assert_eq!(s.send("SIZE hello.txt"), "");
     let Some(Action::Work(work)) = s.pending.pop() else { panic!("no work for SIZE") };
     // The session is told of an unrelated event meanwhile: still no answer, no second work.
-    s.session.handle_wakeup();
+    s.session.handle_timeout(fake_now());
     assert!(s.drain().is_empty());
     s.session.handle_work_done(work.run());
     assert_eq!(s.drain(), "213 12\r\n");

@@ -298,6 +298,8 @@ fn build(
     config.masquerade = settings.masquerade;
     config.show_dot_files = settings.show_dot_files;
     config.login_fail_delay = settings.login_fail_delay;
+    config.login_timeout = settings.login_timeout;
+    config.idle_timeout = settings.idle_timeout;
     config.log_commands = tracing::enabled!(target: "zocalo::ops::observe", tracing::Level::DEBUG);
     config.tls = match &settings.tls {
         None => TlsPolicy::Off,
@@ -317,7 +319,6 @@ fn build(
     let ctx = Ctx {
         config: Arc::new(config),
         passive_ports: settings.passive_ports.clone(),
-        idle_timeout: settings.idle_timeout,
         data_timeout: settings.data_timeout,
         grace: settings.shutdown_grace,
         shutdown,
@@ -327,7 +328,6 @@ fn build(
             None => None,
         },
         rates: Rates { down: settings.max_rate_down, up: settings.max_rate_up },
-        login_timeout: settings.login_timeout,
         work_threads: match settings.s3 {
             Some(_) => crate::drivers::workers::NETWORK_THREADS,
             None => crate::drivers::workers::THREADS,

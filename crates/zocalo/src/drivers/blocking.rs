@@ -25,7 +25,6 @@ use crate::tls::{Stream, Tls};
 pub struct Ctx {
     pub config: Arc<Config>,
     pub passive_ports: Option<RangeInclusive<u16>>,
-    pub idle_timeout: Duration,
     pub data_timeout: Duration,
     /// How long running transfers may go on after a stop is asked for.
     pub grace: Duration,
@@ -38,8 +37,6 @@ pub struct Ctx {
     pub xferlog: Option<Arc<Xferlog>>,
     /// `--max-rate-down`, `--max-rate-up`.
     pub rates: Rates,
-    /// How long a client may take to log in.
-    pub login_timeout: Duration,
     /// Worker threads per event loop (more for network storage).
     pub work_threads: usize,
     /// `--proxy-protocol-from`: balancers whose control and data connections start with a
@@ -190,9 +187,7 @@ struct Conn<'a> {
     passive: Option<(TcpListener, Instant)>,
     task: Option<DataTask>,
     wait: Option<Step>,
-    last_activity: Instant,
     data_activity: Instant,
-    wake_at: Option<Instant>,
     stop_by: Option<Instant>,
     closed: bool,
     published: Option<Published>,
@@ -200,7 +195,6 @@ struct Conn<'a> {
     tls: Option<Tls>,
     xfer: XferStart,
     data_sleep: Option<Instant>,
-    created: Instant,
     /// A login or idle timeout fired: the connection closes now, its last reply written only
     /// if the socket takes it at once.
     expired: bool,
@@ -230,15 +224,12 @@ impl<'a> Conn<'a> {
             passive: None,
             task: None,
             wait: None,
-            last_activity: now,
             data_activity: now,
-            wake_at: None,
             stop_by: None,
             closed: false,
             published: ctx.registry.as_ref().map(|r| Published::new(r, fd, peer, id)),
             xfer: XferStart { at: now, ascii: false },
             data_sleep: None,
-            created: now,
             expired: false,
             bytes: 0,
         })
@@ -307,7 +298,6 @@ impl<'a> Conn<'a> {
                     self.done(Outcome::Aborted);
                 }
             }
-            Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
             Action::StartTls => self.start_tls(),
             Action::Work(work) => self.session.handle_work_done(work.run()),
             Action::Close => self.closed = true,
@@ -331,7 +321,6 @@ impl<'a> Conn<'a> {
         }
         match step {
             Step::Finished(outcome) => {
-                self.last_activity = Instant::now();
                 self.task = None;
                 self.wait = None;
                 self.done(outcome);
@@ -382,7 +371,7 @@ impl<'a> Conn<'a> {
         } else {
             libc::POLLOUT
         };
-        match poll_one(self.control.fd(), events, self.ctx.idle_timeout)? {
+        match poll_one(self.control.fd(), events, self.ctx.config.idle_timeout)? {
             true => Ok(()),
             false => Err(ErrorKind::TimedOut.into()),
         }
@@ -401,10 +390,9 @@ impl<'a> Conn<'a> {
             self.closed = true;
             return;
         }
-        let deadline = match self.session.user() {
-            Some(_) => Instant::now() + self.ctx.idle_timeout,
-            None => self.created + self.ctx.login_timeout,
-        };
+        // The session's login or idle timeout bounds the handshake.
+        let idle = Instant::now() + self.ctx.config.idle_timeout;
+        let deadline = self.session.poll_timeout().unwrap_or(idle);
         loop {
             let Stream::Tls(t) = &mut self.control else { return };
             match t.handshake() {
@@ -473,10 +461,7 @@ impl<'a> Conn<'a> {
                 self.abort_task();
                 self.closed = true;
             }
-            Ok(n) => {
-                self.last_activity = Instant::now();
-                self.session.handle_input(&buf[..n]);
-            }
+            Ok(n) => self.session.handle_input(&buf[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
             Err(_) => {
                 self.abort_task();
@@ -485,12 +470,11 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// The connection's one deadline: the session's timers, and the data channel's.
     fn deadline(&self) -> Option<Instant> {
-        let idle = self.session.is_idle().then(|| self.last_activity + self.ctx.idle_timeout);
         let data = self.task.as_ref().map(|_| self.data_activity + self.ctx.data_timeout);
-        let login = self.session.user().is_none().then(|| self.created + self.ctx.login_timeout);
         let passive = self.passive.as_ref().map(|(_, expires)| *expires);
-        [idle, data, self.wake_at, self.stop_by, self.data_sleep, login, passive]
+        [self.session.poll_timeout(), data, self.stop_by, self.data_sleep, passive]
             .into_iter()
             .flatten()
             .min()
@@ -501,18 +485,10 @@ impl<'a> Conn<'a> {
         if self.passive.as_ref().is_some_and(|(_, expires)| *expires <= now) {
             self.passive = None;
         }
-        if self.wake_at.is_some_and(|t| t <= now) {
-            self.wake_at = None;
-            self.session.handle_wakeup();
-        }
         if self.data_sleep.is_some_and(|t| t <= now) {
             self.data_sleep = None;
             self.data_activity = now;
             self.step_task();
-        }
-        if self.session.user().is_none() && self.created + self.ctx.login_timeout <= now {
-            self.session.handle_login_timeout();
-            self.expired = true;
         }
         if let Some(task) = &self.task {
             if self.data_activity + self.ctx.data_timeout <= now {
@@ -529,9 +505,9 @@ impl<'a> Conn<'a> {
             self.abort_task();
             self.done(Outcome::ShuttingDown);
         }
-        if self.session.is_idle() && self.last_activity + self.ctx.idle_timeout <= now {
-            self.session.handle_idle_timeout();
-            self.expired = true;
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+            self.expired |= self.session.expired();
         }
     }
 }

@@ -107,9 +107,7 @@ struct Conn {
     /// The data descriptor registered now, and whether for writing.
     data_reg: Option<(RawFd, bool)>,
     control_interest: Interest,
-    last_activity: Instant,
     data_activity: Instant,
-    wake_at: Option<Instant>,
     scheduled: Option<Instant>,
     closed: bool,
     published: Option<Published>,
@@ -121,8 +119,6 @@ struct Conn {
     xfer: XferStart,
     data_sleep: Option<Instant>,
     created: Instant,
-    /// When the control connection's TLS handshake must be done (AUTH TLS).
-    handshake_by: Option<Instant>,
     /// A login or idle timeout fired: the connection closes now, its last reply written only
     /// if the socket takes it at once.
     expired: bool,
@@ -444,7 +440,6 @@ impl EventLoop {
                 continue;
             }
             if transfer == 0 {
-                conn.last_activity = Instant::now();
                 conn.session.handle_work_done(finished.done);
             } else if transfer == conn.transfers {
                 let Some(task) = conn.task.as_mut() else {
@@ -606,7 +601,6 @@ impl Conn {
             xfer: XferStart { at: now, ascii: false },
             data_sleep: None,
             created: now,
-            handshake_by: None,
             expired: false,
             work: None,
             serial: 0,
@@ -622,9 +616,7 @@ impl Conn {
             task: None,
             data_reg: None,
             control_interest: Interest::READABLE,
-            last_activity: now,
             data_activity: now,
-            wake_at: None,
             scheduled: None,
             closed: false,
         })
@@ -646,7 +638,6 @@ impl Conn {
                 }
                 Ok(0) => return self.closed = true,
                 Ok(n) => {
-                    self.last_activity = Instant::now();
                     self.session.handle_input(&buf[..n]);
                     if n < room {
                         return;
@@ -717,10 +708,6 @@ impl Conn {
         }
         self.control_interest = Interest::READABLE;
         self.handshaking = true;
-        self.handshake_by = Some(match self.session.user() {
-            Some(_) => Instant::now() + ctx.idle_timeout,
-            None => self.created + ctx.login_timeout,
-        });
         self.advance_handshake();
     }
 
@@ -732,7 +719,6 @@ impl Conn {
         match t.handshake() {
             Ok(true) if !t.is_handshaking() => {
                 self.handshaking = false;
-                self.handshake_by = None;
                 self.session.handle_tls_established();
                 true
             }
@@ -780,7 +766,6 @@ impl Conn {
                     self.done(Outcome::Aborted);
                 }
             }
-            Action::Sleep(d) => self.wake_at = Some(Instant::now() + d),
             Action::StartTls => self.start_tls(poller, index, ctx),
             Action::Work(work) => self.work = Some(work),
             Action::Close => self.closed = true,
@@ -801,7 +786,6 @@ impl Conn {
         match task.step() {
             Step::Finished(outcome) => {
                 self.drop_task(poller);
-                self.last_activity = Instant::now();
                 self.done(outcome);
             }
             Step::Wait { fd, writable } => self.watch_data(poller, index, fd, writable),
@@ -870,14 +854,13 @@ impl Conn {
         }
     }
 
+    /// The connection's one deadline: the session's timers (login, idle, a failed login's
+    /// delay, a TLS handshake's bound), and the data channel's.
     fn deadline(&self, ctx: &Ctx, stop_by: Option<Instant>) -> Option<Instant> {
-        let idle = self.session.is_idle().then(|| self.last_activity + ctx.idle_timeout);
         let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
         let stop = stop_by.filter(|_| self.task.is_some());
-        let login = self.session.user().is_none().then(|| self.created + ctx.login_timeout);
-        let handshake = self.handshake_by;
         let passive = self.passive.as_ref().map(|(_, expires)| *expires);
-        [idle, data, self.wake_at, stop, self.data_sleep, login, handshake, passive]
+        [self.session.poll_timeout(), data, stop, self.data_sleep, passive]
             .into_iter()
             .flatten()
             .min()
@@ -894,22 +877,10 @@ impl Conn {
         if self.passive.as_ref().is_some_and(|(_, expires)| *expires <= now) {
             self.passive = None;
         }
-        if self.wake_at.is_some_and(|t| t <= now) {
-            self.wake_at = None;
-            self.session.handle_wakeup();
-        }
         if self.data_sleep.is_some_and(|t| t <= now) {
             self.data_sleep = None;
             self.data_activity = now;
             self.step_task(poller, index);
-        }
-        if self.session.user().is_none() && self.created + ctx.login_timeout <= now {
-            self.session.handle_login_timeout();
-            self.expired = true;
-        }
-        if self.handshake_by.is_some_and(|t| t <= now) {
-            tracing::debug!(peer = %self.peer, "TLS handshake timed out");
-            self.expired = true;
         }
         if let Some(task) = &self.task {
             let stalled = self.data_activity + ctx.data_timeout <= now;
@@ -924,9 +895,14 @@ impl Conn {
                 self.done(outcome);
             }
         }
-        if self.session.is_idle() && self.last_activity + ctx.idle_timeout <= now {
-            self.session.handle_idle_timeout();
-            self.expired = true;
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+            if self.session.expired() {
+                if self.handshaking {
+                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                }
+                self.expired = true;
+            }
         }
     }
 }
