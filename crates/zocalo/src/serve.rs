@@ -7,7 +7,7 @@ use std::sync::Arc;
 use zocalo_proto::session::{Config, TlsPolicy};
 
 use crate::cli::Settings;
-use crate::drivers::blocking::Ctx;
+use crate::drivers::connection::Ctx;
 use crate::drivers::data::Rates;
 use crate::models::{self, Listener, Model, Server};
 use crate::net;

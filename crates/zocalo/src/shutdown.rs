@@ -51,9 +51,9 @@ impl Shutdown {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, fd) = (stop.clone(), self.fd());
         std::thread::Builder::new().name("zocalo-stop".into()).spawn(move || {
-            while !crate::drivers::blocking::poll_one(fd, libc::POLLIN, Duration::from_secs(3600))
-                .unwrap_or(true)
-            {}
+            while !crate::net::poll_one(fd, libc::POLLIN, Duration::from_secs(3600)).unwrap_or(true)
+            {
+            }
             flag.store(true, Ordering::SeqCst);
         })?;
         Ok(stop)

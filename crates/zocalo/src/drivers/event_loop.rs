@@ -9,24 +9,21 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
-use zocalo_proto::session::{Action, Outcome, Session, Work};
+use zocalo_proto::session::Work;
 
-use crate::drivers::blocking::{finish_transfer, open_control, Control, Ctx, Published, XferStart};
-use crate::drivers::data::{DataTask, Step};
+use crate::drivers::connection::{Connection, Ctx, Io, Wanted};
 use crate::drivers::proxy::{self, Gate};
 use crate::drivers::workers::{Key, Workers};
 use crate::models::Listener;
 use crate::net::{self, FdReserve};
 use crate::ops::limits::{Limits, Permit, Refusal};
-use crate::ops::xferlog::Xferlog;
-use crate::tls::{Stream, Tls};
 
 const KIND_BITS: usize = 2;
 const CONTROL: usize = 0;
@@ -63,7 +60,7 @@ pub struct EventLoop {
     workers: Workers,
     /// Serial number of the next connection, for [`Key`].
     next_serial: u64,
-    conns: Vec<Option<Box<Conn>>>,
+    conns: Vec<Option<Box<Slot>>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     stop_by: Option<Instant>,
@@ -90,46 +87,48 @@ enum PendingState {
     },
 }
 
-/// One client's state in the loop.
-struct Conn {
-    control: Stream,
-    /// This connection's TLS scope, once it speaks TLS.
-    tls: Option<Tls>,
-    /// AUTH TLS accepted: the handshake is under way.
-    handshaking: bool,
-    session: Session,
-    local: SocketAddr,
-    peer: SocketAddr,
-    _permit: Permit,
-    /// The passive listener, and when it closes if no transfer takes it (the data timeout).
-    passive: Option<(TcpListener, Instant)>,
-    task: Option<Box<DataTask>>,
-    /// The data descriptor registered now, and whether for writing.
-    data_reg: Option<(RawFd, bool)>,
-    control_interest: Interest,
-    data_activity: Instant,
-    scheduled: Option<Instant>,
-    closed: bool,
-    published: Option<Published>,
-    /// Every log line of this session is written in this span (its id and peer).
-    span: tracing::Span,
-    /// Bytes moved by the session's transfers, for its closing log line.
-    bytes: u64,
-    xferlog: Option<Arc<Xferlog>>,
-    xfer: XferStart,
-    data_sleep: Option<Instant>,
-    created: Instant,
-    /// A login or idle timeout fired: the connection closes now, its last reply written only
-    /// if the socket takes it at once.
-    expired: bool,
-    /// Work the session asked for, to go to the workers once this turn is over.
-    work: Option<Work>,
-    /// Tells this connection apart from earlier ones in the same slot.
+/// One client's place in the loop: its connection, and the loop's bookkeeping for it.
+struct Slot {
+    conn: Connection,
+    /// Tells this connection apart from earlier ones in the same slot (for work results).
     serial: u64,
-    /// The running transfer's file I/O, to go to the workers once this turn is over.
-    data_work: Option<Work>,
-    /// Transfers started so far: tells the running one's I/O results from an aborted one's.
-    transfers: u64,
+    /// What the control descriptor is registered for now.
+    control_interest: Interest,
+    /// The deadline pushed on the timer heap last.
+    scheduled: Option<Instant>,
+}
+
+/// The connection's registrations in this loop's poller.
+struct LoopIo<'a> {
+    poller: &'a mut dyn Poller,
+    index: usize,
+}
+
+impl Io for LoopIo<'_> {
+    fn control_replaced(&mut self, old: RawFd, new: RawFd) -> io::Result<()> {
+        let _ = self.poller.deregister(old);
+        self.poller.register(new, token(self.index, CONTROL), Interest::READABLE)
+    }
+
+    fn watch_data(&mut self, fd: RawFd, writable: bool, again: bool) -> io::Result<()> {
+        let interest = if writable { Interest::WRITABLE } else { Interest::READABLE };
+        match again {
+            true => self.poller.reregister(fd, token(self.index, DATA), interest),
+            false => self.poller.register(fd, token(self.index, DATA), interest),
+        }
+    }
+
+    fn unwatch_data(&mut self, fd: RawFd) {
+        let _ = self.poller.deregister(fd);
+    }
+}
+
+fn interest(wanted: Wanted) -> Interest {
+    match wanted {
+        Wanted::Read => Interest::READABLE,
+        Wanted::Write => Interest::WRITABLE,
+        Wanted::Both => Interest::BOTH,
+    }
 }
 
 impl EventLoop {
@@ -384,11 +383,11 @@ impl EventLoop {
                 );
             }
         }
-        let Ok(mut conn) = Conn::new(stream, peer, permit, &self.ctx, implicit) else {
+        let Ok(conn) = Connection::new(stream, peer, Some(permit), &self.ctx, implicit, false)
+        else {
             return;
         };
         self.next_serial += 1;
-        conn.serial = self.next_serial;
         let index = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -399,28 +398,29 @@ impl EventLoop {
             self.free.push(index);
             return;
         }
-        self.conns[index] = Some(Box::new(conn));
+        let serial = self.next_serial;
+        let slot = Slot { conn, serial, control_interest: Interest::READABLE, scheduled: None };
+        self.conns[index] = Some(Box::new(slot));
         self.drive(index);
     }
 
     // ---- events --------------------------------------------------------------------------
 
     fn on_control(&mut self, index: usize, ev: &Event) {
-        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+        let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
         if ev.readable || ev.hup || ev.error {
-            conn.read_control();
+            slot.conn.on_control();
         }
         self.drive(index);
     }
 
     fn on_data(&mut self, index: usize) {
-        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+        let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        conn.data_activity = Instant::now();
-        conn.step_task(self.poller.as_mut(), index);
+        slot.conn.on_data(&mut LoopIo { poller: self.poller.as_mut(), index });
         self.drive(index);
     }
 
@@ -433,21 +433,17 @@ impl EventLoop {
                 self.on_admission(index - GATE_BASE, serial, finished.done);
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            if conn.serial != serial {
+            if slot.serial != serial {
                 continue;
             }
             if transfer == 0 {
-                conn.session.handle_work_done(finished.done);
-            } else if transfer == conn.transfers {
-                let Some(task) = conn.task.as_mut() else {
-                    continue;
-                };
-                task.io_done(finished.done);
-                conn.data_activity = Instant::now();
-                conn.step_task(self.poller.as_mut(), index);
+                slot.conn.work_done(finished.done);
+            } else {
+                let io = &mut LoopIo { poller: self.poller.as_mut(), index };
+                slot.conn.data_work_done(transfer, finished.done, io);
             }
             self.drive(index);
         }
@@ -466,64 +462,46 @@ impl EventLoop {
             }
         }
         self.free_gates.clear();
+        let by = Instant::now() + self.ctx.grace;
         for index in 0..self.conns.len() {
+            if let Some(slot) = self.conns[index].as_mut() {
+                slot.conn.begin_stop(by);
+            }
             self.drive(index);
         }
     }
 
     /// Writes replies, carries out actions, updates registrations and the timer of one slot.
     fn drive(&mut self, index: usize) {
-        let stopping = self.stop_by.is_some();
-        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+        let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        let span = conn.span.clone();
+        let span = slot.conn.span.clone();
         let _in_span = span.enter();
-        conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
-        if conn.expired {
-            if !conn.handshaking {
-                conn.flush();
-            }
-            conn.closed = true;
-        }
-        if !conn.closed && conn.session.input_room() > 0 && conn.control.has_buffered() {
-            conn.read_control();
-            conn.pump(self.poller.as_mut(), index, &self.ctx, stopping);
-        }
-        if conn.closed {
+        slot.conn.pump(&mut LoopIo { poller: self.poller.as_mut(), index }, &self.ctx);
+        if slot.conn.closed {
             self.remove(index);
             return;
         }
-        if let Some(work) = conn.work.take() {
-            self.workers.submit(Key { index, serial: conn.serial, transfer: 0 }, work);
+        while let Some((data, work)) = slot.conn.take_work() {
+            let transfer = if data { slot.conn.transfers } else { 0 };
+            self.workers.submit(Key { index, serial: slot.serial, transfer }, work);
         }
-        if let Some(work) = conn.data_work.take() {
-            let key = Key { index, serial: conn.serial, transfer: conn.transfers };
-            self.workers.submit(key, work);
-        }
-        crate::ops::observe::events(&mut conn.session);
-        if let Some(p) = &mut conn.published {
-            p.update(&conn.session);
-        }
-        let interest = conn.wanted_interest();
-        if interest != conn.control_interest {
-            let fd = conn.control.fd();
-            let _ = self.poller.reregister(fd, token(index, CONTROL), interest);
-            conn.control_interest = interest;
+        let wanted = interest(slot.conn.interest());
+        if wanted != slot.control_interest {
+            let fd = slot.conn.control.fd();
+            let _ = self.poller.reregister(fd, token(index, CONTROL), wanted);
+            slot.control_interest = wanted;
         }
         self.schedule(index);
     }
 
     fn remove(&mut self, index: usize) {
-        if let Some(mut conn) = self.conns[index].take() {
-            let span = conn.span.clone();
+        if let Some(mut slot) = self.conns[index].take() {
+            let span = slot.conn.span.clone();
             let _in_span = span.enter();
-            crate::ops::observe::events(&mut conn.session);
-            crate::ops::observe::closed(conn.created, conn.bytes);
-            conn.published.take();
-            conn.drop_task(self.poller.as_mut());
-            let _ = self.poller.deregister(conn.control.fd());
-            conn.control.close();
+            let _ = self.poller.deregister(slot.conn.control.fd());
+            slot.conn.finish(&mut LoopIo { poller: self.poller.as_mut(), index });
             self.free.push(index);
         }
     }
@@ -531,14 +509,14 @@ impl EventLoop {
     // ---- timers --------------------------------------------------------------------------
 
     fn schedule(&mut self, index: usize) {
-        let Some(conn) = self.conns[index].as_mut() else {
+        let Some(slot) = self.conns[index].as_mut() else {
             return;
         };
-        let Some(deadline) = conn.deadline(&self.ctx, self.stop_by) else {
+        let Some(deadline) = slot.conn.deadline(&self.ctx) else {
             return;
         };
-        if conn.scheduled.is_none_or(|s| deadline < s) {
-            conn.scheduled = Some(deadline);
+        if slot.scheduled.is_none_or(|s| deadline < s) {
+            slot.scheduled = Some(deadline);
             self.timers.push(Reverse((deadline, index)));
         }
     }
@@ -566,343 +544,17 @@ impl EventLoop {
             due.push((at, index));
         }
         for (at, index) in due {
-            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            if conn.scheduled != Some(at) {
+            if slot.scheduled != Some(at) {
                 continue;
             }
-            conn.scheduled = None;
-            conn.fire(now, &self.ctx, self.stop_by, self.poller.as_mut(), index);
+            slot.scheduled = None;
+            let span = slot.conn.span.clone();
+            let _in_span = span.enter();
+            slot.conn.fire(now, &mut LoopIo { poller: self.poller.as_mut(), index }, &self.ctx);
             self.drive(index);
-        }
-    }
-}
-
-impl Conn {
-    fn new(
-        sock: TcpStream,
-        peer: SocketAddr,
-        permit: Permit,
-        ctx: &Ctx,
-        implicit: bool,
-    ) -> io::Result<Self> {
-        let Control { stream: control, session, tls: scope, local } =
-            open_control(sock, peer, ctx, implicit)?;
-        let now = Instant::now();
-        let (id, span) = crate::ops::observe::opened(peer);
-        let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer, id));
-        Ok(Conn {
-            span,
-            bytes: 0,
-            tls: scope,
-            published,
-            xferlog: ctx.xferlog.clone(),
-            xfer: XferStart { at: now, ascii: false },
-            data_sleep: None,
-            created: now,
-            expired: false,
-            work: None,
-            serial: 0,
-            data_work: None,
-            transfers: 0,
-            control,
-            handshaking: false,
-            session,
-            local,
-            peer,
-            _permit: permit,
-            passive: None,
-            task: None,
-            data_reg: None,
-            control_interest: Interest::READABLE,
-            data_activity: now,
-            scheduled: None,
-            closed: false,
-        })
-    }
-
-    fn read_control(&mut self) {
-        if self.handshaking {
-            return;
-        }
-        let mut buf = [0u8; 4096];
-        loop {
-            let room = self.session.input_room().min(buf.len());
-            if room == 0 {
-                return;
-            }
-            match self.control.read(&mut buf[..room]) {
-                Ok(0) if self.published.as_ref().is_some_and(Published::kicked) => {
-                    return self.session.handle_admin_close();
-                }
-                Ok(0) => return self.closed = true,
-                Ok(n) => {
-                    self.session.handle_input(&buf[..n]);
-                    if n < room {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => return self.closed = true,
-            }
-        }
-    }
-
-    /// Flushes output and runs actions until the session has nothing more to do now.
-    fn pump(&mut self, poller: &mut dyn Poller, index: usize, ctx: &Ctx, stopping: bool) {
-        if self.handshaking && !self.advance_handshake() {
-            return;
-        }
-        loop {
-            if !self.flush() {
-                return;
-            }
-            match self.session.poll_action() {
-                Some(action) => self.act(action, poller, index, ctx),
-                None => break,
-            }
-        }
-        if stopping && self.session.is_idle() && !self.session.is_closed() {
-            self.session.handle_shutdown();
-            self.pump(poller, index, ctx, false);
-        }
-    }
-
-    /// Writes what the socket takes; false while output is still pending (or on error).
-    fn flush(&mut self) -> bool {
-        loop {
-            let result = match self.session.pending_output() {
-                [] => self.control.flush_tls(),
-                out => self.control.write(out).map(|n| self.session.advance_output(n)),
-            };
-            match result {
-                Ok(()) if self.session.pending_output().is_empty() => return true,
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(_) => {
-                    self.closed = true;
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// AUTH TLS was accepted and its 234 written: wrap the control connection. The descriptor
-    /// changes, so it is registered anew.
-    fn start_tls(&mut self, poller: &mut dyn Poller, index: usize, ctx: &Ctx) {
-        let Some(tls) = &ctx.tls else {
-            return self.session.handle_shutdown();
-        };
-        let _ = poller.deregister(self.control.fd());
-        let scope = tls.for_session();
-        let upgraded = self.control.upgrade_in_place(&scope);
-        self.tls = Some(scope);
-        let registered =
-            poller.register(self.control.fd(), token(index, CONTROL), Interest::READABLE);
-        if upgraded.is_err() || registered.is_err() {
-            self.closed = true;
-            return;
-        }
-        self.control_interest = Interest::READABLE;
-        self.handshaking = true;
-        self.advance_handshake();
-    }
-
-    /// Drives the control connection's handshake; true once it is complete.
-    fn advance_handshake(&mut self) -> bool {
-        let Stream::Tls(t) = &mut self.control else {
-            return true;
-        };
-        match t.handshake() {
-            Ok(true) if !t.is_handshaking() => {
-                self.handshaking = false;
-                self.session.handle_tls_established();
-                true
-            }
-            Ok(_) => false,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-            Err(_) => {
-                self.closed = true;
-                false
-            }
-        }
-    }
-
-    fn act(&mut self, action: Action, poller: &mut dyn Poller, index: usize, ctx: &Ctx) {
-        match action {
-            Action::OpenPassive => {
-                let opened = net::open_passive(self.local.ip(), ctx.passive_ports.as_ref());
-                let result = match &opened {
-                    Ok(l) => l.local_addr(),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                };
-                let expires = Instant::now() + ctx.data_timeout;
-                self.passive = opened.ok().map(|l| (l, expires));
-                self.session.handle_passive_opened(result);
-            }
-            Action::ClosePassive => self.passive = None,
-            Action::Transfer(t) => {
-                self.data_activity = Instant::now();
-                let passive = self.passive.take().map(|(l, _)| l);
-                self.xfer = XferStart { at: Instant::now(), ascii: t.ascii };
-                let (tls, rates) = (self.tls.as_ref(), ctx.rates);
-                let (peer, proxy_from) = (self.peer.ip(), &ctx.proxy_from);
-                match DataTask::new(t, passive, self.local, peer, tls, rates, proxy_from) {
-                    Ok(mut task) => {
-                        task.offload_file_io();
-                        self.transfers += 1;
-                        self.task = Some(Box::new(task));
-                        self.step_task(poller, index);
-                    }
-                    Err(outcome) => self.done(outcome),
-                }
-            }
-            Action::Abort => {
-                if self.task.is_some() {
-                    self.drop_task(poller);
-                    self.done(Outcome::Aborted);
-                }
-            }
-            Action::StartTls => self.start_tls(poller, index, ctx),
-            Action::Work(work) => self.work = Some(work),
-            Action::Close => self.closed = true,
-        }
-    }
-
-    fn done(&mut self, outcome: Outcome) {
-        // A transfer can end on a data or timer event, outside `drive`'s span.
-        let _in_span = self.span.clone().entered();
-        let log = self.xferlog.as_deref();
-        self.bytes += finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
-    }
-
-    fn step_task(&mut self, poller: &mut dyn Poller, index: usize) {
-        let Some(task) = self.task.as_mut() else {
-            return;
-        };
-        match task.step() {
-            Step::Finished(outcome) => {
-                self.drop_task(poller);
-                self.done(outcome);
-            }
-            Step::Wait { fd, writable } => self.watch_data(poller, index, fd, writable),
-            Step::Sleep(until) => {
-                self.unwatch_data(poller);
-                self.data_sleep = Some(until);
-            }
-            Step::Io(work) => {
-                self.unwatch_data(poller);
-                self.data_work = Some(work);
-            }
-        }
-    }
-
-    fn watch_data(&mut self, poller: &mut dyn Poller, index: usize, fd: RawFd, writable: bool) {
-        if self.data_reg == Some((fd, writable)) {
-            return;
-        }
-        let interest = if writable { Interest::WRITABLE } else { Interest::READABLE };
-        let result = match self.data_reg {
-            Some((old, _)) if old == fd => poller.reregister(fd, token(index, DATA), interest),
-            Some((old, _)) => {
-                let _ = poller.deregister(old);
-                poller.register(fd, token(index, DATA), interest)
-            }
-            None => poller.register(fd, token(index, DATA), interest),
-        };
-        match result {
-            Ok(()) => self.data_reg = Some((fd, writable)),
-            Err(e) => {
-                tracing::warn!("cannot watch a data connection: {e}");
-                self.drop_task(poller);
-                self.done(Outcome::NoConnection);
-            }
-        }
-    }
-
-    /// Stops watching the data descriptor (the transfer sleeps, waits for its file I/O, or ends).
-    fn unwatch_data(&mut self, poller: &mut dyn Poller) {
-        if let Some((fd, _)) = self.data_reg.take() {
-            let _ = poller.deregister(fd);
-        }
-    }
-
-    /// Deregisters the data descriptor, then drops the transfer (closing it).
-    fn drop_task(&mut self, poller: &mut dyn Poller) {
-        self.data_sleep = None;
-        self.unwatch_data(poller);
-        self.task = None;
-    }
-
-    fn wanted_interest(&self) -> Interest {
-        if self.handshaking {
-            return if self.control.wants_write() {
-                Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-        }
-        let read = self.session.input_room() > 0;
-        let write = !self.session.pending_output().is_empty() || self.control.wants_write();
-        match (read, write) {
-            (_, true) if read => Interest::BOTH,
-            (_, true) => Interest::WRITABLE,
-            _ => Interest::READABLE,
-        }
-    }
-
-    /// The connection's one deadline: the session's timers (login, idle, a failed login's
-    /// delay, a TLS handshake's bound), and the data channel's.
-    fn deadline(&self, ctx: &Ctx, stop_by: Option<Instant>) -> Option<Instant> {
-        let data = self.task.as_ref().map(|_| self.data_activity + ctx.data_timeout);
-        let stop = stop_by.filter(|_| self.task.is_some());
-        let passive = self.passive.as_ref().map(|(_, expires)| *expires);
-        [self.session.poll_timeout(), data, stop, self.data_sleep, passive]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
-    fn fire(
-        &mut self,
-        now: Instant,
-        ctx: &Ctx,
-        stop_by: Option<Instant>,
-        poller: &mut dyn Poller,
-        index: usize,
-    ) {
-        if self.passive.as_ref().is_some_and(|(_, expires)| *expires <= now) {
-            self.passive = None;
-        }
-        if self.data_sleep.is_some_and(|t| t <= now) {
-            self.data_sleep = None;
-            self.data_activity = now;
-            self.step_task(poller, index);
-        }
-        if let Some(task) = &self.task {
-            let stalled = self.data_activity + ctx.data_timeout <= now;
-            let out_of_grace = stop_by.is_some_and(|t| t <= now);
-            if stalled || out_of_grace {
-                let outcome = match (out_of_grace, task.is_connecting()) {
-                    (true, _) => Outcome::ShuttingDown,
-                    (false, true) => Outcome::NoConnection,
-                    (false, false) => Outcome::ConnectionLost,
-                };
-                self.drop_task(poller);
-                self.done(outcome);
-            }
-        }
-        if self.session.poll_timeout().is_some_and(|t| t <= now) {
-            self.session.handle_timeout(now);
-            if self.session.expired() {
-                if self.handshaking {
-                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
-                }
-                self.expired = true;
-            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`proxy`]: reading a trusted balancer's PROXY header before a connection is admitted.
 
 pub mod blocking;
+pub mod connection;
 pub mod data;
 pub mod event_loop;
 pub mod proxy;

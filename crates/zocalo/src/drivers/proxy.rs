@@ -181,7 +181,7 @@ impl Gate {
             if left.is_zero() {
                 return Err(Refused::TimedOut);
             }
-            crate::drivers::blocking::poll_one(self.stream.as_raw_fd(), libc::POLLIN, left)
+            crate::net::poll_one(self.stream.as_raw_fd(), libc::POLLIN, left)
                 .map_err(Refused::Io)?;
         }
     }
@@ -254,12 +254,8 @@ mod tests {
         let mut gate = Gate::new(sock, balancer, deadline).unwrap();
         assert!(gate.step().unwrap().is_none(), "nothing sent yet");
         client.write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 4").unwrap();
-        crate::drivers::blocking::poll_one(
-            gate.stream.as_raw_fd(),
-            libc::POLLIN,
-            deadline - Instant::now(),
-        )
-        .unwrap();
+        crate::net::poll_one(gate.stream.as_raw_fd(), libc::POLLIN, deadline - Instant::now())
+            .unwrap();
         assert!(gate.step().unwrap().is_none(), "half a header");
         client.write_all(b"000 21\r\nUSER x\r\n").unwrap();
         let peer = gate.wait().unwrap();

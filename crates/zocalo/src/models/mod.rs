@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use zocalo_poller::Backend;
 
-use crate::drivers::blocking::{self, Ctx};
+use crate::drivers::blocking;
+use crate::drivers::connection::Ctx;
 use crate::drivers::proxy::{self, Gate};
 use crate::net;
 use crate::ops::limits::{Limits, Permit};

@@ -66,7 +66,11 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
     result
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, ctx: &crate::drivers::blocking::Ctx, admitted: &AtomicUsize) {
+fn worker(
+    rx: &Mutex<Receiver<Job>>,
+    ctx: &crate::drivers::connection::Ctx,
+    admitted: &AtomicUsize,
+) {
     loop {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((accepted, permit, tls)) = job else {

@@ -129,7 +129,7 @@ fn wait_children(
             left_for_dead(children);
             return;
         }
-        let _ = crate::drivers::blocking::poll_one(
+        let _ = crate::net::poll_one(
             waker.as_raw_fd(),
             libc::POLLIN,
             left.min(Duration::from_millis(100)),

@@ -34,7 +34,7 @@ pub fn serve(listener: &TcpListener, shutdown: &Shutdown, exit_after: Option<Dur
         }
         // Short waits once stopping: the stop signal stays readable, so it cannot be waited on.
         let wait = if stopping { Duration::from_millis(100) } else { Duration::from_secs(1) };
-        let ready = crate::drivers::blocking::poll_one(listener.as_raw_fd(), libc::POLLIN, wait);
+        let ready = crate::net::poll_one(listener.as_raw_fd(), libc::POLLIN, wait);
         if !stopping && !ready.unwrap_or(false) {
             continue;
         }
