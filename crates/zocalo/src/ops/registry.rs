@@ -188,7 +188,7 @@ impl SessionView {
         let user = if self.user.is_empty() { "-" } else { &self.user };
         let transfer = if self.transfer.is_empty() { "-" } else { &self.transfer };
         format!(
-            "session node={node} id={} pid={} peer={} user={user} transfer={transfer:?} bytes={}",
+            "session id={} node={node} pid={} peer={} user={user} transfer={transfer:?} bytes={}",
             self.id, self.pid, self.peer, self.bytes
         )
     }
