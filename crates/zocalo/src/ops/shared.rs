@@ -296,24 +296,22 @@ impl Shared {
     /// answers again).
     fn fill(&self) {
         loop {
-            match self.take() {
-                Ok(Some(c)) => {
-                    // Full already: this was an idle one.
-                    self.lock_pool().idle.push(c);
-                    self.returned.notify_one();
+            {
+                let mut pool = self.lock_pool();
+                if pool.open >= POOL {
                     return;
                 }
-                Ok(None) => match self.connect() {
-                    Ok(c) => {
-                        self.lock_pool().idle.push(c);
-                        self.returned.notify_one();
-                    }
-                    Err(_) => {
-                        self.lock_pool().open -= 1;
-                        return;
-                    }
-                },
-                Err(_) => return,
+                pool.open += 1;
+            }
+            match self.connect() {
+                Ok(c) => {
+                    self.lock_pool().idle.push(c);
+                    self.returned.notify_one();
+                }
+                Err(_) => {
+                    self.lock_pool().open -= 1;
+                    return;
+                }
             }
         }
     }
