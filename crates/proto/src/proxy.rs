@@ -192,8 +192,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, Error> {
     Ok(Parsed::Complete(Header { len, addrs: if local { None } else { addrs } }))
 }
 
-/// A version 2 header for `addrs` (`None`: a `LOCAL` one), for tests and for the benchmark's
-/// client side.
+/// A version 2 header for `addrs` (`None`: a `LOCAL` one), for tests and the fuzz target.
 pub fn encode_v2(addrs: Option<Addrs>) -> Vec<u8> {
     let mut out = V2_SIGNATURE.to_vec();
     let Some(Addrs { source, destination }) = addrs else {

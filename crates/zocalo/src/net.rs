@@ -55,7 +55,7 @@ pub fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<Tc
 /// closes leaves a TIME_WAIT socket on its port for a minute, and the kernel's own search
 /// (`inet_csk_find_open_port`) skips each such port only after a conflict check under a lock.
 /// At a few thousand sessions per second most of the range is in TIME_WAIT, and a profile of
-/// the `sessions` benchmark showed over half of both cores in that search. Binding a chosen
+/// the `sessions` benchmark showed that search taking most of the CPU. Binding a chosen
 /// port with SO_REUSEADDR coexists with our own TIME_WAIT sockets (they inherit the flag), so
 /// the first try almost always succeeds. Ports are tried onwards from a random one, so that
 /// neither concurrent sessions nor a third party can guess the next port; after

@@ -25,9 +25,7 @@ use crate::tls::{Stream, Tls};
 const CHUNK: usize = 64 * 1024;
 /// Largest upload read. An upload's buffer starts at [`CHUNK`] and doubles up to this while
 /// reads come back full, so a fast sender gets large file writes and a slow one never costs
-/// more than 64 KiB. Measured with `zocalo bench --scenario transfer --big-size 536870912`,
-/// eight alternating runs on ext4: STOR median 502 MB/s with fixed 64 KiB reads, 801 MB/s
-/// growing (pure-ftpd 822 in the same runs).
+/// more than 64 KiB (growing reads made STOR markedly faster: docs/benchmarks.md).
 const RECV_MAX: usize = 1 << 20;
 const SENDFILE_CHUNK: usize = 4 << 20;
 /// Chunks moved per step before yielding.

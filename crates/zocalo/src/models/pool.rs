@@ -4,8 +4,8 @@
 //!
 //! The bound counts sessions admitted and not yet finished (served or waiting), not jobs in the
 //! channel: with a bounded channel, a burst of connections could fill it before idle workers
-//! woke up to take their jobs, and clients were refused while workers sat idle (147 of 500 in
-//! the `sessions` benchmark at 500 clients, with 256 workers and a queue of 256).
+//! woke up to take their jobs, and clients were refused while workers sat idle (the `sessions`
+//! benchmark showed it at 500 clients; docs/benchmarks.md).
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
