@@ -84,8 +84,21 @@ impl AsRawFd for Workers {
     }
 }
 
+/// How much nicer than the loop a worker runs. An Argon2 hash keeps a core busy for a good
+/// part of a second: on a machine with few cores, workers at the loop's own priority take turns
+/// with it, and every session's NOOP waits for the scheduler. Niced, they yield to the loop
+/// whenever it has something to do, and still get all the CPU it leaves.
+const NICENESS: libc::c_int = 5;
+
 /// One worker: runs jobs until the loop (and its sender) is gone.
 fn work(queue: &Mutex<Receiver<(Key, Work)>>, shared: &Shared) {
+    // SAFETY: gettid and setpriority have no memory preconditions; on Linux, PRIO_PROCESS with
+    // a thread id sets that thread's niceness alone (raising it needs no privilege).
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + NICENESS).min(19));
+    }
     loop {
         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((key, job)) = next else {
