@@ -25,7 +25,6 @@ Python process that started it (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import csv
-import ctypes
 import ftplib
 import io
 import os
@@ -44,7 +43,8 @@ import uuid
 from pathlib import Path
 
 import helpers
-from helpers import PASSWORD, TIMEOUT, USER, poll_until
+from helpers import (PASSWORD, TIMEOUT, USER, ReusingFTP_TLS, close_client, die_with_parent,
+                     poll_until)
 
 BALANCER = "127.0.0.10"
 NODE_HOSTS = ("127.0.0.11", "127.0.0.12")
@@ -58,17 +58,6 @@ READY_DEADLINE = 20.0  # until HAProxy sees both nodes up (checks every 500 ms)
 STOP_GRACE = 10.0  # SIGTERM to exit, before SIGKILL
 LOG_DEADLINE = 10.0  # a session's lines to reach a node's log
 
-
-try:  # resolved here, not in the forked child: no dynamic loading between fork and exec
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the test process dies, so nothing outlives it."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _ephemeral_low() -> int:
@@ -212,22 +201,6 @@ class SourceCtl(helpers.Ctl):
         self.local_port = self.sock.getsockname()[1]
 
 
-class ReusingFTP_TLS(ftplib.FTP_TLS):
-    """FTP_TLS that resumes the control connection's TLS session on each data connection (as
-    tests/test_ftps.py's), recording whether each was really resumed."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reused: list = []
-
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(conn, server_hostname=self.host,
-                                            session=self.sock.session)
-            self.reused.append(conn.session_reused)
-        return conn, size
-
 
 # --------------------------------------------------------------------------
 # The nodes
@@ -272,7 +245,7 @@ class Node:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=log, cwd=c.root, env=env,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         want = f"listening ftp://{self.host}:{c.port}"
         fd = self.proc.stdout.fileno()
         buf = b""
@@ -389,7 +362,7 @@ class Cluster:
         with open(self.redis_log, "ab") as log:
             self.redis = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, cwd=self.root,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=die_with_parent)
 
         def pong():
             if self.redis.poll() is not None:
@@ -497,7 +470,7 @@ class Cluster:
             self.haproxy = subprocess.Popen(
                 [helpers.need("haproxy"), "-f", str(self.haproxy_cfg), "-db"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
 
         def answers():
             if self.haproxy.poll() is not None:
@@ -658,14 +631,5 @@ class Cluster:
 
     def close_clients(self) -> None:
         for c in self.clients:
-            if isinstance(c, ftplib.FTP):
-                try:
-                    if c.sock is not None:
-                        c.sock.settimeout(2)
-                        c.quit()
-                except (OSError, EOFError, ftplib.Error, ValueError):
-                    pass
-                c.close()
-            else:
-                c.close()
+            close_client(c)
         self.clients.clear()

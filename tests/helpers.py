@@ -7,6 +7,7 @@ Every wait is bounded in time; nothing sleeps to wait for readiness.
 
 from __future__ import annotations
 
+import ctypes
 import ftplib
 import hashlib
 import os
@@ -135,6 +136,65 @@ def describe_fds(pid: int) -> list[str]:
         except OSError:
             pass
     return out
+
+
+# --------------------------------------------------------------------------
+# Processes the tests start, and clients they open
+
+try:  # resolved here, not in the forked child: no dynamic loading between fork and exec
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn`: SIGKILL the child when the test process dies, so nothing outlives it."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def stop_process(proc: subprocess.Popen, grace: float = STOP_DEADLINE) -> bool:
+    """SIGTERM by PID, SIGKILL if it is still there after `grace`; True if it needed SIGKILL."""
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)
+        return True
+
+
+def close_client(c) -> None:
+    """Closes a client a test opened: an ftplib client says QUIT first (briefly)."""
+    if isinstance(c, ftplib.FTP):
+        try:
+            if c.sock is not None:
+                c.sock.settimeout(2)
+                c.quit()
+        except (OSError, EOFError, ftplib.Error, ValueError):
+            pass
+    c.close()
+
+
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    """FTP_TLS that resumes the control connection's TLS session on each data connection,
+    as FTPS clients (and --tls-require-reuse) expect; stock ftplib does not. Records, for each
+    data connection, whether the session was really resumed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reused: list = []
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+            self.reused.append(conn.session_reused)
+        return conn, size
 
 
 # --------------------------------------------------------------------------
@@ -361,16 +421,7 @@ class Server:
 
     def close_clients(self) -> None:
         for c in self.clients:
-            if isinstance(c, ftplib.FTP):
-                try:
-                    if c.sock is not None:
-                        c.sock.settimeout(2)
-                        c.quit()
-                except (OSError, EOFError, ftplib.Error):
-                    pass
-                c.close()
-            else:
-                c.close()
+            close_client(c)
         self.clients.clear()
 
     # -- leak accounting

@@ -18,7 +18,6 @@ Tests that use the cluster are marked `@pytest.mark.xdist_group("s3")`, so one x
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from helpers import poll_until
+from helpers import die_with_parent, poll_until
 
 ACCESS_KEY = "zocalo-test"
 SECRET_KEY = "zocalo-test-secret-0123456789"
@@ -133,17 +132,6 @@ def port_open(port: int) -> bool:
     except OSError:
         return False
 
-
-try:  # resolved here, not in the forked child: no dynamic loading between fork and exec
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the test process dies, so no weed outlives it."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _server_flags(weed: str) -> str:
@@ -340,7 +328,7 @@ class Cluster:
             log.flush()
             node.proc = subprocess.Popen(argv, cwd=node.dir, env=node.env,
                                          stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
             node.started_at = time.monotonic()
         if wait:
             self._wait_port(i)

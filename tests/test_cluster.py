@@ -395,6 +395,28 @@ def test_lockout_earned_on_one_node_holds_on_the_other(shared):
     assert fine.cmd("NOOP")[0] == 200
 
 
+def admitted_once_a_slot_frees(c, ip: str) -> None:
+    """A new session from `ip` is admitted (polled: the other node learns of the freed slot
+    through Redis), logs in and works."""
+    admitted: list = []
+
+    def one_more():
+        s = c.raw(ip, greet=False)
+        try:
+            code, _ = s.reply()
+        except (EOFError, OSError):
+            code = None
+        if code == 220:
+            admitted.append(s)
+            return True
+        s.close()
+        return False
+
+    assert poll_until(one_more, 10, 0.1), "no session admitted after one of the two ended"
+    admitted[0].login()
+    assert admitted[0].cmd("NOOP")[0] == 200
+
+
 def test_max_per_ip_counts_sessions_on_every_node(fresh):
     c = fresh("--max-per-ip", 2)
     s1 = c.raw(PER_IP_IP)
@@ -412,23 +434,7 @@ def test_max_per_ip_counts_sessions_on_every_node(fresh):
     code, text = s1.cmd("QUIT")
     assert code == 221, text
     assert s1.wait_closed()
-    admitted: list = []
-
-    def one_more():
-        s = c.raw(PER_IP_IP, greet=False)
-        try:
-            code, _ = s.reply()
-        except (EOFError, OSError):
-            code = None
-        if code == 220:
-            admitted.append(s)
-            return True
-        s.close()
-        return False
-
-    assert poll_until(one_more, 10, 0.1), "no session admitted after one of the two ended"
-    admitted[0].login()
-    assert admitted[0].cmd("NOOP")[0] == 200
+    admitted_once_a_slot_frees(c, PER_IP_IP)
     assert s2.cmd("NOOP")[0] == 200
 
 
@@ -447,23 +453,7 @@ def test_max_connections_counts_sessions_on_every_node(fresh):
     code, text = s1.cmd("QUIT")
     assert code == 221, text
     assert s1.wait_closed()
-    admitted: list = []
-
-    def one_more():
-        s = c.raw(MAXCONN_IPS[2], greet=False)
-        try:
-            code, _ = s.reply()
-        except (EOFError, OSError):
-            code = None
-        if code == 220:
-            admitted.append(s)
-            return True
-        s.close()
-        return False
-
-    assert poll_until(one_more, 10, 0.1), "no session admitted after one of the two ended"
-    admitted[0].login()
-    assert admitted[0].cmd("NOOP")[0] == 200
+    admitted_once_a_slot_frees(c, MAXCONN_IPS[2])
     assert s2.cmd("NOOP")[0] == 200
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (PASSWORD, TIMEOUT, USER, download, file_sha256, need, sha256, upload,
-                     zocalo_bin)
+from helpers import (PASSWORD, TIMEOUT, USER, ReusingFTP_TLS, download, file_sha256, need,
+                     sha256, upload)
 
 TLS_MODELS = ["epoll", "thread", "process", "select"]
 CLIENT_TIMEOUT = 30
@@ -62,23 +62,6 @@ def client_context(certs) -> ssl.SSLContext:
     """Verifies the server's self-signed certificate (and its 127.0.0.1 name)."""
     return ssl.create_default_context(cafile=str(certs["cert"]))
 
-
-class ReusingFTP_TLS(ftplib.FTP_TLS):
-    """FTP_TLS that resumes the control connection's TLS session on each data connection,
-    as FTPS clients (and --tls-require-reuse) expect; stock ftplib does not. Records, for each
-    data connection, whether the session was really resumed."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reused: list = []
-
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(conn, server_hostname=self.host,
-                                            session=self.sock.session)
-            self.reused.append(conn.session_reused)
-        return conn, size
 
 
 def ftps(srv, certs, cls=ReusingFTP_TLS, login: bool = True, prot_p: bool = True, context=None):

@@ -8,8 +8,6 @@ from there, and untrusted clients from 127.0.0.1 (the suite's start-up probe) an
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import struct
 import subprocess
@@ -209,7 +207,8 @@ class Redis:
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=helpers.die_with_parent)
         assert poll_until(self.answers, 15), "redis-server did not start"
 
     def answers(self) -> bool:
@@ -221,13 +220,7 @@ class Redis:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        helpers.stop_process(self.proc)
 
 
 def helpers_free_port() -> int:
