@@ -295,9 +295,14 @@ def test_a_passive_port_taken_through_the_balancer_by_another_address_is_refused
     host, port = ftplib.parse227(ftp.sendcmd("PASV"))
     assert host == BALANCER
     # The other address connects first, then the client; the node accepts them in that order
-    # once RETR starts the transfer.
+    # once RETR starts the transfer. The client connects only once HAProxy has the other
+    # address's connection to the node up (its passive backend counts it), so the two reach the
+    # node's listen queue in that order too.
     thief = socket.create_connection((BALANCER, port), timeout=10,
                                      source_address=(THIEF_IP, 0))
+    backend, node = f"pasv_{NODE_NAMES[i]}", NODE_NAMES[i]
+    assert poll_until(lambda: int(c.servers(backend).get(node, {}).get("scur") or 0) >= 1, 10), \
+        f"HAProxy never connected the other address to {node}: {c.servers(backend)}"
     conn = socket.create_connection((BALANCER, port), timeout=10,
                                     source_address=(CLIENT_IP, 0))
     code = ftp.sendcmd(f"RETR {name}")[:3]
