@@ -166,6 +166,16 @@ def test_a_local_header_is_served_as_the_balancer(start_server, model):
     c = proxied(server, LOCAL_V2)
     assert c.reply()[0] == 220
     assert c.cmd("QUIT")[0] == 221
+    assert c.wait_closed()
+    # A health check (every few seconds per node) is not logged as a session at info level;
+    # a real client's session is.
+    client = proxied(server, v2(CLIENT, 40051))
+    assert client.reply()[0] == 220
+    assert client.cmd("QUIT")[0] == 221
+    assert poll_until(lambda: f"peer={CLIENT}:40051" in server.log_path.read_text(), 10)
+    opened = [line for line in server.log_path.read_text().splitlines()
+              if "connection opened" in line]
+    assert not [line for line in opened if f"peer={BALANCER}" in line], opened
 
 
 def test_headers_from_untrusted_addresses_are_unknown_commands(start_server):

@@ -122,6 +122,8 @@ pub struct Connection {
     xfer: XferStart,
     xferlog: Option<Arc<Xferlog>>,
     created: Instant,
+    /// A balancer's health check: its opening and closing are logged at debug only.
+    health_check: bool,
     /// A login or idle timeout fired: the connection closes now, its last reply written only
     /// if the socket takes it at once.
     expired: bool,
@@ -160,7 +162,9 @@ impl Connection {
             None => (Stream::Plain(sock), Session::new(ctx.config.clone(), peer, local)),
         };
         let now = Instant::now();
-        let (id, span) = crate::ops::observe::opened(peer);
+        // A session whose client is the balancer itself came with a LOCAL header: a health check.
+        let health_check = crate::drivers::proxy::trusted(&ctx.proxy_from, peer.ip());
+        let (id, span) = crate::ops::observe::opened(peer, health_check);
         let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer, id));
         Ok(Connection {
             control,
@@ -183,6 +187,7 @@ impl Connection {
             xfer: XferStart { at: now, ascii: false },
             xferlog: ctx.xferlog.clone(),
             created: now,
+            health_check,
             expired: false,
             inline,
             work: None,
@@ -334,7 +339,7 @@ impl Connection {
     /// The connection is over: logs it, leaves the session table, closes both channels.
     pub fn finish(&mut self, io: &mut dyn Io) {
         crate::ops::observe::events(&mut self.session);
-        crate::ops::observe::closed(self.created, self.bytes);
+        crate::ops::observe::closed(self.created, self.bytes, self.health_check);
         self.published.take();
         self.drop_task(io);
         self.control.close();

@@ -11,18 +11,26 @@ use zocalo_proto::{Event, LoginRefusal, Session};
 use crate::ops::metrics::{self, Counter};
 
 /// A connection was admitted: counted, given its id and the span every line of the session is
-/// logged in, logged.
-pub fn opened(peer: SocketAddr) -> (u64, tracing::Span) {
+/// logged in, logged. `quiet`: a balancer's health check (every few seconds per node), whose
+/// opening and closing are logged at debug only.
+pub fn opened(peer: SocketAddr, quiet: bool) -> (u64, tracing::Span) {
     let id = metrics::session_opened();
     let span = tracing::info_span!("session", id, peer = %peer);
-    span.in_scope(|| tracing::info!("connection opened"));
+    span.in_scope(|| match quiet {
+        true => tracing::debug!("health check connection opened"),
+        false => tracing::info!("connection opened"),
+    });
     (id, span)
 }
 
 /// A connection ended (inside its span).
-pub fn closed(since: Instant, bytes: u64) {
+pub fn closed(since: Instant, bytes: u64, quiet: bool) {
     metrics::session_closed();
-    tracing::info!(duration_ms = since.elapsed().as_millis() as u64, bytes, "connection closed");
+    let duration_ms = since.elapsed().as_millis() as u64;
+    match quiet {
+        true => tracing::debug!(duration_ms, bytes, "health check connection closed"),
+        false => tracing::info!(duration_ms, bytes, "connection closed"),
+    }
 }
 
 /// Reports the events the session queued since the last call.
