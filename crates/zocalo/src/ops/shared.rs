@@ -448,14 +448,9 @@ impl Shared {
         })
     }
 
-    /// This node's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Runs the sync loop in a thread of this process until `shutdown`: releases, the lease,
-    /// the session table and kicks. Its own connection (a blocking BLPOP-free loop of short
-    /// calls), so it never waits behind an admission.
+    /// the session table and kicks. It has a connection of its own (short calls, one tick a
+    /// second), so it never waits behind an admission.
     pub fn spawn_sync(
         self: &Arc<Self>,
         registry: Arc<Registry>,
