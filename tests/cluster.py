@@ -135,12 +135,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _drain(stream, sink: list) -> None:
-    for raw in iter(stream.readline, b""):
-        sink.append(raw.decode("utf-8", "replace"))
-        del sink[:-50]
-
-
 def _stop(procs: list[subprocess.Popen]) -> list[subprocess.Popen]:
     """SIGTERM each running process by its PID, SIGKILL those still there after STOP_GRACE.
     Returns the processes that needed SIGKILL."""
@@ -269,7 +263,8 @@ class Node:
             buf += chunk
         self.stdout += buf.decode("utf-8", "replace").splitlines(keepends=True)
         # Keep reading stdout so the node never blocks on a full pipe.
-        threading.Thread(target=_drain, args=(self.proc.stdout, self.stdout), daemon=True).start()
+        threading.Thread(target=helpers.drain_lines,
+                         args=(self.proc.stdout, self.stdout, 50), daemon=True).start()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -357,22 +352,8 @@ class Cluster:
         return self
 
     def _start_redis(self) -> None:
-        argv = [helpers.need("redis-server"), "--bind", "127.0.0.1", "--port",
-                str(self.redis_port), "--save", "", "--appendonly", "no", "--dir", str(self.root)]
-        with open(self.redis_log, "ab") as log:
-            self.redis = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=self.root,
-                                          preexec_fn=die_with_parent)
-
-        def pong():
-            if self.redis.poll() is not None:
-                raise AssertionError(f"redis-server exited with {self.redis.returncode}:\n"
-                                     f"{_read_from(self.redis_log)[-3000:]}")
-            return self.redis_cmd(b"PING") == b"+PONG\r\n"
-
-        assert poll_until(pong, START_DEADLINE, 0.05), (
-            f"redis-server did not answer PING within {START_DEADLINE}s:\n"
-            f"{_read_from(self.redis_log)[-3000:]}")
+        self.redis = helpers.start_redis(self.redis_port, self.root, self.redis_log,
+                                         START_DEADLINE)
 
     def kill_redis(self) -> None:
         """SIGKILL Redis, by PID (an outage; `start_redis()` brings an empty one back on the
@@ -387,13 +368,7 @@ class Cluster:
 
     def redis_cmd(self, *words: bytes) -> bytes:
         """One command to Redis (RESP), its raw first reply chunk; b"" if it does not answer."""
-        req = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-        try:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=2) as s:
-                s.sendall(req)
-                return s.recv(65536)
-        except OSError:
-            return b""
+        return helpers.redis_cmd(self.redis_port, *words)
 
     def _wait_node_ready(self, node: Node) -> None:
         """Until the node's agent port answers and its admin socket serves `status`."""

@@ -167,6 +167,50 @@ def stop_process(proc: subprocess.Popen, grace: float = STOP_DEADLINE) -> bool:
         return True
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for a service whose port must be named up front)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_cmd(port: int, *words: bytes) -> bytes:
+    """One command to the Redis on 127.0.0.1:`port` (RESP); its raw first reply chunk, or b""
+    if it does not answer."""
+    req = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(req)
+            return s.recv(65536)
+    except OSError:
+        return b""
+
+
+def start_redis(port: int, directory: Path, log_path: Path,
+                deadline: float = START_DEADLINE) -> subprocess.Popen:
+    """Debian's redis-server on 127.0.0.1:`port`, no persistence, in the foreground; returns
+    once it answers PING. Stop it by PID (stop_process)."""
+    argv = [need("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(directory)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=directory,
+                                preexec_fn=die_with_parent)
+
+    def tail() -> str:
+        return Path(log_path).read_text(errors="replace")[-3000:]
+
+    def pong():
+        if proc.poll() is not None:
+            raise AssertionError(f"redis-server exited with {proc.returncode}:\n{tail()}")
+        return redis_cmd(port, b"PING") == b"+PONG\r\n"
+
+    if not poll_until(pong, deadline, 0.05):
+        stop_process(proc)
+        raise AssertionError(f"redis-server did not answer PING within {deadline}s:\n{tail()}")
+    return proc
+
+
 def close_client(c) -> None:
     """Closes a client a test opened: an ftplib client says QUIT first (briefly)."""
     if isinstance(c, ftplib.FTP):
@@ -492,10 +536,12 @@ class Server:
         return self.proc.returncode
 
 
-def _drain(stream, sink: list) -> None:
+def drain_lines(stream, sink: list, keep: int = 20) -> None:
+    """Reads a child's output to its end (so the child never blocks on a full pipe), keeping
+    the last `keep` lines in `sink`."""
     for raw in iter(stream.readline, b""):
         sink.append(raw.decode("utf-8", "replace"))
-        del sink[:-20]
+        del sink[:-keep]
 
 
 def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
@@ -590,7 +636,7 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
     server.tls_addrs = tls_addrs
     server.stdout_tail = seen
     # Keep reading stdout so the server can never block on a full pipe.
-    threading.Thread(target=_drain, args=(proc.stdout, server.stdout_tail), daemon=True).start()
+    threading.Thread(target=drain_lines, args=(proc.stdout, server.stdout_tail), daemon=True).start()
     try:
         server.measure_baseline()
     except BaseException:

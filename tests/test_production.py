@@ -9,10 +9,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,13 +19,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from helpers import USER, PASSWORD, poll_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import USER, PASSWORD, free_port, poll_until
 
 
 def metrics_port(srv) -> int:

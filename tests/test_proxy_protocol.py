@@ -213,30 +213,11 @@ def test_implicit_tls_after_the_header(start_server, certs):
 
 class Redis:
     def __init__(self, tmp_path, port: int | None = None):
-        self.port = port or helpers_free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=helpers.die_with_parent)
-        assert poll_until(self.answers, 15), "redis-server did not start"
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(10).startswith(b"+PONG")
-        except OSError:
-            return False
+        self.port = port or helpers.free_port()
+        self.proc = helpers.start_redis(self.port, tmp_path, tmp_path / "redis.log")
 
     def stop(self) -> None:
         helpers.stop_process(self.proc)
-
-
-def helpers_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

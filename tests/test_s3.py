@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import ftplib
-import io
 import os
 import socket
 import struct
 import subprocess
-import threading
 import time
 import uuid
 
 import pytest
 
 import helpers
-from helpers import USER, PASSWORD, sha256, file_sha256
+from helpers import USER, PASSWORD, sha256
 
 pytestmark = pytest.mark.xdist_group("s3")
 

@@ -9,19 +9,12 @@ import signal
 import socket
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import helpers
-from helpers import USER, PASSWORD, poll_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import USER, PASSWORD, free_port, poll_until
 
 
 def accepting(port: int) -> bool:

@@ -1771,11 +1771,5 @@ fn is_live(line: &[u8]) -> bool {
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as the IPv4 address.
 fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

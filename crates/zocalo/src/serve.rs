@@ -78,36 +78,22 @@ pub fn run(settings: Settings) -> io::Result<()> {
         spawn_reloader(reload, shutdown, server.reloader.clone())?;
     }
     if let (Some(shared), Some(registry)) = (&server.ctx.shared, &server.ctx.registry) {
-        let (shared, registry) = (shared.clone(), registry.clone());
-        let shutdown = server.ctx.shutdown.clone();
-        match settings.model {
-            // The parent must stay single-threaded to fork: the sync loop gets a process.
-            Model::Process => models::fork_service(&server.listeners, move || {
-                shared.run_sync(&registry, &shutdown);
-                Ok(())
-            })?,
-            _ => drop(shared.spawn_sync(registry, shutdown)?),
-        }
+        let (registry, shutdown) = (registry.clone(), server.ctx.shutdown.clone());
+        // The parent must stay single-threaded to fork: in the `process` model the sync loop
+        // gets a process of its own.
+        let sync = shared.sync_service(registry, shutdown, settings.model != Model::Process);
+        models::spawn_service(settings.model, &server.listeners, "zocalo-shared", sync)?;
     }
     if let Some(addr) = settings.agent {
         let listener = net::listen(addr, 64, false)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         lines.push(format!("listening agent://{}", listener.local_addr()?));
         let shutdown = server.ctx.shutdown.clone();
-        match settings.model {
-            Model::Process => {
-                let grace = settings.shutdown_grace + std::time::Duration::from_secs(1);
-                models::fork_service(&server.listeners, move || {
-                    crate::ops::agent::serve(&listener, &shutdown, Some(grace));
-                    Ok(())
-                })?
-            }
-            _ => drop(
-                std::thread::Builder::new()
-                    .name("zocalo-agent".into())
-                    .spawn(move || crate::ops::agent::serve(&listener, &shutdown, None))?,
-            ),
-        }
+        let grace = settings.shutdown_grace + std::time::Duration::from_secs(1);
+        let agent = move |own_process: bool| {
+            crate::ops::agent::serve(&listener, &shutdown, own_process.then_some(grace));
+        };
+        models::spawn_service(settings.model, &server.listeners, "zocalo-agent", agent)?;
     }
     server.ready = Some(Box::new(move || {
         let mut out = io::stdout().lock();
@@ -224,18 +210,7 @@ fn start_metrics(
         };
         crate::ops::metrics::serve(&listener, &draining, &stop);
     };
-    match model {
-        Model::Process => models::fork_service(&server.listeners, move || {
-            serve(true);
-            Ok(())
-        }),
-        _ => {
-            std::thread::Builder::new()
-                .name("zocalo-metrics".into())
-                .spawn(move || serve(false))?;
-            Ok(())
-        }
-    }
+    models::spawn_service(model, &server.listeners, "zocalo-metrics", serve)
 }
 
 /// Opens the bucket and checks once that it answers, so a wrong endpoint, bucket or key stops

@@ -168,7 +168,7 @@ impl DataTask {
         rates: Rates,
         proxy_from: &[crate::drivers::proxy::Cidr],
     ) -> Result<Self, Outcome> {
-        let peer = canonical_ip(peer);
+        let peer = peer.to_canonical();
         let pump = Pump::new(t.body, t.ascii, t.tls);
         let rate = if pump.sends() { rates.down } else { rates.up };
         let throttle = rate.map(Throttle::new);
@@ -401,7 +401,7 @@ fn accept_from(
                     sock, from, far,
                 )?)));
             }
-            Ok((sock, from)) if canonical_ip(from.ip()) == peer => {
+            Ok((sock, from)) if from.ip().to_canonical() == peer => {
                 return Ok(Some(Accepted::Direct(sock)))
             }
             Ok((sock, from)) => {
@@ -412,13 +412,6 @@ fn accept_from(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-    }
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -306,7 +306,15 @@ impl EventLoop {
         }
     }
 
+    /// Connections not yet sessions, if any.
+    fn has_gates(&self) -> bool {
+        self.gates.len() > self.free_gates.len()
+    }
+
     fn next_gate_deadline(&self) -> Option<Instant> {
+        if !self.has_gates() {
+            return None;
+        }
         self.gates
             .iter()
             .filter_map(|g| match g {
@@ -532,7 +540,7 @@ impl EventLoop {
     /// for the next turn of the loop, so no connection can keep the loop from the others.
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        if self.gates.len() > self.free_gates.len() {
+        if self.has_gates() {
             self.expire_gates(now);
         }
         let mut due = Vec::new();

@@ -46,7 +46,7 @@ impl FromStr for Cidr {
 impl Cidr {
     /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as its IPv4 one).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, canonical(ip)) {
+        match (self.net, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
             (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
             _ => false,
@@ -60,14 +60,6 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
         return false;
     }
     rest == 0 || (a[whole] ^ b[whole]) >> (8 - rest) == 0
-}
-
-/// An IPv4-mapped IPv6 address as its IPv4 address; others unchanged.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Whether connections from `peer` must start with a header.
@@ -165,7 +157,9 @@ impl Gate {
         all.truncate(all.len() - n + take);
         self.buf = all;
         Ok(done.map(|h| match h.addrs {
-            Some(a) => Origin::Client(SocketAddr::new(canonical(a.source.ip()), a.source.port())),
+            Some(a) => {
+                Origin::Client(SocketAddr::new(a.source.ip().to_canonical(), a.source.port()))
+            }
             None => Origin::Balancer(self.balancer),
         }))
     }

@@ -175,6 +175,28 @@ pub fn fork_service(
     }
 }
 
+/// Runs `service` beside the server for as long as the server lives: in the `process` model in
+/// a process of its own (forked now, while the parent still has one thread; it exits when
+/// `service` returns), otherwise on a thread named `name`. `service` is told which it got
+/// (true: a process of its own).
+pub fn spawn_service(
+    model: Model,
+    listeners: &[Listener],
+    name: &str,
+    service: impl FnOnce(bool) + Send + 'static,
+) -> io::Result<()> {
+    match model {
+        Model::Process => fork_service(listeners, move || {
+            service(true);
+            Ok(())
+        }),
+        _ => {
+            std::thread::Builder::new().name(name.into()).spawn(move || service(false))?;
+            Ok(())
+        }
+    }
+}
+
 /// How long accepting pauses when the descriptor limit is reached and not even the reserve
 /// descriptor could refuse a client.
 pub(crate) const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);

@@ -88,7 +88,7 @@ impl Limits {
     /// Counts a new connection from `ip` here and, with `--shared-state`, across the cluster
     /// (when Redis answers; else the local count decides alone), or refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
-        let ip = crate::drivers::proxy::canonical(ip);
+        let ip = ip.to_canonical();
         let mut permit = self.admit_here(ip)?;
         if let Some(shared) = &self.shared {
             match shared.admit(ip) {
@@ -281,12 +281,12 @@ pub struct ClusterGuard {
 
 impl LoginGuard for ClusterGuard {
     fn is_locked(&self, ip: IpAddr) -> bool {
-        let ip = crate::drivers::proxy::canonical(ip);
+        let ip = ip.to_canonical();
         self.local.is_locked(ip) || self.shared.is_locked(ip).unwrap_or(false)
     }
 
     fn record_failure(&self, ip: IpAddr) {
-        let ip = crate::drivers::proxy::canonical(ip);
+        let ip = ip.to_canonical();
         self.local.record_failure(ip);
         if self.shared.record_failure(ip) == Some(true) {
             tracing::warn!(address = %ip, "address locked out on every node of the cluster");

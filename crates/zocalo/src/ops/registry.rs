@@ -196,7 +196,7 @@ impl SessionView {
 
 /// The address part of a published peer (`IP:PORT`, `[IPv6]:PORT`).
 pub fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
-    peer.parse::<std::net::SocketAddr>().ok().map(|a| crate::drivers::proxy::canonical(a.ip()))
+    peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_canonical())
 }
 
 fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {

@@ -108,7 +108,7 @@ pub struct Shared {
     down_until: Mutex<Option<Instant>>,
     /// Set when the sync thread runs in this process: releases go to it, off the caller's
     /// thread (the event loop drops its permits on the loop).
-    releases: OnceLock<Mutex<Sender<IpAddr>>>,
+    releases: OnceLock<Sender<IpAddr>>,
     scripts: Scripts,
 }
 
@@ -364,7 +364,7 @@ impl Shared {
     /// Gives back a connection [`admit`](Self::admit) counted.
     pub fn release(&self, ip: IpAddr) {
         if let Some(tx) = self.releases.get() {
-            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(ip);
+            let _ = tx.send(ip);
             return;
         }
         self.release_now(ip, None);
@@ -448,26 +448,26 @@ impl Shared {
         })
     }
 
-    /// Runs the sync loop in a thread of this process until `shutdown`: releases, the lease,
-    /// the session table and kicks. It has a connection of its own (short calls, one tick a
-    /// second), so it never waits behind an admission.
-    pub fn spawn_sync(
+    /// The sync loop, to run until `shutdown` (see `models::spawn_service`): releases, the
+    /// lease, the session table and kicks. It has a connection of its own (short calls, one
+    /// tick a second), so it never waits behind an admission. `in_process`: it runs in this
+    /// process (a thread), which then sends it the releases of its permits.
+    pub fn sync_service(
         self: &Arc<Self>,
         registry: Arc<Registry>,
         shutdown: Shutdown,
-    ) -> io::Result<std::thread::JoinHandle<()>> {
+        in_process: bool,
+    ) -> impl FnOnce(bool) + Send + 'static {
         let (tx, rx) = mpsc::channel();
-        let _ = self.releases.set(Mutex::new(tx));
+        if in_process {
+            let _ = self.releases.set(tx.clone());
+        }
         let shared = self.clone();
-        std::thread::Builder::new()
-            .name("zocalo-shared".into())
-            .spawn(move || shared.sync(&registry, &shutdown, &rx, true))
-    }
-
-    /// The sync loop, in the calling thread (the `process` model's sync process).
-    pub fn run_sync(self: &Arc<Self>, registry: &Registry, shutdown: &Shutdown) {
-        let (_tx, rx) = mpsc::channel();
-        self.sync(registry, shutdown, &rx, false);
+        move |_| {
+            // A sender lives as long as the loop, so its receiver only ever times out.
+            let _sender = tx;
+            shared.sync(&registry, &shutdown, &rx, in_process)
+        }
     }
 
     /// `in_process`: the sync loop runs in the process whose pool the callers use (it keeps
