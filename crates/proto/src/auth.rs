@@ -35,6 +35,9 @@ pub enum AuthError {
     LockedOut,
     /// The password was right but the account's home cannot be opened.
     HomeMissing,
+    /// The credentials could not be checked now (the server is too busy, or an account
+    /// source is down): answered 421, and never counted as a failed login.
+    Unavailable,
 }
 
 /// Checks credentials. Implementations must take the same time for unknown users as for wrong

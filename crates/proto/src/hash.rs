@@ -8,6 +8,8 @@ use std::time::SystemTime;
 
 use sha1::Digest;
 
+use crate::session::Cancel;
+
 /// The algorithms offered; the first is the default of OPTS HASH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -92,13 +94,15 @@ impl State {
 }
 
 /// Hashes at most `len` bytes of `reader` (already positioned at the range's start), giving up
-/// with [`TooSlow`] once `clock` passes `deadline`.
+/// with [`TooSlow`] once `clock` passes `deadline`, and at once when `cancel` is set (its
+/// session is gone).
 pub fn digest(
     algorithm: Algorithm,
     reader: &mut dyn Read,
     len: u64,
     clock: fn() -> SystemTime,
     deadline: SystemTime,
+    cancel: &Cancel,
 ) -> io::Result<String> {
     let mut state = State::new(algorithm);
     let mut buf = vec![0u8; 256 * 1024];
@@ -116,6 +120,9 @@ pub fn digest(
         if clock() > deadline {
             return Err(io::Error::new(io::ErrorKind::TimedOut, TooSlow));
         }
+        if cancel.is_cancelled() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
     }
     Ok(state.hex())
 }
@@ -126,7 +133,18 @@ mod tests {
 
     fn hex(algorithm: Algorithm, data: &[u8]) -> String {
         let far = SystemTime::now() + std::time::Duration::from_secs(3600);
-        digest(algorithm, &mut &data[..], data.len() as u64, SystemTime::now, far).unwrap()
+        let cancel = Cancel::default();
+        digest(algorithm, &mut &data[..], data.len() as u64, SystemTime::now, far, &cancel).unwrap()
+    }
+
+    #[test]
+    fn a_cancelled_hash_stops() {
+        let far = SystemTime::now() + std::time::Duration::from_secs(3600);
+        let cancel = Cancel::default();
+        cancel.cancel();
+        let mut endless = io::repeat(0);
+        let err = digest(Algorithm::Md5, &mut endless, u64::MAX, SystemTime::now, far, &cancel);
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::Interrupted);
     }
 
     #[test]
@@ -147,11 +165,26 @@ mod tests {
     #[test]
     fn a_range_and_a_deadline() {
         let far = SystemTime::now() + std::time::Duration::from_secs(3600);
-        let part = digest(Algorithm::Md5, &mut &b"abcdef"[..], 3, SystemTime::now, far).unwrap();
+        let part = digest(
+            Algorithm::Md5,
+            &mut &b"abcdef"[..],
+            3,
+            SystemTime::now,
+            far,
+            &Cancel::default(),
+        )
+        .unwrap();
         assert_eq!(part, hex(Algorithm::Md5, b"abc"));
         let past = SystemTime::UNIX_EPOCH;
-        let err =
-            digest(Algorithm::Md5, &mut &b"abcdef"[..], 6, SystemTime::now, past).unwrap_err();
+        let err = digest(
+            Algorithm::Md5,
+            &mut &b"abcdef"[..],
+            6,
+            SystemTime::now,
+            past,
+            &Cancel::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

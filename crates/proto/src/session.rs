@@ -35,7 +35,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,6 +153,8 @@ pub enum LoginRefusal {
     HomeMissing,
     /// USER or PASS before AUTH TLS where TLS is required.
     TlsRequired,
+    /// The credentials could not be checked now ([`AuthError::Unavailable`]).
+    Unavailable,
 }
 
 impl LoginRefusal {
@@ -162,23 +164,75 @@ impl LoginRefusal {
             LoginRefusal::LockedOut => "locked out",
             LoginRefusal::HomeMissing => "home missing",
             LoginRefusal::TlsRequired => "TLS required",
+            LoginRefusal::Unavailable => "cannot check now",
         }
     }
 }
 
 /// Work the session needs done before it can answer a command. It owns everything it needs
 /// (an `Arc` of the storage, resolved paths), so it can run on any thread.
-pub struct Work(Box<dyn FnOnce() -> Done + Send>);
+pub struct Work {
+    job: Box<dyn FnOnce() -> Done + Send>,
+    lane: Lane,
+    cancel: Cancel,
+}
+
+/// Which of a driver's worker lanes a job waits in. An event loop gives each lane threads of
+/// its own, so no kind of work queues behind another: a login never waits for a file, and
+/// neither waits for a hash of a large file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Getting in: checking a password (an Argon2 hash, an account source) or admission.
+    Login,
+    /// Short storage calls: stat, list a batch, open, a transfer's file write.
+    Storage,
+    /// Long storage work bounded only by a deadline (HASH and the X hash commands).
+    Bulk,
+}
+
+/// Asks running or queued [`Work`] to stop: a driver cancels the work of a connection that is
+/// gone, a worker skips a job cancelled before it starts, and long work (a hash) checks it as
+/// it goes.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 impl Work {
-    /// Work that returns `job`'s value (a driver uses it for its own blocking calls too).
+    /// Storage work that returns `job`'s value (a driver uses it for its own blocking calls).
     pub fn new<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Work {
-        Work(Box::new(move || Done(Box::new(job()))))
+        Work::in_lane(Lane::Storage, Cancel::default(), job)
+    }
+
+    /// Work for `lane`, cancelled through `cancel`.
+    pub fn in_lane<T: Send + 'static>(
+        lane: Lane,
+        cancel: Cancel,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Work {
+        Work { job: Box::new(move || Done(Box::new(job()))), lane, cancel }
+    }
+
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
+    /// A handle that cancels this work.
+    pub fn canceller(&self) -> Cancel {
+        self.cancel.clone()
     }
 
     /// Does the work (blocking) and returns the result for [`Session::handle_work_done`].
     pub fn run(self) -> Done {
-        (self.0)()
+        (self.job)()
     }
 }
 
@@ -797,12 +851,15 @@ impl Session {
         let (auth, password, peer) = (self.config.auth.clone(), password.to_string(), self.peer);
         let name = user.clone();
         self.offload(
+            Lane::Login,
+            Cancel::default(),
             move || auth.authenticate(&user, &password, peer.ip()),
             move |s, result| {
                 let refused = result.as_ref().err().map(|e| match e {
                     AuthError::BadCredentials => LoginRefusal::BadCredentials,
                     AuthError::LockedOut => LoginRefusal::LockedOut,
                     AuthError::HomeMissing => LoginRefusal::HomeMissing,
+                    AuthError::Unavailable => LoginRefusal::Unavailable,
                 });
                 s.events.push_back(Event::Login { user: name, refused });
                 match result {
@@ -810,6 +867,10 @@ impl Session {
                         s.login = Login::LoggedIn(Box::new(account));
                         s.cwd = String::from("/");
                         s.reply(230, "Login successful.");
+                    }
+                    Err(AuthError::Unavailable) => {
+                        s.reply(421, "Cannot check logins now; try again later.");
+                        s.close();
                     }
                     Err(_) => s.login_failed(),
                 }
@@ -992,7 +1053,16 @@ impl Session {
         if path.is_empty() || mode > 0o7777 {
             return self.reply(501, "SITE CHMOD needs an octal mode and a path.");
         }
+        // As vsftpd: an anonymous writer may upload, never change who can read what. And the
+        // root of a user's tree keeps its mode: `SITE CHMOD 0 /` would lock every user of that
+        // tree out, with no way back over FTP.
+        if self.is_anonymous() {
+            return self.reply(550, "Anonymous users may not change permissions.");
+        }
         let abs = path::resolve(&self.cwd, path);
+        if abs == "/" {
+            return self.reply(550, "The root directory's permissions cannot be changed.");
+        }
         let target = abs.clone();
         self.on_storage(
             move |s| s.set_mode(path::relative(&target), mode & 0o777),
@@ -1034,11 +1104,13 @@ impl Session {
         let abs = path::resolve(&self.cwd, arg);
         let (clock, limit) = (self.config.clock, self.config.hash_timeout);
         let target = abs.clone();
+        let cancel = Cancel::default();
+        let stop = cancel.clone();
         let job = move |s: &dyn Storage| {
             let relative = path::relative(&target);
             let meta = s.metadata(relative)?;
             if meta.kind != FileKind::File {
-                return Err(std::io::ErrorKind::IsADirectory.into());
+                return Err(crate::storage::wrong_kind(meta.kind));
             }
             let (start, end) = range.unwrap_or((0, meta.size));
             let end = end.min(meta.size);
@@ -1046,11 +1118,12 @@ impl Session {
                 return Err(rest_past_end());
             }
             let mut file = s.open_read(relative, start)?;
+            let deadline = clock() + limit;
             let hex =
-                crate::hash::digest(algorithm, &mut *file, end - start, clock, clock() + limit)?;
+                crate::hash::digest(algorithm, &mut *file, end - start, clock, deadline, &stop)?;
             Ok((hex, start, end))
         };
-        self.on_storage(job, move |s, hashed| match hashed {
+        self.on_storage_in(Lane::Bulk, cancel, job, move |s, hashed| match hashed {
             Ok((hex, start, end)) if draft => {
                 s.reply(213, &format!("{} {start}-{end} {hex} {abs}", algorithm.name()))
             }
@@ -1369,8 +1442,8 @@ impl Session {
         let target = abs.clone();
         let open = move |s: &dyn Storage| {
             let meta = s.metadata(path::relative(&target))?;
-            if meta.kind == FileKind::Dir {
-                return Err(std::io::ErrorKind::IsADirectory.into());
+            if meta.kind != FileKind::File {
+                return Err(crate::storage::wrong_kind(meta.kind));
             }
             if offset > meta.size {
                 return Err(rest_past_end());
@@ -1584,6 +1657,8 @@ impl Session {
     /// back to `then` (through [`Session::handle_work_done`]).
     fn offload<T: Send + 'static>(
         &mut self,
+        lane: Lane,
+        cancel: Cancel,
         job: impl FnOnce() -> T + Send + 'static,
         then: impl FnOnce(&mut Session, T) + Send + 'static,
     ) {
@@ -1593,7 +1668,7 @@ impl Session {
                 then(s, value);
             }
         }));
-        self.actions.push_back(Action::Work(Work::new(job)));
+        self.actions.push_back(Action::Work(Work::in_lane(lane, cancel, job)));
     }
 
     /// [`offload`](Self::offload) a job on the logged-in user's storage.
@@ -1602,12 +1677,23 @@ impl Session {
         job: impl FnOnce(&dyn Storage) -> std::io::Result<T> + Send + 'static,
         then: impl FnOnce(&mut Session, std::io::Result<T>) + Send + 'static,
     ) {
+        self.on_storage_in(Lane::Storage, Cancel::default(), job, then);
+    }
+
+    /// [`on_storage`](Self::on_storage) in `lane`, cancelled through `cancel`.
+    fn on_storage_in<T: Send + 'static>(
+        &mut self,
+        lane: Lane,
+        cancel: Cancel,
+        job: impl FnOnce(&dyn Storage) -> std::io::Result<T> + Send + 'static,
+        then: impl FnOnce(&mut Session, std::io::Result<T>) + Send + 'static,
+    ) {
         let storage = self.account().map(|a| a.storage.clone());
         let job = move || match storage {
             Some(storage) => job(storage.as_ref()),
             None => Err(std::io::ErrorKind::PermissionDenied.into()),
         };
-        self.offload(job, then);
+        self.offload(lane, cancel, job, then);
     }
 
     /// Reports a change to the files as an [`Event::FileOp`] with the code its reply gets.

@@ -166,6 +166,9 @@ pub fn error_reply(err: &io::Error) -> (u16, String) {
     if is_rest_past_end(err) {
         return (554, "REST position is past the end of the file.".into());
     }
+    if err.get_ref().is_some_and(|e| e.is::<NotAFile>()) {
+        return (550, "Not a regular file.".into());
+    }
     /// Linux's ELOOP: O_NOFOLLOW or RESOLVE_NO_SYMLINKS met a symlink.
     const ELOOP: i32 = 40;
     if err.raw_os_error() == Some(ELOOP) {
@@ -214,6 +217,34 @@ pub fn rest_past_end() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, RestPastEnd)
 }
 
+/// A transfer or hash of something that is neither a regular file nor a directory (a named
+/// pipe, a device, a socket): refused before it is read or written, since opening a FIFO waits
+/// for its other end and a device's reads have no end.
+#[derive(Debug)]
+pub struct NotAFile;
+
+impl std::fmt::Display for NotAFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a regular file")
+    }
+}
+
+impl std::error::Error for NotAFile {}
+
+/// The error for [`NotAFile`].
+pub fn not_a_file() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, NotAFile)
+}
+
+/// The error for opening `kind` as a file: a directory is [`io::ErrorKind::IsADirectory`],
+/// anything else [`not_a_file`].
+pub fn wrong_kind(kind: FileKind) -> io::Error {
+    match kind {
+        FileKind::Dir => io::ErrorKind::IsADirectory.into(),
+        _ => not_a_file(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +259,8 @@ mod tests {
         assert_eq!(code(io::ErrorKind::InvalidFilename), 553);
         assert_eq!(code(io::ErrorKind::Other), 451);
         assert_eq!(error_reply(&rest_past_end()).0, 554);
+        assert_eq!(error_reply(&not_a_file()), (550, "Not a regular file.".into()));
+        assert_eq!(code(io::ErrorKind::IsADirectory), 550);
         assert_eq!(code(io::ErrorKind::Unsupported), 502);
         let why = io::Error::new(io::ErrorKind::Unsupported, "Not on object storage");
         assert_eq!(error_reply(&why), (504, "Not on object storage.".into()));

@@ -17,13 +17,15 @@ struct TestAuth {
 
 impl Authenticator for TestAuth {
     fn authenticate(&self, user: &str, pass: &str, _peer: IpAddr) -> Result<Account, AuthError> {
-        let writable = match (user, pass) {
-            ("alice", "secret") => true,
-            (u, _) if self.is_anonymous(u) => false,
+        // `dropbox` stands for an anonymous account with --write.
+        let (writable, anonymous) = match (user, pass) {
+            ("alice", "secret") => (true, false),
+            ("dropbox", _) => (true, true),
+            (u, _) if self.is_anonymous(u) => (false, true),
             _ => return Err(AuthError::BadCredentials),
         };
         let storage = Arc::new(self.storage.clone());
-        Ok(Account { name: user.into(), storage, writable, anonymous: !writable })
+        Ok(Account { name: user.into(), storage, writable, anonymous })
     }
 }
 
@@ -274,6 +276,20 @@ fn anonymous_is_read_only() {
         assert_eq!(s.code(cmd), 550, "{cmd}");
     }
     assert!(s.storage.contents("hello.txt").is_some());
+}
+
+#[test]
+fn an_anonymous_writer_cannot_chmod_and_nobody_chmods_the_root() {
+    let mut s = Script::login("dropbox", "me@example.com");
+    assert_eq!(s.code("MKD up"), 257, "an anonymous writer writes");
+    let reply = s.send("SITE CHMOD 755 up");
+    assert!(reply.starts_with("550 Anonymous"), "{reply}");
+    assert!(s.send("SITE CHMOD 0 /").starts_with("550 Anonymous"));
+    let mut s = Script::login("alice", "secret");
+    for root in ["/", ".", "..", "/sub/..", "//"] {
+        let reply = s.send(&format!("SITE CHMOD 0 {root}"));
+        assert!(reply.starts_with("550 The root"), "{root}: {reply}");
+    }
 }
 
 #[test]

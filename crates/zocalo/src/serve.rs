@@ -23,6 +23,8 @@ use crate::users::{Users, UsersConfig};
 pub fn run(settings: Settings) -> io::Result<()> {
     raise_fd_limit();
     crate::ops::metrics::init(&settings.node_name)?;
+    crate::ops::hashes::init(crate::ops::hashes::default_permits())?;
+    give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     let listeners = listeners(&settings)?;
@@ -144,6 +146,8 @@ fn listeners(settings: &Settings) -> io::Result<Vec<Listener>> {
 pub fn run_inetd(settings: Settings) -> io::Result<()> {
     use std::os::fd::FromRawFd;
     crate::ops::metrics::init(&settings.node_name)?;
+    crate::ops::hashes::init(crate::ops::hashes::default_permits())?;
+    give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     // SAFETY: dup(2) of standard input has no preconditions; the result is checked.
@@ -489,4 +493,17 @@ fn drop_privileges(user: &str) -> io::Result<()> {
     }
     tracing::info!(user, uid, gid, "dropped privileges");
     Ok(())
+}
+
+/// Makes every allocation of 4 MiB or more its own mapping, unmapped when freed. glibc's
+/// default raises that threshold to the largest block freed so far, so after one Argon2 hash
+/// (19 MiB) or S3 part (5 MiB+) such blocks came from the heap and were kept after the login
+/// or upload ended; with a fixed threshold the memory goes back to the system at once. Data
+/// buffers (at most 1 MiB) stay below it.
+fn give_back_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; it has no memory preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
 }

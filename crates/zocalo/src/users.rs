@@ -125,8 +125,6 @@ pub struct Users {
     /// Files in a bucket instead of under `root`; homes are prefixes in it.
     s3: Option<zocalo_s3::S3Storage>,
     guard: Arc<dyn LoginGuard>,
-    /// Verified against for unknown users, so they cost as much time as known ones.
-    dummy_hash: std::sync::OnceLock<String>,
 }
 
 /// How accounts are set up; see `zocalo serve --help`.
@@ -159,7 +157,6 @@ impl Users {
             atomic_uploads: config.atomic_uploads,
             s3: config.s3,
             guard,
-            dummy_hash: std::sync::OnceLock::new(),
         };
         users.reload().map_err(io::Error::other)?;
         Ok(users)
@@ -217,11 +214,8 @@ impl Users {
         if found.is_none() && self.users_file.is_none() {
             return Err(bad);
         }
-        let dummy = || hash_password("zocalo-dummy").unwrap_or_default();
-        let hash = found
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.get_or_init(dummy).as_str(), |u| u.hash.as_str());
-        let ok = verify(hash, password) && found.is_some();
+        let hash = found.as_ref().map_or(DUMMY_HASH, |u| u.hash.as_str());
+        let ok = verify_bounded(hash, password)? && found.is_some();
         let user = found.filter(|_| ok).ok_or(bad)?;
         let storage = self.home_storage(&user.home).map_err(|e| {
             tracing::warn!(user = user.name, home = %user.home.display(), "home unusable: {e}");
@@ -241,10 +235,22 @@ impl Users {
     }
 }
 
+/// What an unknown user's password is checked against, so that the check takes as long as a
+/// known user's (no user enumeration by timing): a fixed hash with [`hash_password`]'s
+/// parameters, so nothing is hashed to make it (each of the `process` model's children did).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$F10srG7+EE4L4leLCQfNdA$To+Z44bt3+RBqEO3PCfKe1N/PP39DFMALyhUkVtW0aQ";
+
 fn verify(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
         .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
         .unwrap_or(false)
+}
+
+/// [`verify`] within the bound on hashes at once ([`crate::ops::hashes`]).
+fn verify_bounded(hash: &str, password: &str) -> Result<bool, AuthError> {
+    let _permit = crate::ops::hashes::acquire().ok_or(AuthError::Unavailable)?;
+    Ok(verify(hash, password))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -284,6 +290,7 @@ mod tests {
         assert_eq!(users[0].home, PathBuf::from("/srv/bob"));
         assert!(users[0].writable && !users[1].writable);
         assert!(verify(&users[0].hash, "pw"));
+        assert!(verify(DUMMY_HASH, "pw"), "the dummy hash is a real Argon2 hash");
         assert!(!verify(&users[0].hash, "wrong"));
     }
 

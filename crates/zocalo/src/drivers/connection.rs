@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zocalo_proto::session::{Action, Config, Outcome, Session, Work};
+use zocalo_proto::session::{Action, Cancel, Config, Outcome, Session, Work};
 
 use crate::drivers::data::{DataTask, Rates, Step};
 use crate::net;
@@ -131,6 +131,8 @@ pub struct Connection {
     inline: bool,
     /// Work the session asked for, for the driver to run ([`Self::take_work`]).
     work: Option<Work>,
+    /// Cancels the session's work while it is out: the connection may close first.
+    work_out: Option<Cancel>,
     /// The running transfer's file I/O, likewise.
     data_work: Option<Work>,
     /// Transfers started so far: tells the running one's I/O results from an aborted one's.
@@ -191,6 +193,7 @@ impl Connection {
             expired: false,
             inline,
             work: None,
+            work_out: None,
             data_work: None,
             transfers: 0,
         })
@@ -231,6 +234,7 @@ impl Connection {
 
     /// The result of the session's [`Work`] (from [`Self::take_work`]).
     pub fn work_done(&mut self, done: zocalo_proto::session::Done) {
+        self.work_out = None;
         self.session.handle_work_done(done);
     }
 
@@ -256,6 +260,7 @@ impl Connection {
     /// Work to run elsewhere: the session's (`false`) or the transfer's file I/O (`true`).
     pub fn take_work(&mut self) -> Option<(bool, Work)> {
         if let Some(w) = self.work.take() {
+            self.work_out = Some(w.canceller());
             return Some((false, w));
         }
         self.data_work.take().map(|w| (true, w))
@@ -340,6 +345,9 @@ impl Connection {
     pub fn finish(&mut self, io: &mut dyn Io) {
         crate::ops::observe::events(&mut self.session);
         crate::ops::observe::closed(self.created, self.bytes, self.health_check);
+        if let Some(work) = self.work_out.take() {
+            work.cancel();
+        }
         self.published.take();
         self.drop_task(io);
         self.control.close();

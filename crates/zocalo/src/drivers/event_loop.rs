@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
-use zocalo_proto::session::Work;
+use zocalo_proto::session::{Cancel, Lane, Work};
 
 use crate::drivers::connection::{Connection, Ctx, Io, Wanted};
 use crate::drivers::proxy::{self, Gate};
@@ -346,7 +346,7 @@ impl EventLoop {
         let state = PendingState::Admitting { stream, peer };
         let i = self.new_gate(Pending { state, implicit, serial });
         let limits = self.limits.clone();
-        let work = Work::new(move || limits.admit(peer.ip()));
+        let work = Work::in_lane(Lane::Login, Cancel::default(), move || limits.admit(peer.ip()));
         self.workers.submit(Key { index: GATE_BASE + i, serial, transfer: 0 }, work);
     }
 

@@ -3,8 +3,14 @@
 //! blocking calls off their loops. A finished job is queued with its connection's [`Key`] and
 //! the loop is woken through an eventfd that its poller watches.
 //!
-//! The pool is small and fixed; the queue needs no bound of its own, because a session waiting
-//! for work takes no other command, so each connection has at most one job out.
+//! Jobs wait in one of three lanes ([`Lane`]), each with threads of its own: logins (password
+//! hashes, account sources, admission), short storage calls, and long storage work (hashes of
+//! files). So a login never queues behind file work, and eight clients hashing huge files take
+//! the bulk lane's threads and nothing else. A job whose connection is gone is cancelled: it is
+//! skipped if it has not started, and a hash stops at its next chunk.
+//!
+//! The pool is small and fixed; the queues need no bound of their own, because a session
+//! waiting for work takes no other command, so each connection has at most one job out.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use zocalo_poller::Waker;
-use zocalo_proto::session::{Done, Work};
+use zocalo_proto::session::{Done, Lane, Work};
 
 /// Worker threads per event loop, for a local file system: its calls are short, mostly CPU.
 pub const THREADS: usize = 4;
@@ -22,6 +28,13 @@ pub const THREADS: usize = 4;
 /// the loop's other sessions from queueing behind a few slow requests (nginx's thread_pool
 /// defaults to 32 for the same reason).
 pub const NETWORK_THREADS: usize = 16;
+
+/// Threads of the login lane: checks of a password at a time per loop (an Argon2 hash holds
+/// about 19 MiB while it runs, so this also bounds the loop's memory for them).
+pub const LOGIN_THREADS: usize = 2;
+
+/// Threads of the bulk lane (file hashes).
+pub const BULK_THREADS: usize = 2;
 
 /// Which connection a job belongs to: its slot and a serial number, so that a result that comes
 /// back after its connection closed (and the slot was reused) is dropped; and whose it is: the
@@ -45,29 +58,44 @@ struct Shared {
 }
 
 pub struct Workers {
-    jobs: Sender<(Key, Work)>,
+    login: Sender<(Key, Work)>,
+    storage: Sender<(Key, Work)>,
+    bulk: Sender<(Key, Work)>,
     shared: Arc<Shared>,
 }
 
 impl Workers {
-    /// Starts `threads` workers.
-    pub fn start(threads: usize) -> io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<(Key, Work)>();
-        let queue = Arc::new(Mutex::new(queue));
+    /// Starts `storage` workers for short storage calls, and the login and bulk lanes' own.
+    pub fn start(storage: usize) -> io::Result<Self> {
         let shared = Arc::new(Shared { finished: Mutex::new(Vec::new()), waker: Waker::new()? });
-        for i in 0..threads.max(1) {
-            let (queue, shared) = (queue.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name(format!("zocalo-work-{i}"))
-                .spawn(move || work(&queue, &shared))?;
-        }
-        Ok(Workers { jobs, shared })
+        let lane = |name: &str, threads: usize| -> io::Result<Sender<(Key, Work)>> {
+            let (jobs, queue) = mpsc::channel::<(Key, Work)>();
+            let queue = Arc::new(Mutex::new(queue));
+            for i in 0..threads.max(1) {
+                let (queue, shared) = (queue.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name(format!("zocalo-{name}-{i}"))
+                    .spawn(move || work(&queue, &shared))?;
+            }
+            Ok(jobs)
+        };
+        Ok(Workers {
+            login: lane("login", LOGIN_THREADS)?,
+            storage: lane("work", storage)?,
+            bulk: lane("bulk", BULK_THREADS)?,
+            shared,
+        })
     }
 
-    /// Queues `work` for `key`'s connection.
+    /// Queues `work` for `key`'s connection, in its lane.
     pub fn submit(&self, key: Key, work: Work) {
-        // The workers outlive the loop's sender, so a send cannot fail while the loop runs.
-        let _ = self.jobs.send((key, work));
+        let lane = match work.lane() {
+            Lane::Login => &self.login,
+            Lane::Storage => &self.storage,
+            Lane::Bulk => &self.bulk,
+        };
+        // The workers outlive the loop's senders, so a send cannot fail while the loop runs.
+        let _ = lane.send((key, work));
     }
 
     /// What finished since the last call; makes the eventfd unreadable again.
@@ -104,6 +132,10 @@ fn work(queue: &Mutex<Receiver<(Key, Work)>>, shared: &Shared) {
         let Ok((key, job)) = next else {
             return;
         };
+        if job.canceller().is_cancelled() {
+            // Its connection closed while it waited: nobody is left to take its result.
+            continue;
+        }
         let done = job.run();
         shared.finished.lock().unwrap_or_else(|e| e.into_inner()).push(Finished { key, done });
         let _ = shared.waker.wake();

@@ -29,6 +29,7 @@ pub enum Counter {
     LoginsLockedOut,
     LoginsHomeMissing,
     LoginsTlsRequired,
+    LoginsUnavailable,
     LockOuts,
     RefusedMaxConnections,
     RefusedMaxPerIp,
@@ -196,6 +197,7 @@ pub fn render() -> String {
             ("result=\"locked_out\"", c(LoginsLockedOut)),
             ("result=\"home_missing\"", c(LoginsHomeMissing)),
             ("result=\"tls_required\"", c(LoginsTlsRequired)),
+            ("result=\"unavailable\"", c(LoginsUnavailable)),
         ],
     );
     family("zocalo_reloads_total", "counter", "Reloads (SIGHUP, ctl reload).", &[("", c(Reloads))]);

@@ -47,6 +47,7 @@ pub fn events(session: &mut Session) {
                     LoginRefusal::LockedOut => Counter::LoginsLockedOut,
                     LoginRefusal::HomeMissing => Counter::LoginsHomeMissing,
                     LoginRefusal::TlsRequired => Counter::LoginsTlsRequired,
+                    LoginRefusal::Unavailable => Counter::LoginsUnavailable,
                 });
                 tracing::warn!(user, reason = why.as_str(), "login refused");
             }

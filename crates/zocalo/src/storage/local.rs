@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use zocalo_proto::storage::{
-    DirEntry, DirStream, FileHandle, FileKind, Metadata, Storage, WriteMode,
+    wrong_kind, DirEntry, DirStream, FileHandle, FileKind, Metadata, Storage, WriteMode,
 };
 
 /// A directory tree served from disk.
@@ -43,6 +43,24 @@ impl LocalFs {
 
     fn open_at(&self, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
         self.open_mode(path, flags, Mode::empty())
+    }
+
+    /// Opens a file to transfer, refusing anything but a regular file. The open itself is
+    /// non-blocking, so a named pipe never makes it wait for a writer (or a reader), and a
+    /// device is never read; the flag is cleared again once the file is known to be regular.
+    fn open_regular(&self, path: &str, flags: OFlags, mode: Mode) -> io::Result<File> {
+        let flags = flags | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd = self.open_mode(path, flags, mode).map_err(|e| match e.raw_os_error() {
+            // A pipe without a reader (or a device without its hardware) opened for writing.
+            Some(libc::ENXIO) => wrong_kind(FileKind::Other),
+            _ => e,
+        })?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(wrong_kind(kind(&stat)));
+        }
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+        Ok(File::from(fd))
     }
 
     fn open_mode(&self, path: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
@@ -72,14 +90,13 @@ impl LocalFs {
         let append = if mode == WriteMode::Append { OFlags::APPEND } else { OFlags::empty() };
         let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | append;
         let perm = Mode::from_raw_mode(0o644);
-        let (fd, created) = match self.open_mode(path, create, perm) {
-            Ok(fd) => (fd, true),
+        let (file, created) = match self.open_regular(path, create, perm) {
+            Ok(file) => (file, true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && mode != WriteMode::CreateNew => {
-                (self.open_mode(path, OFlags::WRONLY | append, Mode::empty())?, false)
+                (self.open_regular(path, OFlags::WRONLY | append, Mode::empty())?, false)
             }
             Err(e) => return Err(e),
         };
-        let file = File::from(fd);
         let truncate_to = match mode {
             WriteMode::Truncate => Some(0),
             WriteMode::At(offset) if offset > file.metadata()?.len() => {
@@ -101,6 +118,10 @@ impl LocalFs {
     /// An upload to a temporary name in the same directory, renamed over `path` by `finish`.
     fn open_atomic(&self, path: &str) -> io::Result<LocalFile> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
+        match self.metadata(path) {
+            Ok(meta) if meta.kind != FileKind::File => return Err(wrong_kind(meta.kind)),
+            _ => {}
+        }
         let (dir, name) = self.parent(path)?;
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let temp = format!(".{name}.zocalo-part-{}-{seq}", std::process::id());
@@ -211,11 +232,7 @@ impl Storage for LocalFs {
     }
 
     fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileHandle>> {
-        let fd = self.open_at(path, OFlags::RDONLY)?;
-        let mut file = File::from(fd);
-        if file.metadata()?.is_dir() {
-            return Err(io::ErrorKind::IsADirectory.into());
-        }
+        let mut file = self.open_regular(path, OFlags::RDONLY, Mode::empty())?;
         file.seek(SeekFrom::Start(offset))?;
         Ok(Box::new(LocalFile {
             file,
@@ -477,6 +494,28 @@ mod tests {
         fs.open_read("in", 0).unwrap().read_to_string(&mut data).unwrap();
         assert_eq!(data, "inside");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_named_pipe_is_refused_without_waiting() {
+        let (dir, fs) = tree();
+        use std::os::unix::ffi::OsStrExt;
+        let fifo = std::ffi::CString::new(dir.join("root/pipe").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+        // Blocking opens would wait here for ever: there is no writer and no reader.
+        let refused = |e: io::Error| zocalo_proto::storage::error_reply(&e);
+        let not_a_file = (550, "Not a regular file.".to_string());
+        assert_eq!(refused(fs.open_read("pipe", 0).unwrap_err()), not_a_file);
+        for mode in [WriteMode::Truncate, WriteMode::Append, WriteMode::At(0)] {
+            assert_eq!(refused(fs.open_write("pipe", mode).unwrap_err()), not_a_file);
+        }
+        let atomic = LocalFs::open(&dir.join("root"), true).unwrap();
+        assert_eq!(
+            refused(atomic.open_write("pipe", WriteMode::Truncate).unwrap_err()),
+            not_a_file
+        );
+        assert_eq!(fs.metadata("pipe").unwrap().kind, FileKind::Other, "the pipe is still there");
     }
 
     #[test]

@@ -1,0 +1,189 @@
+"""Hostile clients on the surfaces of the last stage (issue 26): a named pipe in the served
+tree, hashes of huge files, a flood of Argon2 logins, and an anonymous writer's SITE CHMOD.
+Each test fails on the code before its fix: a pipe hung a worker or a session, hashes queued
+logins behind them and ran on after their clients left, 200 logins at once held an Argon2
+buffer each, and `SITE CHMOD 0 /` locked everyone out of the tree."""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import socket
+import stat
+import subprocess
+import threading
+import time
+
+import pytest
+
+import helpers
+from helpers import MODELS
+from test_abuse import rss_kib
+
+EVENT_MODELS = ["select", "poll", "epoll"]
+
+
+def anonymous(srv) -> ftplib.FTP:
+    return srv.ftp(user="anonymous", password="me@example.com")
+
+
+# --------------------------------------------------------------------------
+# 26.1: a FIFO in the served tree
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_named_pipe_is_refused_at_once_and_nothing_hangs(start_server, model):
+    srv = start_server(model, write=True)
+    os.mkfifo(srv.root / "pipe")
+    for _ in range(6):  # more than the event loop's workers: each used to take one for good
+        ftp = anonymous(srv)
+        with pytest.raises(ftplib.error_perm, match="^550 Not a regular file"):
+            helpers.download(ftp, "pipe")
+        with pytest.raises(ftplib.error_perm, match="^550 Not a regular file"):
+            helpers.upload(ftp, "pipe", b"data")
+        with pytest.raises(ftplib.error_perm, match="^550 Not a regular file"):
+            helpers.upload(ftp, "pipe", b"data", cmd="APPE")
+        with pytest.raises(ftplib.error_perm, match="^550 Not a regular file"):
+            ftp.sendcmd("XCRC pipe")
+        ftp.quit()
+    assert stat.S_ISFIFO(os.stat(srv.root / "pipe").st_mode), "the pipe was replaced"
+    ftp = srv.ftp()
+    assert helpers.upload(ftp, "ok.txt", b"fine").startswith("226")
+    assert helpers.download(ftp, "ok.txt") == b"fine"
+    ftp.quit()
+
+
+# --------------------------------------------------------------------------
+# 26.2: hashes of huge files never starve logins, and stop when their client leaves
+
+
+def bulk_threads_running(pid: int) -> int:
+    """Worker threads of the bulk lane (file hashes) that are on a CPU or ready for one."""
+    running = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read()
+        except OSError:
+            continue
+        name = fields[fields.index("(") + 1:fields.rindex(")")]
+        state = fields[fields.rindex(")") + 2]
+        if name.startswith("zocalo-bulk") and state == "R":
+            running += 1
+    return running
+
+
+@pytest.mark.parametrize("model", EVENT_MODELS + ["epoll:2"])
+def test_hashes_of_a_huge_file_never_hold_up_logins_and_stop_with_their_clients(
+        start_server, model):
+    srv = start_server(model)
+    with open(srv.root / "huge", "wb") as f:
+        f.truncate(1 << 40)  # sparse: a terabyte of zeros, read at memory speed for ever
+    hashers = []
+    for _ in range(8):
+        c = srv.ctl()
+        c.login("anonymous", "me@example.com")
+        c.send("XMD5 huge")
+        hashers.append(c)
+    assert helpers.poll_until(lambda: bulk_threads_running(srv.proc.pid) > 0, 10), \
+        "no hash started"
+    for _ in range(3):
+        fresh = srv.ctl()
+        fresh.login()  # a 230 within the client's timeout, not a 421 after a minute
+        assert fresh.cmd("CWD /")[0] == 250
+        assert fresh.cmd("NOOP")[0] == 200
+        fresh.cmd("QUIT")
+        fresh.close()
+    for c in hashers:
+        c.close()
+    assert helpers.poll_until(lambda: bulk_threads_running(srv.proc.pid) == 0, 10), \
+        "the hashes ran on after their clients left"
+    # Six more waited in the lane: cancelled with their connections, none of them starts.
+    assert not helpers.poll_until(lambda: bulk_threads_running(srv.proc.pid) > 0, 1.5), \
+        "a queued hash of a closed connection started"
+
+
+# --------------------------------------------------------------------------
+# 26.5: a flood of unauthenticated Argon2 logins is bounded in memory, in every model
+
+
+def users_file(tmp_path) -> str:
+    path = tmp_path / "users.txt"
+    subprocess.run([str(helpers.zocalo_bin()), "user", "add", "bob", "--users", str(path)],
+                   input="bobpw\n", text=True, check=True, timeout=60)
+    return str(path)
+
+
+def failed_login(srv, source: str, results: list) -> None:
+    try:
+        s = socket.create_connection(srv.addr(), timeout=60, source_address=(source, 0))
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"USER nosuch\r\n")
+        f.readline()
+        s.sendall(b"PASS x\r\n")
+        results.append(f.readline()[:3])
+        s.close()
+    except OSError as e:
+        results.append(repr(e).encode())
+
+
+@pytest.mark.parametrize("model", ["thread", "pool:200", "process", "epoll"])
+def test_two_hundred_argon2_logins_at_once_are_bounded_in_memory(start_server, tmp_path, model):
+    srv = start_server(model, extra=["--users", users_file(tmp_path), "--max-per-ip", 1000,
+                                     "--max-connections", 1000, "--max-login-failures", 10_000])
+    before = rss_kib(srv.proc.pid)
+    results: list = []
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        for _ in range(100_000):
+            if done.is_set():
+                return
+            peak[0] = max(peak[0], rss_kib(srv.proc.pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    clients = [threading.Thread(target=failed_login, args=(srv, f"127.0.0.{2 + i % 4}", results))
+               for i in range(200)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(120)
+    done.set()
+    sampler.join(10)
+    assert results.count(b"530") == 200, sorted(set(results))
+    grown = peak[0] - before
+    # Unbounded, 200 hashes at once held 19 MiB each (3.8 GB); bounded, a few at a time.
+    assert grown < 256 * 1024, f"the server grew by {grown // 1024} MiB during the logins"
+    srv.close_clients()
+    settled = helpers.poll_until(lambda: rss_kib(srv.proc.pid) - before < 64 * 1024, 10)
+    assert settled, f"memory not given back: {(rss_kib(srv.proc.pid) - before) // 1024} MiB"
+
+
+# --------------------------------------------------------------------------
+# 26.8: SITE CHMOD
+
+
+@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+def test_an_anonymous_writer_cannot_chmod_and_nobody_chmods_the_root(start_server, model):
+    srv = start_server(model, write=True)
+    (srv.root / "f.txt").write_bytes(b"x")
+    root_mode = os.stat(srv.root).st_mode
+    file_mode = os.stat(srv.root / "f.txt").st_mode
+    ftp = anonymous(srv)
+    assert helpers.upload(ftp, "up.txt", b"y").startswith("226"), "an anonymous writer uploads"
+    for cmd in ["SITE CHMOD 0 /", "SITE CHMOD 000 f.txt", "SITE CHMOD 777 up.txt"]:
+        with pytest.raises(ftplib.error_perm, match="^550 Anonymous"):
+            ftp.sendcmd(cmd)
+    ftp.quit()
+    ftp = srv.ftp()
+    for root in ["/", ".", "..", "/x/.."]:
+        with pytest.raises(ftplib.error_perm, match="^550 The root"):
+            ftp.sendcmd(f"SITE CHMOD 0 {root}")
+    assert ftp.sendcmd("SITE CHMOD 600 f.txt").startswith("200"), "a user still chmods a file"
+    ftp.quit()
+    assert os.stat(srv.root).st_mode == root_mode
+    assert stat.S_IMODE(os.stat(srv.root / "f.txt").st_mode) == 0o600 != stat.S_IMODE(file_mode)
