@@ -18,7 +18,7 @@ import pytest
 
 import helpers
 from helpers import MODELS
-from test_abuse import rss_kib
+from test_abuse import rss_kib, unreading_client
 
 EVENT_MODELS = ["select", "poll", "epoll"]
 
@@ -101,6 +101,72 @@ def test_hashes_of_a_huge_file_never_hold_up_logins_and_stop_with_their_clients(
     # Six more waited in the lane: cancelled with their connections, none of them starts.
     assert not helpers.poll_until(lambda: bulk_threads_running(srv.proc.pid) > 0, 1.5), \
         "a queued hash of a closed connection started"
+
+
+# --------------------------------------------------------------------------
+# 26.3 and 26.4: wildcards and STAT over a crowded directory
+
+ENTRIES = 50_000
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crowded-hostile")
+    (root / "d").mkdir()
+    for i in range(ENTRIES):
+        os.close(os.open(root / "d" / f"file-{i:06d}-aaaaaaaa.dat", os.O_CREAT | os.O_WRONLY, 0o644))
+    return root
+
+
+@pytest.mark.parametrize("model", ["epoll", "select", "thread", "process"])
+def test_a_hostile_wildcard_costs_what_a_listing_does(start_server, crowded, model):
+    srv = start_server(model, root=crowded)
+    ftp = anonymous(srv)
+    with pytest.raises(ftplib.error_perm, match="^501 Pattern too long"):
+        ftp.nlst("d/*[" + "x" * 4096 + "]")
+    # The longest pattern accepted, of the shape backtracking matchers take quadratic time on:
+    # four of them at once, and every one answered within the client's timeout.
+    hostile = "d/*[" + "x" * 250 + "]"
+    answers: list = []
+
+    def nlst():
+        c = anonymous(srv)
+        answers.append(c.nlst(hostile))
+        c.quit()
+
+    threads = [threading.Thread(target=nlst) for _ in range(4)]
+    for t in threads:
+        t.start()
+    fresh = srv.ftp()
+    assert fresh.sendcmd("CWD d").startswith("250")
+    fresh.quit()
+    for t in threads:
+        t.join(30)
+    assert answers == [[]] * 4, answers  # every listing finished, and nothing matched
+    assert len(ftp.nlst("d/file-00000?-*")) == 10
+    ftp.quit()
+
+
+@pytest.mark.parametrize("model", ["epoll", "thread"])
+def test_stat_of_a_crowded_directory_is_bounded(start_server, crowded, model):
+    srv = start_server(model, root=crowded)
+    ftp = anonymous(srv)
+    ftp.putcmd("STAT d")
+    reply = ftp.getmultiline()
+    assert reply.startswith("213-") and reply.endswith("213 End of status.")
+    assert "cut here: LIST gives the whole directory" in reply
+    assert len(reply) < 20 * 1024, len(reply)
+    before = rss_kib(srv.proc.pid)
+    unread = [unreading_client(srv, b"STAT d\r\n", login=True) for _ in range(30)]
+    fresh = srv.ftp()
+    assert fresh.sendcmd("NOOP").startswith("200")
+    fresh.quit()
+    grown = rss_kib(srv.proc.pid) - before
+    # Built whole, each reply was 3.5 MB (50,000 entries); bounded, 16 KiB.
+    assert grown < 16 * 1024, f"30 unread STAT replies took {grown} KiB"
+    for c in unread:
+        c.close()
+    ftp.quit()
 
 
 # --------------------------------------------------------------------------

@@ -254,7 +254,7 @@ pub struct Listing {
     started: bool,
     exhausted: bool,
     /// A wildcard pattern the names must match (`NLST *.bin`), and how many more may.
-    pattern: Option<(String, usize)>,
+    pattern: Option<(crate::path::Glob, usize)>,
     /// Leave out names that start with `.` (LIST without `-a`, as `ls` does).
     hide_dot_files: bool,
 }
@@ -273,10 +273,9 @@ impl Listing {
         self
     }
 
-    /// Lists only the names that match the shell `pattern` (see [`crate::path::glob_match`]),
-    /// at most [`MAX_MATCHES`] of them.
-    pub fn matching(mut self, pattern: &str) -> Listing {
-        self.pattern = Some((pattern.to_string(), MAX_MATCHES));
+    /// Lists only the names that match `pattern`, at most [`MAX_MATCHES`] of them.
+    pub fn matching(mut self, pattern: crate::path::Glob) -> Listing {
+        self.pattern = Some((pattern, MAX_MATCHES));
         self
     }
 
@@ -290,7 +289,7 @@ impl Listing {
             batch.retain(|e| !e.name.starts_with('.'));
         }
         if let Some((pattern, left)) = &mut self.pattern {
-            batch.retain(|e| crate::path::glob_match(pattern, &e.name));
+            batch.retain(|e| pattern.matches(&e.name));
             batch.truncate(*left);
             *left -= batch.len();
             if *left == 0 {

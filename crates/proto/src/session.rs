@@ -353,6 +353,11 @@ struct Running {
 /// commands without reading the replies costs the server at most this (plus one reply).
 pub const OUTPUT_CAP: usize = 32 * 1024;
 
+/// The most of a directory listing that `STAT PATH` sends on the control connection. A reply
+/// is built whole, so a STAT of a 100,000-entry directory was a 10 MB reply held by each
+/// session that never read it; past this STAT says where it stopped (LIST streams).
+pub const STAT_LISTING_CAP: usize = 16 * 1024;
+
 /// One control connection's protocol state. See the module documentation for the polling order.
 pub struct Session {
     config: Arc<Config>,
@@ -1195,7 +1200,15 @@ impl Session {
         let format = listing::Format::Long { now };
         let read = move |s: &dyn Storage| {
             let mut body = Vec::new();
-            open_listing(s, &target, None, format, Shown::All)?.read_to_end(&mut body)?;
+            use std::io::Read as _;
+            let mut listing = open_listing(s, &target, None, format, Shown::All)?;
+            (&mut *listing).take(STAT_LISTING_CAP as u64 + 1).read_to_end(&mut body)?;
+            if body.len() > STAT_LISTING_CAP {
+                // Cut at the last whole line, and say so: the rest is LIST's to give.
+                let end = body[..STAT_LISTING_CAP].iter().rposition(|&b| b == b'\n');
+                body.truncate(end.map_or(0, |e| e + 1));
+                body.extend_from_slice(b"... (cut here: LIST gives the whole directory)\r\n");
+            }
             Ok(body)
         };
         self.on_storage(read, move |s, r| s.stat_path_done(&abs, r));
@@ -1544,7 +1557,11 @@ impl Session {
             Some(a) => {
                 let dir = a.rsplit_once('/').map_or("", |(dir, _)| dir);
                 let dir = if dir.is_empty() && a.starts_with('/') { "/" } else { dir };
-                let pattern = path::file_name(&abs).to_string();
+                let Some(pattern) = path::Glob::new(path::file_name(&abs)) else {
+                    let most = path::MAX_PATTERN;
+                    return self
+                        .reply(501, &format!("Pattern too long (at most {most} characters)."));
+                };
                 (path::resolve(&self.cwd, dir), Some(pattern), Some(dir.to_string()))
             }
             None => (abs.clone(), None, arg.map(str::to_string)),
@@ -1562,7 +1579,7 @@ impl Session {
         };
         let dot_files = all || self.config.show_dot_files;
         let open = move |s: &dyn Storage| {
-            let shown = match &pattern {
+            let shown = match pattern {
                 Some(pattern) => Shown::Matching(pattern),
                 None if dot_files => Shown::All,
                 None => Shown::NoDotFiles,
@@ -1770,12 +1787,12 @@ impl Session {
 // ---- listings: built on the storage, wherever the driver runs the work --------------------
 
 /// Which entries of a directory a listing shows.
-enum Shown<'a> {
+enum Shown {
     All,
     /// LIST and NLST without `-a`.
     NoDotFiles,
     /// Names matching a wildcard pattern (`NLST *.bin`); the path must be a directory.
-    Matching(&'a str),
+    Matching(path::Glob),
 }
 
 /// Opens a listing that streams the directory `abs`; a file (not a directory) is listed as
@@ -1785,7 +1802,7 @@ fn open_listing(
     abs: &str,
     arg: Option<&str>,
     format: listing::Format,
-    shown: Shown<'_>,
+    shown: Shown,
 ) -> std::io::Result<Box<dyn FileHandle>> {
     let meta = s.metadata(path::relative(abs))?;
     if meta.kind == FileKind::Dir {

@@ -315,6 +315,26 @@ fn listings() {
 }
 
 #[test]
+fn stat_of_a_huge_directory_is_bounded_and_a_huge_pattern_refused() {
+    let mut s = Script::login("alice", "secret");
+    assert_eq!(s.code("MKD big"), 257);
+    for i in 0..5_000 {
+        s.storage.put(&format!("big/file-{i:05}.txt"), b"x");
+    }
+    let reply = s.send("STAT big");
+    let cap = zocalo_proto::session::STAT_LISTING_CAP;
+    assert!(reply.len() < cap + 1024, "a {} byte STAT reply", reply.len());
+    assert!(reply.contains(" ... (cut here: LIST gives the whole directory)\r\n"), "{reply}");
+    assert!(reply.ends_with("213 End of status.\r\n"));
+    s.send("PASV");
+    let reply = s.send(&format!("NLST big/*[{}]", "x".repeat(300)));
+    assert!(reply.starts_with("501 Pattern too long"), "{reply}");
+    s.send("PASV");
+    s.send("NLST big/file-0000?.txt");
+    assert_eq!(s.downloaded.split(|&b| b == b'\n').count() - 1, 10);
+}
+
+#[test]
 fn bounce_attempts_are_refused_before_any_connection() {
     let mut s = Script::login("alice", "secret");
     assert_eq!(s.code("PORT 10,0,0,1,4,1"), 501);
