@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+import select
 import socket
 import stat
 import subprocess
@@ -253,3 +254,94 @@ def test_an_anonymous_writer_cannot_chmod_and_nobody_chmods_the_root(start_serve
     ftp.quit()
     assert os.stat(srv.root).st_mode == root_mode
     assert stat.S_IMODE(os.stat(srv.root / "f.txt").st_mode) == 0o600 != stat.S_IMODE(file_mode)
+
+
+# --------------------------------------------------------------------------
+# 26.9 and 26.11: the client against a hostile server
+
+
+def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str):
+    """A one-session FTP server that refuses EPSV, announces `announce` in PASV, answers SIZE
+    with `size_reply`, and sends `body` then 226. Returns (port, thread, seen): `seen` gets
+    each address a data connection came to."""
+    ctrl = socket.create_server(("127.0.0.1", 0))
+    data = socket.create_server(("127.0.0.1", 0))
+    listening = [data]
+    if announce != "127.0.0.1":
+        # The same port on the address announced: nothing may arrive here.
+        decoy = socket.socket()
+        decoy.bind((announce, data.getsockname()[1]))
+        decoy.listen()
+        listening.append(decoy)
+    seen: list = []
+
+    def serve():
+        conn, _ = ctrl.accept()
+        conn.settimeout(helpers.TIMEOUT)
+        f = conn.makefile("rb")
+        conn.sendall(b"220 hostile\r\n")
+        for _ in range(50):
+            line = f.readline().decode().strip()
+            if not line:
+                break
+            verb = line.split()[0].upper()
+            p = data.getsockname()[1]
+            if verb == "PASV":
+                a = announce.replace(".", ",")
+                conn.sendall(f"227 Entering Passive Mode ({a},{p >> 8},{p & 255}).\r\n".encode())
+            elif verb == "EPSV":
+                conn.sendall(b"500 no\r\n")
+            elif verb == "SIZE":
+                conn.sendall(f"213 {size_reply}\r\n".encode())
+            elif verb in ("RETR", "STOR"):
+                readable, _, _ = select.select(listening, [], [], helpers.TIMEOUT)
+                for sock in readable:
+                    d, _ = sock.accept()
+                    seen.append(sock.getsockname()[0])
+                    conn.sendall(b"150 here\r\n")
+                    if verb == "RETR":
+                        d.sendall(body)
+                    d.close()
+                conn.sendall(b"226 done\r\n")
+            elif verb == "QUIT":
+                conn.sendall(b"221 bye\r\n")
+                break
+            else:
+                conn.sendall({"USER": b"331 pw\r\n", "PASS": b"230 in\r\n"}.get(verb, b"200 ok\r\n"))
+        conn.close()
+        for s in [ctrl, *listening]:
+            s.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return ctrl.getsockname()[1], t, seen
+
+
+def test_the_client_ignores_the_pasv_address_and_fails_a_short_download(tmp_path):
+    port, t, seen = hostile_server(tmp_path, size_reply=10, body=b"0123456789", announce="127.0.0.2")
+    dest = tmp_path / "got"
+    r = subprocess.run([str(helpers.zocalo_bin()), "get", "--quiet",
+                        f"ftp://u:p@127.0.0.1:{port}/f", str(dest)],
+                       capture_output=True, text=True, timeout=30)
+    t.join(30)
+    assert r.returncode == 0, r.stderr
+    assert seen == ["127.0.0.1"], f"the data connection went to {seen}"
+    assert dest.read_bytes() == b"0123456789"
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"do not send me elsewhere")
+    port, t, seen = hostile_server(tmp_path, size_reply=0, body=b"", announce="127.0.0.2")
+    r = subprocess.run([str(helpers.zocalo_bin()), "put", "--quiet", str(secret),
+                        f"ftp://u:p@127.0.0.1:{port}/up"], capture_output=True, text=True, timeout=30)
+    t.join(30)
+    assert seen == ["127.0.0.1"], f"the upload went to {seen}"
+
+    dest.write_bytes(b"old contents")
+    port, t, seen = hostile_server(tmp_path, size_reply=1000, body=b"0123456789", announce="127.0.0.1")
+    r = subprocess.run([str(helpers.zocalo_bin()), "get", "--quiet",
+                        f"ftp://u:p@127.0.0.1:{port}/f", str(dest)],
+                       capture_output=True, text=True, timeout=30)
+    t.join(30)
+    assert r.returncode != 0, "a download of 10 of 1000 bytes reported success"
+    assert "short download of /f: 10 of 1000 bytes" in r.stderr, r.stderr
+    assert dest.read_bytes() == b"old contents", "a short download replaced the file"

@@ -519,11 +519,11 @@ impl Client {
         let reply = self.expect("PASV", false)?;
         let addr = zocalo_proto::command::pasv_reply_addr(&format!("227 {}", reply.text()))
             .ok_or_else(|| FtpError::Protocol(format!("bad PASV reply: {reply}")))?;
-        // A server behind NAT may announce an address of no use to us: prefer the peer's.
-        Ok(match addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(self.peer.ip(), addr.port()),
-            _ => addr,
-        })
+        // Only the port is taken: the data connection goes where the control connection went,
+        // as curl's --ftp-skip-pasv-ip does by default. A server behind NAT may announce an
+        // address of no use to us, and a hostile one could name another host for an upload to
+        // be sent to (curl's CVE-2020-8284).
+        Ok(SocketAddr::new(self.peer.ip(), addr.port()))
     }
 
     /// Listens on the control connection's local address and tells the server with PORT/EPRT.

@@ -407,13 +407,26 @@ fn retr_to_file(
         let received = client.retr(remote, offset, &mut file, &mut |n| bar.inc(n))?;
         bar.finish_and_clear();
         file.sync_all().map_err(|e| local(path, e))?;
-        return Ok(received);
+        return complete(remote, offset + received, total).map(|()| received);
     }
     let mut part = PartFile::create(path).map_err(|e| local(path, e))?;
     let received = client.retr(remote, 0, part.file(), &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
+    // A short download leaves the local file as it was (the part file goes when dropped).
+    complete(remote, received, total)?;
     part.commit().map_err(|e| local(path, e))?;
     Ok(received)
+}
+
+/// Fails a download that ended with fewer bytes than the server's SIZE gave: a 226 after a
+/// cut connection is not a complete file.
+fn complete(remote: &str, got: u64, size: Option<u64>) -> Result<(), OpError> {
+    match size {
+        Some(size) if got < size => Err(OpError::Ftp(FtpError::Protocol(format!(
+            "short download of {remote}: {got} of {size} bytes arrived"
+        )))),
+        _ => Ok(()),
+    }
 }
 
 /// A download in progress: written to a temporary name beside its destination and renamed
