@@ -345,3 +345,29 @@ def test_the_client_ignores_the_pasv_address_and_fails_a_short_download(tmp_path
     assert r.returncode != 0, "a download of 10 of 1000 bytes reported success"
     assert "short download of /f: 10 of 1000 bytes" in r.stderr, r.stderr
     assert dest.read_bytes() == b"old contents", "a short download replaced the file"
+
+
+# --------------------------------------------------------------------------
+# 26.13 (and issue 27's HEAD): /health answers while idle clients hold the metrics port
+
+
+@pytest.mark.parametrize("model", ["epoll", "process", "thread"])
+def test_health_answers_at_once_while_idle_clients_hold_the_metrics_port(start_server, model):
+    from test_production import http_get, metrics_port
+    srv = start_server(model, extra=["--metrics", "127.0.0.1:0"])
+    port = metrics_port(srv)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+    # One at a time, each idle connection held the server for its 2 s timeout: /health waited
+    # 20 s here, and urllib gives up after 10.
+    assert http_get(port, "/health") == (200, "ok\n")
+    for s in idle:
+        s.close()
+    head = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = helpers.read_all(head)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", answer[:200]
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert body == b"", "HEAD sent a body"
+    length = int(next(l.split(b":")[1] for l in headers.split(b"\r\n") if l.lower().startswith(b"content-length")))
+    assert length > 100

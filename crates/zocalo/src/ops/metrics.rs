@@ -6,9 +6,10 @@
 //! session table and the lock-out table do). Counting is a relaxed atomic add wherever the
 //! thing happens; before [`init`] (the client, unit tests) it does nothing.
 //!
-//! The HTTP side is a small blocking server of its own: one request per connection, each read
-//! and write bounded by a timeout, requests larger than 8 KiB refused. It needs no runtime and
-//! no crate, and a scraper is its only client.
+//! The HTTP side is a small blocking server of its own: one request per connection, each on a
+//! short-lived thread of its own (at most [`HANDLERS`] at once, so a slow or idle client never
+//! delays a balancer's `/health`), each read and write bounded by a timeout, requests larger
+//! than 8 KiB refused. GET and HEAD are answered. It needs no runtime and no crate.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -310,15 +311,33 @@ fn histogram(out: &mut String, node: &str, name: &str, help: &str, base: usize) 
 const REQUEST_MAX: usize = 8 * 1024;
 /// How long one request may take to arrive or its answer to leave.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests answered at once; a connection past that is closed at once.
+const HANDLERS: usize = 16;
 
 /// Serves `/metrics` and `/health` until `stop` says so. `draining` says whether the server is
 /// stopping (then `/health` answers 503, so a balancer sends no new sessions).
 pub fn serve(listener: &TcpListener, draining: &dyn Fn() -> bool, stop: &dyn Fn() -> bool) {
     let _ = listener.set_nonblocking(true);
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop() {
         match listener.accept() {
             Ok((stream, _)) => {
-                let _ = answer(stream, draining());
+                if busy.load(Ordering::Relaxed) >= HANDLERS {
+                    continue; // dropped: closed without an answer
+                }
+                let (draining, busy) = (draining(), busy.clone());
+                busy.fetch_add(1, Ordering::Relaxed);
+                let handler = std::thread::Builder::new().name("zocalo-http".into());
+                let spawned = handler.spawn({
+                    let busy = busy.clone();
+                    move || {
+                        let _ = answer(stream, draining);
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let mut fd = libc::pollfd {
@@ -356,24 +375,38 @@ fn answer(mut stream: TcpStream, draining: bool) -> io::Result<()> {
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => {
-            let body = render();
-            respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &body)
+    let head_only = method == "HEAD";
+    let (status, kind, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render())
         }
-        ("GET", "/health") if draining => {
-            respond(&mut stream, "503 Service Unavailable", "text/plain", "draining\n")
+        ("GET" | "HEAD", "/health") if draining => {
+            ("503 Service Unavailable", "text/plain", "draining\n".into())
         }
-        ("GET", "/health") => respond(&mut stream, "200 OK", "text/plain", "ok\n"),
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n"),
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", ""),
-    }
+        ("GET" | "HEAD", "/health") => ("200 OK", "text/plain", "ok\n".into()),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", String::new()),
+    };
+    // HEAD (Prometheus and monitors send it): the same head, Content-Length included, no body.
+    let length = body.len();
+    let body = if head_only { "" } else { body.as_str() };
+    respond_with(&mut stream, status, kind, body, length)
 }
 
 fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
+    respond_with(stream, status, kind, body, body.len())
+}
+
+/// Writes the head with `length` as Content-Length, then `body` (empty for HEAD).
+fn respond_with(
+    stream: &mut TcpStream,
+    status: &str,
+    kind: &str,
+    body: &str,
+    length: usize,
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())
