@@ -325,15 +325,12 @@ pub fn serve(listener: &TcpListener, draining: &dyn Fn() -> bool, stop: &dyn Fn(
                 if busy.load(Ordering::Relaxed) >= HANDLERS {
                     continue; // dropped: closed without an answer
                 }
-                let (draining, busy) = (draining(), busy.clone());
+                let (draining, mine) = (draining(), busy.clone());
                 busy.fetch_add(1, Ordering::Relaxed);
                 let handler = std::thread::Builder::new().name("zocalo-http".into());
-                let spawned = handler.spawn({
-                    let busy = busy.clone();
-                    move || {
-                        let _ = answer(stream, draining);
-                        busy.fetch_sub(1, Ordering::Relaxed);
-                    }
+                let spawned = handler.spawn(move || {
+                    let _ = answer(stream, draining);
+                    mine.fetch_sub(1, Ordering::Relaxed);
                 });
                 if spawned.is_err() {
                     busy.fetch_sub(1, Ordering::Relaxed);
@@ -363,7 +360,13 @@ fn answer(mut stream: TcpStream, draining: bool) -> io::Result<()> {
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
         if request.len() > REQUEST_MAX || Instant::now() > deadline {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "");
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+                false,
+            );
         }
         match stream.read(&mut buf)? {
             0 => return Ok(()),
@@ -387,29 +390,27 @@ fn answer(mut stream: TcpStream, draining: bool) -> io::Result<()> {
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", String::new()),
     };
-    // HEAD (Prometheus and monitors send it): the same head, Content-Length included, no body.
-    let length = body.len();
-    let body = if head_only { "" } else { body.as_str() };
-    respond_with(&mut stream, status, kind, body, length)
+    respond(&mut stream, status, kind, &body, head_only)
 }
 
-fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
-    respond_with(stream, status, kind, body, body.len())
-}
-
-/// Writes the head with `length` as Content-Length, then `body` (empty for HEAD).
-fn respond_with(
+/// Writes the head and `body`; for HEAD (Prometheus and monitors send it) the same head,
+/// Content-Length included, and no body.
+fn respond(
     stream: &mut TcpStream,
     status: &str,
     kind: &str,
     body: &str,
-    length: usize,
+    head_only: bool,
 ) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    if !head_only {
+        stream.write_all(body.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,9 +55,9 @@ impl LocalFs {
             Some(libc::ENXIO) => wrong_kind(FileKind::Other),
             _ => e,
         })?;
-        let stat = rustix::fs::fstat(&fd)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(wrong_kind(kind(&stat)));
+        let found = kind(&rustix::fs::fstat(&fd)?);
+        if found != FileKind::File {
+            return Err(wrong_kind(found));
         }
         rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
         Ok(File::from(fd))
