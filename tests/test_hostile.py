@@ -265,14 +265,23 @@ def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str):
     with `size_reply`, and sends `body` then 226. Returns (port, thread, seen): `seen` gets
     each address a data connection came to."""
     ctrl = socket.create_server(("127.0.0.1", 0))
-    data = socket.create_server(("127.0.0.1", 0))
-    listening = [data]
-    if announce != "127.0.0.1":
-        # The same port on the address announced: nothing may arrive here.
-        decoy = socket.socket()
-        decoy.bind((announce, data.getsockname()[1]))
-        decoy.listen()
+    listening = []
+    if announce == "127.0.0.1":
+        data = socket.create_server(("127.0.0.1", 0))
+    else:
+        # The same port on the address announced: nothing may arrive there. Another test may
+        # hold the port on one address or the other, so take a pair that is free on both.
+        for _ in range(100):
+            decoy = socket.create_server((announce, 0))
+            try:
+                data = socket.create_server(("127.0.0.1", decoy.getsockname()[1]))
+                break
+            except OSError:
+                decoy.close()
+        else:
+            raise AssertionError("no port free on both 127.0.0.1 and " + announce)
         listening.append(decoy)
+    listening.insert(0, data)
     seen: list = []
 
     def serve():
