@@ -578,11 +578,7 @@ fn connect_tcp(authority: &str, timeout: Duration) -> Result<TcpStream> {
 
 /// Accepts the server's active-mode data connection, waiting at most `timeout`.
 fn accept(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
-    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd, and the count passed is 1.
-    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if ready <= 0 {
+    if !zocalo_poller::fds::wait_one(listener.as_raw_fd(), false, timeout).unwrap_or(false) {
         return Err(FtpError::Transfer("the server did not open the data connection".into()));
     }
     let (tcp, _) = listener.accept().map_err(|e| FtpError::Transfer(format!("accept: {e}")))?;

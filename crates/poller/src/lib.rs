@@ -17,7 +17,8 @@
 //!
 //! What this crate does *not* do: it never reads, writes, accepts or closes a registered
 //! descriptor, keeps no buffers and no timers, and is not edge-triggered. A [`Waker`] (an
-//! eventfd) lets another thread or a signal handler interrupt a `wait`.
+//! eventfd) lets another thread or a signal handler interrupt a `wait`. [`fds`] waits on a few
+//! descriptors with one poll(2) call and no registration, for blocking code.
 //!
 //! Linux only (epoll and eventfd).
 
@@ -28,6 +29,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod epoll;
+pub mod fds;
 mod poll;
 mod select;
 mod waker;

@@ -14,9 +14,9 @@ use zocalo_client::{DataMode, OpError, OpOptions, Progress};
 use crate::cli::{
     BenchArgs, ClientOpts, LsArgs, MirrorArgs, PutArgs, TftpArgs, TransferArgs, TransferOpts,
 };
-use crate::shutdown::Shutdown;
+use crate::services::tftp::StorageAdapter;
 use crate::storage::local::LocalFs;
-use crate::tftp::StorageAdapter;
+use crate::sys::shutdown::Shutdown;
 
 /// `zocalo tftp`: TFTP alone, until SIGTERM or SIGINT.
 pub fn tftp(args: TftpArgs) -> Result<(), String> {
@@ -27,7 +27,7 @@ pub fn tftp(args: TftpArgs) -> Result<(), String> {
     let model: crate::models::Model = args.model.parse()?;
     let storage =
         Arc::new(LocalFs::open(&root, false).map_err(|e| format!("{}: {e}", root.display()))?);
-    let socket = crate::tftp::bind(args.listen).map_err(|e| e.to_string())?;
+    let socket = crate::services::tftp::bind(args.listen).map_err(|e| e.to_string())?;
     let shutdown = Shutdown::new().map_err(|e| e.to_string())?;
     shutdown.install_signal_handlers().map_err(|e| e.to_string())?;
     let stop = shutdown.flag().map_err(|e| e.to_string())?;
@@ -36,8 +36,7 @@ pub fn tftp(args: TftpArgs) -> Result<(), String> {
     io::stdout().flush().map_err(|e| e.to_string())?;
     let adapter: Arc<dyn TftpStorage> = Arc::new(StorageAdapter::new(storage));
     let config = zocalo_tftp::ServerConfig { write_allowed: args.write, ..Default::default() };
-    zocalo_tftp::serve(socket, adapter, config, crate::tftp::model(model), &stop)
-        .map_err(|e| e.to_string())
+    zocalo_tftp::serve(socket, adapter, config, model.tftp(), &stop).map_err(|e| e.to_string())
 }
 
 /// A parsed `tftp://host[:port]/path`.

@@ -1,23 +1,106 @@
-//! zocalo: the drivers around the sans-IO core of `zocalo-proto`.
+//! zocalo: the drivers around the sans-IO core of `zocalo-proto`, in floors. Each folder
+//! imports only from the folders below it:
 //!
-//! - [`models`]: the server models (iterative, process, thread, pool, select/poll/epoll) and the
-//!   shared accept loop;
-//! - [`drivers`]: the blocking driver, the event loop, the data channel, PROXY headers;
-//! - [`storage`]: the local file system (S3 is the `zocalo-s3` crate); [`users`]: accounts;
-//! - [`ops`]: limits, shared state, the session table, the admin channel, logs, metrics,
-//!   systemd;
-//! - [`net`], [`tls`]: sockets and TLS streams; [`shutdown`]: SIGTERM/SIGINT and reloads;
-//! - [`cli`], [`serve`]: the command line; [`commands`]: the client side; [`tftp`].
+//! 1. [`serve`] (assembly: binds, builds, runs the model; `--inetd`), [`commands`] (the
+//!    client side), [`cli`] and [`config`] (the command line and `serve`'s settings);
+//! 2. [`models`]: how a connection gets a driver (iterative, process, thread, pool, select,
+//!    poll, epoll);
+//! 3. [`services`]: what runs beside the server (admin channel, agent, metrics HTTP, TFTP)
+//!    and where (a thread or a process of its own);
+//! 4. [`drivers`]: the door (ACCEPT to session), the blocking driver, the event loop, the data
+//!    channel, PROXY headers;
+//! 5. [`state`]: accounts, limits, the cluster's shared state, the session table, reloads;
+//! 6. [`sys`]: sockets, TLS streams, signals;
+//! 7. [`ops`] (counters, logs, systemd) and [`storage`] (the local file system; S3 is the
+//!    `zocalo-s3` crate): the ground.
 
-pub mod cli;
-pub mod commands;
-pub mod drivers;
-pub mod models;
-pub mod net;
-pub mod ops;
-pub mod serve;
-pub mod shutdown;
-pub mod storage;
-pub mod tftp;
-pub mod tls;
-pub mod users;
+mod cli;
+mod commands;
+mod drivers;
+mod models;
+mod ops;
+mod serve;
+mod services;
+mod state;
+mod storage;
+mod sys;
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, CtlRequest, Settings, UserCommand};
+use crate::commands::Failure;
+
+/// The `zocalo` command: parses the command line and runs what it asks for.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), Failure> = match cli.command {
+        Command::Serve(args) => Settings::resolve(&args)
+            .and_then(|settings| {
+                crate::ops::logs::init(settings.json_logs, settings.log_file.as_deref())
+                    .map_err(|e| format!("cannot open the log file: {e}"))?;
+                match args.inetd {
+                    true => crate::serve::run_inetd(settings),
+                    false => crate::serve::run(settings),
+                }
+                .map_err(|e| e.to_string())
+            })
+            .map_err(Failure::from),
+        Command::Tftp(args) => {
+            let _ = crate::ops::logs::init(false, None);
+            crate::commands::tftp(args).map_err(Failure::from)
+        }
+        Command::Get(args) => commands::get(args),
+        Command::Put(args) => commands::put(args),
+        Command::Ls(args) => commands::ls(args),
+        Command::Mirror(args) => commands::mirror(args),
+        Command::Bench(args) => commands::bench(*args),
+        Command::Ctl { socket, request } => ctl(&socket, request).map_err(Failure::from),
+        Command::Cert { out, name, force, .. } => crate::sys::tls::self_signed(&out, &name, force)
+            .map(|()| {
+                let (cert, key) = (out.join("cert.pem"), out.join("key.pem"));
+                println!("wrote {} and {}", cert.display(), key.display())
+            })
+            .map_err(|e| Failure::from(e.to_string())),
+        Command::User(UserCommand::Add { name, users, home, read_only }) => read_password()
+            .and_then(|pw| crate::state::users::add_user(&users, &name, &pw, &home, !read_only))
+            .map_err(Failure::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("zocalo: {}", f.message);
+            ExitCode::from(f.code.max(1))
+        }
+    }
+}
+
+fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
+    let text = match request {
+        CtlRequest::Status => "status".to_string(),
+        CtlRequest::Kick { session } => format!("kick {session}"),
+        CtlRequest::Reload => "reload".to_string(),
+        CtlRequest::Drain => "drain".to_string(),
+    };
+    let answer = crate::services::admin::request(socket, &text)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    match answer.strip_prefix("error: ") {
+        Some(e) => Err(e.trim().to_string()),
+        None => {
+            print!("{answer}");
+            Ok(())
+        }
+    }
+}
+
+fn read_password() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err("empty password on standard input".into());
+    }
+    Ok(pw)
+}

@@ -1,35 +1,38 @@
 //! `zocalo serve`: bind, drop privileges, announce, run the chosen model.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use zocalo_proto::session::{Config, TlsPolicy};
 
 use crate::cli::Settings;
+use crate::drivers::accept::{Arrival, Door, Entrance, Listener};
 use crate::drivers::connection::Ctx;
 use crate::drivers::data::Rates;
-use crate::models::{self, Listener, Model, Server};
-use crate::net;
-use crate::ops::admin::Admin;
-use crate::ops::limits::{ClusterGuard, Limits, LoginGuard, SharedGuard};
-use crate::ops::registry::Registry;
+use crate::models::{self, Model, Server};
 use crate::ops::xferlog::Xferlog;
-use crate::shutdown::{Reload, Shutdown};
-use crate::tls::Tls;
-use crate::users::{Users, UsersConfig};
+use crate::services;
+use crate::services::admin::Admin;
+use crate::state::limits::{ClusterGuard, Limits, LoginGuard, SharedGuard};
+use crate::state::registry::Registry;
+use crate::state::reload::Reloader;
+use crate::state::users::{Users, UsersConfig};
+use crate::sys::net;
+use crate::sys::shutdown::{Reload, Shutdown};
+use crate::sys::tls::Tls;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> io::Result<()> {
     raise_fd_limit();
     crate::ops::metrics::init(&settings.node_name)?;
-    crate::ops::hashes::init(crate::ops::hashes::default_permits())?;
+    crate::state::hashes::init(crate::state::hashes::default_permits())?;
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
     let listeners = listeners(&settings)?;
     let inherited = listeners.first().is_some_and(|l| l.inherited);
-    let tftp_socket = settings.tftp.map(crate::tftp::bind).transpose()?;
+    let tftp_socket = settings.tftp.map(crate::services::tftp::bind).transpose()?;
     let metrics_listener = match settings.metrics {
         Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen for metrics on {addr}: {e}"))
@@ -44,7 +47,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
-        let (write, mut model) = (settings.anonymous_write, crate::tftp::model(settings.model));
+        let (write, mut model) = (settings.anonymous_write, settings.model.tftp());
         if settings.s3.is_some() && matches!(model, zocalo_tftp::Model::Event(_)) {
             // Each S3 request is a network round trip: on an event loop one transfer would
             // hold up all the others, so TFTP gets a thread per transfer instead.
@@ -52,9 +55,16 @@ pub fn run(settings: Settings) -> io::Result<()> {
         }
         let shutdown = &server.ctx.shutdown;
         if settings.model == Model::Process {
-            crate::tftp::fork(socket, root_storage, write, model, shutdown, &server.listeners)?;
+            crate::services::tftp::fork(
+                socket,
+                root_storage,
+                write,
+                model,
+                shutdown,
+                &server.listeners,
+            )?;
         } else {
-            crate::tftp::spawn(socket, root_storage, write, model, shutdown)?;
+            crate::services::tftp::spawn(socket, root_storage, write, model, shutdown)?;
         }
         lines.push(format!("listening tftp://{addr}"));
     }
@@ -84,7 +94,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
         // The parent must stay single-threaded to fork: in the `process` model the sync loop
         // gets a process of its own.
         let sync = shared.sync_service(registry, shutdown, settings.model != Model::Process);
-        models::spawn_service(settings.model, &server.listeners, "zocalo-shared", sync)?;
+        services::spawn(settings.model.services(), &server.listeners, "zocalo-shared", sync)?;
     }
     if let Some(addr) = settings.agent {
         let listener = net::listen(addr, 64, false)
@@ -93,9 +103,9 @@ pub fn run(settings: Settings) -> io::Result<()> {
         let shutdown = server.ctx.shutdown.clone();
         let grace = settings.shutdown_grace + std::time::Duration::from_secs(1);
         let agent = move |own_process: bool| {
-            crate::ops::agent::serve(&listener, &shutdown, own_process.then_some(grace));
+            crate::services::agent::serve(&listener, &shutdown, own_process.then_some(grace));
         };
-        models::spawn_service(settings.model, &server.listeners, "zocalo-agent", agent)?;
+        services::spawn(settings.model.services(), &server.listeners, "zocalo-agent", agent)?;
     }
     server.ready = Some(Box::new(move || {
         let mut out = io::stdout().lock();
@@ -111,7 +121,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
     }
     // A fact of the machine read once, here, before the `process` model forks: its children
     // inherit it instead of each reading /proc again.
-    crate::net::ephemeral_range();
+    crate::sys::net::ephemeral_range();
     models::run(settings.model, server)
 }
 
@@ -146,7 +156,7 @@ fn listeners(settings: &Settings) -> io::Result<Vec<Listener>> {
 pub fn run_inetd(settings: Settings) -> io::Result<()> {
     use std::os::fd::FromRawFd;
     crate::ops::metrics::init(&settings.node_name)?;
-    crate::ops::hashes::init(crate::ops::hashes::default_permits())?;
+    crate::state::hashes::init(crate::state::hashes::default_permits())?;
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
@@ -157,7 +167,7 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
     }
     // SAFETY: `fd` is a new descriptor that this process owns.
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    let Ok(mut peer) = stream.peer_addr() else {
+    let Ok(peer) = stream.peer_addr() else {
         return Err(io::Error::other("--inetd needs a connected TCP socket on standard input"));
     };
     // Standard output is the client's socket too: nothing else may be written there.
@@ -173,22 +183,39 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
         drop_privileges(user)?;
     }
     let (server, _) = build(&settings, Vec::new(), shutdown)?;
-    let mut stream = stream;
-    if crate::drivers::proxy::trusted(&settings.proxy_from, peer.ip()) {
-        let deadline = std::time::Instant::now() + settings.proxy_timeout;
-        let mut gate = crate::drivers::proxy::Gate::new(stream, peer, deadline)?;
-        match gate.wait() {
-            Ok(from) => peer = from.addr(),
-            Err(why) => {
-                crate::drivers::proxy::log_refused(peer, &why);
-                return Ok(());
-            }
-        }
-        stream = gate.into_stream();
-        stream.set_nonblocking(false)?;
+    // The one connection goes through the door as an accepted one would: its PROXY header
+    // if it comes from a trusted balancer, then the limits (the cluster's, with
+    // --shared-state).
+    let ctx = &server.ctx;
+    let (limits, reserve) = (server.limits.clone(), server.reserve.clone());
+    let mut door = Door::new(limits, reserve, ctx.proxy_from.clone(), ctx.proxy_timeout, false);
+    let mut arrival = Once(None);
+    door.arrive(stream, peer, false, &mut arrival);
+    while arrival.0.is_none() {
+        let Some((gate, fd)) = door.held().next() else {
+            return Ok(()); // refused, and logged
+        };
+        let left = door
+            .next_deadline()
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(std::time::Instant::now()));
+        zocalo_poller::fds::wait_one(fd, false, left)?;
+        door.on_gate(gate, &mut arrival);
+        door.expire(std::time::Instant::now(), &mut arrival);
     }
-    crate::drivers::blocking::serve(stream, peer, &server.ctx, false);
+    if let Some(Arrival { stream, peer, implicit_tls, permit, .. }) = arrival.0 {
+        crate::drivers::blocking::serve(stream, peer, ctx, implicit_tls);
+        drop(permit);
+    }
     Ok(())
+}
+
+/// The inetd path's [`Entrance`]: the one connection let in is kept.
+struct Once(Option<Arrival>);
+
+impl Entrance for Once {
+    fn enter(&mut self, arrival: Arrival) {
+        self.0 = Some(arrival);
+    }
 }
 
 /// Serves `--metrics` on a thread; in the `process` model in a process of its own (its parent
@@ -212,9 +239,9 @@ fn start_metrics(
             stopped_at.set(Some(at));
             at.elapsed() > grace + std::time::Duration::from_secs(1)
         };
-        crate::ops::metrics::serve(&listener, &draining, &stop);
+        crate::services::metrics_http::serve(&listener, &draining, &stop);
     };
-    models::spawn_service(model, &server.listeners, "zocalo-metrics", serve)
+    services::spawn(model.services(), &server.listeners, "zocalo-metrics", serve)
 }
 
 /// Opens the bucket and checks once that it answers, so a wrong endpoint, bucket or key stops
@@ -241,7 +268,7 @@ fn build(
         None => None,
     };
     let shared = match &settings.shared_state {
-        Some(url) => Some(crate::ops::shared::Shared::open(&crate::ops::shared::Options {
+        Some(url) => Some(crate::state::shared::Shared::open(&crate::state::shared::Options {
             url,
             node: &settings.node_name,
             max_total: settings.max_connections,
@@ -322,7 +349,7 @@ fn build(
     };
     let reload = Reload::new()?;
     reload.install_signal_handler()?;
-    crate::shutdown::install_dump_handler()?;
+    crate::sys::shutdown::install_dump_handler()?;
     let server = Server {
         ready: None,
         reload,
@@ -338,99 +365,10 @@ fn build(
     Ok((server, root_storage))
 }
 
-/// What a reload (SIGHUP, `zocalo ctl reload`) refreshes: the users file, the TLS certificate
-/// and key, and the log files (reopened by path, for logrotate); and SIGUSR1's session table.
-#[derive(Clone)]
-pub struct Reloader {
-    users: Arc<Users>,
-    tls: Option<(Tls, PathBuf, PathBuf)>,
-    sessions: Arc<Registry>,
-}
-
-impl Reloader {
-    /// Carries out what `reload` (SIGHUP, `ctl reload`) and SIGUSR1 asked for since last time.
-    pub fn answer(&self, reload: &Reload) {
-        let (reload_asked, dump_asked) = reload.take();
-        if reload_asked {
-            let _ = self.reload();
-        }
-        if dump_asked {
-            self.dump_sessions();
-        }
-    }
-
-    /// Reloads each part; a part that fails keeps its old settings and says why, the others go
-    /// ahead. Returns the summary (`Err` if anything failed).
-    pub fn reload(&self) -> Result<String, String> {
-        crate::ops::systemd::notify("RELOADING=1");
-        let (done, failed) = self.reload_parts();
-        crate::ops::metrics::inc(crate::ops::metrics::Counter::Reloads);
-        crate::ops::systemd::notify("READY=1");
-        let result = summarize(done, &failed);
-        match &result {
-            Ok(summary) => tracing::info!("{summary}"),
-            Err(e) => tracing::warn!("{e}"),
-        }
-        result
-    }
-
-    /// What a reload would say, checked on this process's own copies: the `process` model's
-    /// admin process answers with it while its parent does the reload that counts.
-    pub fn check(&self) -> Result<String, String> {
-        let (done, failed) = self.reload_parts();
-        summarize(done, &failed)
-    }
-
-    fn reload_parts(&self) -> (Vec<String>, Vec<String>) {
-        let mut done = Vec::new();
-        let mut failed = Vec::new();
-        match self.users.reload() {
-            Ok(_) if !self.users.has_users_file() => {}
-            Ok(n) => done.push(format!("{n} accounts from the users file")),
-            Err(e) => failed.push(format!("users file: {e}")),
-        }
-        if let Some((tls, cert, key)) = &self.tls {
-            match tls.reload(cert, key) {
-                Ok(()) => done.push(String::from("the TLS certificate and key")),
-                Err(e) => failed.push(e.to_string()),
-            }
-        }
-        (done, failed)
-    }
-
-    /// SIGUSR1: the session table, one log line per session.
-    pub fn dump_sessions(&self) {
-        let sessions = self.sessions.sessions();
-        tracing::info!(sessions = sessions.len(), "session table (SIGUSR1)");
-        for s in sessions {
-            tracing::info!(
-                id = s.id,
-                pid = s.pid,
-                peer = s.peer,
-                user = s.user,
-                transfer = s.transfer,
-                bytes = s.bytes,
-                "session"
-            );
-        }
-    }
-}
-
-fn summarize(mut done: Vec<String>, failed: &[String]) -> Result<String, String> {
-    done.push(String::from("the log files (reopened)"));
-    let summary = format!("reloaded: {}", done.join(", "));
-    match failed.is_empty() {
-        true => Ok(summary),
-        false => {
-            Err(format!("{summary}; failed, kept the previous settings: {}", failed.join("; ")))
-        }
-    }
-}
-
 /// Reloads whenever asked, on a small thread of its own, until the server stops.
 fn spawn_reloader(reload: Reload, shutdown: Shutdown, reloader: Reloader) -> io::Result<()> {
     std::thread::Builder::new().name("zocalo-reload".into()).spawn(move || {
-        while crate::shutdown::wait_unless_stopped(reload.fd(), &shutdown) {
+        while crate::sys::shutdown::wait_unless_stopped(reload.fd(), &shutdown) {
             reloader.answer(&reload);
         }
     })?;

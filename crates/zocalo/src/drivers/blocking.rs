@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
 use crate::drivers::connection::{Connection, Ctx, NoRegistrations, Wanted};
-use crate::net::{pollfd, timeout_ms};
+use zocalo_poller::fds;
 
 /// Serves one client until it leaves; never panics on what the client sends. `peer` is the
 /// client's address (a balancer's PROXY header may have given it). With `implicit`, the
@@ -36,31 +36,29 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, implicit: bool) {
 /// it what happened.
 fn wait(conn: &mut Connection, ctx: &Ctx) {
     let io = &mut NoRegistrations;
-    let control = match conn.interest() {
-        Wanted::Read => libc::POLLIN,
-        Wanted::Write => libc::POLLOUT,
-        Wanted::Both => libc::POLLIN | libc::POLLOUT,
+    let (read, write) = match conn.interest() {
+        Wanted::Read => (true, false),
+        Wanted::Write => (false, true),
+        Wanted::Both => (true, true),
     };
-    let mut fds = [pollfd(conn.control.fd(), control), pollfd(-1, 0), pollfd(-1, 0)];
+    let mut polled = [fds::watch(conn.control.fd(), read, write), fds::NONE, fds::NONE];
     if let Some((fd, writable)) = conn.data_wait() {
-        fds[1] = pollfd(fd, if writable { libc::POLLOUT } else { libc::POLLIN });
+        polled[1] = fds::watch(fd, !writable, writable);
     }
     if !conn.stopping() {
-        fds[2] = pollfd(ctx.shutdown.fd(), libc::POLLIN);
+        polled[2] = fds::watch(ctx.shutdown.fd(), true, false);
     }
     let timeout = conn.deadline(ctx).map(|d| d.saturating_duration_since(Instant::now()));
-    // SAFETY: `fds` is a valid array of three pollfd; negative fds are ignored by poll(2).
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout_ms(timeout)) };
-    if n < 0 {
+    if fds::wait(&mut polled, timeout).is_err() {
         return;
     }
-    if fds[2].revents != 0 {
+    if fds::fired(&polled[2]) {
         conn.begin_stop(Instant::now() + ctx.grace);
     }
-    if fds[1].revents != 0 {
+    if fds::fired(&polled[1]) {
         conn.on_data(io);
     }
-    if fds[0].revents != 0 {
+    if fds::fired(&polled[0]) {
         conn.on_control();
     }
     conn.fire(Instant::now(), io, ctx);

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use zocalo_proto::session::{Action, Cancel, Config, Outcome, Session, Work};
 
 use crate::drivers::data::{DataTask, Rates, Step};
-use crate::net;
-use crate::ops::limits::Permit;
-use crate::ops::registry::{Entry, Registry};
 use crate::ops::xferlog::{Record, Xferlog};
-use crate::shutdown::Shutdown;
-use crate::tls::{Stream, Tls};
+use crate::state::limits::Permit;
+use crate::state::registry::{Entry, Registry};
+use crate::sys::net;
+use crate::sys::shutdown::Shutdown;
+use crate::sys::tls::{Stream, Tls};
 
 /// Everything a connection needs from the server.
 pub struct Ctx {
@@ -54,7 +54,7 @@ pub struct Ctx {
     pub proxy_from: Vec<crate::drivers::proxy::Cidr>,
     pub proxy_timeout: Duration,
     /// `--shared-state`.
-    pub shared: Option<Arc<crate::ops::shared::Shared>>,
+    pub shared: Option<Arc<crate::state::shared::Shared>>,
 }
 
 /// What a connection waits for on a socket.

@@ -20,7 +20,7 @@ use zocalo_proto::ascii::{Decoder, Encoder};
 use zocalo_proto::session::{Body, Done, Endpoint, Outcome, Transfer, Work};
 use zocalo_proto::FileHandle;
 
-use crate::tls::{Stream, Tls};
+use crate::sys::tls::{Stream, Tls};
 
 const CHUNK: usize = 64 * 1024;
 /// Largest upload read. An upload's buffer starts at [`CHUNK`] and doubles up to this while

@@ -9,8 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +17,11 @@ use std::time::{Duration, Instant};
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Cancel, Lane, Work};
 
+use crate::drivers::accept::{Accepted, Arrival, Door, Entrance, Listener, Verdict, ACCEPT_PAUSE};
 use crate::drivers::connection::{Connection, Ctx, Io, Wanted};
-use crate::drivers::proxy::{self, Gate};
 use crate::drivers::workers::{Key, Workers};
-use crate::models::Listener;
-use crate::net::{self, FdReserve};
-use crate::ops::limits::{Limits, Permit, Refusal};
+use crate::state::limits::Limits;
+use crate::sys::net::{self, FdReserve};
 
 const KIND_BITS: usize = 2;
 const CONTROL: usize = 0;
@@ -32,7 +30,7 @@ const LISTENER: usize = 2;
 const SIGNAL: usize = 3;
 /// The index of the workers' eventfd among the SIGNAL tokens (0 is the stop signal).
 const WORK_DONE: usize = 1;
-/// LISTENER tokens and work keys from this index on name a [`Gate`] slot: a connection whose
+/// LISTENER tokens and work keys from this index on name a [`Door`] slot: a connection whose
 /// PROXY header is being read, or whose admission (a Redis call) is on a worker.
 const GATE_BASE: usize = 1 << 24;
 
@@ -51,9 +49,10 @@ pub struct Shared {
 pub struct EventLoop {
     poller: Box<dyn Poller>,
     ctx: Arc<Ctx>,
-    limits: Arc<Limits>,
-    reserve: Arc<FdReserve>,
     listeners: Vec<Listener>,
+    /// Connections on their way to a session: a balancer's PROXY header being read, or an
+    /// admission out on a worker.
+    door: Door,
     /// Accepting paused (listeners unregistered) until then: out of descriptors.
     accept_paused: Option<Instant>,
     /// Where the sessions' storage and authentication work runs.
@@ -64,27 +63,6 @@ pub struct EventLoop {
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     stop_by: Option<Instant>,
-    /// Connections not yet sessions: a balancer's PROXY header being read, or an admission
-    /// out on a worker. Their deadlines are few and short, so they are scanned, not heaped.
-    gates: Vec<Option<Pending>>,
-    free_gates: Vec<usize>,
-}
-
-/// A connection on its way to becoming a session.
-struct Pending {
-    state: PendingState,
-    implicit: bool,
-    serial: u64,
-}
-
-enum PendingState {
-    Header(Gate),
-    /// The admission runs on a worker (it asks Redis); the result comes back with this slot's
-    /// key.
-    Admitting {
-        stream: TcpStream,
-        peer: SocketAddr,
-    },
 }
 
 /// One client's place in the loop: its connection, and the loop's bookkeeping for it.
@@ -123,6 +101,39 @@ impl Io for LoopIo<'_> {
     }
 }
 
+/// The loop's side of its [`Door`]: header sockets are registered in the poller, admissions
+/// that ask Redis go to the login lane, and the connections let in are collected for
+/// [`EventLoop::open`].
+struct LoopEntrance<'a> {
+    poller: &'a mut dyn Poller,
+    workers: &'a Workers,
+    arrivals: &'a mut Vec<Arrival>,
+}
+
+impl Entrance for LoopEntrance<'_> {
+    fn watch(&mut self, fd: RawFd, gate: usize) -> io::Result<()> {
+        self.poller.register(fd, token(GATE_BASE + gate, LISTENER), Interest::READABLE)
+    }
+
+    fn unwatch(&mut self, fd: RawFd) {
+        let _ = self.poller.deregister(fd);
+    }
+
+    fn offload(
+        &mut self,
+        gate: usize,
+        serial: u64,
+        admission: Box<dyn FnOnce() -> Verdict + Send>,
+    ) {
+        let work = Work::in_lane(Lane::Login, Cancel::default(), admission);
+        self.workers.submit(Key { index: GATE_BASE + gate, serial, transfer: 0 }, work);
+    }
+
+    fn enter(&mut self, arrival: Arrival) {
+        self.arrivals.push(arrival);
+    }
+}
+
 fn interest(wanted: Wanted) -> Interest {
     match wanted {
         Wanted::Read => Interest::READABLE,
@@ -143,12 +154,12 @@ impl EventLoop {
         let workers = Workers::start(ctx.work_threads)?;
         poller.register(workers.as_raw_fd(), token(WORK_DONE, SIGNAL), Interest::READABLE)?;
         let (conns, free, timers) = (Vec::new(), Vec::new(), BinaryHeap::new());
+        let door = Door::new(limits, reserve, ctx.proxy_from.clone(), ctx.proxy_timeout, true);
         Ok(EventLoop {
             poller,
             ctx,
-            limits,
-            reserve,
             listeners,
+            door,
             accept_paused: None,
             workers,
             next_serial: 0,
@@ -156,8 +167,6 @@ impl EventLoop {
             free,
             timers,
             stop_by: None,
-            gates: Vec::new(),
-            free_gates: Vec::new(),
         })
     }
 
@@ -181,7 +190,9 @@ impl EventLoop {
     fn dispatch(&mut self, ev: &Event) {
         let (index, kind) = (ev.token.0 >> KIND_BITS, ev.token.0 & ((1 << KIND_BITS) - 1));
         match kind {
-            LISTENER if index >= GATE_BASE => self.on_gate(index - GATE_BASE),
+            LISTENER if index >= GATE_BASE => {
+                self.at_door(|door, entrance| door.on_gate(index - GATE_BASE, entrance))
+            }
             LISTENER => self.accept(index),
             SIGNAL if index == WORK_DONE => self.on_work_done(),
             SIGNAL => self.begin_stop(),
@@ -193,30 +204,32 @@ impl EventLoop {
     // ---- accepting -----------------------------------------------------------------------
 
     fn accept(&mut self, index: usize) {
-        loop {
-            let Some(listener) = self.listeners.get(index) else {
-                return;
-            };
-            let implicit = listener.implicit_tls;
-            match listener.sock.accept() {
-                Ok((stream, peer)) if proxy::trusted(&self.ctx.proxy_from, peer.ip()) => {
-                    self.open_gate(stream, peer, implicit);
-                }
-                Ok((stream, peer)) => self.admit(stream, peer, implicit),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if net::out_of_descriptors(&e) => {
-                    if !self.reserve.shed(&listener.sock, &e) {
-                        return self.pause_accepting();
-                    }
-                }
-                Err(e) => {
-                    if e.kind() != ErrorKind::WouldBlock {
-                        tracing::warn!("accept failed: {e}");
-                    }
-                    return;
-                }
-            }
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
+        let mut arrivals = Vec::new();
+        let entrance = &mut LoopEntrance {
+            poller: self.poller.as_mut(),
+            workers: &self.workers,
+            arrivals: &mut arrivals,
+        };
+        if self.door.accept(listener, entrance) == Accepted::Pause {
+            self.pause_accepting();
         }
+        self.open(arrivals);
+    }
+
+    /// Steps the door: `step` is given it and the loop's side of it; then the connections it
+    /// let in become sessions.
+    fn at_door(&mut self, step: impl FnOnce(&mut Door, &mut LoopEntrance)) {
+        let mut arrivals = Vec::new();
+        let entrance = &mut LoopEntrance {
+            poller: self.poller.as_mut(),
+            workers: &self.workers,
+            arrivals: &mut arrivals,
+        };
+        step(&mut self.door, entrance);
+        self.open(arrivals);
     }
 
     /// Out of descriptors with none to spare: stop watching the listeners for a moment (they
@@ -228,7 +241,7 @@ impl EventLoop {
         for l in &self.listeners {
             let _ = self.poller.deregister(l.sock.as_raw_fd());
         }
-        self.accept_paused = Some(Instant::now() + crate::models::ACCEPT_PAUSE);
+        self.accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
     }
 
     fn resume_accepting(&mut self) {
@@ -242,143 +255,15 @@ impl EventLoop {
         }
     }
 
-    // ---- before the session: PROXY headers and admission ------------------------------------
-
-    fn new_gate(&mut self, pending: Pending) -> usize {
-        let i = self.free_gates.pop().unwrap_or_else(|| {
-            self.gates.push(None);
-            self.gates.len() - 1
-        });
-        self.gates[i] = Some(pending);
-        i
-    }
-
-    fn open_gate(&mut self, stream: TcpStream, balancer: SocketAddr, implicit: bool) {
-        if self.gates.len() - self.free_gates.len() >= crate::models::MAX_GATES {
-            return tracing::warn!(%balancer, "too many PROXY headers pending; closed");
-        }
-        let deadline = Instant::now() + self.ctx.proxy_timeout;
-        let gate = match Gate::new(stream, balancer, deadline) {
-            Ok(gate) => gate,
-            Err(e) => return tracing::warn!(%balancer, "cannot read a PROXY header: {e}"),
-        };
-        let fd = gate.stream.as_raw_fd();
-        self.next_serial += 1;
-        let pending =
-            Pending { state: PendingState::Header(gate), implicit, serial: self.next_serial };
-        let i = self.new_gate(pending);
-        if let Err(e) = self.poller.register(fd, token(GATE_BASE + i, LISTENER), Interest::READABLE)
-        {
-            tracing::warn!("cannot watch a connection: {e}");
-            self.gates[i] = None;
-            self.free_gates.push(i);
-            return;
-        }
-        self.on_gate(i);
-    }
-
-    /// Reads more of a header; past its deadline (`now`), gives up.
-    fn on_gate(&mut self, i: usize) {
-        let Some(Some(Pending { state: PendingState::Header(gate), .. })) = self.gates.get_mut(i)
-        else {
-            return;
-        };
-        let result = match gate.step() {
-            Ok(None) if gate.deadline <= Instant::now() => Err(proxy::Refused::TimedOut),
-            Ok(None) => return,
-            other => other,
-        };
-        let Some(Pending { state: PendingState::Header(gate), implicit, .. }) =
-            self.gates[i].take()
-        else {
-            return;
-        };
-        self.free_gates.push(i);
-        let _ = self.poller.deregister(gate.stream.as_raw_fd());
-        match result {
-            Ok(Some(proxy::Origin::Client(peer))) => self.admit(gate.into_stream(), peer, implicit),
-            Ok(Some(proxy::Origin::Balancer(b))) => {
-                let exempt = Ok(self.limits.exempt(b.ip()));
-                self.admitted(gate.into_stream(), b, implicit, exempt)
-            }
-            Ok(None) => {}
-            Err(why) => proxy::log_refused(gate.balancer, &why),
+    /// Gives each connection let in its session in this loop.
+    fn open(&mut self, arrivals: Vec<Arrival>) {
+        for arrival in arrivals {
+            self.open_one(arrival);
         }
     }
 
-    /// Connections not yet sessions, if any.
-    fn has_gates(&self) -> bool {
-        self.gates.len() > self.free_gates.len()
-    }
-
-    fn next_gate_deadline(&self) -> Option<Instant> {
-        if !self.has_gates() {
-            return None;
-        }
-        self.gates
-            .iter()
-            .filter_map(|g| match g {
-                Some(Pending { state: PendingState::Header(gate), .. }) => Some(gate.deadline),
-                _ => None,
-            })
-            .min()
-    }
-
-    fn expire_gates(&mut self, now: Instant) {
-        for i in 0..self.gates.len() {
-            if matches!(&self.gates[i], Some(Pending { state: PendingState::Header(g), .. }) if g.deadline <= now)
-            {
-                self.on_gate(i);
-            }
-        }
-    }
-
-    /// Counts the connection against the limits. With `--shared-state` that asks Redis, which
-    /// a worker does (the loop never waits on the network); the result comes back through
-    /// [`Self::admitted`].
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, implicit: bool) {
-        if !self.limits.is_shared() {
-            let verdict = self.limits.admit(peer.ip());
-            return self.admitted(stream, peer, implicit, verdict);
-        }
-        self.next_serial += 1;
-        let serial = self.next_serial;
-        let state = PendingState::Admitting { stream, peer };
-        let i = self.new_gate(Pending { state, implicit, serial });
-        let limits = self.limits.clone();
-        let work = Work::in_lane(Lane::Login, Cancel::default(), move || limits.admit(peer.ip()));
-        self.workers.submit(Key { index: GATE_BASE + i, serial, transfer: 0 }, work);
-    }
-
-    fn on_admission(&mut self, i: usize, serial: u64, done: zocalo_proto::session::Done) {
-        if !matches!(&self.gates.get(i), Some(Some(p)) if p.serial == serial) {
-            return;
-        }
-        let Some(Pending { state: PendingState::Admitting { stream, peer }, implicit, .. }) =
-            self.gates[i].take()
-        else {
-            return;
-        };
-        self.free_gates.push(i);
-        let verdict =
-            done.take::<Result<Permit, Refusal>>().unwrap_or(Err(Refusal::TooManyConnections));
-        self.admitted(stream, peer, implicit, verdict);
-    }
-
-    fn admitted(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        implicit: bool,
-        verdict: Result<Permit, Refusal>,
-    ) {
-        let permit = match verdict {
-            Ok(p) => p,
-            Err(refusal) => {
-                crate::ops::observe::refused(refusal.cause(), Some(peer));
-                return net::refuse(&stream, refusal.reply());
-            }
-        };
+    fn open_one(&mut self, arrival: Arrival) {
+        let Arrival { stream, peer, implicit_tls, permit, .. } = arrival;
         if let Some(limit) = self.poller.capacity_limit() {
             if stream.as_raw_fd() as usize >= limit {
                 crate::ops::observe::refused(crate::ops::observe::Refused::FdSetsize, Some(peer));
@@ -391,7 +276,7 @@ impl EventLoop {
                 );
             }
         }
-        let Ok(conn) = Connection::new(stream, peer, Some(permit), &self.ctx, implicit, false)
+        let Ok(conn) = Connection::new(stream, peer, Some(permit), &self.ctx, implicit_tls, false)
         else {
             return;
         };
@@ -438,7 +323,9 @@ impl EventLoop {
         for finished in self.workers.take_finished() {
             let Key { index, serial, transfer } = finished.key;
             if index >= GATE_BASE {
-                self.on_admission(index - GATE_BASE, serial, finished.done);
+                let verdict = finished.done.take::<Verdict>();
+                let gate = index - GATE_BASE;
+                self.at_door(|door, entrance| door.admitted(gate, serial, verdict, entrance));
                 continue;
             }
             let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
@@ -464,12 +351,7 @@ impl EventLoop {
             let _ = self.poller.deregister(l.sock.as_raw_fd());
         }
         self.stop_by = Some(Instant::now() + self.ctx.grace);
-        for pending in self.gates.drain(..).flatten() {
-            if let PendingState::Header(gate) = pending.state {
-                let _ = self.poller.deregister(gate.stream.as_raw_fd());
-            }
-        }
-        self.free_gates.clear();
+        self.at_door(|door, entrance| door.close(entrance));
         let by = Instant::now() + self.ctx.grace;
         for index in 0..self.conns.len() {
             if let Some(slot) = self.conns[index].as_mut() {
@@ -531,7 +413,7 @@ impl EventLoop {
 
     fn next_timeout(&self) -> Option<Duration> {
         let next = self.timers.peek().map(|Reverse((t, _))| *t);
-        let gates = self.next_gate_deadline();
+        let gates = self.door.next_deadline();
         let next = [next, self.stop_by, self.accept_paused, gates].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
@@ -540,9 +422,7 @@ impl EventLoop {
     /// for the next turn of the loop, so no connection can keep the loop from the others.
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        if self.has_gates() {
-            self.expire_gates(now);
-        }
+        self.at_door(|door, entrance| door.expire(now, entrance));
         let mut due = Vec::new();
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now {

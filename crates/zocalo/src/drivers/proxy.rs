@@ -164,22 +164,6 @@ impl Gate {
         }))
     }
 
-    /// Reads the whole header, waiting for the socket until the deadline (a process or thread
-    /// of this connection's own: `serve --inetd`).
-    pub fn wait(&mut self) -> Result<Origin, Refused> {
-        loop {
-            if let Some(peer) = self.step()? {
-                return Ok(peer);
-            }
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Refused::TimedOut);
-            }
-            crate::net::poll_one(self.stream.as_raw_fd(), libc::POLLIN, left)
-                .map_err(Refused::Io)?;
-        }
-    }
-
     /// Gives the connection back once the header is read.
     pub fn into_stream(self) -> TcpStream {
         self.stream
@@ -248,11 +232,17 @@ mod tests {
         let mut gate = Gate::new(sock, balancer, deadline).unwrap();
         assert!(gate.step().unwrap().is_none(), "nothing sent yet");
         client.write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 4").unwrap();
-        crate::net::poll_one(gate.stream.as_raw_fd(), libc::POLLIN, deadline - Instant::now())
+        zocalo_poller::fds::wait_one(gate.stream.as_raw_fd(), false, deadline - Instant::now())
             .unwrap();
         assert!(gate.step().unwrap().is_none(), "half a header");
         client.write_all(b"000 21\r\nUSER x\r\n").unwrap();
-        let peer = gate.wait().unwrap();
+        let peer = loop {
+            zocalo_poller::fds::wait_one(gate.stream.as_raw_fd(), false, deadline - Instant::now())
+                .unwrap();
+            if let Some(peer) = gate.step().unwrap() {
+                break peer;
+            }
+        };
         assert_eq!(peer, Origin::Client("192.0.2.9:4000".parse().unwrap()));
         let mut rest = [0u8; 8];
         let mut stream = gate.into_stream();

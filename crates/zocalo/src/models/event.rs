@@ -8,7 +8,7 @@ use zocalo_poller::Backend;
 
 use super::{Listener, Server};
 use crate::drivers::event_loop::{EventLoop, Shared};
-use crate::net;
+use crate::sys::net;
 
 pub fn run(mut server: Server, backend: Backend, loops: usize) -> io::Result<()> {
     let ready = server.ready.take();

@@ -8,11 +8,5 @@ use super::{accept_loop, serve_blocking, Server};
 pub fn run(mut server: Server) -> io::Result<()> {
     let ready = server.ready.take();
     let ctx = server.ctx.clone();
-    accept_loop(
-        &server,
-        ready,
-        |accepted, _permit, tls| serve_blocking(accepted, &ctx, tls),
-        || {},
-        &[],
-    )
+    accept_loop(&server, ready, |arrival| serve_blocking(arrival, &ctx), || {}, &[])
 }

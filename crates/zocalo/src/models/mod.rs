@@ -20,19 +20,20 @@ pub mod thread;
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use zocalo_poller::fds::{self, PollFd};
 use zocalo_poller::Backend;
 
+use crate::drivers::accept::{Accepted, Arrival, Door, Entrance, Listener, ACCEPT_PAUSE};
 use crate::drivers::blocking;
 use crate::drivers::connection::Ctx;
-use crate::drivers::proxy::{self, Gate};
-use crate::net;
-use crate::ops::limits::{Limits, Permit};
+use crate::services::Beside;
+use crate::state::limits::Limits;
+use crate::sys::net;
 
 /// The `--model` switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,31 @@ impl fmt::Display for Model {
     }
 }
 
+impl Model {
+    /// Where the services beside the server run: the `process` model's parent must stay
+    /// single-threaded to fork, so they get processes of their own; the other models give them
+    /// threads.
+    pub fn services(self) -> Beside {
+        match self {
+            Model::Process => Beside::Process,
+            _ => Beside::Thread,
+        }
+    }
+
+    /// The TFTP model for a `--model` value: the event-loop models run TFTP on one event loop
+    /// of the same kind; `process` runs it with a thread per transfer (TFTP has no connection
+    /// to fork for).
+    pub fn tftp(self) -> zocalo_tftp::Model {
+        use zocalo_tftp::Model as Tftp;
+        match self {
+            Model::Iterative => Tftp::Iterative,
+            Model::Pool(n) => Tftp::Pool(n),
+            Model::Event(backend, _) => Tftp::Event(backend),
+            Model::Process | Model::Thread => Tftp::Thread,
+        }
+    }
+}
+
 /// Workers of `pool` when no N is given: enough to serve an ordinary load at once (Apache's
 /// and Tomcat's defaults are of this order), and 4 per core on a large machine. A worker is a
 /// thread that mostly waits, so the cost is its stack's touched pages.
@@ -99,14 +125,6 @@ pub const DEFAULT_POOL: usize = 256;
 
 fn default_pool_size() -> usize {
     std::thread::available_parallelism().map_or(DEFAULT_POOL, |n| (n.get() * 4).max(DEFAULT_POOL))
-}
-
-/// A listening socket, and whether its connections start in TLS (implicit FTPS).
-pub struct Listener {
-    pub sock: TcpListener,
-    pub implicit_tls: bool,
-    /// Handed over by systemd (socket activation) rather than bound here.
-    pub inherited: bool,
 }
 
 /// Called once when a model is fully set up and accepting (the `listening` lines).
@@ -117,8 +135,8 @@ pub struct Server {
     pub ready: Ready,
     /// SIGHUP and `ctl reload`: the `process` model's parent reloads in its accept loop
     /// (where its children fork from); the other models reload on a thread of their own.
-    pub reload: crate::shutdown::Reload,
-    pub reloader: crate::serve::Reloader,
+    pub reload: crate::sys::shutdown::Reload,
+    pub reloader: crate::state::reload::Reloader,
     /// The descriptor kept back to refuse clients with 421 at the descriptor limit.
     pub reserve: Arc<net::FdReserve>,
     pub ctx: Arc<Ctx>,
@@ -152,229 +170,77 @@ pub fn run(model: Model, server: Server) -> io::Result<()> {
     }
 }
 
-/// Runs `service` in a child process of its own (the `process` model's TFTP server and admin
-/// channel), forked while the server has only one thread: the child closes its copies of the
-/// FTP listeners, runs `service` and exits without the parent's destructors; the parent goes on.
-pub fn fork_service(
-    listeners: &[Listener],
-    service: impl FnOnce() -> io::Result<()>,
-) -> io::Result<()> {
-    // SAFETY: called before any thread is started; the child only runs `service` and exits.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            for l in listeners {
-                // SAFETY: closing the child's copies of the FTP listening descriptors.
-                unsafe { libc::close(l.sock.as_raw_fd()) };
-            }
-            let served = service();
-            // SAFETY: leave without running the parent's destructors.
-            unsafe { libc::_exit(i32::from(served.is_err())) }
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Runs `service` beside the server for as long as the server lives: in the `process` model in
-/// a process of its own (forked now, while the parent still has one thread; it exits when
-/// `service` returns), otherwise on a thread named `name`. `service` is told which it got
-/// (true: a process of its own).
-pub fn spawn_service(
-    model: Model,
-    listeners: &[Listener],
-    name: &str,
-    service: impl FnOnce(bool) + Send + 'static,
-) -> io::Result<()> {
-    match model {
-        Model::Process => fork_service(listeners, move || {
-            service(true);
-            Ok(())
-        }),
-        _ => {
-            std::thread::Builder::new().name(name.into()).spawn(move || service(false))?;
-            Ok(())
-        }
-    }
-}
-
-/// How long accepting pauses when the descriptor limit is reached and not even the reserve
-/// descriptor could refuse a client.
-pub(crate) const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// An accepted connection and its client's address: the socket's peer, or the address a
-/// trusted balancer's PROXY header gave.
-pub struct Accepted {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    /// Other descriptors the accept loop holds (connections whose PROXY header is pending): a
-    /// child forked for this connection closes its copies, or they would outlive the parent's.
-    pub pending: Vec<RawFd>,
-}
-
-/// Connections from a balancer whose PROXY header is still being read, at most this many at a
-/// time (each holds a descriptor and at most 528 bytes); more are closed with a log line.
-pub(crate) const MAX_GATES: usize = 4096;
-
-/// Accepts on every listener until the stop signal, giving each admitted connection to
-/// `handle`; a connection over a limit gets its 421 here and is closed. A connection from a
-/// trusted balancer first has its PROXY header read here, without blocking (the loop polls
-/// those sockets beside the listeners), so that the limits count the real client.
+/// Accepts on every listener until the stop signal, giving each connection let in to
+/// `handle` (the [`Door`] refuses the others with their 421, and reads a trusted balancer's
+/// PROXY header first, without blocking: this loop polls those sockets beside the listeners).
+/// `on_wake` runs after each wait; `extra_fds` are more descriptors that end a wait.
 pub(crate) fn accept_loop(
     server: &Server,
     ready: Ready,
-    mut handle: impl FnMut(Accepted, Permit, bool),
+    handle: impl FnMut(Arrival),
     mut on_wake: impl FnMut(),
     extra_fds: &[i32],
 ) -> io::Result<()> {
-    let shutdown_fd = server.ctx.shutdown.fd();
-    let mut fixed: Vec<libc::pollfd> = server
-        .listeners
-        .iter()
-        .map(|l| libc::pollfd { fd: l.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-        .collect();
-    fixed.push(libc::pollfd { fd: shutdown_fd, events: libc::POLLIN, revents: 0 });
-    for &fd in extra_fds {
-        fixed.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
-    }
+    let ctx = &server.ctx;
+    let (limits, reserve) = (server.limits.clone(), server.reserve.clone());
+    let mut door = Door::new(limits, reserve, ctx.proxy_from.clone(), ctx.proxy_timeout, false);
+    let mut entrance = Handler(handle);
+    let mut fixed: Vec<PollFd> =
+        server.listeners.iter().map(|l| fds::watch(l.sock.as_raw_fd(), true, false)).collect();
+    fixed.push(fds::watch(ctx.shutdown.fd(), true, false));
+    fixed.extend(extra_fds.iter().map(|&fd| fds::watch(fd, true, false)));
     for l in &server.listeners {
         l.sock.set_nonblocking(true)?;
     }
     if let Some(ready) = ready {
         ready();
     }
-    let mut gates: Vec<(Gate, bool)> = Vec::new();
-    let mut fds = Vec::new();
+    let (mut polled, mut gates) = (Vec::new(), Vec::new());
     loop {
-        fds.clear();
-        fds.extend_from_slice(&fixed);
-        let pollin = |g: &(Gate, bool)| libc::pollfd {
-            fd: g.0.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        fds.extend(gates.iter().map(pollin));
-        let timeout = match gates.iter().map(|g| g.0.deadline).min() {
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                left.as_millis().min(60_000) as i32 + 1
-            }
-            None => -1,
-        };
-        // SAFETY: `fds` is a valid, initialised slice of pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
+        polled.clear();
+        polled.extend_from_slice(&fixed);
+        gates.clear();
+        gates.extend(door.held());
+        polled.extend(gates.iter().map(|&(_, fd)| fds::watch(fd, true, false)));
+        let timeout = door.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
+        fds::wait(&mut polled, timeout)?;
         on_wake();
-        if fds[server.listeners.len()].revents != 0 {
+        if fds::fired(&polled[server.listeners.len()]) {
             crate::ops::systemd::notify("STOPPING=1");
             return Ok(());
         }
         for (i, listener) in server.listeners.iter().enumerate() {
-            if fds[i].revents != 0 {
-                accept_ready(listener, server, &mut handle, &mut gates);
+            if fds::fired(&polled[i]) && door.accept(listener, &mut entrance) == Accepted::Pause {
+                // Nothing could be taken off the backlog: pause instead of spinning (this
+                // thread only accepts; the sessions go on).
+                std::thread::sleep(ACCEPT_PAUSE);
             }
         }
-        let ready: Vec<bool> = fds[fixed.len()..].iter().map(|p| p.revents != 0).collect();
-        let now = Instant::now();
-        // Downwards, so that swap_remove only moves a gate already looked at.
-        for i in (0..ready.len().min(gates.len())).rev() {
-            if !ready[i] && gates[i].0.deadline > now {
-                continue;
-            }
-            let (mut gate, implicit) = gates.swap_remove(i);
-            match gate.step() {
-                Ok(Some(from)) => {
-                    let (stream, pending) = (gate.into_stream(), pending_fds(&gates));
-                    let accepted = Accepted { stream, peer: from.addr(), pending };
-                    match from {
-                        proxy::Origin::Client(_) => admit(server, accepted, implicit, &mut handle),
-                        proxy::Origin::Balancer(b) => {
-                            let _ = accepted.stream.set_nonblocking(false);
-                            handle(accepted, server.limits.exempt(b.ip()), implicit);
-                        }
-                    }
-                }
-                Ok(None) if gate.deadline > now => gates.push((gate, implicit)),
-                Ok(None) => proxy::log_refused(gate.balancer, &proxy::Refused::TimedOut),
-                Err(why) => proxy::log_refused(gate.balancer, &why),
+        for (&(gate, _), p) in gates.iter().zip(&polled[fixed.len()..]) {
+            if fds::fired(p) {
+                door.on_gate(gate, &mut entrance);
             }
         }
+        door.expire(Instant::now(), &mut entrance);
     }
 }
 
-fn accept_ready(
-    listener: &Listener,
-    server: &Server,
-    handle: &mut impl FnMut(Accepted, Permit, bool),
-    gates: &mut Vec<(Gate, bool)>,
-) {
-    loop {
-        match listener.sock.accept() {
-            Ok((stream, peer)) if proxy::trusted(&server.ctx.proxy_from, peer.ip()) => {
-                if gates.len() >= MAX_GATES {
-                    tracing::warn!(balancer = %peer, "too many PROXY headers pending; closed");
-                    continue;
-                }
-                let deadline = Instant::now() + server.ctx.proxy_timeout;
-                match Gate::new(stream, peer, deadline) {
-                    Ok(gate) => gates.push((gate, listener.implicit_tls)),
-                    Err(e) => tracing::warn!(balancer = %peer, "cannot read a PROXY header: {e}"),
-                }
-            }
-            Ok((stream, peer)) => {
-                let pending = pending_fds(gates);
-                admit(server, Accepted { stream, peer, pending }, listener.implicit_tls, handle);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if net::out_of_descriptors(&e) => {
-                if !server.reserve.shed(&listener.sock, &e) {
-                    // Nothing could be taken off the backlog: pause instead of spinning (this
-                    // thread only accepts; the sessions go on).
-                    std::thread::sleep(ACCEPT_PAUSE);
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                return;
-            }
-        }
+/// The blocking loop's [`Entrance`]: headers are polled from [`Door::held`], admissions run
+/// here, and a connection let in goes to the model's handler.
+struct Handler<F>(F);
+
+impl<F: FnMut(Arrival)> Entrance for Handler<F> {
+    fn enter(&mut self, arrival: Arrival) {
+        (self.0)(arrival)
     }
 }
 
-fn pending_fds(gates: &[(Gate, bool)]) -> Vec<RawFd> {
-    gates.iter().map(|(g, _)| g.stream.as_raw_fd()).collect()
-}
-
-/// Counts the connection against the limits (here and, with `--shared-state`, across the
-/// cluster) and hands it over, or refuses it with its 421.
-fn admit(
-    server: &Server,
-    accepted: Accepted,
-    implicit: bool,
-    handle: &mut impl FnMut(Accepted, Permit, bool),
-) {
-    match server.limits.admit(accepted.peer.ip()) {
-        Ok(permit) => {
-            let _ = accepted.stream.set_nonblocking(false);
-            handle(accepted, permit, implicit);
-        }
-        Err(refusal) => {
-            crate::ops::observe::refused(refusal.cause(), Some(accepted.peer));
-            net::refuse(&accepted.stream, refusal.reply())
-        }
-    }
-}
-
-/// Serves one connection with the blocking driver.
-pub(crate) fn serve_blocking(accepted: Accepted, ctx: &Ctx, implicit_tls: bool) {
-    blocking::serve(accepted.stream, accepted.peer, ctx, implicit_tls);
+/// Serves one connection with the blocking driver; its place in the limits is given back when
+/// the session ends.
+pub(crate) fn serve_blocking(arrival: Arrival, ctx: &Ctx) {
+    let Arrival { stream, peer, implicit_tls, permit, .. } = arrival;
+    blocking::serve(stream, peer, ctx, implicit_tls);
+    drop(permit);
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
-use super::{accept_loop, serve_blocking, Accepted, Server};
-use crate::net;
-use crate::ops::limits::Permit;
+use super::{accept_loop, serve_blocking, Server};
+use crate::drivers::accept::Arrival;
+use crate::sys::net;
 use zocalo_proto::reply::Reply;
 
-type Job = (Accepted, Permit, bool);
+type Job = Arrival;
 
 pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
     let ready = server.ready.take();
@@ -35,7 +35,7 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
                 .spawn(move || worker(&rx, &ctx, &admitted))
         })
         .collect::<Result<_, _>>()?;
-    let refuse = |a: &Accepted| {
+    let refuse = |a: &Arrival| {
         crate::ops::observe::refused(crate::ops::observe::Refused::PoolFull, Some(a.peer));
         net::refuse(
             &a.stream,
@@ -45,14 +45,14 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
     let result = accept_loop(
         &server,
         ready,
-        |accepted, permit, tls| {
+        |arrival| {
             if admitted.load(Ordering::Acquire) >= capacity {
-                return refuse(&accepted);
+                return refuse(&arrival);
             }
             admitted.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::SendError((accepted, ..))) = tx.send((accepted, permit, tls)) {
+            if let Err(mpsc::SendError(arrival)) = tx.send(arrival) {
                 admitted.fetch_sub(1, Ordering::AcqRel);
-                refuse(&accepted);
+                refuse(&arrival);
             }
         },
         || {},
@@ -73,19 +73,18 @@ fn worker(
 ) {
     loop {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((accepted, permit, tls)) = job else {
+        let Ok(arrival) = job else {
             return;
         };
         if ctx.shutdown.is_triggered() {
             crate::ops::observe::refused(
                 crate::ops::observe::Refused::Shutdown,
-                Some(accepted.peer),
+                Some(arrival.peer),
             );
-            net::refuse(&accepted.stream, Reply::new(421, "Server shutting down."));
+            net::refuse(&arrival.stream, Reply::new(421, "Server shutting down."));
         } else {
-            serve_blocking(accepted, ctx, tls);
+            serve_blocking(arrival, ctx);
         }
-        drop(permit);
         admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }

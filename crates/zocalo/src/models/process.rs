@@ -14,20 +14,22 @@ use std::time::{Duration, Instant};
 
 use zocalo_poller::Waker;
 
-use super::{accept_loop, serve_blocking, Server};
-use crate::net;
-use crate::ops::limits::Permit;
-use crate::ops::registry::Registry;
+use super::{accept_loop, Server};
+use crate::drivers::accept::Arrival;
+use crate::drivers::blocking;
+use crate::state::limits::Permit;
+use crate::state::registry::Registry;
+use crate::sys::net;
 
 static CHILD_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_sigchld(_sig: libc::c_int) {
-    crate::shutdown::wake_from_handler(&CHILD_FD);
+    crate::sys::shutdown::wake_from_handler(&CHILD_FD);
 }
 
 fn install_sigchld(waker: &Waker) -> io::Result<()> {
     CHILD_FD.store(waker.as_raw_fd(), Ordering::SeqCst);
-    crate::shutdown::set_handler(libc::SIGCHLD, on_sigchld, libc::SA_NOCLDSTOP)
+    crate::sys::shutdown::set_handler(libc::SIGCHLD, on_sigchld, libc::SA_NOCLDSTOP)
 }
 
 pub fn run(mut server: Server) -> io::Result<()> {
@@ -42,7 +44,8 @@ pub fn run(mut server: Server) -> io::Result<()> {
         accept_loop(
             &server,
             ready,
-            |accepted, permit, tls| {
+            |arrival| {
+                let Arrival { stream, peer, implicit_tls, permit, held } = arrival;
                 // SAFETY: the accept loop is single-threaded, so the child starts with a
                 // consistent copy of the parent's memory.
                 match unsafe { libc::fork() } {
@@ -53,22 +56,22 @@ pub fn run(mut server: Server) -> io::Result<()> {
                             // SAFETY: closing our copy of the listening descriptor in the child.
                             unsafe { libc::close(l.sock.as_raw_fd()) };
                         }
-                        for &fd in &accepted.pending {
+                        for &fd in &held {
                             // SAFETY: our copies of connections whose PROXY header the parent
                             // is still reading: the parent alone decides when they close.
                             unsafe { libc::close(fd) };
                         }
                         if server.ctx.registry.is_some() {
-                            crate::ops::registry::install_child_kick(accepted.stream.as_raw_fd());
+                            crate::state::registry::install_child_kick(stream.as_raw_fd());
                         }
-                        serve_blocking(accepted, &server.ctx, tls);
+                        blocking::serve(stream, peer, &server.ctx, implicit_tls);
                         // SAFETY: leave without running the parent's destructors or atexit.
                         unsafe { libc::_exit(0) }
                     }
                     -1 => {
                         tracing::warn!("fork failed: {}", io::Error::last_os_error());
                         net::refuse(
-                            &accepted.stream,
+                            &stream,
                             zocalo_proto::reply::Reply::new(
                                 421,
                                 "Cannot serve you now; try later.",
@@ -129,9 +132,9 @@ fn wait_children(
             left_for_dead(children);
             return;
         }
-        let _ = crate::net::poll_one(
+        let _ = zocalo_poller::fds::wait_one(
             waker.as_raw_fd(),
-            libc::POLLIN,
+            false,
             left.min(Duration::from_millis(100)),
         );
         let _ = waker.drain();

@@ -12,12 +12,11 @@ pub fn run(mut server: Server) -> io::Result<()> {
     let result = accept_loop(
         &server,
         ready,
-        |accepted, permit, tls| {
+        |arrival| {
             let ctx = server.ctx.clone();
-            let spawned = std::thread::Builder::new().name("zocalo-conn".into()).spawn(move || {
-                serve_blocking(accepted, &ctx, tls);
-                drop(permit);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("zocalo-conn".into())
+                .spawn(move || serve_blocking(arrival, &ctx));
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => tracing::warn!("cannot spawn a thread: {e}"),

@@ -76,7 +76,6 @@ pub fn events(session: &mut Session) {
 pub enum Refused {
     MaxConnections,
     MaxPerIp,
-    Descriptors,
     FdSetsize,
     Shutdown,
     PoolFull,
@@ -87,7 +86,6 @@ pub fn refused(cause: Refused, peer: Option<SocketAddr>) {
     let (counter, text) = match cause {
         Refused::MaxConnections => (Counter::RefusedMaxConnections, "too many connections"),
         Refused::MaxPerIp => (Counter::RefusedMaxPerIp, "too many connections from the address"),
-        Refused::Descriptors => (Counter::RefusedDescriptors, "out of file descriptors"),
         Refused::FdSetsize => (Counter::RefusedFdSetsize, "past select(2)'s FD_SETSIZE"),
         Refused::Shutdown => (Counter::RefusedShutdown, "shutting down"),
         Refused::PoolFull => (Counter::RefusedPoolFull, "the pool and its queue are full"),

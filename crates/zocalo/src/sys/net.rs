@@ -6,9 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::RangeInclusive;
-use std::os::fd::RawFd;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use zocalo_proto::reply::Reply;
@@ -192,38 +190,6 @@ impl FdReserve {
 impl Default for FdReserve {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// One pollfd.
-pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
-}
-
-/// poll(2)'s timeout in milliseconds, rounded up (`None`: forever).
-pub fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
-    match timeout {
-        Some(d) => {
-            d.as_millis().min(i32::MAX as u128) as libc::c_int
-                + i32::from(d.subsec_nanos() % 1_000_000 != 0)
-        }
-        None => -1,
-    }
-}
-
-/// Waits for one event on one descriptor; false on timeout.
-pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = pollfd(fd, events);
-    loop {
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms(Some(timeout))) };
-        if n >= 0 {
-            return Ok(n == 1);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
     }
 }
 

@@ -76,8 +76,9 @@ pub fn acquire() -> Option<Permit> {
     }
 }
 
-/// Hashes in progress now (for tests and metrics).
-pub fn in_use() -> u32 {
+/// Hashes in progress now.
+#[cfg(test)]
+fn in_use() -> u32 {
     GATE.get().map_or(0, |g| g.in_use.load(Ordering::Relaxed))
 }
 

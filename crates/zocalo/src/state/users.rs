@@ -16,7 +16,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use zocalo_proto::{Account, AuthError, Authenticator, Storage};
 
-use crate::ops::limits::LoginGuard;
+use crate::state::limits::LoginGuard;
 use crate::storage::local::LocalFs;
 
 /// One line of the users file.
@@ -247,9 +247,9 @@ fn verify(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// [`verify`] within the bound on hashes at once ([`crate::ops::hashes`]).
+/// [`verify`] within the bound on hashes at once ([`crate::state::hashes`]).
 fn verify_bounded(hash: &str, password: &str) -> Result<bool, AuthError> {
-    let _permit = crate::ops::hashes::acquire().ok_or(AuthError::Unavailable)?;
+    let _permit = crate::state::hashes::acquire().ok_or(AuthError::Unavailable)?;
     Ok(verify(hash, password))
 }
 

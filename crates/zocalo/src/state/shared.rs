@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Script};
 
-use crate::ops::limits::Refusal;
-use crate::ops::registry::Registry;
-use crate::shutdown::Shutdown;
+use crate::state::limits::Refusal;
+use crate::state::registry::Registry;
+use crate::sys::shutdown::Shutdown;
 
 /// How long a node's entries outlive it.
 pub const LEASE: Duration = Duration::from_secs(10);
@@ -551,7 +551,7 @@ impl Shared {
         if rewrite {
             let mut per_ip: HashMap<String, usize> = HashMap::new();
             for s in &sessions {
-                if let Some(ip) = crate::ops::registry::peer_ip(&s.peer) {
+                if let Some(ip) = crate::state::registry::peer_ip(&s.peer) {
                     *per_ip.entry(ip.to_string()).or_default() += 1;
                 }
             }

@@ -52,7 +52,6 @@ unsafe impl Sync for Registry {}
 pub struct Entry {
     registry: Arc<Registry>,
     index: Option<usize>,
-    id: u64,
 }
 
 /// What a reader sees of one session.
@@ -95,12 +94,12 @@ impl Registry {
                 // SAFETY: getpid has no preconditions.
                 slot.pid.store(unsafe { libc::getpid() }, Ordering::Relaxed);
                 slot.fd.store(fd, Ordering::Release);
-                let entry = Entry { registry: self.clone(), index: Some(i), id };
+                let entry = Entry { registry: self.clone(), index: Some(i) };
                 entry.publish(peer, "", "", 0);
                 return entry;
             }
         }
-        Entry { registry: self.clone(), index: None, id }
+        Entry { registry: self.clone(), index: None }
     }
 
     /// Every session now listed.
@@ -209,11 +208,6 @@ fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {
 }
 
 impl Entry {
-    /// The session's id, as `zocalo ctl kick` takes it.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// True once an administrator asked this session to leave.
     pub fn kicked(&self) -> bool {
         self.index.is_some_and(|i| self.registry.slot(i).kick.load(Ordering::Acquire) != 0)
@@ -268,7 +262,7 @@ impl Drop for Entry {
 /// In a `process` child: SIGUSR1 shuts down the reading side of this control socket.
 pub fn install_child_kick(fd: RawFd) {
     KICK_FD.store(fd, Ordering::SeqCst);
-    let _ = crate::shutdown::set_handler(libc::SIGUSR1, on_kick, 0);
+    let _ = crate::sys::shutdown::set_handler(libc::SIGUSR1, on_kick, 0);
 }
 
 extern "C" fn on_kick(_sig: libc::c_int) {
@@ -301,13 +295,13 @@ mod tests {
         drop(a);
         assert_eq!(r.sessions().len(), 1);
         assert!(!b.kicked());
-        assert!(r.kick(b.id()));
+        assert!(r.kick(2));
         assert!(b.kicked());
         assert!(!r.kick(9999));
         assert!(!r.kick(0), "id 0 is a free slot, never a session");
         // SAFETY: getpid has no preconditions.
         r.release_pid(unsafe { libc::getpid() });
-        assert!(r.sessions().is_empty() && !r.kick(b.id()), "released slots are gone");
+        assert!(r.sessions().is_empty() && !r.kick(2), "released slots are gone");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! `zocalo serve --tftp ADDR` runs the TFTP server in a thread of its own; `zocalo tftp` runs it
 //! alone. The transfer state machines and the server live in `zocalo-tftp`; this module adapts
-//! the FTP storage to them and maps the `--model` switch.
+//! the FTP storage to them ([`crate::models::Model::tftp`] maps the `--model` switch).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use zocalo_proto::{FileHandle, Storage, WriteMode};
 use zocalo_tftp::{Model as TftpModel, ServerConfig, TftpStorage};
 
-use crate::models::Model;
-use crate::shutdown::Shutdown;
+use super::Listener;
+use crate::sys::shutdown::Shutdown;
 
 /// The FTP storage (kernel-confined) seen through the TFTP storage trait.
 pub struct StorageAdapter {
@@ -106,18 +106,6 @@ impl Drop for TftpFile {
     }
 }
 
-/// The TFTP model for a `--model` value: the event-loop models run TFTP on one event loop of
-/// the same kind; `process` runs it with a thread per transfer (TFTP has no connection to fork
-/// for).
-pub fn model(model: Model) -> TftpModel {
-    match model {
-        Model::Iterative => TftpModel::Iterative,
-        Model::Pool(n) => TftpModel::Pool(n),
-        Model::Event(backend, _) => TftpModel::Event(backend),
-        Model::Process | Model::Thread => TftpModel::Thread,
-    }
-}
-
 /// Binds a TFTP socket.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::bind(addr)
@@ -150,9 +138,9 @@ pub fn fork(
     write: bool,
     model: TftpModel,
     shutdown: &Shutdown,
-    listeners: &[crate::models::Listener],
+    listeners: &[Listener],
 ) -> io::Result<()> {
-    crate::models::fork_service(listeners, || {
+    super::fork(listeners, || {
         spawn(socket, storage, write, model, shutdown)?.join().map_err(|_| io::Error::other("tftp"))
     })
 }

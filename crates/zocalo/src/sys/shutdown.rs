@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use zocalo_poller::Waker;
+use zocalo_poller::{fds, Waker};
 
 static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
 static RELOAD_FD: AtomicI32 = AtomicI32::new(-1);
@@ -40,9 +40,7 @@ impl Shutdown {
 
     /// True once a stop was asked for.
     pub fn is_triggered(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout.
-        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+        fds::wait_one(self.fd(), false, Duration::ZERO).unwrap_or(false)
     }
 
     /// A flag that becomes true once a stop is asked for, for code that polls a flag rather than
@@ -51,9 +49,7 @@ impl Shutdown {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, fd) = (stop.clone(), self.fd());
         std::thread::Builder::new().name("zocalo-stop".into()).spawn(move || {
-            while !crate::net::poll_one(fd, libc::POLLIN, Duration::from_secs(3600)).unwrap_or(true)
-            {
-            }
+            while !fds::wait_one(fd, false, Duration::from_secs(3600)).unwrap_or(true) {}
             flag.store(true, Ordering::SeqCst);
         })?;
         Ok(stop)
@@ -92,9 +88,7 @@ impl Reload {
     /// What was asked for since the last call: (a reload, a session-table dump). SIGUSR1
     /// wakes the same descriptor as SIGHUP, so the wakes beyond the dumps are reloads.
     pub fn take(&self) -> (bool, bool) {
-        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout.
-        let readable = unsafe { libc::poll(&mut pfd, 1, 0) == 1 };
+        let readable = fds::wait_one(self.fd(), false, Duration::ZERO).unwrap_or(false);
         let wakes = match readable {
             true => self.waker.drain_count().unwrap_or(0),
             false => 0,
@@ -169,18 +163,12 @@ pub(crate) fn wake_from_handler(slot: &AtomicI32) {
 /// Waits until `fd` is readable (true) or the server is asked to stop (false): the loop of
 /// the small threads that serve the admin channel and reloads.
 pub(crate) fn wait_unless_stopped(fd: RawFd, shutdown: &Shutdown) -> bool {
-    let mut fds = [
-        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: shutdown.fd(), events: libc::POLLIN, revents: 0 },
-    ];
+    let mut polled = [fds::watch(fd, true, false), fds::watch(shutdown.fd(), true, false)];
     loop {
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n > 0 {
-            return fds[1].revents == 0;
-        }
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+        match fds::wait(&mut polled, None) {
+            Ok(0) => {}
+            Ok(_) => return !fds::fired(&polled[1]),
+            Err(_) => return false,
         }
     }
 }

@@ -15,7 +15,7 @@ pub struct Limits {
     max_per_ip: usize,
     state: Mutex<Counts>,
     /// `--shared-state`: the counts across every node, checked after the local ones.
-    shared: Option<Arc<crate::ops::shared::Shared>>,
+    shared: Option<Arc<crate::state::shared::Shared>>,
 }
 
 #[derive(Debug, Default)]
@@ -68,7 +68,7 @@ impl Limits {
     pub fn new(
         max_total: usize,
         max_per_ip: usize,
-        shared: Option<Arc<crate::ops::shared::Shared>>,
+        shared: Option<Arc<crate::state::shared::Shared>>,
     ) -> Arc<Self> {
         Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()), shared })
     }
@@ -112,11 +112,6 @@ impl Limits {
         *n += 1;
         s.total += 1;
         Ok(Permit { limits: self.clone(), ip, shared: false, counted: true })
-    }
-
-    /// Connections now counted.
-    pub fn active(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 
     fn release(&self, ip: IpAddr) {
@@ -276,7 +271,7 @@ impl LoginGuard for SharedGuard {
 /// does not answer), and an address locked out on any node is locked out here.
 pub struct ClusterGuard {
     pub local: SharedGuard,
-    pub shared: Arc<crate::ops::shared::Shared>,
+    pub shared: Arc<crate::state::shared::Shared>,
 }
 
 impl LoginGuard for ClusterGuard {

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::shutdown::Shutdown;
+use crate::sys::shutdown::Shutdown;
 
 /// The line for the balancer.
 pub fn status(stopping: bool) -> &'static [u8] {
@@ -34,7 +34,7 @@ pub fn serve(listener: &TcpListener, shutdown: &Shutdown, exit_after: Option<Dur
         }
         // Short waits once stopping: the stop signal stays readable, so it cannot be waited on.
         let wait = if stopping { Duration::from_millis(100) } else { Duration::from_secs(1) };
-        let ready = crate::net::poll_one(listener.as_raw_fd(), libc::POLLIN, wait);
+        let ready = zocalo_poller::fds::wait_one(listener.as_raw_fd(), false, wait);
         if !stopping && !ready.unwrap_or(false) {
             continue;
         }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::ops::registry::Registry;
-use crate::shutdown::{Reload, Shutdown};
+use crate::state::registry::Registry;
+use crate::sys::shutdown::{Reload, Shutdown};
 
 const MAX_MESSAGE: usize = 32 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,13 +27,13 @@ pub struct Admin {
     /// In the `process` model's admin process: the parent, which must reload too.
     forward: Option<Reload>,
     registry: Arc<Registry>,
-    reloader: crate::serve::Reloader,
+    reloader: crate::state::reload::Reloader,
     /// The model and the `listening` lines.
     summary: Vec<String>,
     /// This node's name, in the status lines.
     node: String,
     /// The cluster's shared state, for other nodes' sessions and kicks.
-    shared: Option<Arc<crate::ops::shared::Shared>>,
+    shared: Option<Arc<crate::state::shared::Shared>>,
 }
 
 impl Admin {
@@ -42,10 +42,10 @@ impl Admin {
     pub fn bind(
         path: &Path,
         registry: Arc<Registry>,
-        reloader: crate::serve::Reloader,
+        reloader: crate::state::reload::Reloader,
         summary: Vec<String>,
         node: String,
-        shared: Option<Arc<crate::ops::shared::Shared>>,
+        shared: Option<Arc<crate::state::shared::Shared>>,
     ) -> io::Result<Self> {
         remove_stale(path)?;
         let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
@@ -154,7 +154,7 @@ impl Admin {
             (None, _) => {}
             (Some(node), _) if node == self.node => {}
             (Some(node), Some(shared)) => {
-                use crate::ops::shared::Kick;
+                use crate::state::shared::Kick;
                 return match shared.kick(node, id) {
                     Some(Kick::Asked) => format!("asked node {node} to kick session {id}\n"),
                     Some(Kick::NoNode) => format!("error: no node {node:?} in the cluster\n"),
@@ -175,7 +175,7 @@ impl Admin {
     /// Serves admin clients in a thread of its own until `shutdown` fires.
     pub fn spawn(self, shutdown: Shutdown) -> io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new().name("zocalo-admin".into()).spawn(move || {
-            while crate::shutdown::wait_unless_stopped(self.fd(), &shutdown) {
+            while crate::sys::shutdown::wait_unless_stopped(self.fd(), &shutdown) {
                 self.serve_ready();
             }
         })
@@ -191,11 +191,11 @@ impl Admin {
         mut self,
         shutdown: Shutdown,
         reload: Reload,
-        listeners: &[crate::models::Listener],
+        listeners: &[super::Listener],
     ) -> io::Result<()> {
         // The child removes the socket when it stops; the parent only closes its copy.
         let path = self.path.take();
-        crate::models::fork_service(listeners, move || {
+        super::fork(listeners, move || {
             (self.path, self.forward) = (path, Some(reload));
             let served = self.spawn(shutdown)?.join();
             served.map_err(|_| io::Error::other("admin channel"))

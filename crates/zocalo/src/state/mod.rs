@@ -1,0 +1,14 @@
+//! What the server knows across connections, shared by the drivers and the services:
+//!
+//! - [`users`]: accounts and their storage; [`hashes`]: a bound on password hashes at once,
+//!   across forks;
+//! - [`limits`]: connection counts and login lock-outs; [`shared`]: the same across a cluster,
+//!   in Redis (with its sync loop);
+//! - [`registry`]: the session table; [`reload`]: what SIGHUP and `ctl reload` refresh.
+
+pub mod hashes;
+pub mod limits;
+pub mod registry;
+pub mod reload;
+pub mod shared;
+pub mod users;
