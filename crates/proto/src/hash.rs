@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use sha1::Digest;
 
-use crate::session::Cancel;
+use crate::work::Cancel;
 
 /// The algorithms offered; the first is the default of OPTS HASH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

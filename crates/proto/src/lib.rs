@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod reply;
 pub mod session;
 pub mod storage;
+pub mod work;
 
 pub use auth::{Account, AuthError, Authenticator};
 pub use session::{

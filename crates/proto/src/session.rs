@@ -32,12 +32,13 @@
 //! never touches a socket. Bulk data never passes through it: a transfer
 //! action carries an open file handle that the driver pumps.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+pub use crate::work::{Cancel, Done, Lane, Work};
 
 use crate::auth::{Account, AuthError, Authenticator};
 use crate::command::{self, BeforeLogin, Command, EpsvArg, ParseError, TransferType};
@@ -169,95 +170,6 @@ impl LoginRefusal {
     }
 }
 
-/// Work the session needs done before it can answer a command. It owns everything it needs
-/// (an `Arc` of the storage, resolved paths), so it can run on any thread.
-pub struct Work {
-    job: Box<dyn FnOnce() -> Done + Send>,
-    lane: Lane,
-    cancel: Cancel,
-}
-
-/// Which of a driver's worker lanes a job waits in. An event loop gives each lane threads of
-/// its own, so no kind of work queues behind another: a login never waits for a file, and
-/// neither waits for a hash of a large file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// Getting in: checking a password (an Argon2 hash, an account source) or admission.
-    Login,
-    /// Short storage calls: stat, list a batch, open, a transfer's file write.
-    Storage,
-    /// Long storage work bounded only by a deadline (HASH and the X hash commands).
-    Bulk,
-}
-
-/// Asks running or queued [`Work`] to stop: a driver cancels the work of a connection that is
-/// gone, a worker skips a job cancelled before it starts, and long work (a hash) checks it as
-/// it goes.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Work {
-    /// Storage work that returns `job`'s value (a driver uses it for its own blocking calls).
-    pub fn new<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Work {
-        Work::in_lane(Lane::Storage, Cancel::default(), job)
-    }
-
-    /// Work for `lane`, cancelled through `cancel`.
-    pub fn in_lane<T: Send + 'static>(
-        lane: Lane,
-        cancel: Cancel,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> Work {
-        Work { job: Box::new(move || Done(Box::new(job()))), lane, cancel }
-    }
-
-    pub fn lane(&self) -> Lane {
-        self.lane
-    }
-
-    /// A handle that cancels this work.
-    pub fn canceller(&self) -> Cancel {
-        self.cancel.clone()
-    }
-
-    /// Does the work (blocking) and returns the result for [`Session::handle_work_done`].
-    pub fn run(self) -> Done {
-        (self.job)()
-    }
-}
-
-impl Done {
-    /// The value of a [`Work::new`] job, if it is a `T`.
-    pub fn take<T: 'static>(self) -> Option<T> {
-        self.0.downcast().ok().map(|b| *b)
-    }
-}
-
-impl std::fmt::Debug for Work {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Work")
-    }
-}
-
-/// The result of a [`Work`], opaque to the driver.
-pub struct Done(Box<dyn Any + Send>);
-
-impl std::fmt::Debug for Done {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Done")
-    }
-}
-
 /// What the session does with a [`Done`] once it comes back.
 type Then = Box<dyn FnOnce(&mut Session, Done) + Send>;
 
@@ -339,9 +251,63 @@ enum Wait {
     Work,
 }
 
+/// What a transfer on the data connection is: a file sent or received, or a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferKind {
+    Retr,
+    Stor,
+    Appe,
+    Stou,
+    List,
+    Nlst,
+    Mlsd,
+}
+
+impl TransferKind {
+    /// Every kind, in the order of their discriminants (the metrics keep a slot per kind).
+    pub const ALL: [TransferKind; 7] = [
+        TransferKind::Retr,
+        TransferKind::Stor,
+        TransferKind::Appe,
+        TransferKind::Stou,
+        TransferKind::List,
+        TransferKind::Nlst,
+        TransferKind::Mlsd,
+    ];
+
+    /// The command that started it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            TransferKind::Retr => "RETR",
+            TransferKind::Stor => "STOR",
+            TransferKind::Appe => "APPE",
+            TransferKind::Stou => "STOU",
+            TransferKind::List => "LIST",
+            TransferKind::Nlst => "NLST",
+            TransferKind::Mlsd => "MLSD",
+        }
+    }
+
+    /// A directory listing rather than a file.
+    pub fn is_listing(self) -> bool {
+        matches!(self, TransferKind::List | TransferKind::Nlst | TransferKind::Mlsd)
+    }
+
+    /// Bytes come from the client (an upload).
+    pub fn is_upload(self) -> bool {
+        matches!(self, TransferKind::Stor | TransferKind::Appe | TransferKind::Stou)
+    }
+}
+
+impl std::fmt::Display for TransferKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.verb())
+    }
+}
+
 #[derive(Debug)]
 struct Running {
-    verb: &'static str,
+    kind: TransferKind,
     path: String,
     size: Option<u64>,
     progress: Arc<AtomicU64>,
@@ -504,10 +470,10 @@ impl Session {
         self.closed
     }
 
-    /// The running transfer: verb, path and bytes so far.
-    pub fn transfer_status(&self) -> Option<(&'static str, &str, u64)> {
+    /// The running transfer: its kind, path and bytes so far.
+    pub fn transfer_status(&self) -> Option<(TransferKind, &str, u64)> {
         let r = self.running.as_ref()?;
-        Some((r.verb, &r.path, r.progress.load(Ordering::Relaxed)))
+        Some((r.kind, &r.path, r.progress.load(Ordering::Relaxed)))
     }
 
     /// How many bytes [`handle_input`](Self::handle_input) accepts now. Zero means: stop
@@ -798,8 +764,8 @@ impl Session {
             Port(addr) | Eprt(addr) => self.port(addr),
             Abor => self.abor(),
             Retr(p) => self.retr(p),
-            Stor(p) => self.store(p, "STOR"),
-            Appe(p) => self.store(p, "APPE"),
+            Stor(p) => self.store(p, TransferKind::Stor),
+            Appe(p) => self.store(p, TransferKind::Appe),
             Stou => self.stou(),
             List(a) => self.list(a.path, a.all, ListKind::Long),
             Nlst(a) => self.list(a.path, a.all, ListKind::Names),
@@ -1470,13 +1436,13 @@ impl Session {
                 let mode = s.mode_name();
                 let text =
                     format!("Opening {mode} mode data connection for {abs} ({remaining} bytes).");
-                s.start("RETR", abs, Some(size), Body::Send(file), text, None);
+                s.start(TransferKind::Retr, abs, Some(size), Body::Send(file), text, None);
             }
             Err(e) => s.reply_error(&e),
         });
     }
 
-    fn store(&mut self, arg: &str, verb: &'static str) {
+    fn store(&mut self, arg: &str, kind: TransferKind) {
         if self.data_refused() {
             return;
         }
@@ -1485,8 +1451,8 @@ impl Session {
             return self.reply(553, "A name that ends in / names a directory, not a file.");
         }
         let abs = path::resolve(&self.cwd, arg);
-        let mode = match (verb, offset) {
-            ("APPE", _) => WriteMode::Append,
+        let mode = match (kind, offset) {
+            (TransferKind::Appe, _) => WriteMode::Append,
             (_, 0) => WriteMode::Truncate,
             (_, off) => WriteMode::At(off),
         };
@@ -1507,7 +1473,7 @@ impl Session {
         self.on_storage(open, move |s, opened| match opened {
             Ok(file) => {
                 let text = format!("Ok to send data for {abs}.");
-                s.start(verb, abs, None, Body::Receive(file), text, None);
+                s.start(kind, abs, None, Body::Receive(file), text, None);
             }
             Err(e) => s.reply_error(&e),
         });
@@ -1538,7 +1504,7 @@ impl Session {
         self.on_storage(create, |s, created| match created {
             Ok(Some((name, abs, file))) => {
                 let text = format!("FILE: {name}");
-                s.start("STOU", abs, None, Body::Receive(file), text, Some(name));
+                s.start(TransferKind::Stou, abs, None, Body::Receive(file), text, Some(name));
             }
             Ok(None) => s.reply(450, "Could not find a unique file name."),
             Err(e) => s.reply_error(&e),
@@ -1589,7 +1555,7 @@ impl Session {
         self.on_storage(open, move |s, listing| match listing {
             Ok(listing) => {
                 let text = String::from("Here comes the directory listing.");
-                s.start(kind.verb(), abs, None, Body::Listing(listing), text, None);
+                s.start(kind.transfer(), abs, None, Body::Listing(listing), text, None);
             }
             Err(e) => s.reply_error(&e),
         });
@@ -1611,7 +1577,7 @@ impl Session {
 
     fn start(
         &mut self,
-        verb: &'static str,
+        kind: TransferKind,
         path: String,
         size: Option<u64>,
         body: Body,
@@ -1636,7 +1602,7 @@ impl Session {
             progress: progress.clone(),
         }));
         let aborting = false;
-        self.running = Some(Running { verb, path, size, progress, aborting, unique_name });
+        self.running = Some(Running { kind, path, size, progress, aborting, unique_name });
     }
 
     fn reply_outcome(&mut self, run: &Running, outcome: Outcome) {
@@ -1838,11 +1804,11 @@ enum ListKind {
 }
 
 impl ListKind {
-    fn verb(self) -> &'static str {
+    fn transfer(self) -> TransferKind {
         match self {
-            ListKind::Long => "LIST",
-            ListKind::Names => "NLST",
-            ListKind::Facts => "MLSD",
+            ListKind::Long => TransferKind::List,
+            ListKind::Names => TransferKind::Nlst,
+            ListKind::Facts => TransferKind::Mlsd,
         }
     }
 }
@@ -1850,8 +1816,10 @@ impl ListKind {
 fn transfer_line(r: &Running) -> String {
     let done = r.progress.load(Ordering::Relaxed);
     match r.size {
-        Some(total) => format!(" {} {}: {done} of {total} bytes transferred", r.verb, r.path),
-        None => format!(" {} {}: {done} bytes transferred", r.verb, r.path),
+        Some(total) => {
+            format!(" {} {}: {done} of {total} bytes transferred", r.kind.verb(), r.path)
+        }
+        None => format!(" {} {}: {done} bytes transferred", r.kind.verb(), r.path),
     }
 }
 

@@ -516,15 +516,9 @@ impl Connection {
         let Some(task) = self.task.as_mut() else {
             return;
         };
-        let mut step = task.step();
-        // A blocking driver's thread serves one client: its file I/O runs right here.
-        if self.inline {
-            while let Step::Io(work) = step {
-                task.io_done(work.run());
-                step = task.step();
-            }
-        }
-        match step {
+        // Only an offloading task (the event loop's) returns `Step::Io`; a blocking driver's
+        // does its file I/O inside `step`, on the thread that serves its one client.
+        match task.step() {
             Step::Finished(outcome) => {
                 self.drop_task(io);
                 self.done(outcome);
@@ -591,23 +585,21 @@ pub fn finish_transfer(
     outcome: Outcome,
 ) -> u64 {
     let mut moved = 0;
-    if let Some((verb, path, bytes)) = session.transfer_status() {
+    if let Some((kind, path, bytes)) = session.transfer_status() {
         let complete = matches!(outcome, Outcome::Done);
         let user = session.user().unwrap_or("");
         let took = start.at.elapsed();
         moved = bytes;
-        crate::ops::metrics::transfer(verb, complete, bytes, took);
-        let ms = took.as_millis() as u64;
-        match verb {
-            "RETR" | "STOR" | "APPE" | "STOU" => {
-                tracing::info!(verb, path, bytes, complete, user, %peer, ms, "transfer")
-            }
-            _ => tracing::debug!(verb, path, bytes, complete, user, ms, "listing"),
+        crate::ops::metrics::transfer(kind, complete, bytes, took);
+        let (ms, verb) = (took.as_millis() as u64, kind.verb());
+        match kind.is_listing() {
+            false => tracing::info!(verb, path, bytes, complete, user, %peer, ms, "transfer"),
+            true => tracing::debug!(verb, path, bytes, complete, user, ms, "listing"),
         }
         if let Some(log) = log {
             let anonymous = session.is_anonymous();
             let ascii = start.ascii;
-            log.record(&Record { verb, path, bytes, took, peer, user, anonymous, ascii, complete });
+            log.record(&Record { kind, path, bytes, took, peer, user, anonymous, ascii, complete });
         }
     }
     session.handle_transfer_done(outcome);
@@ -631,7 +623,7 @@ impl Published {
     pub fn update(&mut self, session: &Session) {
         let status = session.transfer_status();
         let user = session.user();
-        let transfer = status.map(|(verb, path, _)| (verb, path.to_string()));
+        let transfer = status.map(|(kind, path, _)| (kind.verb(), path.to_string()));
         if user != self.shown.0.as_deref() || transfer != self.shown.1 {
             self.shown = (user.map(str::to_string), transfer);
             let text = self.shown.1.as_ref().map(|(v, p)| format!("{v} {p}")).unwrap_or_default();

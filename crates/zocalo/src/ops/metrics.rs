@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use zocalo_proto::session::TransferKind;
+
 /// One counter (or gauge) of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -55,8 +57,7 @@ pub enum Counter {
 
 const COUNTERS: usize = Counter::Reloads as usize + 1;
 
-/// The commands whose transfers are counted, by result.
-const VERBS: [&str; 7] = ["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"];
+/// Transfers are counted by kind and result: two slots per [`TransferKind`].
 const TRANSFERS: usize = COUNTERS;
 
 /// Histogram bounds in seconds, for transfers and for listings.
@@ -64,7 +65,7 @@ const BUCKETS: [f64; 12] =
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0];
 /// Each histogram: one slot per bucket, then the sum in microseconds, then the count.
 const HISTOGRAM: usize = BUCKETS.len() + 2;
-const TRANSFER_SECONDS: usize = TRANSFERS + VERBS.len() * 2;
+const TRANSFER_SECONDS: usize = TRANSFERS + TransferKind::ALL.len() * 2;
 const LISTING_SECONDS: usize = TRANSFER_SECONDS + HISTOGRAM;
 const SLOTS: usize = LISTING_SECONDS + HISTOGRAM;
 
@@ -147,14 +148,10 @@ pub fn session_closed() {
 }
 
 /// A finished transfer or listing: its result, bytes and duration.
-pub fn transfer(verb: &str, complete: bool, bytes: u64, took: Duration) {
-    let Some(v) = VERBS.iter().position(|x| *x == verb) else {
-        return;
-    };
-    bump(TRANSFERS + v * 2 + usize::from(!complete), 1);
-    let listing = v >= 4;
-    add(if v == 0 || listing { Counter::BytesSent } else { Counter::BytesReceived }, bytes);
-    observe(if listing { LISTING_SECONDS } else { TRANSFER_SECONDS }, took);
+pub fn transfer(kind: TransferKind, complete: bool, bytes: u64, took: Duration) {
+    bump(TRANSFERS + kind as usize * 2 + usize::from(!complete), 1);
+    add(if kind.is_upload() { Counter::BytesReceived } else { Counter::BytesSent }, bytes);
+    observe(if kind.is_listing() { LISTING_SECONDS } else { TRANSFER_SECONDS }, took);
 }
 
 fn observe(base: usize, took: Duration) {
@@ -230,12 +227,12 @@ pub fn render() -> String {
         "Data bytes received.",
         &[("", c(BytesReceived))],
     );
-    let transfers: Vec<(String, u64)> = VERBS
+    let transfers: Vec<(String, u64)> = TransferKind::ALL
         .iter()
-        .enumerate()
-        .flat_map(|(v, verb)| {
+        .flat_map(|&kind| {
             [("ok", 0), ("failed", 1)].map(|(result, i)| {
-                (format!("command=\"{verb}\",result=\"{result}\""), get(TRANSFERS + v * 2 + i))
+                let slot = TRANSFERS + kind as usize * 2 + i;
+                (format!("command=\"{kind}\",result=\"{result}\""), get(slot))
             })
         })
         .collect();
@@ -311,8 +308,8 @@ mod tests {
         let id = session_opened();
         assert!(session_opened() > id);
         inc(Counter::LoginsAccepted);
-        transfer("RETR", true, 1000, Duration::from_millis(3));
-        transfer("LIST", false, 10, Duration::from_secs(2));
+        transfer(TransferKind::Retr, true, 1000, Duration::from_millis(3));
+        transfer(TransferKind::List, false, 10, Duration::from_secs(2));
         let text = render();
         assert!(text.contains("zocalo_logins_total{node=\"test-node\",result=\"accepted\"} 1"));
         assert!(text.contains("zocalo_sent_bytes_total{node=\"test-node\"} 1010"));

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use zocalo_proto::listing::civil;
+use zocalo_proto::session::TransferKind;
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] =
@@ -26,7 +27,7 @@ pub struct Xferlog {
 
 /// One finished transfer.
 pub struct Record<'a> {
-    pub verb: &'a str,
+    pub kind: TransferKind,
     pub path: &'a str,
     pub bytes: u64,
     pub took: Duration,
@@ -44,10 +45,10 @@ impl Xferlog {
 
     /// Appends one line; listings (LIST, NLST, MLSD) are not file transfers and are skipped.
     pub fn record(&self, r: &Record<'_>) {
-        let direction = match r.verb {
-            "RETR" => 'o',
-            "STOR" | "APPE" | "STOU" => 'i',
-            _ => return,
+        let direction = match r.kind {
+            _ if r.kind.is_listing() => return,
+            kind if kind.is_upload() => 'i',
+            _ => 'o',
         };
         let line = format!(
             "{} {} {} {} {} {} _ {direction} {} {} ftp 0 * {}\n",
@@ -90,7 +91,7 @@ mod tests {
         let log = Xferlog::open(&path).unwrap();
         let peer = "127.0.0.1".parse().unwrap();
         let mut r = Record {
-            verb: "RETR",
+            kind: TransferKind::Retr,
             path: "/a b",
             bytes: 5,
             took: Duration::from_millis(10),
@@ -101,7 +102,7 @@ mod tests {
             complete: true,
         };
         log.record(&r);
-        r.verb = "LIST";
+        r.kind = TransferKind::List;
         log.record(&r);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

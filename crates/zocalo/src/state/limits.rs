@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::state::shared::{Full, Shared};
+
 /// Connection counters.
 #[derive(Debug)]
 pub struct Limits {
@@ -15,7 +17,7 @@ pub struct Limits {
     max_per_ip: usize,
     state: Mutex<Counts>,
     /// `--shared-state`: the counts across every node, checked after the local ones.
-    shared: Option<Arc<crate::state::shared::Shared>>,
+    shared: Option<Arc<Shared>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,11 +67,7 @@ pub struct Permit {
 }
 
 impl Limits {
-    pub fn new(
-        max_total: usize,
-        max_per_ip: usize,
-        shared: Option<Arc<crate::state::shared::Shared>>,
-    ) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_ip: usize, shared: Option<Arc<Shared>>) -> Arc<Self> {
         Arc::new(Limits { max_total, max_per_ip, state: Mutex::new(Counts::default()), shared })
     }
 
@@ -93,7 +91,8 @@ impl Limits {
         if let Some(shared) = &self.shared {
             match shared.admit(ip) {
                 Some(Ok(())) => permit.shared = true,
-                Some(Err(refusal)) => return Err(refusal),
+                Some(Err(Full::Cluster)) => return Err(Refusal::TooManyConnections),
+                Some(Err(Full::Address)) => return Err(Refusal::TooManyFromAddress),
                 None => {}
             }
         }
@@ -271,7 +270,7 @@ impl LoginGuard for SharedGuard {
 /// does not answer), and an address locked out on any node is locked out here.
 pub struct ClusterGuard {
     pub local: SharedGuard,
-    pub shared: Arc<crate::state::shared::Shared>,
+    pub shared: Arc<Shared>,
 }
 
 impl LoginGuard for ClusterGuard {

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Script};
 
-use crate::state::limits::Refusal;
 use crate::state::registry::Registry;
 use crate::sys::shutdown::Shutdown;
 
@@ -89,6 +88,15 @@ pub enum Kick {
     Asked,
     NoNode,
     NoSession,
+}
+
+/// Which of the cluster's limits a connection would go over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `--max-connections`, counted over every node.
+    Cluster,
+    /// `--max-per-ip`, counted over every node.
+    Address,
 }
 
 /// The shared state of one node.
@@ -341,7 +349,7 @@ impl Shared {
 
     /// Counts a connection from `ip` across the cluster. `None`: Redis did not answer (the
     /// local count decides alone).
-    pub fn admit(&self, ip: IpAddr) -> Option<Result<(), Refusal>> {
+    pub fn admit(&self, ip: IpAddr) -> Option<Result<(), Full>> {
         let verdict: i64 = self.call(|c| {
             self.scripts
                 .admit
@@ -356,8 +364,8 @@ impl Shared {
         })?;
         Some(match verdict {
             0 => Ok(()),
-            1 => Err(Refusal::TooManyConnections),
-            _ => Err(Refusal::TooManyFromAddress),
+            1 => Err(Full::Cluster),
+            _ => Err(Full::Address),
         })
     }
 
