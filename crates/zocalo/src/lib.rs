@@ -16,6 +16,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod drivers;
 mod models;
 mod ops;
@@ -28,26 +29,31 @@ mod sys;
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, Command, CtlRequest, Settings, UserCommand};
+use crate::cli::{Cli, Command, CtlRequest, UserCommand};
 use crate::commands::Failure;
+use crate::config::Settings;
 
 /// The `zocalo` command: parses the command line and runs what it asks for.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result: Result<(), Failure> = match cli.command {
-        Command::Serve(args) => Settings::resolve(&args)
-            .and_then(|settings| {
-                crate::ops::logs::init(settings.json_logs, settings.log_file.as_deref())
-                    .map_err(|e| format!("cannot open the log file: {e}"))?;
-                match args.inetd {
-                    true => crate::serve::run_inetd(settings),
-                    false => crate::serve::run(settings),
-                }
-                .map_err(|e| e.to_string())
-            })
-            .map_err(Failure::from),
+        Command::Serve(flags) => {
+            let given = matches.subcommand_matches("serve").map(cli::given_on_command_line);
+            Settings::load(*flags, &given.unwrap_or_default())
+        }
+        .and_then(|settings| {
+            crate::ops::logs::init(settings.json_logs(), settings.log_file.as_deref())
+                .map_err(|e| format!("cannot open the log file: {e}"))?;
+            match settings.inetd {
+                true => crate::serve::run_inetd(settings),
+                false => crate::serve::run(settings),
+            }
+            .map_err(|e| e.to_string())
+        })
+        .map_err(Failure::from),
         Command::Tftp(args) => {
             let _ = crate::ops::logs::init(false, None);
             crate::commands::tftp(args).map_err(Failure::from)

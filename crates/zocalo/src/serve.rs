@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use zocalo_proto::session::{Config, TlsPolicy};
 
-use crate::cli::Settings;
+use crate::config::Settings;
 use crate::drivers::accept::{Arrival, Door, Entrance, Listener};
 use crate::drivers::connection::Ctx;
 use crate::drivers::data::Rates;
@@ -25,7 +25,7 @@ use crate::sys::tls::Tls;
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> io::Result<()> {
     raise_fd_limit();
-    crate::ops::metrics::init(&settings.node_name)?;
+    crate::ops::metrics::init(settings.node_name())?;
     crate::state::hashes::init(crate::state::hashes::default_permits())?;
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
@@ -47,7 +47,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
-        let (write, mut model) = (settings.anonymous_write, settings.model.tftp());
+        let (write, mut model) = (settings.write, settings.model.tftp());
         if settings.s3.is_some() && matches!(model, zocalo_tftp::Model::Event(_)) {
             // Each S3 request is a network round trip: on an event loop one transfer would
             // hold up all the others, so TFTP gets a thread per transfer instead.
@@ -70,12 +70,17 @@ pub fn run(settings: Settings) -> io::Result<()> {
     }
     if let Some(listener) = metrics_listener {
         lines.push(format!("listening metrics http://{}/metrics", listener.local_addr()?));
-        start_metrics(listener, &server, settings.model, settings.shutdown_grace)?;
+        start_metrics(
+            listener,
+            &server,
+            settings.model,
+            Duration::from_secs(settings.shutdown_grace),
+        )?;
     }
     if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {
         let mut summary = vec![format!("model {}", settings.model)];
         summary.extend(lines.iter().cloned());
-        let (node, shared) = (settings.node_name.clone(), server.ctx.shared.clone());
+        let (node, shared) = (settings.node_name().to_string(), server.ctx.shared.clone());
         let admin =
             Admin::bind(path, registry.clone(), server.reloader.clone(), summary, node, shared)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -101,7 +106,8 @@ pub fn run(settings: Settings) -> io::Result<()> {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         lines.push(format!("listening agent://{}", listener.local_addr()?));
         let shutdown = server.ctx.shutdown.clone();
-        let grace = settings.shutdown_grace + std::time::Duration::from_secs(1);
+        let grace =
+            Duration::from_secs(settings.shutdown_grace) + std::time::Duration::from_secs(1);
         let agent = move |own_process: bool| {
             crate::services::agent::serve(&listener, &shutdown, own_process.then_some(grace));
         };
@@ -117,7 +123,9 @@ pub fn run(settings: Settings) -> io::Result<()> {
     }));
     match &settings.s3 {
         Some(_) => tracing::info!(model = %settings.model, "serving"),
-        None => tracing::info!(model = %settings.model, root = %settings.root.display(), "serving"),
+        None => {
+            tracing::info!(model = %settings.model, root = %settings.root().display(), "serving")
+        }
     }
     // A fact of the machine read once, here, before the `process` model forks: its children
     // inherit it instead of each reading /proc again.
@@ -155,7 +163,7 @@ fn listeners(settings: &Settings) -> io::Result<Vec<Listener>> {
 /// with ACCEPT done by the super-server. Nothing is written to standard output but FTP.
 pub fn run_inetd(settings: Settings) -> io::Result<()> {
     use std::os::fd::FromRawFd;
-    crate::ops::metrics::init(&settings.node_name)?;
+    crate::ops::metrics::init(settings.node_name())?;
     crate::state::hashes::init(crate::state::hashes::default_permits())?;
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
@@ -263,33 +271,34 @@ fn build(
     listeners: Vec<Listener>,
     shutdown: Shutdown,
 ) -> io::Result<(Server, Arc<dyn zocalo_proto::Storage>)> {
-    let tls = match &settings.tls {
+    let tls = match &settings.ftps {
         Some(t) => Some(Tls::load(&t.cert, &t.key, t.require_reuse)?),
         None => None,
     };
     let shared = match &settings.shared_state {
         Some(url) => Some(crate::state::shared::Shared::open(&crate::state::shared::Options {
             url,
-            node: &settings.node_name,
+            node: settings.node_name(),
             max_total: settings.max_connections,
             max_per_ip: settings.max_per_ip,
             max_failures: settings.max_login_failures,
-            ban: settings.ban_time,
+            ban: Duration::from_secs(settings.ban_time),
             keep_full: settings.model != Model::Process,
         })?),
         None => None,
     };
-    let local = SharedGuard::new(settings.max_login_failures, settings.ban_time)?;
+    let local =
+        SharedGuard::new(settings.max_login_failures, Duration::from_secs(settings.ban_time))?;
     let guard: Arc<dyn LoginGuard> = match &shared {
         Some(shared) => Arc::new(ClusterGuard { local, shared: shared.clone() }),
         None => Arc::new(local),
     };
     let users = Users::new(
         UsersConfig {
-            root: settings.root.clone(),
-            anonymous: settings.anonymous.then_some(settings.anonymous_write),
-            plain: settings.users_plain.clone(),
-            users_file: settings.users_file.clone(),
+            root: settings.root().to_path_buf(),
+            anonymous: settings.anonymous.then_some(settings.write),
+            plain: settings.user.iter().map(|u| (u.name.clone(), u.password.clone())).collect(),
+            users_file: settings.users.clone(),
             atomic_uploads: settings.atomic_uploads,
             s3: match &settings.s3 {
                 Some(config) => Some(open_s3(config)?),
@@ -303,11 +312,11 @@ fn build(
     let mut config = Config::new(users.clone());
     config.masquerade = settings.masquerade;
     config.show_dot_files = settings.show_dot_files;
-    config.login_fail_delay = settings.login_fail_delay;
-    config.login_timeout = settings.login_timeout;
-    config.idle_timeout = settings.idle_timeout;
+    config.login_fail_delay = Duration::from_millis(settings.login_fail_delay_ms);
+    config.login_timeout = Duration::from_secs(settings.login_timeout);
+    config.idle_timeout = Duration::from_secs(settings.idle_timeout);
     config.log_commands = tracing::enabled!(target: "zocalo::ops::observe", tracing::Level::DEBUG);
-    config.tls = match &settings.tls {
+    config.tls = match &settings.ftps {
         None => TlsPolicy::Off,
         Some(t) if t.required => TlsPolicy::Required,
         Some(_) => TlsPolicy::Optional,
@@ -316,7 +325,7 @@ fn build(
     let registry = Arc::new(Registry::new(settings.max_connections.min(65_536))?);
     let reloader = Reloader {
         users,
-        tls: match (&tls, &settings.tls) {
+        tls: match (&tls, &settings.ftps) {
             (Some(tls), Some(t)) => Some((tls.clone(), t.cert.clone(), t.key.clone())),
             _ => None,
         },
@@ -324,23 +333,23 @@ fn build(
     };
     let ctx = Ctx {
         config: Arc::new(config),
-        passive_ports: settings.passive_ports.clone(),
-        data_timeout: settings.data_timeout,
-        grace: settings.shutdown_grace,
+        passive_ports: settings.passive_ports.as_ref().map(|p| p.0.clone()),
+        data_timeout: Duration::from_secs(settings.data_timeout),
+        grace: Duration::from_secs(settings.shutdown_grace),
         shutdown,
         tls,
         xferlog: match &settings.xferlog {
             Some(path) => Some(Arc::new(Xferlog::open(path)?)),
             None => None,
         },
-        rates: Rates { down: settings.max_rate_down, up: settings.max_rate_up },
+        rates: Rates { down: settings.rate_down(), up: settings.rate_up() },
         work_threads: match settings.s3 {
             Some(_) => crate::drivers::workers::NETWORK_THREADS,
             None => crate::drivers::workers::THREADS,
         },
         registry: Some(registry),
-        proxy_from: settings.proxy_from.clone(),
-        proxy_timeout: settings.proxy_timeout,
+        proxy_from: settings.proxy_protocol_from.clone(),
+        proxy_timeout: Duration::from_secs(settings.proxy_header_timeout),
         shared: shared.clone(),
     };
     let workers = match settings.model {
@@ -380,7 +389,7 @@ fn announcements(listeners: &[Listener], settings: &Settings) -> io::Result<Vec<
     let model = settings.model;
     let root = match &settings.s3 {
         Some(s3) => format!("s3://{}/{}/{}", s3.endpoint, s3.bucket, s3.prefix),
-        None => settings.root.display().to_string(),
+        None => settings.root().display().to_string(),
     };
     let mut lines = Vec::new();
     for l in listeners {
