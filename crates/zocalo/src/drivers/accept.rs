@@ -82,6 +82,8 @@ pub trait Entrance {
 /// Whether the listener had more to give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
+    /// One connection was taken (and let in, refused, or left at the door).
+    One,
     /// Every waiting connection was taken.
     Drained,
     /// Out of descriptors and none could be spared to refuse a client: stop watching the
@@ -126,8 +128,22 @@ impl Door {
     /// Accepts every connection waiting on `listener` (it is non-blocking).
     pub fn accept(&mut self, listener: &Listener, entrance: &mut impl Entrance) -> Accepted {
         loop {
+            match self.accept_one(listener, entrance) {
+                Accepted::One => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Accepts one connection waiting on `listener`, so that a driver can open its session
+    /// (and greet it) before it takes the next.
+    pub fn accept_one(&mut self, listener: &Listener, entrance: &mut impl Entrance) -> Accepted {
+        loop {
             match listener.sock.accept() {
-                Ok((stream, peer)) => self.arrive(stream, peer, listener.implicit_tls, entrance),
+                Ok((stream, peer)) => {
+                    self.arrive(stream, peer, listener.implicit_tls, entrance);
+                    return Accepted::One;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if net::out_of_descriptors(&e) => {
                     if !self.reserve.shed(&listener.sock, &e) {

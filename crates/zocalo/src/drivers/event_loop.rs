@@ -203,20 +203,28 @@ impl EventLoop {
 
     // ---- accepting -----------------------------------------------------------------------
 
+    /// Takes the connections waiting on listener `index`, each greeted before the next.
     fn accept(&mut self, index: usize) {
-        let Some(listener) = self.listeners.get(index) else {
-            return;
-        };
         let mut arrivals = Vec::new();
-        let entrance = &mut LoopEntrance {
-            poller: self.poller.as_mut(),
-            workers: &self.workers,
-            arrivals: &mut arrivals,
-        };
-        if self.door.accept(listener, entrance) == Accepted::Pause {
-            self.pause_accepting();
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let entrance = &mut LoopEntrance {
+                poller: self.poller.as_mut(),
+                workers: &self.workers,
+                arrivals: &mut arrivals,
+            };
+            let accepted = self.door.accept_one(listener, entrance);
+            for arrival in arrivals.drain(..) {
+                self.open_one(arrival);
+            }
+            match accepted {
+                Accepted::One => {}
+                Accepted::Drained => return,
+                Accepted::Pause => return self.pause_accepting(),
+            }
         }
-        self.open(arrivals);
     }
 
     /// Steps the door: `step` is given it and the loop's side of it; then the connections it
