@@ -4,21 +4,20 @@
 #![no_main]
 
 use std::io::{Read, Write};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use zocalo_proto::memory::MemoryStorage;
 use zocalo_proto::session::{Action, Body, Config, Outcome, Session};
-use zocalo_proto::{Account, AuthError, Authenticator};
+use zocalo_proto::{Account, AuthError, Authenticator, Login};
 
 struct Auth(MemoryStorage);
 
 impl Authenticator for Auth {
-    fn authenticate(&self, user: &str, _pass: &str, _peer: IpAddr) -> Result<Account, AuthError> {
+    fn authenticate(&self, login: &Login<'_>) -> Result<Account, AuthError> {
         let storage = Arc::new(self.0.clone());
-        Ok(Account { name: user.into(), storage, writable: user != "ro", anonymous: false })
+        Ok(Account::new(login.user, storage, login.user != "ro", false))
     }
 }
 

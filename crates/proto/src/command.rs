@@ -133,6 +133,8 @@ pub struct Verb {
     pub before_login: BeforeLogin,
     /// Changes files: refused with 550 for a read-only account, before the handler runs.
     pub writes: bool,
+    /// Reads files or lists directories: refused with 550 for an upload-only account.
+    pub reads: bool,
     /// Its FEAT lines; `tls`: offered only when the server has a certificate.
     pub feat: &'static [&'static str],
     pub tls: bool,
@@ -154,7 +156,23 @@ const fn verb(
     writes: bool,
     parse: for<'a> fn(&'a str) -> Result<Command<'a>, ParseError>,
 ) -> Verb {
-    Verb { name, aliases: &[], before_login, writes, feat: &[], tls: false, help: true, parse }
+    Verb {
+        name,
+        aliases: &[],
+        before_login,
+        writes,
+        reads: false,
+        feat: &[],
+        tls: false,
+        help: true,
+        parse,
+    }
+}
+
+/// The command reads files or lists directories: refused to an upload-only account.
+const fn reads(mut v: Verb) -> Verb {
+    v.reads = true;
+    v
 }
 
 const fn aka(mut v: Verb, aliases: &'static [&'static str]) -> Verb {
@@ -169,8 +187,8 @@ const fn feat(mut v: Verb, lines: &'static [&'static str]) -> Verb {
 
 use BeforeLogin::{Always, Never, WithoutArgument};
 
-/// Every command zocalo knows, in HELP's order. The session's guard reads `before_login` and
-/// `writes` from here, FEAT and HELP are built from here, and the parser finds verbs here.
+/// Every command zocalo knows, in HELP's order. The session's guard reads `before_login`,
+/// `writes` and `reads` from here, FEAT and HELP are built from here, and the parser finds verbs here.
 pub static VERBS: &[Verb] = &[
     verb("ABOR", Always, false, |_| Ok(Command::Abor)),
     verb("ACCT", Always, false, |_| Ok(Command::Acct)),
@@ -193,14 +211,14 @@ pub static VERBS: &[Verb] = &[
     verb("FEAT", Always, false, |_| Ok(Command::Feat)),
     verb("HELP", Always, false, |a| Ok(Command::Help(optional(a)))),
     feat(verb("HOST", Always, false, |a| Ok(Command::Host(required(a)?))), &["HOST"]),
-    verb("LIST", Never, false, |a| Ok(Command::List(list_arg(a)))),
+    reads(verb("LIST", Never, false, |a| Ok(Command::List(list_arg(a))))),
     // MDTM with a time before the path sets it (the form vsftpd and ncftp use): that parses to
     // MFMT's command, and so to MFMT's entry.
     feat(
-        verb("MDTM", Never, false, |a| match time_then_path(a) {
+        reads(verb("MDTM", Never, false, |a| match time_then_path(a) {
             Some((time, path)) => Ok(Command::Mfmt { time, path, mdtm: true }),
             None => Ok(Command::Mdtm(required(a)?)),
-        }),
+        })),
         &["MDTM"],
     ),
     feat(
@@ -212,15 +230,15 @@ pub static VERBS: &[Verb] = &[
         &["MFMT"],
     ),
     aka(verb("MKD", Never, true, |a| Ok(Command::Mkd(required(a)?))), &["XMKD"]),
-    verb("MLSD", Never, false, |a| Ok(Command::Mlsd(optional(a)))),
+    reads(verb("MLSD", Never, false, |a| Ok(Command::Mlsd(optional(a))))),
     feat(
-        verb("MLST", Never, false, |a| Ok(Command::Mlst(optional(a)))),
+        reads(verb("MLST", Never, false, |a| Ok(Command::Mlst(optional(a))))),
         &["MLST type*;size*;modify*;perm*;UNIX.mode*;"],
     ),
     verb("MODE", Never, false, |a| {
         one_of(a, "S", "Only MODE S (stream) is supported.").map(|_| Command::Mode)
     }),
-    verb("NLST", Never, false, |a| Ok(Command::Nlst(list_arg(a)))),
+    reads(verb("NLST", Never, false, |a| Ok(Command::Nlst(list_arg(a))))),
     verb("NOOP", Always, false, |_| Ok(Command::Noop)),
     feat(verb("OPTS", Always, false, |a| Ok(Command::Opts(required(a)?))), &["UTF8"]),
     verb("PASS", Always, false, |a| Ok(Command::Pass(a))),
@@ -246,13 +264,13 @@ pub static VERBS: &[Verb] = &[
         }),
         &["REST STREAM"],
     ),
-    verb("RETR", Never, false, |a| Ok(Command::Retr(required(a)?))),
+    reads(verb("RETR", Never, false, |a| Ok(Command::Retr(required(a)?)))),
     aka(verb("RMD", Never, true, |a| Ok(Command::Rmd(required(a)?))), &["XRMD"]),
     verb("RNFR", Never, true, |a| Ok(Command::Rnfr(required(a)?))),
     verb("RNTO", Never, true, |a| Ok(Command::Rnto(required(a)?))),
     // SITE's subcommands check their own permission (SITE CHMOD writes, SITE HELP does not).
     verb("SITE", Never, false, |a| Ok(Command::Site(required(a)?))),
-    feat(verb("SIZE", Never, false, |a| Ok(Command::Size(required(a)?))), &["SIZE"]),
+    feat(reads(verb("SIZE", Never, false, |a| Ok(Command::Size(required(a)?)))), &["SIZE"]),
     verb("STAT", WithoutArgument, false, |a| Ok(Command::Stat(list_arg(a).path))),
     verb("STOR", Never, true, |a| Ok(Command::Stor(required(a)?))),
     verb("STOU", Never, true, |_| Ok(Command::Stou)),
@@ -264,13 +282,13 @@ pub static VERBS: &[Verb] = &[
     verb("USER", Always, false, |a| Ok(Command::User(required(a)?))),
     // The HASH FEAT line lists the algorithms with the session's choice marked: the session
     // writes it.
-    verb("HASH", Never, false, |a| Ok(Command::Hash(required(a)?))),
+    reads(verb("HASH", Never, false, |a| Ok(Command::Hash(required(a)?)))),
     feat(verb("RANG", Never, false, |a| Ok(Command::Rang(rang(a)?))), &["RANG STREAM"]),
-    verb("XCRC", Never, false, |a| x_hash(crate::hash::Algorithm::Crc32, a)),
-    verb("XMD5", Never, false, |a| x_hash(crate::hash::Algorithm::Md5, a)),
-    verb("XSHA1", Never, false, |a| x_hash(crate::hash::Algorithm::Sha1, a)),
-    verb("XSHA256", Never, false, |a| x_hash(crate::hash::Algorithm::Sha256, a)),
-    verb("XSHA512", Never, false, |a| x_hash(crate::hash::Algorithm::Sha512, a)),
+    reads(verb("XCRC", Never, false, |a| x_hash(crate::hash::Algorithm::Crc32, a))),
+    reads(verb("XMD5", Never, false, |a| x_hash(crate::hash::Algorithm::Md5, a))),
+    reads(verb("XSHA1", Never, false, |a| x_hash(crate::hash::Algorithm::Sha1, a))),
+    reads(verb("XSHA256", Never, false, |a| x_hash(crate::hash::Algorithm::Sha256, a))),
+    reads(verb("XSHA512", Never, false, |a| x_hash(crate::hash::Algorithm::Sha512, a))),
 ];
 
 /// The entry for `name` (any case), by name or alias.

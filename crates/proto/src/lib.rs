@@ -27,7 +27,7 @@ pub mod session;
 pub mod storage;
 pub mod work;
 
-pub use auth::{Account, AuthError, Authenticator};
+pub use auth::{Account, AuthError, Authenticator, Denial, Login};
 pub use session::{
     Action, Body, Config, Endpoint, Event, LoginRefusal, Outcome, Session, TlsPolicy, Transfer,
 };

@@ -156,6 +156,8 @@ pub enum LoginRefusal {
     TlsRequired,
     /// The credentials could not be checked now ([`AuthError::Unavailable`]).
     Unavailable,
+    /// The credentials were right; the account's policy refused the login.
+    Denied(crate::auth::Denial),
 }
 
 impl LoginRefusal {
@@ -166,6 +168,7 @@ impl LoginRefusal {
             LoginRefusal::HomeMissing => "home missing",
             LoginRefusal::TlsRequired => "TLS required",
             LoginRefusal::Unavailable => "cannot check now",
+            LoginRefusal::Denied(why) => why.as_str(),
         }
     }
 }
@@ -204,6 +207,9 @@ pub struct Transfer {
     pub tls: bool,
     /// Bytes moved so far on the wire; the driver adds to it, STAT reads it.
     pub progress: Arc<AtomicU64>,
+    /// The account's own bytes per second for this direction; the driver keeps to the lower
+    /// of it and the server's.
+    pub rate_limit: Option<u64>,
 }
 
 /// How a transfer ended.
@@ -794,6 +800,10 @@ impl Session {
         if verb.writes && !self.account().is_some_and(|a| a.writable) {
             return Some((550, "Permission denied."));
         }
+        let reads = verb.reads || matches!(parsed.command, Command::Stat(Some(_)));
+        if reads && !self.account().is_some_and(|a| a.readable) {
+            return Some((550, "Permission denied: this account may only upload."));
+        }
         None
     }
 
@@ -819,18 +829,23 @@ impl Session {
                 return self.reply(230, "Already logged in.");
             }
         };
-        let (auth, password, peer) = (self.config.auth.clone(), password.to_string(), self.peer);
+        let (auth, password) = (self.config.auth.clone(), password.to_string());
+        let (client, local, tls) = (self.peer, self.local, self.tls_control);
         let name = user.clone();
         self.offload(
             Lane::Login,
             Cancel::default(),
-            move || auth.authenticate(&user, &password, peer.ip()),
+            move || {
+                let password = &password;
+                auth.authenticate(&crate::auth::Login { user: &user, password, client, local, tls })
+            },
             move |s, result| {
                 let refused = result.as_ref().err().map(|e| match e {
                     AuthError::BadCredentials => LoginRefusal::BadCredentials,
                     AuthError::LockedOut => LoginRefusal::LockedOut,
                     AuthError::HomeMissing => LoginRefusal::HomeMissing,
                     AuthError::Unavailable => LoginRefusal::Unavailable,
+                    AuthError::Denied(why) => LoginRefusal::Denied(*why),
                 });
                 s.events.push_back(Event::Login { user: name, refused });
                 match result {
@@ -1594,12 +1609,17 @@ impl Session {
         let ascii = self.transfer_type == TransferType::Ascii && !matches!(body, Body::Listing(_));
         let tls = self.protect_data;
         self.reply(150, &text);
+        let rate_limit = self.account().and_then(|a| match &body {
+            Body::Receive(_) => a.rate_up,
+            _ => a.rate_down,
+        });
         self.actions.push_back(Action::Transfer(Transfer {
             endpoint,
             body,
             ascii,
             tls,
             progress: progress.clone(),
+            rate_limit,
         }));
         let aborting = false;
         self.running = Some(Running { kind, path, size, progress, aborting, unique_name });

@@ -1,14 +1,13 @@
 //! No input panics the core: seeded random bytes and random command sequences, run in every
 //! `cargo test` (the cargo-fuzz targets in `fuzz/` explore the same surface much longer).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zocalo_proto::command;
 use zocalo_proto::memory::MemoryStorage;
 use zocalo_proto::session::{Action, Config, Outcome, Session};
-use zocalo_proto::{Account, AuthError, Authenticator};
+use zocalo_proto::{Account, AuthError, Authenticator, Login};
 
 struct Rng(u64);
 
@@ -28,9 +27,9 @@ impl Rng {
 struct Auth(MemoryStorage);
 
 impl Authenticator for Auth {
-    fn authenticate(&self, user: &str, _: &str, _: IpAddr) -> Result<Account, AuthError> {
+    fn authenticate(&self, login: &Login<'_>) -> Result<Account, AuthError> {
         let storage = Arc::new(self.0.clone());
-        Ok(Account { name: user.into(), storage, writable: true, anonymous: false })
+        Ok(Account::new(login.user, storage, true, false))
     }
 }
 

@@ -3,29 +3,30 @@
 
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use zocalo_proto::memory::MemoryStorage;
 use zocalo_proto::session::{Action, Body, Config, Outcome, Session};
-use zocalo_proto::{Account, AuthError, Authenticator};
+use zocalo_proto::{Account, AuthError, Authenticator, Login};
 
 struct TestAuth {
     storage: MemoryStorage,
 }
 
 impl Authenticator for TestAuth {
-    fn authenticate(&self, user: &str, pass: &str, _peer: IpAddr) -> Result<Account, AuthError> {
+    fn authenticate(&self, login: &Login<'_>) -> Result<Account, AuthError> {
+        let user = login.user;
         // `dropbox` stands for an anonymous account with --write.
-        let (writable, anonymous) = match (user, pass) {
+        let (writable, anonymous) = match (user, login.password) {
             ("alice", "secret") => (true, false),
             ("dropbox", _) => (true, true),
             (u, _) if self.is_anonymous(u) => (false, true),
             _ => return Err(AuthError::BadCredentials),
         };
         let storage = Arc::new(self.storage.clone());
-        Ok(Account { name: user.into(), storage, writable, anonymous })
+        Ok(Account::new(user, storage, writable, anonymous))
     }
 }
 

@@ -8,6 +8,7 @@ use clap::parser::ValueSource;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_size, Settings};
+use crate::state::policy::Perm;
 
 #[derive(Debug, Parser)]
 #[command(name = "zocalo", version, about = "An FTP server whose server model is a switch")]
@@ -77,21 +78,67 @@ pub enum CtlRequest {
     Reload,
 }
 
+/// `zocalo user`: a users file's accounts. A running server reads the file again on SIGHUP
+/// or `zocalo ctl reload`.
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Add an account; the password is read from standard input (one line).
     Add {
         name: String,
-        /// The users file to append to (created if missing).
-        #[arg(long)]
-        users: PathBuf,
-        /// Home directory, absolute or relative to the server's --root.
-        #[arg(long, default_value = ".")]
-        home: String,
-        /// Give the account read access only.
-        #[arg(long)]
+        #[command(flatten)]
+        file: UsersFile,
+        #[command(flatten)]
+        fields: UserFields,
+        /// Give the account read access only (the same as --perm r).
+        #[arg(long, conflicts_with = "perm")]
         read_only: bool,
     },
+    /// Change an account: its home, perm or policy fields; with --password, its password
+    /// (read from standard input).
+    Set {
+        name: String,
+        #[command(flatten)]
+        file: UsersFile,
+        #[command(flatten)]
+        fields: UserFields,
+        /// Read a new password from standard input.
+        #[arg(long)]
+        password: bool,
+    },
+    /// Remove an account.
+    Del {
+        name: String,
+        #[command(flatten)]
+        file: UsersFile,
+    },
+    /// List the accounts (without their hashes).
+    List {
+        #[command(flatten)]
+        file: UsersFile,
+    },
+}
+
+/// The users file a `zocalo user` command edits.
+#[derive(Debug, Args)]
+pub struct UsersFile {
+    /// The users file (created by `add` if missing).
+    #[arg(long)]
+    pub users: PathBuf,
+}
+
+/// What `user add` and `user set` may give an account.
+#[derive(Debug, Args)]
+pub struct UserFields {
+    /// Home directory, absolute or relative to the server's --root [default for add: .].
+    #[arg(long)]
+    pub home: Option<String>,
+    /// r (read only), rw, or w (upload only: no listing, no download) [default for add: rw].
+    #[arg(long, value_name = "PERM")]
+    pub perm: Option<Perm>,
+    /// Policy fields, KEY=VALUE: rate_up, rate_down (bytes/s, e.g. 1M), allow, deny
+    /// (comma-separated CIDRs), tls_required, disabled (true or false).
+    #[arg(value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// `zocalo tftp`.

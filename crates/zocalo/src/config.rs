@@ -18,6 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::drivers::proxy::Cidr;
 use crate::models::Model;
+pub use crate::state::policy::parse_size;
+use crate::state::sources::SourceConfig;
 
 /// Sessions per client address by default: enough for a person's parallel transfers and a
 /// mirror tool, and one address cannot take the passive ports or the server (SFTPGo's default
@@ -194,6 +196,10 @@ pub struct Settings {
     /// drains (`zocalo ctl drain`, or a stop under way).
     #[arg(long, value_name = "ADDR")]
     pub agent: Option<SocketAddr>,
+    /// Account sources (`[[auth]]` tables of the file only), tried in order after `--user`
+    /// and `--users`.
+    #[arg(skip)]
+    pub auth: Vec<SourceConfig>,
 
     // What `load` derives from the settings above.
     /// FTPS, when a certificate and key are given and the policy is not `off`.
@@ -467,35 +473,6 @@ where
     })
 }
 
-/// A size with an optional unit: a plain number of bytes, `K`, `M`, `G`, `T` or `KiB`, `MiB`,
-/// `GiB`, `TiB` for powers of 1024 (as curl and rclone read `10M`), `kB`, `MB`, `GB`, `TB` for
-/// powers of 1000, `B` for bytes; a decimal number is allowed (`1.5G`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" => 1 << 10,
-        "M" | "m" | "MiB" => 1 << 20,
-        "G" | "g" | "GiB" => 1 << 30,
-        "T" | "t" | "TiB" => 1 << 40,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        other => {
-            return Err(format!("unknown unit {other:?} in {text:?} (use K, M, G, KiB, MB, ...)"))
-        }
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
-    }
-    Ok(bytes.round() as u64)
-}
-
 /// The machine's host name (the default node name).
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -567,7 +544,10 @@ mod tests {
     fn with_file(text: &str, args: &[&str]) -> Result<Settings, String> {
         let dir = std::env::temp_dir().join(format!("zocalo-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.toml", text.len() * 31 + args.len()));
+        // Tests run in parallel: each file gets a name of its own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
         std::fs::write(&path, text).unwrap();
         let path = path.display().to_string();
         let mut all = vec!["--config", &path];

@@ -70,9 +70,7 @@ pub fn main() -> ExitCode {
                 println!("wrote {} and {}", cert.display(), key.display())
             })
             .map_err(|e| Failure::from(e.to_string())),
-        Command::User(UserCommand::Add { name, users, home, read_only }) => read_password()
-            .and_then(|pw| crate::state::users::add_user(&users, &name, &pw, &home, !read_only))
-            .map_err(Failure::from),
+        Command::User(command) => user(command).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +97,37 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `zocalo user ...`.
+fn user(command: UserCommand) -> Result<(), String> {
+    use crate::state::users::{edit_users, Change, Edit};
+    let change = |fields: cli::UserFields, password: Option<String>| Change {
+        password,
+        home: fields.home,
+        perm: fields.perm,
+        pairs: fields.set,
+    };
+    let (file, name, edit) = match command {
+        UserCommand::Add { name, file, mut fields, read_only } => {
+            if read_only {
+                fields.perm = Some(crate::state::policy::Perm::Read);
+            }
+            (file, name, Edit::Add(change(fields, Some(read_password()?))))
+        }
+        UserCommand::Set { name, file, fields, password } => {
+            let password = if password { Some(read_password()?) } else { None };
+            (file, name, Edit::Set(change(fields, password)))
+        }
+        UserCommand::Del { name, file } => (file, name, Edit::Del),
+        UserCommand::List { file } => (file, String::new(), Edit::List),
+    };
+    let out = edit_users(&file.users, &name, edit)?;
+    match out.strip_prefix("warning: ").or_else(|| out.strip_prefix("note: ")) {
+        Some(_) => eprint!("zocalo: {out}"),
+        None => print!("{out}"),
+    }
+    Ok(())
 }
 
 fn read_password() -> Result<String, String> {

@@ -304,6 +304,7 @@ fn build(
                 Some(config) => Some(open_s3(config)?),
                 None => None,
             },
+            sources: crate::state::sources::open(&settings.auth).map_err(io::Error::other)?,
         },
         guard,
     )?;

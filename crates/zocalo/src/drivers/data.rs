@@ -170,7 +170,12 @@ impl DataTask {
     ) -> Result<Self, Outcome> {
         let peer = peer.to_canonical();
         let pump = Pump::new(t.body, t.ascii, t.tls);
-        let rate = if pump.sends() { rates.down } else { rates.up };
+        // The lower of the server's limit and the account's own.
+        let server = if pump.sends() { rates.down } else { rates.up };
+        let rate = match (server, t.rate_limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let throttle = rate.map(Throttle::new);
         let tls = if t.tls { Some(tls.ok_or(Outcome::TlsRejected)?.clone()) } else { None };
         let state = match (t.endpoint, passive) {

@@ -27,6 +27,7 @@ pub enum Counter {
     LoginsHomeMissing,
     LoginsTlsRequired,
     LoginsUnavailable,
+    LoginsDenied,
     LockOuts,
     RefusedMaxConnections,
     RefusedMaxPerIp,
@@ -190,6 +191,7 @@ pub fn render() -> String {
             ("result=\"home_missing\"", c(LoginsHomeMissing)),
             ("result=\"tls_required\"", c(LoginsTlsRequired)),
             ("result=\"unavailable\"", c(LoginsUnavailable)),
+            ("result=\"denied\"", c(LoginsDenied)),
         ],
     );
     family("zocalo_reloads_total", "counter", "Reloads (SIGHUP, ctl reload).", &[("", c(Reloads))]);

@@ -48,6 +48,7 @@ pub fn events(session: &mut Session) {
                     LoginRefusal::HomeMissing => Counter::LoginsHomeMissing,
                     LoginRefusal::TlsRequired => Counter::LoginsTlsRequired,
                     LoginRefusal::Unavailable => Counter::LoginsUnavailable,
+                    LoginRefusal::Denied(_) => Counter::LoginsDenied,
                 });
                 tracing::warn!(user, reason = why.as_str(), "login refused");
             }

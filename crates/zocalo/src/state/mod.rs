@@ -1,6 +1,7 @@
 //! What the server knows across connections, shared by the drivers and the services:
 //!
-//! - [`users`]: accounts and their storage; [`hashes`]: a bound on password hashes at once,
+//! - [`users`]: accounts and their storage, from `--user`, the users file and the account
+//!   [`sources`] of `[[auth]]`, each with its [`policy`]; [`hashes`]: a bound on password hashes at once,
 //!   across forks;
 //! - [`limits`]: connection counts and login lock-outs; [`shared`]: the same across a cluster,
 //!   in Redis (with its sync loop);
@@ -8,7 +9,9 @@
 
 pub mod hashes;
 pub mod limits;
+pub mod policy;
 pub mod registry;
 pub mod reload;
 pub mod shared;
+pub mod sources;
 pub mod users;

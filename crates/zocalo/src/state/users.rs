@@ -1,13 +1,15 @@
-//! Accounts: anonymous, `--user NAME:PASSWORD` quick-start accounts, and a users file with
-//! Argon2 password hashes.
+//! Accounts: anonymous, `--user NAME:PASSWORD` quick-start accounts, a users file with Argon2
+//! password hashes, then the account [`sources`](crate::state::sources) of `[[auth]]`, in
+//! that order. Every account but the first two has a [`Policy`].
 //!
-//! The users file has one account per line, `name:argon2-hash:home:perm`, where `perm` is `r`
-//! (read-only) or `rw`, and `home` is a directory (relative paths are taken from `--root`).
-//! Blank lines and lines starting with `#` are ignored. `zocalo user add` appends to it.
+//! The users file has one account per line, `name:argon2-hash:home:perm[:policy]`, where
+//! `perm` is `r` (read-only), `rw`, or `w` (upload only), `home` is a directory (relative paths
+//! are taken from `--root`), and the optional policy is `key=value` pairs separated by spaces
+//! (`rate_down=1M deny=192.0.2.0/24 tls_required=true`). Blank lines and lines starting with
+//! `#` are ignored. `zocalo user add`, `set`, `del` and `list` manage it.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -16,7 +18,11 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use zocalo_proto::{Account, AuthError, Authenticator, Storage};
 
+use zocalo_proto::Login;
+
 use crate::state::limits::LoginGuard;
+use crate::state::policy::{Perm, Policy};
+use crate::state::sources::{Lookup, Source};
 use crate::storage::local::LocalFs;
 
 /// One line of the users file.
@@ -25,7 +31,20 @@ pub struct FileUser {
     pub name: String,
     pub hash: String,
     pub home: PathBuf,
-    pub writable: bool,
+    pub perm: Perm,
+    /// The fields beyond home and perm.
+    pub policy: Policy,
+}
+
+impl FileUser {
+    /// The line that reads back as this user.
+    pub fn line(&self) -> String {
+        let (name, hash, home, perm) = (&self.name, &self.hash, self.home.display(), self.perm);
+        match self.policy.extra_pairs() {
+            extra if extra.is_empty() => format!("{name}:{hash}:{home}:{}", perm.as_str()),
+            extra => format!("{name}:{hash}:{home}:{}:{extra}", perm.as_str()),
+        }
+    }
 }
 
 /// Parses a users file's text.
@@ -36,24 +55,40 @@ pub fn parse_users(text: &str) -> Result<Vec<FileUser>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        users
-            .push(parse_line(line).ok_or_else(|| format!("users file line {}: malformed", n + 1))?);
+        users.push(parse_line(line).map_err(|e| format!("users file line {}: {e}", n + 1))?);
     }
     Ok(users)
 }
 
-fn parse_line(line: &str) -> Option<FileUser> {
-    let (name, rest) = line.split_once(':')?;
-    let (rest, perm) = rest.rsplit_once(':')?;
-    let (hash, home) = rest.split_once(':')?;
-    let writable = match perm {
-        "rw" => true,
-        "r" => false,
-        _ => return None,
+fn parse_line(line: &str) -> Result<FileUser, String> {
+    let malformed = || String::from("malformed (name:hash:home:perm[:policy])");
+    let (name, rest) = line.split_once(':').ok_or_else(malformed)?;
+    let (hash, rest) = rest.split_once(':').ok_or_else(malformed)?;
+    // The home may hold a colon: the perm is the last field, or the one before the policy.
+    let (home, perm, extra) = match rest.rsplit_once(':') {
+        Some((front, last)) if last.parse::<Perm>().is_ok() => (front, last, ""),
+        Some((front, extra)) => match front.rsplit_once(':') {
+            Some((home, perm)) => (home, perm, extra),
+            None => return Err(malformed()),
+        },
+        None => return Err(malformed()),
     };
-    PasswordHash::new(hash).ok()?;
+    let perm: Perm = perm.parse()?;
+    PasswordHash::new(hash).map_err(|_| String::from("the hash is not a PHC string"))?;
+    if name.is_empty() {
+        return Err(malformed());
+    }
+    let mut policy = Policy::default();
+    for pair in extra.split_whitespace() {
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        if matches!(key, "home" | "perm") {
+            return Err(format!("{key} is a field of its own, not a policy pair"));
+        }
+        policy.set(key, value)?;
+    }
     let home = PathBuf::from(home);
-    (!name.is_empty()).then(|| FileUser { name: name.into(), hash: hash.into(), home, writable })
+    Ok(FileUser { name: name.into(), hash: hash.into(), home, perm, policy })
 }
 
 /// Hashes a password with Argon2id and a random salt, in PHC string form.
@@ -65,50 +100,160 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Appends a user to the users file, refusing a duplicate name.
-pub fn add_user(
-    file: &Path,
-    name: &str,
-    password: &str,
-    home: &str,
-    writable: bool,
-) -> Result<(), String> {
-    if name.is_empty() || name.contains(':') || home.contains('\n') {
-        return Err("user names may not be empty or contain ':'".into());
-    }
+/// A change to one account of a users file (`zocalo user add` and `set`).
+#[derive(Debug, Default)]
+pub struct Change {
+    pub password: Option<String>,
+    pub home: Option<String>,
+    pub perm: Option<Perm>,
+    /// Policy fields, `key=value`.
+    pub pairs: Vec<String>,
+}
+
+/// `zocalo user add|set|del|list`: edits the users file and writes it back whole, through a
+/// temporary file renamed over it (readable by its owner only: it holds password hashes), so a
+/// server re-reading it (SIGHUP, `ctl reload`) never sees half a file. Returns what to print.
+pub fn edit_users(file: &Path, name: &str, edit: Edit) -> Result<String, String> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && matches!(edit, Edit::Add(_)) => {
+            String::new()
+        }
         Err(e) => return Err(format!("cannot read the users file {}: {e}", file.display())),
     };
-    if parse_users(&text)?.iter().any(|u| u.name == name) {
-        return Err(format!("user {name} already exists in {}", file.display()));
+    let mut users = parse_users(&text)?;
+    if let Edit::List = edit {
+        return Ok(users.iter().map(|u| listing_line(u) + "\n").collect());
     }
-    let perm = if writable { "rw" } else { "r" };
-    let line = format!("{name}:{}:{home}:{perm}\n", hash_password(password)?);
+    if name.is_empty() || name.contains([':', '\n']) || name.trim() != name {
+        return Err(
+            "a user name may not be empty or hold ':', spaces at its ends or a newline".into()
+        );
+    }
+    let at = users.iter().position(|u| u.name == name);
+    let note = match (edit, at) {
+        (Edit::Add(_), Some(_)) => {
+            return Err(format!("user {name} already exists in {}", file.display()))
+        }
+        (Edit::Add(change), None) => {
+            let password = change.password.as_deref().ok_or("a new account needs a password")?;
+            let mut user = FileUser {
+                name: name.to_string(),
+                hash: hash_password(password)?,
+                home: PathBuf::from(change.home.as_deref().unwrap_or(".")),
+                perm: change.perm.unwrap_or(Perm::ReadWrite),
+                policy: Policy::default(),
+            };
+            apply(&mut user, &Change { password: None, ..change })?;
+            let note = home_note(&user);
+            users.push(user);
+            note
+        }
+        (Edit::List, _) => unreachable!("answered above"),
+        (_, None) => return Err(format!("no user {name} in {}", file.display())),
+        (Edit::Set(change), Some(i)) => {
+            apply(&mut users[i], &change)?;
+            home_note(&users[i])
+        }
+        (Edit::Del, Some(i)) => {
+            users.remove(i);
+            String::new()
+        }
+    };
+    let mut out = String::new();
+    // Comments and blank lines are kept where they were; account lines are rewritten in order.
+    let mut pending = users.iter();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+        } else if let Some(u) = pending.next() {
+            out.push_str(&u.line());
+            out.push('\n');
+        }
+    }
+    for u in pending {
+        out.push_str(&u.line());
+        out.push('\n');
+    }
+    write_private(file, &out).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(note)
+}
+
+/// What `edit_users` does to the named account.
+#[derive(Debug)]
+pub enum Edit {
+    Add(Change),
+    Set(Change),
+    Del,
+    List,
+}
+
+fn apply(user: &mut FileUser, change: &Change) -> Result<(), String> {
+    if let Some(password) = &change.password {
+        user.hash = hash_password(password)?;
+    }
+    if let Some(home) = &change.home {
+        if home.contains('\n') {
+            return Err("a home may not hold a newline".into());
+        }
+        user.home = PathBuf::from(home);
+    }
+    if let Some(perm) = change.perm {
+        user.perm = perm;
+    }
+    for pair in &change.pairs {
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        match key {
+            "home" | "perm" => return Err(format!("use --{key} for {key}")),
+            _ if value.contains(char::is_whitespace) => {
+                return Err(format!(
+                    "{key}: a value may not hold spaces (lists are comma-separated)"
+                ))
+            }
+            _ => user.policy.set(key, value)?,
+        }
+    }
+    Ok(())
+}
+
+/// `user list`: a line per account, without its hash.
+fn listing_line(u: &FileUser) -> String {
+    let extra = u.policy.extra_pairs();
+    let sep = if extra.is_empty() { "" } else { " " };
+    format!("{} home={} perm={}{sep}{extra}", u.name, u.home.display(), u.perm.as_str())
+}
+
+fn home_note(u: &FileUser) -> String {
+    let home = &u.home;
+    if home.is_absolute() && !home.is_dir() {
+        format!(
+            "warning: home {} does not exist yet; {} cannot log in until it does\n",
+            home.display(),
+            u.name
+        )
+    } else if !home.is_absolute() {
+        format!(
+            "note: home {} is relative to the server's --root (or the bucket's prefix)\n",
+            home.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
+fn write_private(file: &Path, text: &str) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let cannot = |e: io::Error| format!("cannot write the users file {}: {e}", file.display());
-    // Created readable by its owner only: it holds password hashes.
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(file)
-        .map_err(cannot)?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        f.write_all(b"\n").map_err(cannot)?;
-    }
-    f.write_all(line.as_bytes()).map_err(cannot)?;
-    let home_path = Path::new(home);
-    if home_path.is_absolute() && !home_path.is_dir() {
-        eprintln!(
-            "zocalo: warning: home {home} does not exist yet; {name} cannot log in until it does"
-        );
-    } else if !home_path.is_absolute() {
-        eprintln!(
-            "zocalo: note: home {home} is relative to the server's --root (or the bucket's prefix)"
-        );
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("users");
+    let tmp = file.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&tmp)?;
+    let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, file)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     Ok(())
 }
@@ -124,6 +269,8 @@ pub struct Users {
     atomic_uploads: bool,
     /// Files in a bucket instead of under `root`; homes are prefixes in it.
     s3: Option<zocalo_s3::S3Storage>,
+    /// The `[[auth]]` sources, in order.
+    sources: Vec<Box<dyn Source>>,
     guard: Arc<dyn LoginGuard>,
 }
 
@@ -137,6 +284,7 @@ pub struct UsersConfig {
     pub atomic_uploads: bool,
     /// Serve this bucket instead of the directory `root`.
     pub s3: Option<zocalo_s3::S3Storage>,
+    pub sources: Vec<Box<dyn Source>>,
 }
 
 impl Users {
@@ -156,6 +304,7 @@ impl Users {
             file_users: RwLock::new(HashMap::new()),
             atomic_uploads: config.atomic_uploads,
             s3: config.s3,
+            sources: config.sources,
             guard,
         };
         users.reload().map_err(io::Error::other)?;
@@ -199,39 +348,65 @@ impl Users {
         Ok(Arc::new(LocalFs::open(&path, self.atomic_uploads)?))
     }
 
-    fn check(&self, user: &str, password: &str) -> Result<Account, AuthError> {
+    fn check(&self, login: &Login<'_>) -> Result<Account, AuthError> {
+        let (user, password) = (login.user, login.password);
         let bad = AuthError::BadCredentials;
         if self.is_anonymous(user) {
             let writable = self.anonymous.ok_or(bad)?;
-            return Ok(self.account("anonymous", self.root_storage(), writable, true));
+            return Ok(Account::new("anonymous", self.root_storage(), writable, true));
         }
         if let Some(expected) = self.plain.get(user) {
             return constant_time_eq(expected.as_bytes(), password.as_bytes())
-                .then(|| self.account(user, self.root_storage(), true, false))
+                .then(|| Account::new(user, self.root_storage(), true, false))
                 .ok_or(bad);
         }
         let found = self.file_users.read().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
-        if found.is_none() && self.users_file.is_none() {
-            return Err(bad);
+        if let Some(found) = found {
+            if !verify_bounded(&found.hash, password)? {
+                return Err(bad);
+            }
+            let home = found.home.to_string_lossy().into_owned();
+            return self.open_account(login, &home, found.perm, &found.policy);
         }
-        let hash = found.as_ref().map_or(DUMMY_HASH, |u| u.hash.as_str());
-        let ok = verify_bounded(hash, password)? && found.is_some();
-        let user = found.filter(|_| ok).ok_or(bad)?;
-        let storage = self.home_storage(&user.home).map_err(|e| {
-            tracing::warn!(user = user.name, home = %user.home.display(), "home unusable: {e}");
-            AuthError::HomeMissing
-        })?;
-        Ok(self.account(&user.name, storage, user.writable, false))
+        for source in &self.sources {
+            match source.lookup(login) {
+                Lookup::Unknown => continue,
+                Lookup::Refused => return Err(bad),
+                Lookup::Found(policy) => {
+                    let home = policy.home.clone().unwrap_or_else(|| ".".into());
+                    let perm = policy.perm.unwrap_or(Perm::Read);
+                    return self.open_account(login, &home, perm, &policy);
+                }
+                Lookup::Down(why) => {
+                    tracing::warn!(source = source.name(), user, "account source failed: {why}");
+                    return Err(AuthError::Unavailable);
+                }
+            }
+        }
+        if self.users_file.is_some() {
+            // As long as a known user's check: no user enumeration by timing.
+            verify_bounded(DUMMY_HASH, password)?;
+        }
+        Err(bad)
     }
 
-    fn account(
+    /// The account of a user whose password was right: its policy checked, its home opened.
+    fn open_account(
         &self,
-        name: &str,
-        storage: Arc<dyn Storage>,
-        writable: bool,
-        anonymous: bool,
-    ) -> Account {
-        Account { name: name.to_string(), storage, writable, anonymous }
+        login: &Login<'_>,
+        home: &str,
+        perm: Perm,
+        policy: &Policy,
+    ) -> Result<Account, AuthError> {
+        policy.check(login).map_err(AuthError::Denied)?;
+        let storage = self.home_storage(Path::new(home)).map_err(|e| {
+            tracing::warn!(user = login.user, home, "home unusable: {e}");
+            AuthError::HomeMissing
+        })?;
+        let mut account = Account::new(login.user, storage, perm.writable(), false);
+        account.readable = perm.readable();
+        (account.rate_up, account.rate_down) = (policy.rate_up, policy.rate_down);
+        Ok(account)
     }
 }
 
@@ -262,11 +437,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Authenticator for Users {
-    fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> Result<Account, AuthError> {
+    fn authenticate(&self, login: &Login<'_>) -> Result<Account, AuthError> {
+        let peer = login.client.ip();
         if self.guard.is_locked(peer) {
             return Err(AuthError::LockedOut);
         }
-        match self.check(user, password) {
+        match self.check(login) {
             Ok(account) => Ok(account),
             Err(AuthError::BadCredentials) => {
                 self.guard.record_failure(peer);
@@ -288,7 +464,7 @@ mod tests {
         let users = parse_users(&text).unwrap();
         assert_eq!(users.len(), 2);
         assert_eq!(users[0].home, PathBuf::from("/srv/bob"));
-        assert!(users[0].writable && !users[1].writable);
+        assert!(users[0].perm.writable() && !users[1].perm.writable());
         assert!(verify(&users[0].hash, "pw"));
         assert!(verify(DUMMY_HASH, "pw"), "the dummy hash is a real Argon2 hash");
         assert!(!verify(&users[0].hash, "wrong"));
@@ -298,6 +474,47 @@ mod tests {
     fn malformed_lines_are_reported() {
         assert!(parse_users("bob:nothash:/x:rw\n").is_err());
         assert!(parse_users("bob\n").is_err());
+        let hash = hash_password("pw").unwrap();
+        let e = parse_users(&format!("bob:{hash}:h:rw:quota_bytes=1G\n")).unwrap_err();
+        assert!(e.contains("line 1") && e.contains("not enforced"), "{e}");
+        assert!(parse_users(&format!("bob:{hash}:h:rw:colour=red\n")).is_err());
+    }
+
+    #[test]
+    fn policy_pairs_and_colons_in_homes() {
+        let hash = hash_password("pw").unwrap();
+        let text =
+            format!("bob:{hash}:/srv/a:b:w:rate_down=1M deny=192.0.2.0/24\neve:{hash}:c:d:r\n");
+        let users = parse_users(&text).unwrap();
+        assert_eq!(users[0].home, PathBuf::from("/srv/a:b"));
+        assert_eq!(users[0].perm, Perm::Write);
+        assert_eq!(users[0].policy.rate_down, Some(1 << 20));
+        assert_eq!(users[1].home, PathBuf::from("c:d"));
+        assert_eq!(parse_users(&(users[0].line() + "\n")).unwrap()[0], users[0]);
+    }
+
+    #[test]
+    fn the_users_file_is_edited_in_place() {
+        let dir = std::env::temp_dir().join(format!("zocalo-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("users");
+        std::fs::write(&file, "# accounts\n").unwrap();
+        let add = |pw: &str| Change { password: Some(pw.into()), ..Default::default() };
+        edit_users(&file, "bob", Edit::Add(add("one"))).unwrap();
+        edit_users(&file, "eve", Edit::Add(add("two"))).unwrap();
+        assert!(edit_users(&file, "bob", Edit::Add(add("x"))).is_err(), "no duplicates");
+        let pairs = vec!["disabled=true".to_string(), "rate_up=2K".to_string()];
+        let change = Change { perm: Some(Perm::Read), pairs, ..Default::default() };
+        edit_users(&file, "bob", Edit::Set(change)).unwrap();
+        let list = edit_users(&file, "", Edit::List).unwrap();
+        assert_eq!(list, "bob home=. perm=r rate_up=2048 disabled=true\neve home=. perm=rw\n");
+        edit_users(&file, "eve", Edit::Del).unwrap();
+        assert!(edit_users(&file, "eve", Edit::Del).is_err());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with("# accounts\nbob:$argon2id$"), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
