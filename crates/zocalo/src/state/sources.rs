@@ -2,6 +2,7 @@
 //! order written after `--user` and `--users`. The first source that knows a user decides: a
 //! wrong password there is a refusal, not a fall-through to the next.
 //!
+//! - `kind = "ldap"`: a directory ([`crate::state::ldap`]): search, then bind as the user.
 //! - `kind = "http"`: an external hook (SFTPGo's `external_auth_hook`, Pure-FTPd's
 //!   `pure-authd`): each login is POSTed as JSON `{"user", "password", "client", "local",
 //!   "tls"}` to `url`; the answer is `{"ok": true, "home": ..., "perm": ..., policy...}`,
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zocalo_proto::Login;
 
+use crate::state::ldap::{Ldap, LdapConfig};
 use crate::state::policy::Policy;
 
 /// One `[[auth]]` table of the config file.
@@ -31,6 +33,7 @@ use crate::state::policy::Policy;
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SourceConfig {
     Http(HttpConfig),
+    Ldap(LdapConfig),
 }
 
 /// `kind = "http"`.
@@ -87,6 +90,10 @@ pub fn open(configs: &[SourceConfig]) -> Result<Vec<Box<dyn Source>>, String> {
             SourceConfig::Http(h) => {
                 let ttl = Duration::from_secs(h.cache_seconds);
                 Ok(Box::new(Cached::new(Http::new(h)?, ttl)) as Box<dyn Source>)
+            }
+            SourceConfig::Ldap(l) => {
+                let ttl = Duration::from_secs(l.cache_seconds);
+                Ok(Box::new(Cached::new(Ldap::new(l)?, ttl)) as Box<dyn Source>)
             }
         })
         .collect()
