@@ -38,9 +38,13 @@ def person(uid: str, password: str, home: str = ".", perm: str | None = None,
 
 
 class Slapd:
-    def __init__(self, directory: Path, entries: list[str]):
+    def __init__(self, directory: Path, entries: list[str], tls: dict | None = None):
+        """`tls`: {"cert": PEM, "key": PEM} also serves StartTLS and an ldaps:// port."""
         self.dir = directory
         self.port = helpers.free_port()
+        self.tls_port = helpers.free_port() if tls else None
+        tls_lines = (f"TLSCertificateFile {tls['cert']}\nTLSCertificateKeyFile {tls['key']}\n"
+                     if tls else "")
         self.conf = directory / "slapd.conf"
         db = directory / "db"
         db.mkdir(parents=True)
@@ -50,6 +54,7 @@ include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
 pidfile {directory}/slapd.pid
+{tls_lines}
 modulepath /usr/lib/ldap
 moduleload back_mdb
 database mdb
@@ -76,9 +81,14 @@ access to * by * read
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
     def start(self):
+        urls = f"{self.url}/" + (f" {self.tls_url}/" if self.tls_port else "")
         self.proc = subprocess.Popen(
-            [slapd_binary(), "-d", "0", "-f", str(self.conf), "-h", f"{self.url}/"],
+            [slapd_binary(), "-d", "0", "-f", str(self.conf), "-h", urls],
             stdout=self.log, stderr=self.log, preexec_fn=helpers.die_with_parent)
         def listening():
             assert self.proc.poll() is None, (self.dir / "slapd.log").read_text()

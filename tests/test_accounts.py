@@ -340,14 +340,17 @@ def slapd(tmp_path):
     server.close()
 
 
-def ldap_table(tmp_path, urls, cache: int = 60, timeout: int = 2) -> str:
+def ldap_table(tmp_path, urls, cache: int = 60, timeout: int = 2, starttls: bool = False,
+               ca_file=None) -> str:
     from ldap_server import ADMIN_DN, ADMIN_PW, PEOPLE
     secret = tmp_path / "ldap-password"
     secret.write_text(ADMIN_PW + "\n")
     quoted = ", ".join(f'"{u}"' for u in urls)
     return (f'[[auth]]\nkind = "ldap"\nurls = [{quoted}]\nbase = "{PEOPLE}"\n'
             f'filter = "(&(objectClass=inetOrgPerson)(uid={{user}}))"\n'
-            f'bind-dn = "{ADMIN_DN}"\nbind-password-file = "{secret}"\nstarttls = false\n'
+            f'bind-dn = "{ADMIN_DN}"\nbind-password-file = "{secret}"\n'
+            f'starttls = {"true" if starttls else "false"}\n'
+            + (f'ca-file = "{ca_file}"\n' if ca_file else "") +
             f'cache-seconds = {cache}\ntimeout-seconds = {timeout}\n'
             f'[auth.attributes]\nhome = "homeDirectory"\nperm = "employeeType"\n'
             f'disabled = "description"\nrate_down = "departmentNumber"\n')
@@ -426,3 +429,23 @@ def test_an_ldap_rate_applies(start_server, tmp_path, slapd):
     assert helpers.download(ftp, "f.bin") == payload
     took = time.monotonic() - start
     assert took >= 2.5, f"departmentNumber 200kB as rate_down was not applied: {took:.2f}s"
+
+
+def test_ldap_over_starttls_and_ldaps_is_verified(start_server, tmp_path, certs):
+    from ldap_server import person, Slapd
+    (tmp_path / "ldap").mkdir()
+    server = Slapd(tmp_path / "ldap", [person("tess", "tesspw")], tls=certs)
+    try:
+        for url, starttls in [(server.url, True), (server.tls_url, False)]:
+            cfg = config(tmp_path, ldap_table(tmp_path, [url], starttls=starttls,
+                                              ca_file=certs["cert"]), name=f"{starttls}.toml")
+            srv = start_server("epoll", extra=["--config", cfg])
+            assert login_code(srv, "tess", "tesspw").startswith("230"), (url, srv.log_tail())
+            assert login_code(srv, "tess", "nope").startswith("530")
+        # Without the certificate among the trusted ones, TLS fails and so does the login.
+        cfg = config(tmp_path, ldap_table(tmp_path, [server.url], starttls=True), name="x.toml")
+        srv = start_server("epoll", extra=["--config", cfg])
+        assert login_code(srv, "tess", "tesspw").startswith("421")
+        assert "account source failed" in srv.log_tail(100)
+    finally:
+        server.close()
