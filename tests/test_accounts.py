@@ -449,3 +449,105 @@ def test_ldap_over_starttls_and_ldaps_is_verified(start_server, tmp_path, certs)
         assert "account source failed" in srv.log_tail(100)
     finally:
         server.close()
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: a real server
+
+
+@pytest.fixture
+def pg(tmp_path):
+    import bcrypt
+    from pg_server import Postgres
+    server = Postgres()
+    argon = tmp_path / "argon-users"
+    zocalo_user("add", "x", "--users", argon, password="argonpw")
+    argon_hash = argon.read_text().split(":")[1]
+    sha512 = subprocess.run(["openssl", "passwd", "-6", "shapw"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    bcrypt_hash = bcrypt.hashpw(b"bcryptpw", bcrypt.gensalt(4)).decode()
+    server.sql("CREATE TABLE ftp_users (name text PRIMARY KEY, pass text NOT NULL, "
+               "home text, perm text, rate_down text, disabled boolean)")
+    for name, hash_, home, perm, disabled in [("pia", argon_hash, "pia", "rw", False),
+                                               ("sam", sha512, ".", "r", False),
+                                               ("bea", bcrypt_hash, ".", "w", False),
+                                               ("old", argon_hash, ".", "rw", True)]:
+        server.sql(f"INSERT INTO ftp_users VALUES ('{name}', '{hash_}', '{home}', '{perm}', "
+                   f"NULL, {str(disabled).lower()})")
+    yield server
+    server.close()
+
+
+def pooled(srv):
+    """The source keeps its database connection open for the next login (a pool): the leak
+    check's baseline is taken with it."""
+    srv.measure_baseline()
+
+
+def pg_table(url: str, cache: int = 60, timeout: int = 2) -> str:
+    query = ("SELECT pass AS password, home, perm, rate_down, disabled FROM ftp_users "
+             "WHERE name = $1")
+    return (f'[[auth]]\nkind = "postgres"\nurl = "{url}"\nquery = "{query}"\n'
+            f'cache-seconds = {cache}\ntimeout-seconds = {timeout}\npool-size = 2\n')
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_database_account_logs_in_with_each_kind_of_hash(start_server, tmp_path, pg, model):
+    lftp = need("lftp")
+    srv = start_server(model, anonymous=False, users=(),
+                       extra=["--config", config(tmp_path, pg_table(pg.url))])
+    (srv.root / "pia").mkdir()
+    assert login_code(srv, "pia", "argonpw").startswith("230")
+    pooled(srv)
+    ftp = srv.ftp(user="pia", password="argonpw")
+    helpers.upload(ftp, "a.txt", b"argon")
+    assert (srv.root / "pia" / "a.txt").read_bytes() == b"argon", "the home column"
+    sam = srv.ftp(user="sam", password="shapw")
+    assert helpers.code_of(sam, "MKD d") == 550, "perm r"
+    bea = srv.ftp(user="bea", password="bcryptpw")
+    helpers.upload(bea, "b.txt", b"bcrypt")
+    assert helpers.code_of(bea, "RETR b.txt") == 550, "perm w: upload only"
+    listed = subprocess.run([lftp, "-c", f"set net:max-retries 1; open -u sam,shapw "
+                             f"ftp://127.0.0.1:{srv.port}; cls -1"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "b.txt" in listed.stdout, listed.stderr
+    for user, password in [("pia", "wrong"), ("sam", "argonpw"), ("old", "argonpw"),
+                           ("nobody", "x")]:
+        assert login_code(srv, user, password).startswith("530"), user
+
+
+def test_sql_injection_as_a_user_name_is_only_a_name(start_server, tmp_path, pg):
+    srv = start_server("epoll", anonymous=False, users=(),
+                       extra=["--config", config(tmp_path, pg_table(pg.url))])
+    assert login_code(srv, "nobody", "x").startswith("530")
+    pooled(srv)
+    for name in ["' OR '1'='1", "pia' --", "x'; DROP TABLE ftp_users; --", "pia' OR name='pia"]:
+        assert login_code(srv, name, "argonpw").startswith("530"), name
+    assert pg.sql("SELECT count(*) FROM ftp_users").strip() == "4", "the table is whole"
+
+
+def test_a_database_down_or_stalled_fails_closed(start_server, tmp_path, pg):
+    srv = start_server("epoll", extra=["--config", config(tmp_path, pg_table(pg.url, cache=0))])
+    (srv.root / "pia").mkdir()
+    assert login_code(srv, "pia", "argonpw").startswith("230")
+    pooled(srv)
+    other = srv.ftp()
+    for stall in [pg.pause, pg.stop]:
+        stall()
+        started = time.monotonic()
+        result = []
+        t = threading.Thread(target=lambda: result.append(login_code(srv, "pia", "argonpw")))
+        t.start()
+        for _ in range(5):
+            assert other.sendcmd("NOOP").startswith("200"), "other sessions go on"
+        t.join(TIMEOUT)
+        assert result and result[0].startswith("421"), (stall.__name__, result)
+        assert time.monotonic() - started < 2 + 3, "bounded by the timeout"
+        if stall == pg.pause:
+            pg.resume()
+    assert "account source failed" in srv.log_tail(300)
+    assert "postgres postgresql://postgres@127.0.0.1" in srv.log_tail(300)
+    pg.start()
+    assert helpers.poll_until(
+        lambda: login_code(srv, "pia", "argonpw").startswith("230") or None, 15, 0.2), \
+        "logins resume when the database is back"

@@ -11,6 +11,7 @@ pub mod hashes;
 pub mod ldap;
 pub mod limits;
 pub mod policy;
+pub mod postgres;
 pub mod registry;
 pub mod reload;
 pub mod shared;

@@ -3,6 +3,7 @@
 //! wrong password there is a refusal, not a fall-through to the next.
 //!
 //! - `kind = "ldap"`: a directory ([`crate::state::ldap`]): search, then bind as the user.
+//! - `kind = "postgres"`: a table ([`crate::state::postgres`]): a parameterized query.
 //! - `kind = "http"`: an external hook (SFTPGo's `external_auth_hook`, Pure-FTPd's
 //!   `pure-authd`): each login is POSTed as JSON `{"user", "password", "client", "local",
 //!   "tls"}` to `url`; the answer is `{"ok": true, "home": ..., "perm": ..., policy...}`,
@@ -27,6 +28,7 @@ use zocalo_proto::Login;
 
 use crate::state::ldap::{Ldap, LdapConfig};
 use crate::state::policy::Policy;
+use crate::state::postgres::{PgConfig, Postgres};
 
 /// One `[[auth]]` table of the config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +36,7 @@ use crate::state::policy::Policy;
 pub enum SourceConfig {
     Http(HttpConfig),
     Ldap(LdapConfig),
+    Postgres(PgConfig),
 }
 
 /// `kind = "http"`.
@@ -94,6 +97,10 @@ pub fn open(configs: &[SourceConfig]) -> Result<Vec<Box<dyn Source>>, String> {
             SourceConfig::Ldap(l) => {
                 let ttl = Duration::from_secs(l.cache_seconds);
                 Ok(Box::new(Cached::new(Ldap::new(l)?, ttl)) as Box<dyn Source>)
+            }
+            SourceConfig::Postgres(p) => {
+                let ttl = Duration::from_secs(p.cache_seconds);
+                Ok(Box::new(Cached::new(Postgres::new(p)?, ttl)) as Box<dyn Source>)
             }
         })
         .collect()

@@ -428,6 +428,23 @@ fn verify_bounded(hash: &str, password: &str) -> Result<bool, AuthError> {
     Ok(verify(hash, password))
 }
 
+/// Checks `password` against a stored hash of a kind account databases hold: Argon2 (a PHC
+/// string), SHA-512 crypt (`$6$`) or bcrypt (`$2a$`, `$2b$`, `$2y$`), within the bound on hashes
+/// at once. Weaker kinds (DES, MD5 crypt) and plain text are refused, as an error for the log.
+pub fn check_password(hash: &str, password: &str) -> Result<bool, String> {
+    let _permit = crate::state::hashes::acquire().ok_or("too busy to check a password now")?;
+    if hash.starts_with("$argon2") {
+        return Ok(verify(hash, password));
+    }
+    if hash.starts_with("$6$") {
+        return Ok(pwhash::sha512_crypt::verify(password, hash));
+    }
+    if ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
+        return Ok(pwhash::bcrypt::verify(password, hash));
+    }
+    Err("the stored password is not an Argon2, $6$ or $2b$ hash".into())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
@@ -515,6 +532,20 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn crypt_hashes_of_existing_schemas() {
+        // `openssl passwd -6 -salt saltsalt pw` and Python's bcrypt.hashpw(b"pw", gensalt(4)).
+        let sha512 = "$6$saltsalt$pauPrmdmG4BTE9h2HPmywiw152IFch6BJCEsaY6D.PLTfpV8sqvXwWdyfsgVgozkYH9B80bAip/08R2BPH2xk/";
+        assert_eq!(check_password(sha512, "pw"), Ok(true));
+        assert_eq!(check_password(sha512, "no"), Ok(false));
+        let bcrypt = "$2b$04$iJg7v1W3plxc3aK8A3DTO.4x3vEnXQwdspJ5oYHa26woL9ebInSLy";
+        assert_eq!(check_password(bcrypt, "pw"), Ok(true));
+        assert_eq!(check_password(bcrypt, "no"), Ok(false));
+        assert!(check_password(&hash_password("pw").unwrap(), "pw").unwrap());
+        assert!(check_password("pw", "pw").is_err(), "plain text is never a hash");
+        assert!(check_password("$1$salt$hash", "pw").is_err(), "MD5 crypt is refused");
     }
 
     #[test]
