@@ -551,3 +551,25 @@ def test_a_database_down_or_stalled_fails_closed(start_server, tmp_path, pg):
     assert helpers.poll_until(
         lambda: login_code(srv, "pia", "argonpw").startswith("230") or None, 15, 0.2), \
         "logins resume when the database is back"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_sessions_per_account_are_bounded_and_given_back(start_server, tmp_path, model):
+    users = tmp_path / "users"
+    zocalo_user("add", "duo", "--users", users, "max_sessions=2", password="pw")
+    srv = start_server(model, extra=["--users", users])
+    first, second = srv.ftp(user="duo", password="pw"), srv.ftp(user="duo", password="pw")
+    assert login_code(srv, "duo", "pw").startswith("530"), "a third session at once"
+    assert helpers.poll_until(lambda: "too many sessions for this account" in srv.log_tail(100),
+                              5), srv.log_tail()
+    assert srv.ftp().sendcmd("NOOP").startswith("200"), "other accounts are not counted"
+    first.quit()
+    srv.clients.remove(first)
+    third = helpers.poll_until(lambda: login_code(srv, "duo", "pw").startswith("230") or None,
+                               5, 0.05)
+    assert third, "the seat came back when the session ended"
+    assert second.sendcmd("REIN").startswith("220")
+    # REIN logged the second session out: two may log in again.
+    a, b = srv.ftp(user="duo", password="pw"), srv.ftp(user="duo", password="pw")
+    assert a.sendcmd("NOOP").startswith("200") and b.sendcmd("NOOP").startswith("200")
+    assert login_code(srv, "duo", "pw").startswith("530")

@@ -27,6 +27,7 @@ pub fn run(settings: Settings) -> io::Result<()> {
     raise_fd_limit();
     crate::ops::metrics::init(settings.node_name())?;
     crate::state::hashes::init(crate::state::hashes::default_permits())?;
+    crate::state::seats::init()?;
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
@@ -165,6 +166,7 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
     use std::os::fd::FromRawFd;
     crate::ops::metrics::init(settings.node_name())?;
     crate::state::hashes::init(crate::state::hashes::default_permits())?;
+    crate::state::seats::init()?;
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;

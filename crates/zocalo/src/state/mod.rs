@@ -14,6 +14,7 @@ pub mod policy;
 pub mod postgres;
 pub mod registry;
 pub mod reload;
+pub mod seats;
 pub mod shared;
 pub mod sources;
 pub mod users;

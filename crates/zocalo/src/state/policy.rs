@@ -1,12 +1,12 @@
 //! An account's policy: the same fields, under the same names, from every account source (a
 //! users-file line's `key=value` pairs, an HTTP hook's JSON answer, and the directory and
-//! database sources to come): `home`, `perm`, `rate_up`, `rate_down`, `allow`, `deny`,
+//! database sources): `home`, `perm`, `rate_up`, `rate_down`, `max_sessions`, `allow`, `deny`,
 //! `tls_required`, `disabled`. Every source hands its values over as text to [`Policy::set`],
 //! so a value means the same wherever it comes from.
 //!
-//! Quotas and sessions per user are not enforced yet: a source that names `quota_bytes`,
-//! `quota_files` or `max_sessions` is refused with an error that says so, rather than
-//! serving an account whose limits would silently not hold.
+//! `max_sessions` counts the sessions of this node ([`crate::state::seats`]). Quotas are not
+//! enforced yet: a source that names `quota_bytes` or `quota_files` is refused with an error
+//! that says so, rather than serving an account whose limits would silently not hold.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -58,11 +58,20 @@ impl FromStr for Perm {
 }
 
 /// The fields of a policy, as every source names them.
-pub const FIELDS: [&str; 8] =
-    ["home", "perm", "rate_up", "rate_down", "allow", "deny", "tls_required", "disabled"];
+pub const FIELDS: [&str; 9] = [
+    "home",
+    "perm",
+    "rate_up",
+    "rate_down",
+    "max_sessions",
+    "allow",
+    "deny",
+    "tls_required",
+    "disabled",
+];
 
 /// Fields other servers have that this one does not enforce yet.
-const NOT_YET: [&str; 3] = ["quota_bytes", "quota_files", "max_sessions"];
+const NOT_YET: [&str; 2] = ["quota_bytes", "quota_files"];
 
 /// One account's policy. `None` and empty: the server's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +82,8 @@ pub struct Policy {
     /// Bytes per second for uploads and downloads.
     pub rate_up: Option<u64>,
     pub rate_down: Option<u64>,
+    /// Sessions at once (on this node).
+    pub max_sessions: Option<u32>,
     /// Client addresses allowed (none: all) and denied; deny is looked at first.
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
@@ -100,6 +111,11 @@ impl Policy {
             "perm" => self.perm = Some(value.parse()?),
             "rate_up" => self.rate_up = rate(value)?,
             "rate_down" => self.rate_down = rate(value)?,
+            "max_sessions" => {
+                let n =
+                    value.parse().map_err(|_| format!("max_sessions is a count, not {value:?}"));
+                self.max_sessions = Some(n?).filter(|_| !value.is_empty());
+            }
             "allow" => self.allow = cidrs(value)?,
             "deny" => self.deny = cidrs(value)?,
             "tls_required" => self.tls_required = flag(value)?,
@@ -144,6 +160,9 @@ impl Policy {
         }
         if let Some(r) = self.rate_down {
             pair("rate_down", r.to_string());
+        }
+        if let Some(n) = self.max_sessions {
+            pair("max_sessions", n.to_string());
         }
         if !self.allow.is_empty() {
             pair("allow", list(&self.allow));
@@ -224,6 +243,9 @@ mod tests {
         let mut p = Policy::default();
         assert!(p.set("colour", "red").unwrap_err().contains("known:"));
         assert!(p.set("quota_bytes", "1G").unwrap_err().contains("not enforced"));
+        assert!(p.set("max_sessions", "two").is_err());
+        p.set("max_sessions", "2").unwrap();
+        assert_eq!(p.max_sessions, Some(2));
         assert!(p.set("perm", "x").is_err());
         assert!(p.set("allow", "nonsense").is_err());
     }

@@ -399,6 +399,13 @@ impl Users {
         policy: &Policy,
     ) -> Result<Account, AuthError> {
         policy.check(login).map_err(AuthError::Denied)?;
+        let seat = match policy.max_sessions {
+            Some(max) => Some(
+                crate::state::seats::take(login.user, max)
+                    .ok_or(AuthError::Denied(zocalo_proto::Denial::TooManySessions))?,
+            ),
+            None => None,
+        };
         let storage = self.home_storage(Path::new(home)).map_err(|e| {
             tracing::warn!(user = login.user, home, "home unusable: {e}");
             AuthError::HomeMissing
@@ -406,6 +413,7 @@ impl Users {
         let mut account = Account::new(login.user, storage, perm.writable(), false);
         account.readable = perm.readable();
         (account.rate_up, account.rate_down) = (policy.rate_up, policy.rate_down);
+        account.seat = seat.map(|s| Arc::new(s) as Arc<dyn Send + Sync>);
         Ok(account)
     }
 }
