@@ -16,10 +16,10 @@ use std::time::Duration;
 use clap::{ArgAction, Args, FromArgMatches, ValueEnum};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::drivers::proxy::Cidr;
 use crate::models::Model;
 pub use crate::state::policy::parse_size;
 use crate::state::sources::SourceConfig;
+use crate::sys::net::Cidr;
 
 /// Sessions per client address by default: enough for a person's parallel transfers and a
 /// mirror tool, and one address cannot take the passive ports or the server (SFTPGo's default

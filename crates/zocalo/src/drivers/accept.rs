@@ -16,9 +16,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::drivers::proxy::{self, Cidr, Gate, Origin};
+use crate::drivers::proxy::{self, Gate, Origin};
 use crate::state::limits::{Limits, Permit, Refusal};
-use crate::sys::net::{self, FdReserve};
+use crate::sys::net::{self, Cidr, FdReserve};
 
 /// A listening socket, and whether its connections start in TLS (implicit FTPS).
 pub struct Listener {

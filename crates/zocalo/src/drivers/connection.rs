@@ -51,7 +51,7 @@ pub struct Ctx {
     pub work_threads: usize,
     /// `--proxy-protocol-from`: balancers whose control and data connections start with a
     /// PROXY header, and how long they have to send it.
-    pub proxy_from: Vec<crate::drivers::proxy::Cidr>,
+    pub proxy_from: Vec<crate::sys::net::Cidr>,
     pub proxy_timeout: Duration,
     /// `--shared-state`.
     pub shared: Option<Arc<crate::state::shared::Shared>>,

@@ -110,7 +110,7 @@ fn spend(throttle: &mut Option<Throttle>, n: usize) {
 pub struct DataTask {
     state: State,
     /// Balancers whose passive data connections start with a PROXY header.
-    proxy_from: Vec<crate::drivers::proxy::Cidr>,
+    proxy_from: Vec<crate::sys::net::Cidr>,
     progress: Arc<AtomicU64>,
     tls: Option<Tls>,
     throttle: Option<Throttle>,
@@ -166,7 +166,7 @@ impl DataTask {
         peer: IpAddr,
         tls: Option<&Tls>,
         rates: Rates,
-        proxy_from: &[crate::drivers::proxy::Cidr],
+        proxy_from: &[crate::sys::net::Cidr],
     ) -> Result<Self, Outcome> {
         let peer = peer.to_canonical();
         let pump = Pump::new(t.body, t.ascii, t.tls);
@@ -395,7 +395,7 @@ enum Accepted {
 fn accept_from(
     listener: &TcpListener,
     peer: IpAddr,
-    proxy_from: &[crate::drivers::proxy::Cidr],
+    proxy_from: &[crate::sys::net::Cidr],
 ) -> io::Result<Option<Accepted>> {
     loop {
         match listener.accept() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use zocalo_proto::Login;
 
 use crate::state::policy::{Policy, FIELDS};
-use crate::state::sources::{Lookup, Source};
+use crate::state::source::{Lookup, Source};
 
 /// `kind = "ldap"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

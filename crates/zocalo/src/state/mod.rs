@@ -1,20 +1,24 @@
 //! What the server knows across connections, shared by the drivers and the services:
 //!
 //! - [`users`]: accounts and their storage, from `--user`, the users file and the account
-//!   [`sources`] of `[[auth]]`, each with its [`policy`]; [`hashes`]: a bound on password hashes at once,
-//!   across forks;
+//!   [`sources`] of `[[auth]]` ([`http`], [`ldap`], [`postgres`], each behind the cache of
+//!   [`source`]), each account with its [`policy`] and its [`seats`]; [`passwords`]: hashes;
+//!   [`hashes`]: a bound on password hashes at once, across forks;
 //! - [`limits`]: connection counts and login lock-outs; [`shared`]: the same across a cluster,
 //!   in Redis (with its sync loop);
 //! - [`registry`]: the session table; [`reload`]: what SIGHUP and `ctl reload` refresh.
 
 pub mod hashes;
+pub mod http;
 pub mod ldap;
 pub mod limits;
+pub mod passwords;
 pub mod policy;
 pub mod postgres;
 pub mod registry;
 pub mod reload;
 pub mod seats;
 pub mod shared;
+pub mod source;
 pub mod sources;
 pub mod users;

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use zocalo_proto::{Denial, Login};
 
-use crate::drivers::proxy::Cidr;
+use crate::sys::net::Cidr;
 
 /// What an account may do with files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use zocalo_proto::Login;
 
 use crate::state::policy::Policy;
-use crate::state::sources::{Lookup, Source};
+use crate::state::source::{Lookup, Source};
 
 /// `kind = "postgres"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,7 +151,7 @@ impl Source for Postgres {
         let Some((hash, columns)) = row else {
             return Lookup::Unknown;
         };
-        match crate::state::users::check_password(&hash, login.password) {
+        match crate::state::passwords::check_password(&hash, login.password) {
             Ok(true) => {}
             Ok(false) => return Lookup::Refused,
             Err(e) => return Lookup::Down(e),

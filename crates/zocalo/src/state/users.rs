@@ -13,16 +13,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
-use zocalo_proto::{Account, AuthError, Authenticator, Storage};
-
-use zocalo_proto::Login;
+use argon2::password_hash::PasswordHash;
+use zocalo_proto::{Account, AuthError, Authenticator, Login, Storage};
 
 use crate::state::limits::LoginGuard;
+use crate::state::passwords::{constant_time_eq, hash_password, verify_bounded, DUMMY_HASH};
 use crate::state::policy::{Perm, Policy};
-use crate::state::sources::{Lookup, Source};
+use crate::state::source::{Lookup, Source};
 use crate::storage::local::LocalFs;
 
 /// One line of the users file.
@@ -89,15 +86,6 @@ fn parse_line(line: &str) -> Result<FileUser, String> {
     }
     let home = PathBuf::from(home);
     Ok(FileUser { name: name.into(), hash: hash.into(), home, perm, policy })
-}
-
-/// Hashes a password with Argon2id and a random salt, in PHC string form.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// A change to one account of a users file (`zocalo user add` and `set`).
@@ -418,54 +406,6 @@ impl Users {
     }
 }
 
-/// What an unknown user's password is checked against, so that the check takes as long as a
-/// known user's (no user enumeration by timing): a fixed hash with [`hash_password`]'s
-/// parameters, so nothing is hashed to make it (each of the `process` model's children did).
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$F10srG7+EE4L4leLCQfNdA$To+Z44bt3+RBqEO3PCfKe1N/PP39DFMALyhUkVtW0aQ";
-
-fn verify(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-        .unwrap_or(false)
-}
-
-/// [`verify`] within the bound on hashes at once ([`crate::state::hashes`]).
-fn verify_bounded(hash: &str, password: &str) -> Result<bool, AuthError> {
-    let _permit = crate::state::hashes::acquire().ok_or(AuthError::Unavailable)?;
-    Ok(verify(hash, password))
-}
-
-/// Checks `password` against a stored hash of a kind account databases hold: Argon2 (a PHC
-/// string), SHA-512 crypt (`$6$`) or bcrypt (`$2a$`, `$2b$`, `$2y$`), within the bound on hashes
-/// at once. Weaker kinds (DES, MD5 crypt) and plain text are refused, as an error for the log.
-pub fn check_password(hash: &str, password: &str) -> Result<bool, String> {
-    let _permit = crate::state::hashes::acquire().ok_or("too busy to check a password now")?;
-    matches_hash(hash, password)
-}
-
-/// [`check_password`] without the bound.
-fn matches_hash(hash: &str, password: &str) -> Result<bool, String> {
-    if hash.starts_with("$argon2") {
-        return Ok(verify(hash, password));
-    }
-    if hash.starts_with("$6$") {
-        return Ok(pwhash::sha512_crypt::verify(password, hash));
-    }
-    if ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
-        return Ok(pwhash::bcrypt::verify(password, hash));
-    }
-    Err("the stored password is not an Argon2, $6$ or $2b$ hash".into())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
 impl Authenticator for Users {
     fn authenticate(&self, login: &Login<'_>) -> Result<Account, AuthError> {
         let peer = login.client.ip();
@@ -486,6 +426,7 @@ impl Authenticator for Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::passwords::verify;
 
     #[test]
     fn users_file_round_trip() {
@@ -545,27 +486,5 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn crypt_hashes_of_existing_schemas() {
-        // `openssl passwd -6 -salt saltsalt pw` and Python's bcrypt.hashpw(b"pw", gensalt(4)).
-        let sha512 = "$6$saltsalt$pauPrmdmG4BTE9h2HPmywiw152IFch6BJCEsaY6D.PLTfpV8sqvXwWdyfsgVgozkYH9B80bAip/08R2BPH2xk/";
-        assert_eq!(matches_hash(sha512, "pw"), Ok(true));
-        assert_eq!(matches_hash(sha512, "no"), Ok(false));
-        let bcrypt = "$2b$04$iJg7v1W3plxc3aK8A3DTO.4x3vEnXQwdspJ5oYHa26woL9ebInSLy";
-        assert_eq!(matches_hash(bcrypt, "pw"), Ok(true));
-        assert_eq!(matches_hash(bcrypt, "no"), Ok(false));
-        assert!(matches_hash(&hash_password("pw").unwrap(), "pw").unwrap());
-        assert!(matches_hash("pw", "pw").is_err(), "plain text is never a hash");
-        assert!(matches_hash("$1$salt$hash", "pw").is_err(), "MD5 crypt is refused");
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"a"));
     }
 }
