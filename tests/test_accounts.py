@@ -223,7 +223,7 @@ def test_a_hook_policy_applies(start_server, tmp_path, hook, certs):
     hook.accounts["off"] = ("pw", {"home": ".", "disabled": True})
     hook.accounts["far"] = ("pw", {"home": ".", "allow": "10.0.0.0/8"})
     hook.accounts["secure"] = ("pw", {"home": ".", "perm": "rw", "tls_required": True})
-    hook.accounts["quota"] = ("pw", {"home": ".", "quota_bytes": 1000})
+    hook.accounts["odd"] = ("pw", {"home": ".", "colour": "red"})
     srv = start_server("epoll", extra=["--config", config(tmp_path, http_table(hook.url)),
                                        "--tls-cert", certs["cert"], "--tls-key", certs["key"]])
     (srv.root / "f.txt").write_bytes(b"secret")
@@ -243,9 +243,9 @@ def test_a_hook_policy_applies(start_server, tmp_path, hook, certs):
     tls.connect(srv.host, srv.port)
     assert tls.login("secure", "pw").startswith("230"), "with TLS the login goes ahead"
     helpers.close_client(tls)
-    # A field this version does not enforce is never silently dropped.
-    assert login_code(srv, "quota", "pw").startswith("421")
-    assert "quota_bytes is not enforced" in srv.log_tail(300)
+    # A field zocalo does not know is never silently dropped: the answer is malformed.
+    assert login_code(srv, "odd", "pw").startswith("421")
+    assert "colour" in srv.log_tail(300)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,11 +309,11 @@ def test_a_users_file_rate_limit_holds(start_server, tmp_path):
 def test_a_bad_users_file_or_auth_table_stops_the_start(tmp_path):
     bad = tmp_path / "users"
     zocalo_user("add", "bob", "--users", bad, password="pw")
-    bad.write_text(bad.read_text().strip() + ":quota_files=10\n")
+    bad.write_text(bad.read_text().strip() + ":quota_files=ten\n")
     r = subprocess.run([str(helpers.zocalo_bin()), "serve", "--root", str(tmp_path),
                         "--listen", "127.0.0.1:0", "--users", str(bad)],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "line 1" in r.stderr and "not enforced" in r.stderr, r.stderr
+    assert r.returncode != 0 and "line 1" in r.stderr and "quota_files" in r.stderr, r.stderr
     cfg = config(tmp_path, '[[auth]]\nkind = "http"\nurl = "http://127.0.0.1:1/"\nnonsense = 1\n')
     r = subprocess.run([str(helpers.zocalo_bin()), "serve", "--root", str(tmp_path),
                         "--listen", "127.0.0.1:0", "--config", str(cfg)],
@@ -573,3 +573,72 @@ def test_sessions_per_account_are_bounded_and_given_back(start_server, tmp_path,
     a, b = srv.ftp(user="duo", password="pw"), srv.ftp(user="duo", password="pw")
     assert a.sendcmd("NOOP").startswith("200") and b.sendcmd("NOOP").startswith("200")
     assert login_code(srv, "duo", "pw").startswith("530")
+
+
+# --------------------------------------------------------------------------------------------
+# Quotas
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_quota_stops_uploads_at_the_limit_and_keeps_its_tally(start_server, tmp_path, model):
+    curl = need("curl")
+    users = tmp_path / "users"
+    zocalo_user("add", "q", "--users", users, "--home", "q", "quota_bytes=100000",
+                "quota_files=4", password="pw")
+    admin = tmp_path / "admin.sock"
+    srv = start_server(model, anonymous=False, extra=["--users", users, "--admin-socket", admin])
+    home = srv.root / "q"
+    home.mkdir()
+    (home / "seed.bin").write_bytes(b"s" * 10_000)  # there before the first login: counted
+    ftp = srv.ftp(user="q", password="pw")
+    assert helpers.reply_of(ftp, "AVBL").startswith("213 90000")
+    helpers.upload(ftp, "a.bin", b"a" * 50_000)
+    assert helpers.reply_of(ftp, "AVBL").startswith("213 40000")
+    # Crossing the quota: 552, and the new file is gone.
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        helpers.upload(ftp, "big.bin", os.urandom(60_000))
+    assert not (home / "big.bin").exists(), "nothing over the quota is left"
+    assert not [p for p in home.iterdir() if p.name.startswith(".")], "no temporary file left"
+    # An overwrite that would cross keeps the old content.
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        helpers.upload(ftp, "a.bin", os.urandom(95_000))
+    assert (home / "a.bin").read_bytes() == b"a" * 50_000, "the old file is kept"
+    # An APPE that would cross is cut back to what was there.
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        helpers.upload(ftp, "a.bin", os.urandom(45_000), cmd="APPE")
+    assert (home / "a.bin").read_bytes() == b"a" * 50_000, "the APPE is cut back"
+    # An overwrite within the quota: the old size is given back.
+    helpers.upload(ftp, "a.bin", b"b" * 80_000)
+    assert helpers.reply_of(ftp, "AVBL").startswith("213 10000")
+    # DELE gives the bytes back; curl sees the same quota.
+    assert ftp.delete("a.bin").startswith("250")
+    assert helpers.reply_of(ftp, "AVBL").startswith("213 90000")
+    put = subprocess.run([curl, "-sS", "--max-time", "20", "-T", "-",
+                          f"ftp://q:pw@127.0.0.1:{srv.port}/c.bin"],
+                         input=os.urandom(95_000), capture_output=True, timeout=30)
+    # curl's exit code for 552, CURLE_REMOTE_DISK_FULL: "Exceeded storage allocation".
+    assert put.returncode == 70, put.stderr
+    assert not (home / "c.bin").exists()
+    # The file count: seed.bin + 3 more, then a fifth file is refused before a byte moves.
+    for name in ("f1", "f2", "f3"):
+        helpers.upload(ftp, name, b"x")
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        helpers.upload(ftp, "f4", b"x")
+    # RNTO over a file gives the replaced file back.
+    ftp.rename("f1", "f2")
+    helpers.upload(ftp, "f4", b"x")
+    tally = (tmp_path / "users.quota").read_text()
+    assert tally == f"q {10_000 + 3} 4\n", tally
+
+    def ctl(*args):
+        r = subprocess.run([str(helpers.zocalo_bin()), "ctl", "--socket", str(admin), "quota",
+                            *args], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert ctl("q") == "q: 10003 bytes of 100000, 4 files of 4\n"
+    # Files put there behind the server's back are found by a recount.
+    (home / "f2").unlink()
+    (home / "sub").mkdir()
+    (home / "sub" / "more.bin").write_bytes(b"m" * 500)
+    assert ctl("q", "--recount") == "q: 10502 bytes of 100000, 4 files of 4\n"

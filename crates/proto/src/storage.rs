@@ -182,7 +182,9 @@ pub fn error_reply(err: &io::Error) -> (u16, String) {
         IsADirectory => "Is a directory.",
         DirectoryNotEmpty => "Directory not empty.",
         CrossesDevices => "Path leaves the root or loops; refused.",
-        StorageFull | QuotaExceeded => return (452, "Insufficient storage space.".into()),
+        StorageFull => return (452, "Insufficient storage space.".into()),
+        // RFC 959's "exceeded storage allocation": the account's quota (or a disk quota).
+        QuotaExceeded => return (552, "Quota exceeded.".into()),
         InvalidFilename | InvalidInput => return (553, "File name not allowed.".into()),
         // A storage that says why (object storage's APPE) answers for that parameter only.
         Unsupported => match err.get_ref() {

@@ -76,6 +76,14 @@ pub enum CtlRequest {
     /// Re-read the users file, reload the TLS certificate, reopen the log files (as SIGHUP);
     /// running sessions keep their accounts and certificates.
     Reload,
+    /// An account's quota tally: bytes and files used, and its limits.
+    Quota {
+        user: String,
+        /// Count the account again from its storage (a users-file account now; an account of
+        /// another source at its next login).
+        #[arg(long)]
+        recount: bool,
+    },
 }
 
 /// `zocalo user`: a users file's accounts. A running server reads the file again on SIGHUP

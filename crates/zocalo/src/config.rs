@@ -196,6 +196,10 @@ pub struct Settings {
     /// drains (`zocalo ctl drain`, or a stop under way).
     #[arg(long, value_name = "ADDR")]
     pub agent: Option<SocketAddr>,
+    /// Where the bytes and files of accounts with a quota are tallied [default: the users
+    /// file's name with .quota after it].
+    #[arg(long, value_name = "FILE")]
+    pub quota_file: Option<PathBuf>,
     /// Account sources (`[[auth]]` tables of the file only), tried in order after `--user`
     /// and `--users`.
     #[arg(skip)]
@@ -268,6 +272,9 @@ impl Settings {
     fn derive(&mut self) -> Result<(), String> {
         if self.root.is_none() {
             self.root = Some(std::env::current_dir().map_err(|e| e.to_string())?);
+        }
+        if self.quota_file.is_none() {
+            self.quota_file = crate::state::quota::default_path(self.users.as_deref());
         }
         if self.node_name.is_none() {
             self.node_name = Some(host_name());

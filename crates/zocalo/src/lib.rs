@@ -87,6 +87,8 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
         CtlRequest::Kick { session } => format!("kick {session}"),
         CtlRequest::Reload => "reload".to_string(),
         CtlRequest::Drain => "drain".to_string(),
+        CtlRequest::Quota { user, recount: false } => format!("quota {user}"),
+        CtlRequest::Quota { user, recount: true } => format!("quota {user} recount"),
     };
     let answer = crate::services::admin::request(socket, &text)
         .map_err(|e| format!("{}: {e}", socket.display()))?;

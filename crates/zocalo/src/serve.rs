@@ -307,6 +307,7 @@ fn build(
                 None => None,
             },
             sources: crate::state::sources::open(&settings.auth).map_err(io::Error::other)?,
+            quota_file: settings.quota_file.clone(),
         },
         guard,
     )?;

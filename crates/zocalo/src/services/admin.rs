@@ -91,6 +91,17 @@ impl Admin {
         match (words.next(), words.next()) {
             (Some("status"), None) => self.status(),
             (Some("kick"), Some(target)) => self.kick(target),
+            (Some("quota"), Some(user)) => {
+                let recount = match words.next() {
+                    None => false,
+                    Some("recount") => true,
+                    Some(_) => return "error: quota USER [recount]\n".into(),
+                };
+                match self.reloader.users.quota(user, recount) {
+                    Ok(text) => text,
+                    Err(e) => format!("error: {e}\n"),
+                }
+            }
             (Some("drain"), None) => {
                 crate::ops::metrics::start_draining();
                 tracing::warn!("draining: the balancer's agent check now says drain");
@@ -111,7 +122,9 @@ impl Admin {
                     Err(e) => format!("error: {e}\n"),
                 }
             }
-            _ => "error: requests are `status`, `kick [NODE:]ID`, `drain` and `reload`\n".into(),
+            _ => "error: requests are `status`, `kick [NODE:]ID`, `quota USER [recount]`, `drain` \
+                  and `reload`\n"
+                .into(),
         }
     }
 

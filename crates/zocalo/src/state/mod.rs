@@ -15,6 +15,7 @@ pub mod limits;
 pub mod passwords;
 pub mod policy;
 pub mod postgres;
+pub mod quota;
 pub mod registry;
 pub mod reload;
 pub mod seats;

@@ -1,12 +1,11 @@
 //! An account's policy: the same fields, under the same names, from every account source (a
 //! users-file line's `key=value` pairs, an HTTP hook's JSON answer, and the directory and
-//! database sources): `home`, `perm`, `rate_up`, `rate_down`, `max_sessions`, `allow`, `deny`,
-//! `tls_required`, `disabled`. Every source hands its values over as text to [`Policy::set`],
+//! database sources): `home`, `perm`, `rate_up`, `rate_down`, `max_sessions`, `quota_bytes`,
+//! `quota_files`, `allow`, `deny`, `tls_required`, `disabled`. Every source hands its values over as text to [`Policy::set`],
 //! so a value means the same wherever it comes from.
 //!
-//! `max_sessions` counts the sessions of this node ([`crate::state::seats`]). Quotas are not
-//! enforced yet: a source that names `quota_bytes` or `quota_files` is refused with an error
-//! that says so, rather than serving an account whose limits would silently not hold.
+//! `max_sessions` counts the sessions of this node ([`crate::state::seats`]); `quota_bytes` and
+//! `quota_files` are held by [`crate::state::quota`].
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -58,20 +57,19 @@ impl FromStr for Perm {
 }
 
 /// The fields of a policy, as every source names them.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 11] = [
     "home",
     "perm",
     "rate_up",
     "rate_down",
     "max_sessions",
+    "quota_bytes",
+    "quota_files",
     "allow",
     "deny",
     "tls_required",
     "disabled",
 ];
-
-/// Fields other servers have that this one does not enforce yet.
-const NOT_YET: [&str; 2] = ["quota_bytes", "quota_files"];
 
 /// One account's policy. `None` and empty: the server's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,6 +82,8 @@ pub struct Policy {
     pub rate_down: Option<u64>,
     /// Sessions at once (on this node).
     pub max_sessions: Option<u32>,
+    /// Bytes and files the account may hold.
+    pub quota: crate::state::quota::Quota,
     /// Client addresses allowed (none: all) and denied; deny is looked at first.
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
@@ -111,6 +111,11 @@ impl Policy {
             "perm" => self.perm = Some(value.parse()?),
             "rate_up" => self.rate_up = rate(value)?,
             "rate_down" => self.rate_down = rate(value)?,
+            "quota_bytes" => self.quota.bytes = rate(value)?,
+            "quota_files" => {
+                let n = value.parse().map_err(|_| format!("quota_files is a count, not {value:?}"));
+                self.quota.files = Some(n?).filter(|_| !value.is_empty());
+            }
             "max_sessions" => {
                 let n =
                     value.parse().map_err(|_| format!("max_sessions is a count, not {value:?}"));
@@ -120,9 +125,6 @@ impl Policy {
             "deny" => self.deny = cidrs(value)?,
             "tls_required" => self.tls_required = flag(value)?,
             "disabled" => self.disabled = flag(value)?,
-            k if NOT_YET.contains(&k) => {
-                return Err(format!("{k} is not enforced by this version of zocalo"))
-            }
             k => return Err(format!("unknown field {k:?} (known: {})", FIELDS.join(", "))),
         }
         Ok(())
@@ -163,6 +165,12 @@ impl Policy {
         }
         if let Some(n) = self.max_sessions {
             pair("max_sessions", n.to_string());
+        }
+        if let Some(n) = self.quota.bytes {
+            pair("quota_bytes", n.to_string());
+        }
+        if let Some(n) = self.quota.files {
+            pair("quota_files", n.to_string());
         }
         if !self.allow.is_empty() {
             pair("allow", list(&self.allow));
@@ -242,7 +250,8 @@ mod tests {
     fn unknown_and_unenforced_fields_are_refused() {
         let mut p = Policy::default();
         assert!(p.set("colour", "red").unwrap_err().contains("known:"));
-        assert!(p.set("quota_bytes", "1G").unwrap_err().contains("not enforced"));
+        p.set("quota_bytes", "1G").unwrap();
+        assert_eq!(p.quota.bytes, Some(1 << 30));
         assert!(p.set("max_sessions", "two").is_err());
         p.set("max_sessions", "2").unwrap();
         assert_eq!(p.max_sessions, Some(2));

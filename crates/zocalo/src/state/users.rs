@@ -19,6 +19,7 @@ use zocalo_proto::{Account, AuthError, Authenticator, Login, Storage};
 use crate::state::limits::LoginGuard;
 use crate::state::passwords::{constant_time_eq, hash_password, verify_bounded, DUMMY_HASH};
 use crate::state::policy::{Perm, Policy};
+use crate::state::quota::{QuotaStorage, Tally};
 use crate::state::source::{Lookup, Source};
 use crate::storage::local::LocalFs;
 
@@ -259,6 +260,8 @@ pub struct Users {
     s3: Option<zocalo_s3::S3Storage>,
     /// The `[[auth]]` sources, in order.
     sources: Vec<Box<dyn Source>>,
+    /// Where the accounts with a quota are tallied.
+    quota_tally: Option<Tally>,
     guard: Arc<dyn LoginGuard>,
 }
 
@@ -273,6 +276,7 @@ pub struct UsersConfig {
     /// Serve this bucket instead of the directory `root`.
     pub s3: Option<zocalo_s3::S3Storage>,
     pub sources: Vec<Box<dyn Source>>,
+    pub quota_file: Option<PathBuf>,
 }
 
 impl Users {
@@ -293,6 +297,7 @@ impl Users {
             atomic_uploads: config.atomic_uploads,
             s3: config.s3,
             sources: config.sources,
+            quota_tally: config.quota_file.map(Tally::new),
             guard,
         };
         users.reload().map_err(io::Error::other)?;
@@ -323,7 +328,7 @@ impl Users {
     }
 
     /// Opens a users-file account's home for one session (closed when the session ends).
-    fn home_storage(&self, home: &Path) -> io::Result<Arc<dyn Storage>> {
+    fn home_storage(&self, home: &Path, atomic: bool) -> io::Result<Arc<dyn Storage>> {
         if let Some(s3) = &self.s3 {
             // A prefix under the bucket; `..` could name another account's files.
             let home = home.to_str().ok_or(io::ErrorKind::InvalidInput)?;
@@ -333,7 +338,34 @@ impl Users {
             return Ok(Arc::new(s3.with_home(home)));
         }
         let path = self.root.join(home);
-        Ok(Arc::new(LocalFs::open(&path, self.atomic_uploads)?))
+        Ok(Arc::new(LocalFs::open(&path, self.atomic_uploads || atomic)?))
+    }
+
+    /// `zocalo ctl quota USER [--recount]`: what the tally says of `user`; with `recount`,
+    /// the tally counted again from storage (now for a users-file account, at the next login
+    /// for an account of another source, whose home is known only then).
+    pub fn quota(&self, user: &str, recount: bool) -> Result<String, String> {
+        let tally = self.quota_tally.as_ref().ok_or("no quota-file: no account has a quota")?;
+        let found = self.file_users.read().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
+        if recount {
+            let Some(found) = &found else {
+                tally.clear(user).map_err(|e| e.to_string())?;
+                return Ok(format!("{user}: counted again at its next login\n"));
+            };
+            let storage = self.home_storage(&found.home, true).map_err(|e| e.to_string())?;
+            let used = crate::state::quota::count(storage.as_ref()).map_err(|e| e.to_string())?;
+            tally.set(user, used).map_err(|e| e.to_string())?;
+        }
+        let policy = found.map(|f| f.policy.quota).unwrap_or_default();
+        let limit = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+        match tally.get(user).map_err(|e| e.to_string())? {
+            Some((bytes, files)) => Ok(format!(
+                "{user}: {bytes} bytes of {}, {files} files of {}\n",
+                limit(policy.bytes),
+                limit(policy.files)
+            )),
+            None => Ok(format!("{user}: not counted yet (no login since the tally began)\n")),
+        }
     }
 
     fn check(&self, login: &Login<'_>) -> Result<Account, AuthError> {
@@ -394,10 +426,27 @@ impl Users {
             ),
             None => None,
         };
-        let storage = self.home_storage(Path::new(home)).map_err(|e| {
+        // An account with a quota uploads to a temporary name, so an upload stopped at the
+        // quota replaces nothing.
+        let quota = policy.quota;
+        let storage = self.home_storage(Path::new(home), quota.any()).map_err(|e| {
             tracing::warn!(user = login.user, home, "home unusable: {e}");
             AuthError::HomeMissing
         })?;
+        let storage = match (quota.any(), &self.quota_tally) {
+            (false, _) => storage,
+            (true, None) => {
+                tracing::warn!(user = login.user, "an account with a quota needs quota-file");
+                return Err(AuthError::Unavailable);
+            }
+            (true, Some(tally)) => {
+                let held = QuotaStorage::new(storage, login.user, quota, tally.clone());
+                Arc::new(held.map_err(|e| {
+                    tracing::warn!(user = login.user, "cannot keep the quota's tally: {e}");
+                    AuthError::Unavailable
+                })?)
+            }
+        };
         let mut account = Account::new(login.user, storage, perm.writable(), false);
         account.readable = perm.readable();
         (account.rate_up, account.rate_down) = (policy.rate_up, policy.rate_down);
@@ -446,8 +495,8 @@ mod tests {
         assert!(parse_users("bob:nothash:/x:rw\n").is_err());
         assert!(parse_users("bob\n").is_err());
         let hash = hash_password("pw").unwrap();
-        let e = parse_users(&format!("bob:{hash}:h:rw:quota_bytes=1G\n")).unwrap_err();
-        assert!(e.contains("line 1") && e.contains("not enforced"), "{e}");
+        let e = parse_users(&format!("bob:{hash}:h:rw:quota_bytes=lots\n")).unwrap_err();
+        assert!(e.contains("line 1") && e.contains("not a size"), "{e}");
         assert!(parse_users(&format!("bob:{hash}:h:rw:colour=red\n")).is_err());
     }
 
