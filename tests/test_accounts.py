@@ -111,6 +111,20 @@ def login_code(srv, user: str, password: str) -> str:
         helpers.close_client(ftp)
 
 
+def login_while_others_go_on(srv, other, user: str, password: str) -> tuple[str, float]:
+    """Logs in as `user` on a thread while the `other` session sends NOOPs, each answered;
+    returns the reply to PASS and how long the login took."""
+    started = time.monotonic()
+    result = []
+    t = threading.Thread(target=lambda: result.append(login_code(srv, user, password)))
+    t.start()
+    for _ in range(5):
+        assert other.sendcmd("NOOP").startswith("200"), "other sessions go on"
+    t.join(TIMEOUT)
+    assert result, "the login never ended"
+    return result[0], time.monotonic() - started
+
+
 def zocalo_user(*args, password: str | None = None):
     r = subprocess.run([str(helpers.zocalo_bin()), "user", *map(str, args)],
                        input=None if password is None else password + "\n",
@@ -184,16 +198,9 @@ def test_a_failing_hook_fails_closed_without_holding_up_others(start_server, tmp
     hook.mode, hook.delay = mode, 4.0
     if mode == "gone":
         hook.stop()
-    started = time.monotonic()
-    result = []
-    t = threading.Thread(target=lambda: result.append(login_code(srv, "hana", "pw")))
-    t.start()
     # Other sessions are answered while the login waits on the hook.
-    for _ in range(5):
-        assert other.sendcmd("NOOP").startswith("200")
-    t.join(TIMEOUT)
-    took = time.monotonic() - started
-    assert result and result[0].startswith("421"), result
+    reply, took = login_while_others_go_on(srv, other, "hana", "pw")
+    assert reply.startswith("421"), reply
     assert took < 2 + 3, f"the hook's 2 s timeout was not kept: {took:.1f}s"
     assert helpers.poll_until(lambda: "account source failed" in srv.log_tail(200), 5), \
         srv.log_tail()
@@ -401,15 +408,9 @@ def test_a_directory_down_or_stalled_fails_closed_and_the_next_url_is_tried(star
     other = srv.ftp()
     for stall in [slapd.pause, slapd.stop]:
         stall()
-        started = time.monotonic()
-        result = []
-        t = threading.Thread(target=lambda: result.append(login_code(srv, "lena", "lenapw")))
-        t.start()
-        for _ in range(5):
-            assert other.sendcmd("NOOP").startswith("200"), "other sessions go on"
-        t.join(TIMEOUT)
-        assert result and result[0].startswith("421"), (stall.__name__, result)
-        assert time.monotonic() - started < 2 * 2 + 3, "bounded by the timeouts"
+        reply, took = login_while_others_go_on(srv, other, "lena", "lenapw")
+        assert reply.startswith("421"), (stall.__name__, reply)
+        assert took < 2 * 2 + 3, "bounded by the timeouts"
         if stall == slapd.pause:
             slapd.resume()
     assert "account source failed" in srv.log_tail(300)
@@ -534,15 +535,9 @@ def test_a_database_down_or_stalled_fails_closed(start_server, tmp_path, pg):
     other = srv.ftp()
     for stall in [pg.pause, pg.stop]:
         stall()
-        started = time.monotonic()
-        result = []
-        t = threading.Thread(target=lambda: result.append(login_code(srv, "pia", "argonpw")))
-        t.start()
-        for _ in range(5):
-            assert other.sendcmd("NOOP").startswith("200"), "other sessions go on"
-        t.join(TIMEOUT)
-        assert result and result[0].startswith("421"), (stall.__name__, result)
-        assert time.monotonic() - started < 2 + 3, "bounded by the timeout"
+        reply, took = login_while_others_go_on(srv, other, "pia", "argonpw")
+        assert reply.startswith("421"), (stall.__name__, reply)
+        assert took < 2 + 3, "bounded by the timeout"
         if stall == pg.pause:
             pg.resume()
     assert "account source failed" in srv.log_tail(300)

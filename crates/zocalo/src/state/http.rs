@@ -23,19 +23,11 @@ pub struct HttpConfig {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Seconds the hook has to answer.
-    #[serde(default = "default_timeout")]
+    #[serde(default = "super::source::default_timeout")]
     pub timeout_seconds: u64,
     /// Seconds a positive answer is kept.
-    #[serde(default = "default_cache")]
+    #[serde(default = "super::source::default_cache")]
     pub cache_seconds: u64,
-}
-
-fn default_timeout() -> u64 {
-    5
-}
-
-fn default_cache() -> u64 {
-    60
 }
 
 /// The HTTP hook.

@@ -45,9 +45,9 @@ pub struct LdapConfig {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Seconds each connection and operation may take.
-    #[serde(default = "default_timeout")]
+    #[serde(default = "super::source::default_timeout")]
     pub timeout_seconds: u64,
-    #[serde(default = "default_cache")]
+    #[serde(default = "super::source::default_cache")]
     pub cache_seconds: u64,
     /// Which attribute holds each policy field: `home = "homeDirectory"`, ...
     #[serde(default)]
@@ -60,14 +60,6 @@ fn default_filter() -> String {
 
 fn yes() -> bool {
     true
-}
-
-fn default_timeout() -> u64 {
-    5
-}
-
-fn default_cache() -> u64 {
-    60
 }
 
 /// The directory source.

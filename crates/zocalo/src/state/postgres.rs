@@ -37,22 +37,14 @@ pub struct PgConfig {
     pub query: String,
     #[serde(default = "default_pool")]
     pub pool_size: usize,
-    #[serde(default = "default_timeout")]
+    #[serde(default = "super::source::default_timeout")]
     pub timeout_seconds: u64,
-    #[serde(default = "default_cache")]
+    #[serde(default = "super::source::default_cache")]
     pub cache_seconds: u64,
 }
 
 fn default_pool() -> usize {
     4
-}
-
-fn default_timeout() -> u64 {
-    5
-}
-
-fn default_cache() -> u64 {
-    60
 }
 
 /// The database source.

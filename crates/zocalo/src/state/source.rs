@@ -10,6 +10,16 @@ use zocalo_proto::Login;
 
 use crate::state::policy::Policy;
 
+/// Seconds a source has to answer, unless its table says otherwise.
+pub fn default_timeout() -> u64 {
+    5
+}
+
+/// Seconds a positive answer is kept, unless its table says otherwise.
+pub fn default_cache() -> u64 {
+    60
+}
+
 /// What a source says of one login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
