@@ -153,11 +153,13 @@ def die_with_parent() -> None:
         _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def stop_process(proc: subprocess.Popen, grace: float = STOP_DEADLINE) -> bool:
-    """SIGTERM by PID, SIGKILL if it is still there after `grace`; True if it needed SIGKILL."""
+def stop_process(proc: subprocess.Popen, grace: float = STOP_DEADLINE,
+                 sig: int = signal.SIGTERM) -> bool:
+    """`sig` (SIGTERM) by PID, SIGKILL if it is still there after `grace`; True if it needed
+    SIGKILL."""
     if proc.poll() is not None:
         return False
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(grace)
         return False
@@ -363,6 +365,22 @@ def upload(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR", rest=None
     import io
 
     return ftp.storbinary(f"{cmd} {path}", io.BytesIO(data), rest=rest)
+
+
+def download_seconds(ftp: ftplib.FTP, path: str, expected: bytes) -> float:
+    """Downloads `path`, checks it is `expected`, and says how long it took."""
+    start = time.monotonic()
+    got = download(ftp, path)
+    took = time.monotonic() - start
+    assert got == expected, f"{path}: {len(got)} bytes, not the {len(expected)} expected"
+    return took
+
+
+def upload_seconds(ftp: ftplib.FTP, path: str, data: bytes) -> float:
+    """Uploads `data` to `path` and says how long it took."""
+    start = time.monotonic()
+    upload(ftp, path, data)
+    return time.monotonic() - start
 
 
 def read_exactly(sock: socket.socket, n: int) -> bytes:

@@ -101,13 +101,8 @@ access to * by * read
         assert helpers.poll_until(listening, 20), "slapd did not listen within 20 s"
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            helpers.stop_process(self.proc, 10)
         self.proc = None
 
     def pause(self):

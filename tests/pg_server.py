@@ -73,13 +73,9 @@ class Postgres:
         return r.stdout
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            # SIGINT: a fast shutdown, which does not wait for zocalo's pooled connections.
+            helpers.stop_process(self.proc, 20, signal.SIGINT)
         self.proc = None
 
     def _signal_all(self, sig):

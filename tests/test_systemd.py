@@ -50,12 +50,7 @@ class Activated:
         return f"ftp://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{path}"
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        helpers.stop_process(self.proc, 10)
 
 
 @pytest.fixture(params=["socket-activation", "inetd"])

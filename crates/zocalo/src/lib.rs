@@ -124,10 +124,10 @@ fn user(command: UserCommand) -> Result<(), String> {
         UserCommand::Del { name, file } => (file, name, Edit::Del),
         UserCommand::List { file } => (file, String::new(), Edit::List),
     };
-    let out = edit_users(&file.users, &name, edit)?;
-    match out.strip_prefix("warning: ").or_else(|| out.strip_prefix("note: ")) {
-        Some(_) => eprint!("zocalo: {out}"),
-        None => print!("{out}"),
+    let (out, note) = edit_users(&file.users, &name, edit)?;
+    print!("{out}");
+    if !note.is_empty() {
+        eprint!("zocalo: {note}");
     }
     Ok(())
 }

@@ -191,7 +191,7 @@ impl EventLoop {
         let (index, kind) = (ev.token.0 >> KIND_BITS, ev.token.0 & ((1 << KIND_BITS) - 1));
         match kind {
             LISTENER if index >= GATE_BASE => {
-                self.at_door(|door, entrance| door.on_gate(index - GATE_BASE, entrance))
+                self.at_door(|door, _, entrance| door.on_gate(index - GATE_BASE, entrance))
             }
             LISTENER => self.accept(index),
             SIGNAL if index == WORK_DONE => self.on_work_done(),
@@ -205,39 +205,35 @@ impl EventLoop {
 
     /// Takes the connections waiting on listener `index`, each greeted before the next.
     fn accept(&mut self, index: usize) {
-        let mut arrivals = Vec::new();
         loop {
-            let Some(listener) = self.listeners.get(index) else {
-                return;
-            };
-            let entrance = &mut LoopEntrance {
-                poller: self.poller.as_mut(),
-                workers: &self.workers,
-                arrivals: &mut arrivals,
-            };
-            let accepted = self.door.accept_one(listener, entrance);
-            for arrival in arrivals.drain(..) {
-                self.open_one(arrival);
-            }
+            let accepted = self.at_door(|door, listeners, entrance| {
+                listeners.get(index).map(|l| door.accept_one(l, entrance))
+            });
             match accepted {
-                Accepted::One => {}
-                Accepted::Drained => return,
-                Accepted::Pause => return self.pause_accepting(),
+                Some(Accepted::One) => {}
+                Some(Accepted::Pause) => return self.pause_accepting(),
+                Some(Accepted::Drained) | None => return,
             }
         }
     }
 
-    /// Steps the door: `step` is given it and the loop's side of it; then the connections it
-    /// let in become sessions.
-    fn at_door(&mut self, step: impl FnOnce(&mut Door, &mut LoopEntrance)) {
+    /// Steps the door: `step` is given it, the listeners and the loop's side of it; then the
+    /// connections it let in become sessions.
+    fn at_door<R>(
+        &mut self,
+        step: impl FnOnce(&mut Door, &[Listener], &mut LoopEntrance) -> R,
+    ) -> R {
         let mut arrivals = Vec::new();
         let entrance = &mut LoopEntrance {
             poller: self.poller.as_mut(),
             workers: &self.workers,
             arrivals: &mut arrivals,
         };
-        step(&mut self.door, entrance);
-        self.open(arrivals);
+        let stepped = step(&mut self.door, &self.listeners, entrance);
+        for arrival in arrivals {
+            self.open_one(arrival);
+        }
+        stepped
     }
 
     /// Out of descriptors with none to spare: stop watching the listeners for a moment (they
@@ -263,13 +259,7 @@ impl EventLoop {
         }
     }
 
-    /// Gives each connection let in its session in this loop.
-    fn open(&mut self, arrivals: Vec<Arrival>) {
-        for arrival in arrivals {
-            self.open_one(arrival);
-        }
-    }
-
+    /// Gives a connection let in its session in this loop.
     fn open_one(&mut self, arrival: Arrival) {
         let Arrival { stream, peer, implicit_tls, permit, .. } = arrival;
         if let Some(limit) = self.poller.capacity_limit() {
@@ -333,7 +323,7 @@ impl EventLoop {
             if index >= GATE_BASE {
                 let verdict = finished.done.take::<Verdict>();
                 let gate = index - GATE_BASE;
-                self.at_door(|door, entrance| door.admitted(gate, serial, verdict, entrance));
+                self.at_door(|door, _, entrance| door.admitted(gate, serial, verdict, entrance));
                 continue;
             }
             let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
@@ -359,7 +349,7 @@ impl EventLoop {
             let _ = self.poller.deregister(l.sock.as_raw_fd());
         }
         self.stop_by = Some(Instant::now() + self.ctx.grace);
-        self.at_door(|door, entrance| door.close(entrance));
+        self.at_door(|door, _, entrance| door.close(entrance));
         let by = Instant::now() + self.ctx.grace;
         for index in 0..self.conns.len() {
             if let Some(slot) = self.conns[index].as_mut() {
@@ -430,7 +420,7 @@ impl EventLoop {
     /// for the next turn of the loop, so no connection can keep the loop from the others.
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        self.at_door(|door, entrance| door.expire(now, entrance));
+        self.at_door(|door, _, entrance| door.expire(now, entrance));
         let mut due = Vec::new();
         while let Some(&Reverse((at, index))) = self.timers.peek() {
             if at > now {

@@ -65,6 +65,8 @@ fn yes() -> bool {
 /// The directory source.
 pub struct Ldap {
     name: String,
+    /// Each connection's and each operation's bound.
+    timeout: Duration,
     config: LdapConfig,
     bind_password: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -100,13 +102,14 @@ impl Ldap {
             None => None,
         };
         let name = format!("ldap {}", config.urls.join(","));
-        Ok(Ldap { name, config: config.clone(), bind_password, tls })
+        let timeout = Duration::from_secs(config.timeout_seconds.max(1));
+        Ok(Ldap { name, timeout, config: config.clone(), bind_password, tls })
     }
 
     fn settings(&self) -> LdapConnSettings {
-        let timeout = Duration::from_secs(self.config.timeout_seconds.max(1));
-        let settings =
-            LdapConnSettings::new().set_conn_timeout(timeout).set_starttls(self.config.starttls);
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(self.timeout)
+            .set_starttls(self.config.starttls);
         match &self.tls {
             Some(tls) => settings.set_config(tls.clone()),
             None => settings,
@@ -115,7 +118,6 @@ impl Ldap {
 
     /// Connects to the first URL that answers, bound as the service account.
     fn connect(&self) -> Result<LdapConn, String> {
-        let timeout = Duration::from_secs(self.config.timeout_seconds.max(1));
         let mut last = String::from("no URL");
         for url in &self.config.urls {
             let conn = LdapConn::with_settings(self.settings(), url);
@@ -127,8 +129,8 @@ impl Ldap {
                 }
             };
             let bound = match (&self.config.bind_dn, &self.bind_password) {
-                (Some(dn), Some(pw)) => conn.with_timeout(timeout).simple_bind(dn, pw),
-                (Some(dn), None) => conn.with_timeout(timeout).simple_bind(dn, ""),
+                (Some(dn), Some(pw)) => conn.with_timeout(self.timeout).simple_bind(dn, pw),
+                (Some(dn), None) => conn.with_timeout(self.timeout).simple_bind(dn, ""),
                 (None, _) => return Ok(conn),
             };
             match bound.and_then(|r| r.success()) {
@@ -146,7 +148,6 @@ impl Source for Ldap {
     }
 
     fn lookup(&self, login: &Login<'_>) -> Lookup {
-        let timeout = Duration::from_secs(self.config.timeout_seconds.max(1));
         let mut conn = match self.connect() {
             Ok(c) => c,
             Err(e) => return Lookup::Down(e),
@@ -154,7 +155,7 @@ impl Source for Ldap {
         let filter = self.config.filter.replace("{user}", &ldap3::ldap_escape(login.user));
         let attrs: Vec<&str> = self.config.attributes.values().map(String::as_str).collect();
         let found = conn
-            .with_timeout(timeout)
+            .with_timeout(self.timeout)
             .search(&self.config.base, Scope::Subtree, &filter, attrs)
             .and_then(|r| r.success());
         let entries = match found {
@@ -175,7 +176,7 @@ impl Source for Ldap {
             let _ = conn.unbind();
             return Lookup::Refused;
         }
-        let bound = conn.with_timeout(timeout).simple_bind(&entry.dn, login.password);
+        let bound = conn.with_timeout(self.timeout).simple_bind(&entry.dn, login.password);
         let _ = conn.unbind();
         match bound {
             Ok(r) if r.rc == 0 => {}

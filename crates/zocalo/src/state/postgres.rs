@@ -76,16 +76,16 @@ impl Postgres {
             .keepalives(true)
             .tcp_user_timeout(timeout)
             .options(&format!("-c statement_timeout={}", timeout.as_millis()));
-        // The URL without its password, for log lines.
-        let shown = match c.url.split_once('@') {
-            Some((front, back)) => match front.rsplit_once(':') {
-                Some((user, _)) if user.contains("//") && !user.ends_with('/') => {
-                    format!("{user}:***@{back}")
-                }
-                _ => c.url.clone(),
-            },
-            None => c.url.clone(),
+        // Where it connects, for log lines: never the password.
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => String::from("localhost"),
         };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("");
+        let shown =
+            format!("postgresql://{user}@{host}:{port}/{}", config.get_dbname().unwrap_or(""));
         Ok(Postgres {
             name: format!("postgres {shown}"),
             config,

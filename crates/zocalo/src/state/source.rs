@@ -41,8 +41,8 @@ pub trait Source: Send + Sync {
 }
 
 /// A source behind a cache of its positive answers.
-pub struct Cached<S> {
-    inner: S,
+pub struct Cached {
+    inner: Box<dyn Source>,
     ttl: Duration,
     /// A random salt of this process, so the cache's digests say nothing outside it.
     salt: [u8; 16],
@@ -55,8 +55,8 @@ type Entry = (Vec<u8>, Policy, Instant);
 /// Cached accounts at most; past that the expired ones are dropped, then the cache is cleared.
 const CACHE_MAX: usize = 100_000;
 
-impl<S: Source> Cached<S> {
-    pub fn new(inner: S, ttl: Duration) -> Self {
+impl Cached {
+    pub fn new(inner: Box<dyn Source>, ttl: Duration) -> Self {
         let mut salt = [0u8; 16];
         use argon2::password_hash::rand_core::RngCore;
         argon2::password_hash::rand_core::OsRng.fill_bytes(&mut salt);
@@ -73,7 +73,7 @@ impl<S: Source> Cached<S> {
     }
 }
 
-impl<S: Source> Source for Cached<S> {
+impl Source for Cached {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -138,7 +138,7 @@ mod tests {
     fn the_cache_keeps_positive_answers_for_the_same_password_only() {
         let inner: &'static Counting =
             Box::leak(Box::new(Counting(AtomicUsize::new(0), Lookup::Found(Policy::default()))));
-        let cached = Cached::new(inner, Duration::from_secs(60));
+        let cached = Cached::new(Box::new(inner), Duration::from_secs(60));
         assert!(matches!(cached.lookup(&login("bob", "pw")), Lookup::Found(_)));
         assert!(matches!(cached.lookup(&login("bob", "pw")), Lookup::Found(_)));
         assert_eq!(inner.0.load(Ordering::Relaxed), 1, "the second came from the cache");
@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(inner.0.load(Ordering::Relaxed), 2, "another password asks the source");
         let refusing: &'static Counting =
             Box::leak(Box::new(Counting(AtomicUsize::new(0), Lookup::Refused)));
-        let cached = Cached::new(refusing, Duration::from_secs(60));
+        let cached = Cached::new(Box::new(refusing), Duration::from_secs(60));
         cached.lookup(&login("bob", "pw"));
         cached.lookup(&login("bob", "pw"));
         assert_eq!(refusing.0.load(Ordering::Relaxed), 2, "refusals are not cached");

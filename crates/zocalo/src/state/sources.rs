@@ -39,19 +39,13 @@ pub enum SourceConfig {
 pub fn open(configs: &[SourceConfig]) -> Result<Vec<Box<dyn Source>>, String> {
     configs
         .iter()
-        .map(|c| match c {
-            SourceConfig::Http(h) => {
-                let ttl = Duration::from_secs(h.cache_seconds);
-                Ok(Box::new(Cached::new(Http::new(h)?, ttl)) as Box<dyn Source>)
-            }
-            SourceConfig::Ldap(l) => {
-                let ttl = Duration::from_secs(l.cache_seconds);
-                Ok(Box::new(Cached::new(Ldap::new(l)?, ttl)) as Box<dyn Source>)
-            }
-            SourceConfig::Postgres(p) => {
-                let ttl = Duration::from_secs(p.cache_seconds);
-                Ok(Box::new(Cached::new(Postgres::new(p)?, ttl)) as Box<dyn Source>)
-            }
+        .map(|c| {
+            let (source, cache): (Box<dyn Source>, u64) = match c {
+                SourceConfig::Http(h) => (Box::new(Http::new(h)?), h.cache_seconds),
+                SourceConfig::Ldap(l) => (Box::new(Ldap::new(l)?), l.cache_seconds),
+                SourceConfig::Postgres(p) => (Box::new(Postgres::new(p)?), p.cache_seconds),
+            };
+            Ok(Box::new(Cached::new(source, Duration::from_secs(cache))) as Box<dyn Source>)
         })
         .collect()
 }

@@ -78,12 +78,7 @@ fn parse_line(line: &str) -> Result<FileUser, String> {
     }
     let mut policy = Policy::default();
     for pair in extra.split_whitespace() {
-        let (key, value) =
-            pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
-        if matches!(key, "home" | "perm") {
-            return Err(format!("{key} is a field of its own, not a policy pair"));
-        }
-        policy.set(key, value)?;
+        set_pair(&mut policy, pair)?;
     }
     let home = PathBuf::from(home);
     Ok(FileUser { name: name.into(), hash: hash.into(), home, perm, policy })
@@ -101,8 +96,9 @@ pub struct Change {
 
 /// `zocalo user add|set|del|list`: edits the users file and writes it back whole, through a
 /// temporary file renamed over it (readable by its owner only: it holds password hashes), so a
-/// server re-reading it (SIGHUP, `ctl reload`) never sees half a file. Returns what to print.
-pub fn edit_users(file: &Path, name: &str, edit: Edit) -> Result<String, String> {
+/// server re-reading it (SIGHUP, `ctl reload`) never sees half a file. Returns what to print:
+/// the listing (`list`), and a note about the account's home for standard error.
+pub fn edit_users(file: &Path, name: &str, edit: Edit) -> Result<(String, String), String> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound && matches!(edit, Edit::Add(_)) => {
@@ -112,7 +108,7 @@ pub fn edit_users(file: &Path, name: &str, edit: Edit) -> Result<String, String>
     };
     let mut users = parse_users(&text)?;
     if let Edit::List = edit {
-        return Ok(users.iter().map(|u| listing_line(u) + "\n").collect());
+        return Ok((users.iter().map(|u| listing_line(u) + "\n").collect(), String::new()));
     }
     if name.is_empty() || name.contains([':', '\n']) || name.trim() != name {
         return Err(
@@ -167,7 +163,7 @@ pub fn edit_users(file: &Path, name: &str, edit: Edit) -> Result<String, String>
         out.push('\n');
     }
     write_private(file, &out).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    Ok(note)
+    Ok((String::new(), note))
 }
 
 /// What `edit_users` does to the named account.
@@ -193,19 +189,23 @@ fn apply(user: &mut FileUser, change: &Change) -> Result<(), String> {
         user.perm = perm;
     }
     for pair in &change.pairs {
-        let (key, value) =
-            pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
-        match key {
-            "home" | "perm" => return Err(format!("use --{key} for {key}")),
-            _ if value.contains(char::is_whitespace) => {
-                return Err(format!(
-                    "{key}: a value may not hold spaces (lists are comma-separated)"
-                ))
-            }
-            _ => user.policy.set(key, value)?,
-        }
+        set_pair(&mut user.policy, pair)?;
     }
     Ok(())
+}
+
+/// One `key=value` policy pair of a users-file line (or of `zocalo user set`, which writes
+/// one): home and perm are fields of their own, and a value holds no space (pairs are
+/// separated by spaces; lists are comma-separated).
+fn set_pair(policy: &mut Policy, pair: &str) -> Result<(), String> {
+    let (key, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+    if matches!(key, "home" | "perm") {
+        return Err(format!("{key} is a field of its own (--{key}), not a policy pair"));
+    }
+    if value.contains(char::is_whitespace) {
+        return Err(format!("{key}: a value may not hold spaces (lists are comma-separated)"));
+    }
+    policy.set(key, value)
 }
 
 /// `user list`: a line per account, without its hash.
@@ -526,7 +526,7 @@ mod tests {
         let pairs = vec!["disabled=true".to_string(), "rate_up=2K".to_string()];
         let change = Change { perm: Some(Perm::Read), pairs, ..Default::default() };
         edit_users(&file, "bob", Edit::Set(change)).unwrap();
-        let list = edit_users(&file, "", Edit::List).unwrap();
+        let (list, _) = edit_users(&file, "", Edit::List).unwrap();
         assert_eq!(list, "bob home=. perm=r rate_up=2048 disabled=true\neve home=. perm=rw\n");
         edit_users(&file, "eve", Edit::Del).unwrap();
         assert!(edit_users(&file, "eve", Edit::Del).is_err());
