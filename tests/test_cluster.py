@@ -53,6 +53,7 @@ THIEF_IP = "127.0.0.61"
 MAXCONN_IPS = ("127.0.0.62", "127.0.0.63", "127.0.0.64")
 REDIS_IP = "127.0.0.65"
 STOP_IP = "127.0.0.66"
+ACCOUNT_IP = "127.0.0.67"
 
 
 @pytest.fixture(scope="module")
@@ -626,6 +627,81 @@ def test_sessions_go_on_while_redis_is_down_and_are_shared_again_after(fresh):
         f"n1 never listed n2's session again after Redis came back:\n"
         f"{c.ctl(0, 'status').stdout}\n{c.report()}")
     assert held.cmd("NOOP")[0] == 200
+
+
+# ==========================================================================
+# Accounts whose limits span the nodes
+
+
+def account_on_node(c: Cluster, i: int, user: str, password: str) -> ftplib.FTP:
+    """An ftplib session through the balancer served by node i, logged in as `user`."""
+    for _ in range(4):
+        ftp = c.ftp(ACCOUNT_IP, login=False)
+        if c.served_by(ftp) == i:
+            ftp.login(user, password)
+            return ftp
+        helpers.close_client(ftp)
+    raise AssertionError(f"4 connections through the balancer, none on {NODE_NAMES[i]}")
+
+
+def pass_reply(c: Cluster, user: str, password: str) -> str:
+    ftp = c.ftp(ACCOUNT_IP, login=False)
+    try:
+        return ftp.login(user, password)
+    except ftplib.all_errors as e:
+        return str(e)
+    finally:
+        helpers.close_client(ftp)
+
+
+def test_sessions_per_account_and_the_quota_span_the_nodes(fresh, tmp_path):
+    users = tmp_path / "users"
+    for line in (["duo", "max_sessions=2"], ["q", "--home", "q", "quota_bytes=100000"]):
+        r = subprocess.run([str(helpers.zocalo_bin()), "user", "add", line[0], "--users",
+                            str(users), *line[1:]], input="pw\n", capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    c = fresh("--users", users)
+    # Sessions at once: one on each node fills the account's two seats.
+    first, second = account_on_node(c, 0, "duo", "pw"), account_on_node(c, 1, "duo", "pw")
+    for _ in range(2):  # through either node
+        assert pass_reply(c, "duo", "pw").startswith("530"), "a third session at once"
+    assert pass_reply(c, USER, PASSWORD).startswith("230"), "other accounts are not counted"
+    first.quit()
+    c.clients.remove(first)
+    assert poll_until(lambda: pass_reply(c, "duo", "pw").startswith("230"), 10, 0.1), (
+        "the seat given back on n1 is free for the cluster")
+    assert second.sendcmd("NOOP").startswith("200")
+
+    # The quota: one tally for both nodes.
+    on1, on2 = account_on_node(c, 0, "q", "pw"), account_on_node(c, 1, "q", "pw")
+    assert helpers.upload(on1, "a.bin", b"a" * 60_000).startswith("226")
+    assert helpers.reply_of(on2, "AVBL").startswith("213 40000"), "n2 sees n1's upload"
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        helpers.upload(on2, "b.bin", os.urandom(50_000))
+    assert "b.bin" not in on1.nlst(), "nothing over the quota is left"
+    assert on2.delete("a.bin").startswith("250")
+    assert helpers.reply_of(on1, "AVBL").startswith("213 100000"), "n1 sees n2's DELE"
+    assert helpers.upload(on2, "b.bin", b"b" * 30_000).startswith("226")
+    out = c.ctl(0, "quota", "q")
+    assert out.stdout == "q: 30000 bytes of 100000, 1 files of -\n", out
+
+    # Redis down: the quota account's uploads are refused clearly, its downloads go on.
+    c.kill_redis()
+    with pytest.raises(ftplib.error_temp, match="^451 .*quota tally unavailable"):
+        helpers.upload(on1, "c.bin", b"c" * 10)
+    assert helpers.download(on1, "b.bin") == b"b" * 30_000
+    # An empty Redis: the tally is counted again from the bucket at the next upload.
+    c.start_redis()
+
+    def uploads():
+        try:
+            return helpers.upload(on1, "c.bin", b"c" * 10_000).startswith("226")
+        except ftplib.error_temp:
+            return False
+
+    assert poll_until(uploads, 15, 0.5), c.report()
+    assert helpers.reply_of(on2, "AVBL").startswith("213 60000")
 
 
 # ==========================================================================

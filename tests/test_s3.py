@@ -263,6 +263,31 @@ def test_users_file_homes_are_prefixes(s3srv, seaweed, tmp_path):
     ftp.quit()
 
 
+def test_a_default_home_is_the_root_and_a_missing_home_is_made(s3srv, tmp_path):
+    users = tmp_path / "users"
+    for name, home in (("dot", []), ("new", ["--home", "a/b"])):
+        subprocess.run([str(helpers.zocalo_bin()), "user", "add", "--users", str(users), *home,
+                        name], input="pw\n", text=True, check=True, timeout=60)
+    assert users.read_text().startswith("dot:") and ":.:rw\n" in users.read_text(), "home `.`"
+    server = s3srv(extra=["--users", str(users)])
+    admin = server.srv.ftp()
+    helpers.upload(admin, "top.txt", b"top")
+    admin.mkd("sub")
+    # `.` is the root: its listing and its directories are the root's.
+    dot = server.srv.ftp("dot", "pw")
+    assert sorted(dot.nlst()) == ["sub", "top.txt"]
+    assert dot.cwd("sub").startswith("250")
+    # A home that nothing is under yet is made at the first login, each level of it.
+    new = server.srv.ftp("new", "pw")
+    assert {"a/", "a/b/"} <= set(server.keys()), server.keys()
+    assert new.nlst() == []
+    helpers.upload(new, "mine.txt", b"new's")
+    assert server.object_sha256("a/b/mine.txt") == sha256(b"new's")
+    assert dot.nlst("/a") == ["/a/b"]
+    for c in (admin, dot, new):
+        c.quit()
+
+
 def test_tftp_serves_the_same_bucket(s3srv, work, tmp_path):
     server = s3srv(extra=["--tftp", "127.0.0.1:0"])
     tftp_line = lambda: next((l for l in server.srv.stdout_tail if "tftp://" in l), None)

@@ -159,12 +159,38 @@ impl S3Storage {
 
     /// The same bucket seen from `home` (a users-file account's home: a prefix under this one).
     pub fn with_home(&self, home: &str) -> S3Storage {
-        let home = home.trim_matches('/');
+        let home = normal_home(home);
         let root = match home.is_empty() {
             true => self.root.clone(),
             false => format!("{}{home}/", self.root),
         };
         S3Storage { root, ..self.clone() }
+    }
+
+    /// Makes the directory `home` (each missing level of it) if no object or marker has its
+    /// prefix yet: on S3 a home exists once something is under it, so an account's first
+    /// login creates it.
+    pub fn make_home(&self, home: &str) -> io::Result<()> {
+        let home = normal_home(home);
+        if home.is_empty() {
+            return Ok(());
+        }
+        let mut path = String::new();
+        for part in home.split('/') {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(part);
+            match self.metadata(&path) {
+                Ok(meta) if meta.kind == FileKind::Dir => {}
+                Ok(_) => return Err(io::ErrorKind::NotADirectory.into()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.put_empty(&format!("{}/", self.key(&path)))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn key(&self, path: &str) -> String {
@@ -275,6 +301,11 @@ impl S3Storage {
             _ => Err(io::ErrorKind::NotADirectory.into()),
         }
     }
+}
+
+/// A home as a key prefix: `.`, empty and doubled `/` parts dropped (`.` and `/` are the root).
+fn normal_home(home: &str) -> String {
+    home.split('/').filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/")
 }
 
 /// CopyObject copies up to 5 GiB in one request; larger objects are copied in parts of 1 GiB.

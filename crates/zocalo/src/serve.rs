@@ -308,6 +308,7 @@ fn build(
             },
             sources: crate::state::sources::open(&settings.auth).map_err(io::Error::other)?,
             quota_file: settings.quota_file.clone(),
+            shared: shared.clone(),
         },
         guard,
     )?;

@@ -2,7 +2,9 @@
 //! re-walked per upload. The tally of one node lives in a file (`quota-file`, by default the
 //! users file's name with `.quota` after it), one `name bytes files` line per account, read and
 //! rewritten under an exclusive `flock` so the `process` model's children and a `zocalo ctl`
-//! agree; an account with a quota and no line yet is counted once from its storage.
+//! agree. With `--shared-state` the tally of every node is one Redis hash per account
+//! (`zocalo:quota:USER`, see `state::shared`). An account with a quota and no tally yet is
+//! counted once from its storage, when its first upload or AVBL needs the figure.
 //!
 //! [`QuotaStorage`] wraps an account's storage. An upload that would take the account over its
 //! bytes stops with `552 Quota exceeded` as soon as it crosses: the storage of a quota account
@@ -12,9 +14,11 @@
 //! before a byte moves. DELE and a RNTO over a file give their bytes back; AVBL answers the
 //! bytes left.
 //!
-//! Limits: a tally is one node's; two uploads racing on one account may each pass the check
-//! and overshoot by at most what they had in flight together (each is bounded by the room left
-//! when it began).
+//! Limits: two uploads racing on one account (on one node or on two) may each pass the check
+//! and overshoot by at most what they had in flight together: each is bounded by the room left
+//! when it began. While the tally cannot be read (Redis down), uploads of quota accounts are
+//! refused with a clear error (`451`); downloads, listings and deletes go on, and a change the
+//! tally could not take is logged with the advice to `--recount`.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -26,6 +30,8 @@ use std::time::SystemTime;
 
 use zocalo_proto::storage::DirStream;
 use zocalo_proto::{DirEntry, FileHandle, FileKind, Metadata, Storage, WriteMode};
+
+use crate::state::shared::Shared;
 
 /// An account's limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,23 +46,25 @@ impl Quota {
     }
 }
 
-/// The tally file.
+/// Where the tallies are kept.
 #[derive(Debug, Clone)]
-pub struct Tally {
-    path: PathBuf,
+pub enum Tally {
+    /// One node's file.
+    File(PathBuf),
+    /// Every node's Redis.
+    Shared(Arc<Shared>),
 }
 
 /// What an account uses: bytes and files.
 pub type Used = (u64, u64);
 
 impl Tally {
-    pub fn new(path: PathBuf) -> Self {
-        Tally { path }
-    }
-
     /// Runs `f` on the whole table under the file's exclusive lock, writing it back if `f`
     /// changed it.
-    fn with_table<T>(&self, f: impl FnOnce(&mut HashMap<String, Used>) -> T) -> io::Result<T> {
+    fn with_table<T>(
+        path: &Path,
+        f: impl FnOnce(&mut HashMap<String, Used>) -> T,
+    ) -> io::Result<T> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut file = OpenOptions::new()
             .read(true)
@@ -64,8 +72,8 @@ impl Tally {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&self.path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))?;
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let _lock = Flock::exclusive(&file)?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
@@ -92,29 +100,70 @@ impl Tally {
     }
 
     pub fn get(&self, user: &str) -> io::Result<Option<Used>> {
-        self.with_table(|t| t.get(user).copied())
+        match self {
+            Tally::File(path) => Self::with_table(path, |t| t.get(user).copied()),
+            Tally::Shared(shared) => shared.quota_get(user),
+        }
     }
 
+    /// Sets `user`'s tally (a recount).
     pub fn set(&self, user: &str, used: Used) -> io::Result<()> {
-        self.with_table(|t| {
-            t.insert(user.to_string(), used);
-        })
+        match self {
+            Tally::File(path) => Self::with_table(path, |t| {
+                t.insert(user.to_string(), used);
+            }),
+            Tally::Shared(shared) => shared.quota_set(user, used, false),
+        }
     }
 
-    /// Forgets `user`'s line: the next login with a quota counts the account again.
+    /// Sets `user`'s first tally, counted from storage, unless another process or node did
+    /// meanwhile; returns the tally that holds.
+    fn init(&self, user: &str, used: Used) -> io::Result<Used> {
+        match self {
+            Tally::File(path) => {
+                Self::with_table(path, |t| *t.entry(user.to_string()).or_insert(used))
+            }
+            Tally::Shared(shared) => {
+                shared.quota_set(user, used, true)?;
+                Ok(shared.quota_get(user)?.unwrap_or(used))
+            }
+        }
+    }
+
+    /// Forgets `user`'s tally: the account is counted again when next needed.
     pub fn clear(&self, user: &str) -> io::Result<()> {
-        self.with_table(|t| {
-            t.remove(user);
-        })
+        match self {
+            Tally::File(path) => Self::with_table(path, |t| {
+                t.remove(user);
+            }),
+            Tally::Shared(shared) => shared.quota_clear(user),
+        }
     }
 
-    /// Adds `bytes` and `files` (either may be negative) to `user`'s tally.
+    /// Adds `bytes` and `files` (either may be negative) to `user`'s tally, if it has one (one
+    /// that has none is counted from storage when next needed, which includes this change).
     pub fn add(&self, user: &str, bytes: i64, files: i64) -> io::Result<()> {
-        self.with_table(|t| {
-            let e = t.entry(user.to_string()).or_insert((0, 0));
-            e.0 = e.0.saturating_add_signed(bytes);
-            e.1 = e.1.saturating_add_signed(files);
-        })
+        match self {
+            Tally::File(path) => Self::with_table(path, |t| {
+                if let Some(e) = t.get_mut(user) {
+                    e.0 = e.0.saturating_add_signed(bytes);
+                    e.1 = e.1.saturating_add_signed(files);
+                }
+            }),
+            Tally::Shared(shared) => shared.quota_add(user, bytes, files),
+        }
+    }
+
+    /// [`add`](Self::add), logging a change the tally could not take.
+    fn record(&self, user: &str, bytes: i64, files: i64) {
+        if let Err(e) = self.add(user, bytes, files) {
+            tracing::warn!(
+                user,
+                bytes,
+                files,
+                "quota tally missed a change ({e}); `zocalo ctl quota {user} --recount` counts again"
+            );
+        }
     }
 }
 
@@ -150,7 +199,7 @@ pub fn count(storage: &dyn Storage) -> io::Result<Used> {
     let (mut bytes, mut files) = (0u64, 0u64);
     let mut dirs = vec![String::new()];
     while let Some(dir) = dirs.pop() {
-        for entry in storage.list(if dir.is_empty() { "." } else { &dir })? {
+        for entry in storage.list(&dir)? {
             let path =
                 if dir.is_empty() { entry.name.clone() } else { format!("{dir}/{}", entry.name) };
             match entry.meta.kind {
@@ -179,23 +228,18 @@ pub struct QuotaStorage {
 }
 
 impl QuotaStorage {
-    /// Wraps `inner` (whose uploads must replace a file only once complete); counts the
-    /// account from it if the tally has no line for it yet.
-    pub fn new(
-        inner: Arc<dyn Storage>,
-        user: &str,
-        quota: Quota,
-        tally: Tally,
-    ) -> io::Result<Self> {
-        if tally.get(user)?.is_none() {
-            let used = count(inner.as_ref())?;
-            tally.set(user, used)?;
-        }
-        Ok(QuotaStorage { inner, user: user.to_string(), quota, tally })
+    /// Wraps `inner` (whose uploads must replace a file only once complete).
+    pub fn new(inner: Arc<dyn Storage>, user: &str, quota: Quota, tally: Tally) -> Self {
+        QuotaStorage { inner, user: user.to_string(), quota, tally }
     }
 
+    /// What the account uses, counted from its storage the first time.
     fn used(&self) -> io::Result<Used> {
-        Ok(self.tally.get(&self.user)?.unwrap_or((0, 0)))
+        if let Some(used) = self.tally.get(&self.user)? {
+            return Ok(used);
+        }
+        let counted = count(self.inner.as_ref())?;
+        self.tally.init(&self.user, counted)
     }
 
     /// The size of the file at `path`, if there is one.
@@ -268,7 +312,7 @@ impl Storage for QuotaStorage {
         let size = self.file_size(path);
         self.inner.remove(path)?;
         if let Some(size) = size {
-            self.tally.add(&self.user, -(size as i64), -1)?;
+            self.tally.record(&self.user, -(size as i64), -1);
         }
         Ok(())
     }
@@ -277,7 +321,7 @@ impl Storage for QuotaStorage {
         let replaced = self.file_size(to);
         self.inner.rename(from, to)?;
         if let Some(size) = replaced {
-            self.tally.add(&self.user, -(size as i64), -1)?;
+            self.tally.record(&self.user, -(size as i64), -1);
         }
         Ok(())
     }
@@ -339,7 +383,7 @@ impl QuotaHandle {
         self.settled = true;
         let size = self.inner.metadata(&self.path).map_or(self.old_size, |m| m.size);
         let files = i64::from(self.new_file && size > 0);
-        let _ = self.tally.add(&self.user, size as i64 - self.old_size as i64, files);
+        self.tally.record(&self.user, size as i64 - self.old_size as i64, files);
     }
 }
 
@@ -397,7 +441,7 @@ impl FileHandle for QuotaHandle {
             WriteMode::Truncate => {
                 self.settled = true;
                 let delta = self.written as i64 - self.old_size as i64;
-                self.tally.add(&self.user, delta, i64::from(self.new_file))?;
+                self.tally.record(&self.user, delta, i64::from(self.new_file));
             }
             _ => self.settle_in_place(),
         }

@@ -14,6 +14,12 @@
 //!   the same lease.
 //! - `kick:NODE`: ids that another node's `ctl kick NODE:ID` asked this node to close.
 //! - `fail:ADDR` and `lock:ADDR`: failed logins within the ban time and the lock-out itself.
+//! - `seats:NODE`: this node's sessions per account name, for `max_sessions`; the same lease
+//!   and the same rewrite as `conn:NODE`. A script takes a seat against the sum over the live
+//!   nodes.
+//! - `quota:USER`: the quota tally of an account (`bytes` and `files`), kept without a lease:
+//!   it is the cluster's count of what the storage holds. A missing key (a new account, a Redis
+//!   restarted empty) is counted again from storage at the account's next upload.
 //!
 //! Every call has a short timeout. When Redis does not answer, the node logs it once, counts
 //! `zocalo_shared_state_errors_total`, serves on its local limits and lock-outs (which it keeps
@@ -75,12 +81,50 @@ if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS
 return 1
 ";
 
+const SEAT: &str = r"
+local total = 0
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  total = total + tonumber(redis.call('HGET', 'zocalo:seats:' .. node, ARGV[1]) or '0')
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+";
+
+const UNSEAT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+";
+
+/// Adds to a tally that exists (a missing one is counted from storage when next needed, which
+/// then includes this change), never below 0.
+const QUOTA_ADD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i, field in ipairs({'bytes', 'files'}) do
+  if redis.call('HINCRBY', KEYS[1], field, ARGV[i]) < 0 then redis.call('HSET', KEYS[1], field, 0) end
+end
+return 1
+";
+
 const FAIL: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if n >= tonumber(ARGV[1]) then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
 return n
 ";
+
+fn quota_key(user: &str) -> String {
+    format!("zocalo:quota:{user}")
+}
+
+/// The error of a tally call while Redis does not answer (the client sees `451` with it; the
+/// log already says that Redis is down).
+fn unreachable() -> io::Error {
+    io::Error::other("quota tally unavailable")
+}
 
 /// What [`Shared::kick`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +141,28 @@ pub enum Full {
     Cluster,
     /// `--max-per-ip`, counted over every node.
     Address,
+}
+
+/// What the sync thread gives back for a caller that must not wait on Redis (the event loop
+/// drops permits and accounts on its own thread).
+#[derive(Debug)]
+enum Release {
+    Connection(IpAddr),
+    Seat(String),
+}
+
+/// A session's seat in the cluster-wide count of its account's sessions; given back when
+/// dropped.
+#[derive(Debug)]
+pub struct SharedSeat {
+    shared: Arc<Shared>,
+    user: String,
+}
+
+impl Drop for SharedSeat {
+    fn drop(&mut self) {
+        self.shared.give_back(Release::Seat(std::mem::take(&mut self.user)));
+    }
 }
 
 /// The shared state of one node.
@@ -116,7 +182,7 @@ pub struct Shared {
     down_until: Mutex<Option<Instant>>,
     /// Set when the sync thread runs in this process: releases go to it, off the caller's
     /// thread (the event loop drops its permits on the loop).
-    releases: OnceLock<Sender<IpAddr>>,
+    releases: OnceLock<Sender<Release>>,
     scripts: Scripts,
 }
 
@@ -138,6 +204,9 @@ struct Pool {
 struct Scripts {
     admit: Script,
     release: Script,
+    seat: Script,
+    unseat: Script,
+    quota_add: Script,
     fail: Script,
 }
 
@@ -181,6 +250,9 @@ impl Shared {
             scripts: Scripts {
                 admit: Script::new(ADMIT),
                 release: Script::new(RELEASE),
+                seat: Script::new(SEAT),
+                unseat: Script::new(UNSEAT),
+                quota_add: Script::new(QUOTA_ADD),
                 fail: Script::new(FAIL),
             },
         });
@@ -371,22 +443,90 @@ impl Shared {
 
     /// Gives back a connection [`admit`](Self::admit) counted.
     pub fn release(&self, ip: IpAddr) {
-        if let Some(tx) = self.releases.get() {
-            let _ = tx.send(ip);
-            return;
-        }
-        self.release_now(ip, None);
+        self.give_back(Release::Connection(ip));
     }
 
-    fn release_now(&self, ip: IpAddr, on: Option<&mut Connection>) {
-        let (key, ip) = (self.conn_key(), ip.to_string());
+    fn give_back(&self, what: Release) {
+        match self.releases.get() {
+            Some(tx) => drop(tx.send(what)),
+            None => self.release_now(&what, None),
+        }
+    }
+
+    fn release_now(&self, what: &Release, on: Option<&mut Connection>) {
         let run = |c: &mut Connection| -> RedisResult<i64> {
-            self.scripts.release.key(&key).arg(&ip).invoke(c)
+            match what {
+                Release::Connection(ip) => {
+                    self.scripts.release.key(self.conn_key()).arg(ip.to_string()).invoke(c)
+                }
+                Release::Seat(user) => {
+                    self.scripts.unseat.key(self.seats_key()).arg(user).invoke(c)
+                }
+            }
         };
         match on {
             Some(c) => drop(run(c)),
             None => drop(self.call(run)),
         }
+    }
+
+    fn seats_key(&self) -> String {
+        format!("zocalo:seats:{}", self.node)
+    }
+
+    /// Takes a seat for `user` if the cluster has fewer than `max` of its sessions:
+    /// `Some(None)` when it has `max`; `None` when Redis did not answer (the node's own count
+    /// decides alone).
+    pub fn take_seat(self: &Arc<Self>, user: &str, max: u32) -> Option<Option<SharedSeat>> {
+        let taken: i64 = self.call(|c| {
+            self.scripts
+                .seat
+                .key("zocalo:nodes")
+                .key(self.seats_key())
+                .arg(user)
+                .arg(max)
+                .arg(LEASE.as_secs())
+                .arg(&self.node)
+                .invoke(c)
+        })?;
+        Some((taken == 1).then(|| SharedSeat { shared: self.clone(), user: user.to_string() }))
+    }
+
+    /// `user`'s quota tally: `Ok(None)` when it has none yet.
+    pub fn quota_get(&self, user: &str) -> io::Result<Option<(u64, u64)>> {
+        let (bytes, files): (Option<u64>, Option<u64>) = self
+            .call(|c| redis::cmd("HMGET").arg(quota_key(user)).arg("bytes").arg("files").query(c))
+            .ok_or_else(unreachable)?;
+        Ok(bytes.zip(files))
+    }
+
+    /// Sets `user`'s tally; `only_if_missing`: unless another node set it meanwhile.
+    pub fn quota_set(&self, user: &str, used: (u64, u64), only_if_missing: bool) -> io::Result<()> {
+        let key = quota_key(user);
+        self.call(|c| {
+            if only_if_missing {
+                let set: bool = redis::cmd("HSETNX").arg(&key).arg("bytes").arg(used.0).query(c)?;
+                if !set {
+                    return Ok(());
+                }
+            }
+            redis::cmd("HSET").arg(&key).arg("bytes").arg(used.0).arg("files").arg(used.1).query(c)
+        })
+        .ok_or_else(unreachable)
+    }
+
+    /// Forgets `user`'s tally: the next upload counts it again.
+    pub fn quota_clear(&self, user: &str) -> io::Result<()> {
+        self.call(|c| redis::cmd("DEL").arg(quota_key(user)).query::<()>(c)).ok_or_else(unreachable)
+    }
+
+    /// Adds to `user`'s tally, if it has one.
+    pub fn quota_add(&self, user: &str, bytes: i64, files: i64) -> io::Result<()> {
+        self.call(|c| {
+            self.scripts.quota_add.key(quota_key(user)).arg(bytes).arg(files).invoke::<i64>(c)
+        })
+        .map(drop)
+        .ok_or_else(unreachable)
     }
 
     /// Whether another node (or this one) locked `ip` out. `None`: Redis did not answer.
@@ -484,7 +624,7 @@ impl Shared {
         &self,
         registry: &Registry,
         shutdown: &Shutdown,
-        releases: &Receiver<IpAddr>,
+        releases: &Receiver<Release>,
         in_process: bool,
     ) {
         let mut conn: Option<Connection> = None;
@@ -493,10 +633,10 @@ impl Shared {
         while !shutdown.is_triggered() {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match releases.recv_timeout(wait.min(Duration::from_millis(200))) {
-                Ok(ip) => {
+                Ok(what) => {
                     // Not connected: the rewrite at the next connection accounts for it.
                     if let Some(c) = conn.as_mut() {
-                        self.release_now(ip, Some(c));
+                        self.release_now(&what, Some(c));
                     }
                     continue;
                 }
@@ -544,6 +684,8 @@ impl Shared {
                 .ignore()
                 .del(format!("zocalo:sessions:{}", self.node))
                 .ignore()
+                .del(self.seats_key())
+                .ignore()
                 .query(c);
         }
     }
@@ -554,6 +696,7 @@ impl Shared {
         let sessions = registry.sessions();
         let lease = LEASE.as_secs() as i64;
         let (conn_key, table_key) = (self.conn_key(), format!("zocalo:sessions:{}", self.node));
+        let seats_key = self.seats_key();
         let mut pipe = redis::pipe();
         pipe.atomic().sadd("zocalo:nodes", &self.node).ignore();
         if rewrite {
@@ -567,11 +710,19 @@ impl Shared {
             for (ip, n) in per_ip {
                 pipe.hset(&conn_key, ip, n).ignore();
             }
+            let mut per_user: HashMap<&str, usize> = HashMap::new();
+            for s in sessions.iter().filter(|s| !s.user.is_empty()) {
+                *per_user.entry(&s.user).or_default() += 1;
+            }
+            pipe.del(&seats_key).ignore();
+            for (user, n) in per_user {
+                pipe.hset(&seats_key, user, n).ignore();
+            }
         } else {
             // Created by the first admission if it is not there; never with a count of its own.
             pipe.hset_nx(&conn_key, "*", 0).ignore();
         }
-        pipe.expire(&conn_key, lease).ignore();
+        pipe.expire(&conn_key, lease).ignore().expire(&seats_key, lease).ignore();
         // "-" keeps the table present (and so the node listed) while it has no sessions.
         pipe.del(&table_key).ignore().hset(&table_key, "-", "").ignore();
         for s in &sessions {

@@ -8,10 +8,10 @@
 //! (`rate_down=1M deny=192.0.2.0/24 tls_required=true`). Blank lines and lines starting with
 //! `#` are ignored. `zocalo user add`, `set`, `del` and `list` manage it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use argon2::password_hash::PasswordHash;
 use zocalo_proto::{Account, AuthError, Authenticator, Login, Storage};
@@ -20,6 +20,7 @@ use crate::state::limits::LoginGuard;
 use crate::state::passwords::{constant_time_eq, hash_password, verify_bounded, DUMMY_HASH};
 use crate::state::policy::{Perm, Policy};
 use crate::state::quota::{QuotaStorage, Tally};
+use crate::state::shared::{Shared, SharedSeat};
 use crate::state::source::{Lookup, Source};
 use crate::storage::local::LocalFs;
 
@@ -262,6 +263,9 @@ pub struct Users {
     sources: Vec<Box<dyn Source>>,
     /// Where the accounts with a quota are tallied.
     quota_tally: Option<Tally>,
+    shared: Option<Arc<Shared>>,
+    /// Homes on S3 known to exist (made at an account's first login).
+    s3_homes: Mutex<HashSet<String>>,
     guard: Arc<dyn LoginGuard>,
 }
 
@@ -277,6 +281,8 @@ pub struct UsersConfig {
     pub s3: Option<zocalo_s3::S3Storage>,
     pub sources: Vec<Box<dyn Source>>,
     pub quota_file: Option<PathBuf>,
+    /// `--shared-state`: sessions per account and quota tallies counted over every node.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl Users {
@@ -297,7 +303,12 @@ impl Users {
             atomic_uploads: config.atomic_uploads,
             s3: config.s3,
             sources: config.sources,
-            quota_tally: config.quota_file.map(Tally::new),
+            quota_tally: match &config.shared {
+                Some(shared) => Some(Tally::Shared(shared.clone())),
+                None => config.quota_file.map(Tally::File),
+            },
+            shared: config.shared,
+            s3_homes: Mutex::new(HashSet::new()),
             guard,
         };
         users.reload().map_err(io::Error::other)?;
@@ -335,6 +346,11 @@ impl Users {
             if home.split('/').any(|p| p == "..") {
                 return Err(io::ErrorKind::InvalidInput.into());
             }
+            let known = self.s3_homes.lock().unwrap_or_else(|e| e.into_inner()).contains(home);
+            if !known {
+                s3.make_home(home)?;
+                self.s3_homes.lock().unwrap_or_else(|e| e.into_inner()).insert(home.to_string());
+            }
             return Ok(Arc::new(s3.with_home(home)));
         }
         let path = self.root.join(home);
@@ -345,7 +361,7 @@ impl Users {
     /// the tally counted again from storage (now for a users-file account, at the next login
     /// for an account of another source, whose home is known only then).
     pub fn quota(&self, user: &str, recount: bool) -> Result<String, String> {
-        let tally = self.quota_tally.as_ref().ok_or("no quota-file: no account has a quota")?;
+        let tally = self.quota_tally.as_ref().ok_or("no quota-file (and no --shared-state)")?;
         let found = self.file_users.read().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
         if recount {
             let Some(found) = &found else {
@@ -420,10 +436,7 @@ impl Users {
     ) -> Result<Account, AuthError> {
         policy.check(login).map_err(AuthError::Denied)?;
         let seat = match policy.max_sessions {
-            Some(max) => Some(
-                crate::state::seats::take(login.user, max)
-                    .ok_or(AuthError::Denied(zocalo_proto::Denial::TooManySessions))?,
-            ),
+            Some(max) => Some(self.take_seat(login.user, max)?),
             None => None,
         };
         // An account with a quota uploads to a temporary name, so an upload stopped at the
@@ -440,11 +453,7 @@ impl Users {
                 return Err(AuthError::Unavailable);
             }
             (true, Some(tally)) => {
-                let held = QuotaStorage::new(storage, login.user, quota, tally.clone());
-                Arc::new(held.map_err(|e| {
-                    tracing::warn!(user = login.user, "cannot keep the quota's tally: {e}");
-                    AuthError::Unavailable
-                })?)
+                Arc::new(QuotaStorage::new(storage, login.user, quota, tally.clone()))
             }
         };
         let mut account = Account::new(login.user, storage, perm.writable(), false);
@@ -453,6 +462,29 @@ impl Users {
         account.seat = seat.map(|s| Arc::new(s) as Arc<dyn Send + Sync>);
         Ok(account)
     }
+
+    /// A seat among `user`'s `max` sessions at once: on this node, and with `--shared-state`
+    /// over every node (this node's count decides alone while Redis does not answer).
+    fn take_seat(&self, user: &str, max: u32) -> Result<Seats, AuthError> {
+        let full = AuthError::Denied(zocalo_proto::Denial::TooManySessions);
+        let local = crate::state::seats::take(user, max).ok_or(full.clone())?;
+        let cluster = match &self.shared {
+            Some(shared) => match shared.take_seat(user, max) {
+                Some(None) => return Err(full),
+                Some(seat) => seat,
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Seats { _local: local, _cluster: cluster })
+    }
+}
+
+/// A session's seats, given back when the account is dropped.
+#[derive(Debug)]
+struct Seats {
+    _local: crate::state::seats::Seat,
+    _cluster: Option<SharedSeat>,
 }
 
 impl Authenticator for Users {
