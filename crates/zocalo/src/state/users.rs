@@ -467,7 +467,7 @@ impl Users {
     /// over every node (this node's count decides alone while Redis does not answer).
     fn take_seat(&self, user: &str, max: u32) -> Result<Seats, AuthError> {
         let full = AuthError::Denied(zocalo_proto::Denial::TooManySessions);
-        let local = crate::state::seats::take(user, max).ok_or(full.clone())?;
+        let local = crate::state::seats::take(user, max).ok_or(full)?;
         let cluster = match &self.shared {
             Some(shared) => match shared.take_seat(user, max) {
                 Some(None) => return Err(full),
