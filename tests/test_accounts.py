@@ -320,6 +320,14 @@ def test_a_bad_users_file_or_auth_table_stops_the_start(tmp_path):
                         "--listen", "127.0.0.1:0", "--config", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "nonsense" in r.stderr, r.stderr
+    # A search account with no password would bind unauthenticated: refused at start.
+    cfg = config(tmp_path, '[[auth]]\nkind = "ldap"\nurls = ["ldap://127.0.0.1:1"]\n'
+                 'base = "dc=x"\nfilter = "(uid={user})"\nbind-dn = "cn=reader,dc=x"\n',
+                 name="ldap.toml")
+    r = subprocess.run([str(helpers.zocalo_bin()), "serve", "--root", str(tmp_path),
+                        "--listen", "127.0.0.1:0", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "bind-password-file" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------------------------

@@ -88,14 +88,21 @@ impl Ldap {
                 ));
             }
         }
-        let bind_password = match &config.bind_password_file {
-            Some(path) => Some(
+        let bind_password = match (&config.bind_dn, &config.bind_password_file) {
+            (Some(_), None) => {
+                // An empty password would be an unauthenticated bind that many directories
+                // accept as anonymous (RFC 4513 5.1.2): say so at start instead.
+                return Err("bind-dn needs bind-password-file (an empty password is never sent)"
+                    .to_string());
+            }
+            (None, Some(_)) => return Err("bind-password-file needs bind-dn".to_string()),
+            (_, Some(path)) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| format!("{}: {e}", path.display()))?
                     .trim_end_matches(['\r', '\n'])
                     .to_string(),
             ),
-            None => None,
+            (None, None) => None,
         };
         let tls = match &config.ca_file {
             Some(path) => Some(client_config(path)?),
@@ -130,8 +137,7 @@ impl Ldap {
             };
             let bound = match (&self.config.bind_dn, &self.bind_password) {
                 (Some(dn), Some(pw)) => conn.with_timeout(self.timeout).simple_bind(dn, pw),
-                (Some(dn), None) => conn.with_timeout(self.timeout).simple_bind(dn, ""),
-                (None, _) => return Ok(conn),
+                _ => return Ok(conn),
             };
             match bound.and_then(|r| r.success()) {
                 Ok(_) => return Ok(conn),
