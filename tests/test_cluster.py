@@ -54,6 +54,7 @@ MAXCONN_IPS = ("127.0.0.62", "127.0.0.63", "127.0.0.64")
 REDIS_IP = "127.0.0.65"
 STOP_IP = "127.0.0.66"
 ACCOUNT_IP = "127.0.0.67"
+DRIFT_IP = "127.0.0.68"
 
 
 @pytest.fixture(scope="module")
@@ -461,6 +462,47 @@ def test_max_connections_counts_sessions_on_every_node(fresh):
     assert s1.wait_closed()
     admitted_once_a_slot_frees(c, MAXCONN_IPS[2])
     assert s2.cmd("NOOP")[0] == 200
+
+
+def test_counts_made_while_redis_hangs_are_given_back(fresh):
+    c = fresh("--max-per-ip", 3)
+    redis_pid = c.redis.pid
+    os.kill(redis_pid, signal.SIGSTOP)  # Redis accepts connections and never answers
+    try:
+        # Sessions come and go while every Redis call times out (some of them may be run by
+        # Redis when it wakes up, after their caller gave up).
+        began, logins = time.monotonic(), []
+        for _ in range(40):
+            if time.monotonic() - began > 3 and len(logins) >= 4:
+                break
+            t0 = time.monotonic()
+            s = c.raw(DRIFT_IP)
+            s.login()
+            logins.append(time.monotonic() - t0)
+            assert s.cmd("QUIT")[0] == 221
+            assert s.wait_closed()
+            c.clients.remove(s)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    # One Redis call's timeout (500 ms) per login at most, never two or three.
+    assert max(logins) < 1.4, f"logins while Redis hangs took {logins}"
+
+    def counted() -> int:
+        total = 0
+        for name in NODE_NAMES:
+            got = c.redis_cmd(b"HGET", f"zocalo:conn:{name}".encode(), DRIFT_IP.encode())
+            if got.startswith(b"$") and not got.startswith(b"$-1"):
+                total += int(got.split(b"\r\n")[1])
+        return total
+
+    assert poll_until(lambda: counted() == 0, 25, 0.5), (
+        f"{counted()} phantom sessions of {DRIFT_IP} in Redis\n{c.report()}")
+    held = [c.raw(DRIFT_IP) for _ in range(3)]
+    for s in held:
+        s.login()
+    # Admitted while the node still waited to try Redis again, or counted: the rewrite of
+    # each node's part makes the count right either way.
+    assert poll_until(lambda: counted() == 3, 25, 0.5), f"{counted()} of 3\n{c.report()}"
 
 
 def test_ctl_status_and_kick_span_the_nodes(shared):

@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -47,6 +48,10 @@ pub const LEASE: Duration = Duration::from_secs(10);
 pub const TICK: Duration = Duration::from_secs(1);
 /// How long to wait before trying an unreachable Redis again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Every this many ticks the sync thread rewrites this node's counts from its session table,
+/// whatever happened: a count can drift without any call failing here (another process's call
+/// timed out after Redis ran it, in the `process` model), and the rewrite bounds how long.
+const REWRITE_EVERY: u32 = 10;
 /// Connections kept open for the admitting and login threads: a caller takes one for its call
 /// and puts it back, so this many callers (the event loop's workers) never wait behind each
 /// other's round trips. The sync thread keeps the pool full while Redis answers, so the node
@@ -180,6 +185,9 @@ pub struct Shared {
     returned: Condvar,
     /// Set while Redis is unreachable: calls fail at once until then.
     down_until: Mutex<Option<Instant>>,
+    /// A call failed: Redis may have applied it or not (a timeout), so the counts may have
+    /// drifted; the sync thread rewrites them at its next tick.
+    drifted: AtomicBool,
     /// Set when the sync thread runs in this process: releases go to it, off the caller's
     /// thread (the event loop drops its permits on the loop).
     releases: OnceLock<Sender<Release>>,
@@ -246,6 +254,7 @@ impl Shared {
             pool: Mutex::new(Pool { pid: 0, idle: Vec::new(), open: 0 }),
             returned: Condvar::new(),
             down_until: Mutex::new(None),
+            drifted: AtomicBool::new(false),
             releases: OnceLock::new(),
             scripts: Scripts {
                 admit: Script::new(ADMIT),
@@ -309,8 +318,13 @@ impl Shared {
             },
         };
         let mut result = f(&mut c);
-        if pooled && result.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
-            // An idle connection that Redis closed (a restart): one more try on a new one.
+        if pooled
+            && result
+                .as_ref()
+                .is_err_and(|e| !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped()))
+        {
+            // An idle connection that Redis closed (a restart): one more try on a new one. A
+            // Redis that timed out is not asked again: a call costs one timeout at most.
             match self.connect() {
                 Ok(fresh) => {
                     c = fresh;
@@ -405,6 +419,7 @@ impl Shared {
 
     fn down(&self, e: &redis::RedisError) {
         crate::ops::metrics::inc(crate::ops::metrics::Counter::SharedStateErrors);
+        self.drifted.store(true, Ordering::Release);
         let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
         if down.is_none() {
             tracing::warn!(
@@ -449,11 +464,13 @@ impl Shared {
     fn give_back(&self, what: Release) {
         match self.releases.get() {
             Some(tx) => drop(tx.send(what)),
-            None => self.release_now(&what, None),
+            None => drop(self.release_now(&what, None)),
         }
     }
 
-    fn release_now(&self, what: &Release, on: Option<&mut Connection>) {
+    /// Whether Redis answered (the sync thread drops a connection that did not: a reply that
+    /// comes after its timeout would be read as the next call's).
+    fn release_now(&self, what: &Release, on: Option<&mut Connection>) -> bool {
         let run = |c: &mut Connection| -> RedisResult<i64> {
             match what {
                 Release::Connection(ip) => {
@@ -465,8 +482,8 @@ impl Shared {
             }
         };
         match on {
-            Some(c) => drop(run(c)),
-            None => drop(self.call(run)),
+            Some(c) => run(c).is_ok(),
+            None => self.call(run).is_some(),
         }
     }
 
@@ -630,13 +647,17 @@ impl Shared {
         let mut conn: Option<Connection> = None;
         let mut failing = false;
         let mut next_tick = Instant::now();
+        let mut ticks: u32 = 0;
         while !shutdown.is_triggered() {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match releases.recv_timeout(wait.min(Duration::from_millis(200))) {
                 Ok(what) => {
                     // Not connected: the rewrite at the next connection accounts for it.
                     if let Some(c) = conn.as_mut() {
-                        self.release_now(&what, Some(c));
+                        if !self.release_now(&what, Some(c)) {
+                            conn = None;
+                            self.drifted.store(true, Ordering::Release);
+                        }
                     }
                     continue;
                 }
@@ -658,7 +679,11 @@ impl Shared {
                 }
             }
             let Some(c) = conn.as_mut() else { continue };
-            match self.heartbeat(c, registry, fresh) {
+            ticks = ticks.wrapping_add(1);
+            let rewrite = fresh
+                || self.drifted.swap(false, Ordering::AcqRel)
+                || ticks.is_multiple_of(REWRITE_EVERY);
+            match self.heartbeat(c, registry, rewrite) {
                 Ok(()) => {
                     if failing {
                         self.up();
