@@ -53,6 +53,8 @@ pub struct Login<'a> {
     pub local: SocketAddr,
     /// The control connection is protected by TLS.
     pub tls: bool,
+    /// The driver's id of the session (0 when it gave none).
+    pub session: u64,
 }
 
 impl fmt::Debug for Account {

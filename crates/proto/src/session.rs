@@ -333,6 +333,9 @@ pub const STAT_LISTING_CAP: usize = 16 * 1024;
 /// One control connection's protocol state. See the module documentation for the polling order.
 pub struct Session {
     config: Arc<Config>,
+    /// The driver's id for this session (its log lines, `ctl status`), given to the
+    /// authenticator with each login.
+    id: u64,
     peer: SocketAddr,
     local: SocketAddr,
     input: LineBuffer,
@@ -380,6 +383,7 @@ impl Session {
         let now = (config.now)();
         let mut s = Session {
             config,
+            id: 0,
             peer: canonical(peer),
             local: canonical(local),
             input: LineBuffer::default(),
@@ -444,6 +448,11 @@ impl Session {
     }
 
     /// The peer address of the control connection.
+    /// Names the session with the driver's id.
+    pub fn set_id(&mut self, id: u64) {
+        self.id = id;
+    }
+
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -830,14 +839,16 @@ impl Session {
             }
         };
         let (auth, password) = (self.config.auth.clone(), password.to_string());
-        let (client, local, tls) = (self.peer, self.local, self.tls_control);
+        let (client, local, tls, session) = (self.peer, self.local, self.tls_control, self.id);
         let name = user.clone();
         self.offload(
             Lane::Login,
             Cancel::default(),
             move || {
                 let password = &password;
-                auth.authenticate(&crate::auth::Login { user: &user, password, client, local, tls })
+                let login =
+                    crate::auth::Login { user: &user, password, client, local, tls, session };
+                auth.authenticate(&login)
             },
             move |s, result| {
                 let refused = result.as_ref().err().map(|e| match e {

@@ -70,6 +70,12 @@ pub trait FileHandle: Read + Write + Send {
     fn finish(self: Box<Self>) -> io::Result<()> {
         Ok(())
     }
+
+    /// Whether [`finish`](Self::finish) may take long (an upload check waits for its
+    /// verdict there): an event loop then runs it with long work, not with short calls.
+    fn slow_finish(&self) -> bool {
+        false
+    }
 }
 
 /// A few bytes in memory (a one-line listing) as a handle.
@@ -169,6 +175,9 @@ pub fn error_reply(err: &io::Error) -> (u16, String) {
     if err.get_ref().is_some_and(|e| e.is::<NotAFile>()) {
         return (550, "Not a regular file.".into());
     }
+    if let Some(Refused(why)) = err.get_ref().and_then(|e| e.downcast_ref::<Refused>()) {
+        return (550, why.clone());
+    }
     /// Linux's ELOOP: O_NOFOLLOW or RESOLVE_NO_SYMLINKS met a symlink.
     const ELOOP: i32 = 40;
     if err.raw_os_error() == Some(ELOOP) {
@@ -232,6 +241,24 @@ impl std::fmt::Display for NotAFile {
 }
 
 impl std::error::Error for NotAFile {}
+
+/// The server refused a file for a reason of its own (an upload check's verdict): answered
+/// `550` with that one line.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The error for [`Refused`].
+pub fn refused(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, Refused(why))
+}
 
 /// The error for [`NotAFile`].
 pub fn not_a_file() -> io::Error {

@@ -204,6 +204,10 @@ pub struct Settings {
     /// and `--users`.
     #[arg(skip)]
     pub auth: Vec<SourceConfig>,
+    /// Events out to programs and URLs, and upload checks (`[[hook]]` tables of the file
+    /// only).
+    #[arg(skip)]
+    pub hook: Vec<crate::ops::hooks::HookConfig>,
 
     // What `load` derives from the settings above.
     /// FTPS, when a certificate and key are given and the policy is not `off`.
@@ -279,6 +283,8 @@ impl Settings {
         if self.node_name.is_none() {
             self.node_name = Some(host_name());
         }
+        // An upload check holds the file under a temporary name until its verdict.
+        self.atomic_uploads |= self.hook.iter().any(|h| h.check);
         self.anonymous &= !self.no_anonymous;
         self.no_anonymous = !self.anonymous;
         self.ftps = tls_settings(

@@ -131,7 +131,14 @@ pub fn run(settings: Settings) -> io::Result<()> {
     // A fact of the machine read once, here, before the `process` model forks: its children
     // inherit it instead of each reading /proc again.
     crate::sys::net::ephemeral_range();
-    models::run(settings.model, server)
+    let hooks = server.ctx.hooks.clone();
+    let grace = server.ctx.grace;
+    let served = models::run(settings.model, server);
+    // Events of the last sessions still run, for up to the grace period.
+    if let Some(hooks) = hooks {
+        hooks.drain(grace);
+    }
+    served
 }
 
 /// The FTP listeners: those systemd handed over (socket activation), or else one bound for
@@ -289,6 +296,8 @@ fn build(
         })?),
         None => None,
     };
+    let hooks = crate::ops::hooks::Hooks::open(&settings.hook, settings.node_name())
+        .map_err(io::Error::other)?;
     let local =
         SharedGuard::new(settings.max_login_failures, Duration::from_secs(settings.ban_time))?;
     let guard: Arc<dyn LoginGuard> = match &shared {
@@ -309,6 +318,7 @@ fn build(
             sources: crate::state::sources::open(&settings.auth).map_err(io::Error::other)?,
             quota_file: settings.quota_file.clone(),
             shared: shared.clone(),
+            hooks: hooks.clone(),
         },
         guard,
     )?;
@@ -356,6 +366,7 @@ fn build(
         proxy_from: settings.proxy_protocol_from.clone(),
         proxy_timeout: Duration::from_secs(settings.proxy_header_timeout),
         shared: shared.clone(),
+        hooks,
     };
     let workers = match settings.model {
         Model::Pool(n) => n,

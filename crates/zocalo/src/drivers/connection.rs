@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use zocalo_proto::session::{Action, Cancel, Config, Outcome, Session, Work};
 
 use crate::drivers::data::{DataTask, Rates, Step};
+use crate::ops::hooks::Hooks;
+use crate::ops::observe::Emitter;
 use crate::ops::xferlog::{Record, Xferlog};
 use crate::state::limits::Permit;
 use crate::state::registry::{Entry, Registry};
@@ -55,6 +57,8 @@ pub struct Ctx {
     pub proxy_timeout: Duration,
     /// `--shared-state`.
     pub shared: Option<Arc<crate::state::shared::Shared>>,
+    /// The `[[hook]]` tables.
+    pub hooks: Option<Arc<Hooks>>,
 }
 
 /// What a connection waits for on a socket.
@@ -137,6 +141,8 @@ pub struct Connection {
     data_work: Option<Work>,
     /// Transfers started so far: tells the running one's I/O results from an aborted one's.
     pub transfers: u64,
+    /// Where the session's events go besides the log (hooks).
+    emitter: Option<Emitter>,
 }
 
 impl Connection {
@@ -167,6 +173,9 @@ impl Connection {
         // A session whose client is the balancer itself came with a LOCAL header: a health check.
         let health_check = crate::drivers::proxy::trusted(&ctx.proxy_from, peer.ip());
         let (id, span) = crate::ops::observe::opened(peer, health_check);
+        let mut session = session;
+        session.set_id(id);
+        let emitter = ctx.hooks.clone().map(|hooks| Emitter { hooks, session: id, client: peer });
         let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer, id));
         Ok(Connection {
             control,
@@ -196,6 +205,7 @@ impl Connection {
             work_out: None,
             data_work: None,
             transfers: 0,
+            emitter,
         })
     }
 
@@ -215,7 +225,7 @@ impl Connection {
             self.read_control();
             self.act_all(io, ctx);
         }
-        crate::ops::observe::events(&mut self.session);
+        crate::ops::observe::events(&mut self.session, self.emitter.as_ref());
         if let Some(p) = &mut self.published {
             p.update(&self.session);
         }
@@ -343,8 +353,11 @@ impl Connection {
 
     /// The connection is over: logs it, leaves the session table, closes both channels.
     pub fn finish(&mut self, io: &mut dyn Io) {
-        crate::ops::observe::events(&mut self.session);
+        crate::ops::observe::events(&mut self.session, self.emitter.as_ref());
         crate::ops::observe::closed(self.created, self.bytes, self.health_check);
+        if let (Some(e), Some(user)) = (&self.emitter, self.session.user()) {
+            e.session_end(user, self.created, self.bytes);
+        }
         if let Some(work) = self.work_out.take() {
             work.cancel();
         }
@@ -508,8 +521,9 @@ impl Connection {
     fn done(&mut self, outcome: Outcome) {
         // A transfer can end on a data or timer event, outside the driver's span.
         let _in_span = self.span.clone().entered();
-        let log = self.xferlog.as_deref();
-        self.bytes += finish_transfer(log, &mut self.session, self.peer.ip(), self.xfer, outcome);
+        let (log, emitter) = (self.xferlog.as_deref(), self.emitter.as_ref());
+        let session = &mut self.session;
+        self.bytes += finish_transfer(log, emitter, session, self.peer.ip(), self.xfer, outcome);
     }
 
     fn step_task(&mut self, io: &mut dyn Io) {
@@ -579,6 +593,7 @@ pub struct XferStart {
 /// session. Returns the bytes it moved.
 pub fn finish_transfer(
     log: Option<&Xferlog>,
+    emitter: Option<&Emitter>,
     session: &mut Session,
     peer: IpAddr,
     start: XferStart,
@@ -595,6 +610,9 @@ pub fn finish_transfer(
         match kind.is_listing() {
             false => tracing::info!(verb, path, bytes, complete, user, %peer, ms, "transfer"),
             true => tracing::debug!(verb, path, bytes, complete, user, ms, "listing"),
+        }
+        if let Some(e) = emitter {
+            e.transfer(kind, path, bytes, &outcome, user, took);
         }
         if let Some(log) = log {
             let anonymous = session.is_anonymous();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use zocalo_proto::ascii::{Decoder, Encoder};
-use zocalo_proto::session::{Body, Done, Endpoint, Outcome, Transfer, Work};
+use zocalo_proto::session::{Body, Cancel, Done, Endpoint, Lane, Outcome, Transfer, Work};
 use zocalo_proto::FileHandle;
 
 use crate::sys::tls::{Stream, Tls};
@@ -741,7 +741,12 @@ fn finish_upload_off_thread(
     decoder: &mut Option<Decoder>,
 ) -> Work {
     let (mut file, mut decoder) = (file.take(), decoder.take());
-    Work::new(move || {
+    // An upload check waits for its verdict in the finish: with long work, not short calls.
+    let lane = match file.as_ref().is_some_and(|f| f.slow_finish()) {
+        true => Lane::Bulk,
+        false => Lane::Storage,
+    };
+    Work::in_lane(lane, Cancel::default(), move || {
         let result = finish_upload(&mut file, &mut decoder);
         let result = result.map_err(|outcome| match outcome {
             Outcome::Storage(e) => e,

@@ -65,6 +65,10 @@ pub fn run(mut server: Server) -> io::Result<()> {
                             crate::state::registry::install_child_kick(stream.as_raw_fd());
                         }
                         blocking::serve(stream, peer, &server.ctx, implicit_tls);
+                        if let Some(hooks) = &server.ctx.hooks {
+                            // The session's events run in this process: they end with it.
+                            hooks.drain(server.ctx.grace.max(Duration::from_secs(30)));
+                        }
                         // SAFETY: leave without running the parent's destructors or atexit.
                         unsafe { libc::_exit(0) }
                     }

@@ -52,6 +52,12 @@ pub enum Counter {
     SharedStateErrors,
     /// 1 while the node drains (`ctl drain`): the agent tells the balancer `drain`.
     Draining,
+    /// Hook runs that failed (an exit status, an HTTP error, a timeout, no answer).
+    HooksFailed,
+    /// Events dropped because their hook queue was full.
+    HooksDropped,
+    /// Uploads a check refused.
+    UploadsRefused,
     /// Reloads done; also the generation the reopening files compare (see `logs`).
     Reloads,
 }
@@ -68,7 +74,8 @@ const BUCKETS: [f64; 12] =
 const HISTOGRAM: usize = BUCKETS.len() + 2;
 const TRANSFER_SECONDS: usize = TRANSFERS + TransferKind::ALL.len() * 2;
 const LISTING_SECONDS: usize = TRANSFER_SECONDS + HISTOGRAM;
-const SLOTS: usize = LISTING_SECONDS + HISTOGRAM;
+const HOOK_SECONDS: usize = LISTING_SECONDS + HISTOGRAM;
+const SLOTS: usize = HOOK_SECONDS + HISTOGRAM;
 
 static TABLE: OnceLock<&'static [AtomicU64]> = OnceLock::new();
 static NODE: OnceLock<String> = OnceLock::new();
@@ -155,6 +162,11 @@ pub fn transfer(kind: TransferKind, complete: bool, bytes: u64, took: Duration) 
     observe(if kind.is_listing() { LISTING_SECONDS } else { TRANSFER_SECONDS }, took);
 }
 
+/// A hook ran (whatever its result), for so long.
+pub fn hook_ran(took: Duration) {
+    observe(HOOK_SECONDS, took);
+}
+
 fn observe(base: usize, took: Duration) {
     let seconds = took.as_secs_f64();
     if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
@@ -207,6 +219,24 @@ pub fn render() -> String {
         "counter",
         "Calls to the shared state (Redis) that failed.",
         &[("", c(SharedStateErrors))],
+    );
+    family(
+        "zocalo_hooks_failed_total",
+        "counter",
+        "Hook runs that failed (exit status, HTTP error, timeout, no answer).",
+        &[("", c(HooksFailed))],
+    );
+    family(
+        "zocalo_hooks_dropped_total",
+        "counter",
+        "Events dropped because their hook queue was full.",
+        &[("", c(HooksDropped))],
+    );
+    family(
+        "zocalo_uploads_refused_total",
+        "counter",
+        "Uploads an upload check refused.",
+        &[("", c(UploadsRefused))],
     );
     family("zocalo_draining", "gauge", "1 while the node drains.", &[("", c(Draining))]);
     family(
@@ -282,6 +312,13 @@ pub fn render() -> String {
         "zocalo_listing_duration_seconds",
         "LIST, NLST, MLSD.",
         LISTING_SECONDS,
+    );
+    histogram(
+        &mut out,
+        &node,
+        "zocalo_hook_duration_seconds",
+        "Hook runs (programs and URLs, checks included); the count is the runs.",
+        HOOK_SECONDS,
     );
     out
 }

@@ -3,12 +3,16 @@
 //!
 //! - [`metrics`]: the counter table (served by [`crate::services::metrics_http`]);
 //! - [`observe`]: session events to logs and metrics; [`logs`], [`xferlog`];
+//! - [`hooks`]: events out to programs and URLs, and upload checks; [`web`]: the HTTP
+//!   client settings they and the HTTP account source share;
 //! - [`systemd`]: readiness notification and socket activation; [`shm`]: memory shared across
 //!   the `process` model's forks.
 
+pub mod hooks;
 pub mod logs;
 pub mod metrics;
 pub mod observe;
 pub mod shm;
 pub mod systemd;
+pub mod web;
 pub mod xferlog;

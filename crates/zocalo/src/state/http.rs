@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,30 +39,8 @@ pub struct Http {
 
 impl Http {
     pub fn new(config: &HttpConfig) -> Result<Self, String> {
-        let roots = match &config.ca_file {
-            None => ureq::tls::RootCerts::PlatformVerifier,
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let certs = ureq::tls::parse_pem(&pem)
-                    .filter_map(|item| match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>();
-                if certs.is_empty() {
-                    return Err(format!("{}: no certificate in it", path.display()));
-                }
-                ureq::tls::RootCerts::Specific(Arc::new(certs))
-            }
-        };
-        let timeout = Some(Duration::from_secs(config.timeout_seconds.max(1)));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(timeout)
-            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .into();
+        let timeout = Duration::from_secs(config.timeout_seconds.max(1));
+        let agent = crate::ops::web::agent(config.ca_file.as_deref(), timeout)?;
         let name = format!("http {}", config.url);
         Ok(Http { name, url: config.url.clone(), agent })
     }

@@ -223,7 +223,14 @@ mod tests {
 
     fn login(client: &str, tls: bool) -> Login<'static> {
         let client = client.parse().unwrap();
-        Login { user: "bob", password: "pw", client, local: "127.0.0.1:21".parse().unwrap(), tls }
+        Login {
+            user: "bob",
+            password: "pw",
+            client,
+            local: "127.0.0.1:21".parse().unwrap(),
+            tls,
+            session: 0,
+        }
     }
 
     #[test]

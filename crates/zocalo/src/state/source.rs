@@ -131,7 +131,7 @@ mod tests {
 
     fn login<'a>(user: &'a str, password: &'a str) -> Login<'a> {
         let client = "127.0.0.1:5".parse().unwrap();
-        Login { user, password, client, local: client, tls: false }
+        Login { user, password, client, local: client, tls: false, session: 0 }
     }
 
     #[test]

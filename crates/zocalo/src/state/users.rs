@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use argon2::password_hash::PasswordHash;
 use zocalo_proto::{Account, AuthError, Authenticator, Login, Storage};
 
+use crate::ops::hooks::Hooks;
+use crate::state::checks::CheckedStorage;
 use crate::state::limits::LoginGuard;
 use crate::state::passwords::{constant_time_eq, hash_password, verify_bounded, DUMMY_HASH};
 use crate::state::policy::{Perm, Policy};
@@ -266,6 +268,8 @@ pub struct Users {
     shared: Option<Arc<Shared>>,
     /// Homes on S3 known to exist (made at an account's first login).
     s3_homes: Mutex<HashSet<String>>,
+    /// Hooks with an upload check.
+    checks: Option<Arc<Hooks>>,
     guard: Arc<dyn LoginGuard>,
 }
 
@@ -283,6 +287,9 @@ pub struct UsersConfig {
     pub quota_file: Option<PathBuf>,
     /// `--shared-state`: sessions per account and quota tallies counted over every node.
     pub shared: Option<Arc<Shared>>,
+    /// The `[[hook]]` tables: with an upload check, every writable account's uploads wait
+    /// for it.
+    pub hooks: Option<Arc<Hooks>>,
 }
 
 impl Users {
@@ -309,6 +316,7 @@ impl Users {
             },
             shared: config.shared,
             s3_homes: Mutex::new(HashSet::new()),
+            checks: config.hooks.filter(|h| h.checks_uploads()),
             guard,
         };
         users.reload().map_err(io::Error::other)?;
@@ -494,7 +502,15 @@ impl Authenticator for Users {
             return Err(AuthError::LockedOut);
         }
         match self.check(login) {
-            Ok(account) => Ok(account),
+            Ok(mut account) => {
+                if let Some(hooks) = self.checks.as_ref().filter(|_| account.writable) {
+                    let (user, client, session) = (&account.name, login.client, login.session);
+                    let held =
+                        CheckedStorage::new(account.storage, hooks.clone(), user, client, session);
+                    account.storage = Arc::new(held);
+                }
+                Ok(account)
+            }
             Err(AuthError::BadCredentials) => {
                 self.guard.record_failure(peer);
                 Err(AuthError::BadCredentials)
