@@ -132,6 +132,11 @@ pub fn run(settings: Settings) -> io::Result<()> {
     // inherit it instead of each reading /proc again.
     crate::sys::net::ephemeral_range();
     let hooks = server.ctx.hooks.clone();
+    if let Some(hooks) = hooks.as_ref().filter(|_| settings.model != Model::Process) {
+        // Now rather than at the first event: the threads are part of the server from its
+        // start (a `process`-model child starts its own).
+        hooks.start();
+    }
     let grace = server.ctx.grace;
     let served = models::run(settings.model, server);
     // Events of the last sessions still run, for up to the grace period.

@@ -363,6 +363,11 @@ impl Hooks {
         }
     }
 
+    /// Starts this process's lanes now.
+    pub fn start(&self) {
+        drop(self.lanes());
+    }
+
     /// This process's lanes, started on first use (and again in a forked child, whose
     /// parent's threads did not come with it).
     fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
