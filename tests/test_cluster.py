@@ -15,6 +15,7 @@ limit of 2, a drained node, a killed node) start their own (`fresh`).
 from __future__ import annotations
 
 import ftplib
+import json
 import os
 import re
 import select
@@ -703,9 +704,28 @@ def test_sessions_per_account_and_the_quota_span_the_nodes(fresh, tmp_path):
                             str(users), *line[1:]], input="pw\n", capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-    c = fresh("--users", users)
+    # A login hook on both nodes: the client it is told of is the real one, not HAProxy.
+    logins = tmp_path / "logins.jsonl"
+    record = tmp_path / "record.sh"
+    record.write_text(f'#!/bin/sh\nline=$(cat)\nprintf "%s\\n" "$line" >> {logins}\n')
+    record.chmod(0o755)
+    cfg = tmp_path / "hooks.toml"
+    cfg.write_text(f'[[hook]]\nevents = ["login"]\ncommand = ["{record}"]\n')
+    c = fresh("--users", users, "--config", cfg)
     # Sessions at once: one on each node fills the account's two seats.
     first, second = account_on_node(c, 0, "duo", "pw"), account_on_node(c, 1, "duo", "pw")
+    port = first.sock.getsockname()[1]
+
+    def login_events():
+        if not logins.exists():
+            return []
+        return [json.loads(line) for line in logins.read_text().splitlines() if line]
+
+    assert poll_until(lambda: any(e["client"] == f"{ACCOUNT_IP}:{port}" and e["node"] == "n1"
+                                  for e in login_events())
+                      and {e["node"] for e in login_events()} == {"n1", "n2"}, 10, 0.1), (
+        login_events())
+    assert all(e["client"].startswith(ACCOUNT_IP + ":") for e in login_events()), login_events()
     for _ in range(2):  # through either node
         assert pass_reply(c, "duo", "pw").startswith("530"), "a third session at once"
     assert pass_reply(c, USER, PASSWORD).startswith("230"), "other accounts are not counted"

@@ -17,7 +17,9 @@ import socket
 import struct
 import subprocess
 import time
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -286,6 +288,29 @@ def test_a_default_home_is_the_root_and_a_missing_home_is_made(s3srv, tmp_path):
     assert dot.nlst("/a") == ["/a/b"]
     for c in (admin, dot, new):
         c.quit()
+
+
+def test_an_upload_check_completes_the_object_only_after_its_verdict(s3srv, tmp_path):
+    check = tmp_path / "check.sh"
+    seen = tmp_path / "seen"
+    # The check reads the spool copy of the bytes; it records what it saw.
+    check.write_text(f'#!/bin/sh\ncat "$ZOCALO_FILE" >> {seen}\n'
+                     'if grep -q VIRUS "$ZOCALO_FILE"; then echo "infected"; exit 1; fi\n')
+    check.chmod(0o755)
+    cfg = tmp_path / "hooks.toml"
+    cfg.write_text(f'[[hook]]\nevents = ["upload"]\ncommand = ["{check}"]\ncheck = true\n')
+    server = s3srv(extra=["--config", str(cfg)])
+    ftp = server.srv.ftp()
+    with pytest.raises(ftplib.error_perm, match="^550 infected"):
+        helpers.upload(ftp, "bad.bin", b"VIRUS in a bucket")
+    assert server.keys() == [], "a refused upload leaves no object"
+    assert server.pending_uploads() == [], "and no unfinished multipart upload"
+    good = os.urandom(200_000)
+    assert helpers.upload(ftp, "good.bin", good).startswith("226")
+    assert server.object_sha256("good.bin") == sha256(good)
+    assert seen.read_bytes() == b"VIRUS in a bucket" + good, "the check saw the bytes"
+    assert not list(Path(tempfile.gettempdir()).glob(f"zocalo-check-{server.srv.proc.pid}-*"))
+    ftp.quit()
 
 
 def test_tftp_serves_the_same_bucket(s3srv, work, tmp_path):
