@@ -43,6 +43,38 @@ def test_a_complete_download_replaces_the_local_file(start_server, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_device_a_fifo_or_a_symlink_is_written_through_not_replaced(start_server, tmp_path):
+    import stat
+    import threading
+    srv = start_server("epoll")
+    (srv.root / "file.txt").write_bytes(b"through\n")
+    # A character device (the same as /dev/null): it stays a device.
+    null = tmp_path / "n"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    p = zocalo_get(srv.url("/file.txt"), null)
+    assert p.returncode == 0, p.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode), "the device node was replaced"
+    # A FIFO: its reader gets the bytes.
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    p = zocalo_get(srv.url("/file.txt"), fifo)
+    reader.join(DEADLINE)
+    assert p.returncode == 0, p.stderr
+    assert got == [b"through\n"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    # A symlink is followed: its target gets the bytes, the link stays a link.
+    target = tmp_path / "target.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    p = zocalo_get(srv.url("/file.txt"), link)
+    assert p.returncode == 0, p.stderr
+    assert link.is_symlink() and target.read_bytes() == b"through\n"
+    assert leftovers(tmp_path) == []
+
+
 def test_continue_with_a_longer_local_file_fails_and_keeps_it(start_server, tmp_path):
     srv = start_server("epoll")
     (srv.root / "f.bin").write_bytes(b"0123456789")

@@ -433,19 +433,29 @@ fn complete(remote: &str, got: u64, size: Option<u64>) -> Result<(), OpError> {
 /// over it only once complete, so a failed or refused download never destroys the file that
 /// was there (curl likewise opens its output only when data arrives). Dropped uncommitted, it
 /// removes the temporary file.
+///
+/// That safety is for regular files. A destination that is something else (a device such as
+/// `/dev/null`, a FIFO) or a symlink is written to as it is, the symlink followed, as curl's
+/// `-o` and wget's `-O` do: a rename would replace the device node or the link itself.
 pub struct PartFile {
     file: File,
-    temp: PathBuf,
+    /// The temporary name, or `None` when writing through to the destination.
+    temp: Option<PathBuf>,
     dest: PathBuf,
     committed: bool,
 }
 
 impl PartFile {
     pub fn create(dest: &Path) -> io::Result<PartFile> {
+        let through = fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_file());
+        if through {
+            let file = OpenOptions::new().write(true).truncate(true).open(dest)?;
+            return Ok(PartFile { file, temp: None, dest: dest.to_owned(), committed: false });
+        }
         let name = dest.file_name().map_or_else(|| "download".into(), |n| n.to_string_lossy());
         let temp = dest.with_file_name(format!(".{name}.zocalo-part-{}", std::process::id()));
         let file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-        Ok(PartFile { file, temp, dest: dest.to_owned(), committed: false })
+        Ok(PartFile { file, temp: Some(temp), dest: dest.to_owned(), committed: false })
     }
 
     pub fn file(&mut self) -> &mut File {
@@ -454,8 +464,14 @@ impl PartFile {
 
     /// The download is complete: flush it to disk and put it in place.
     pub fn commit(mut self) -> io::Result<()> {
-        self.file.sync_all()?;
-        fs::rename(&self.temp, &self.dest)?;
+        match &self.temp {
+            Some(temp) => {
+                self.file.sync_all()?;
+                fs::rename(temp, &self.dest)?;
+            }
+            // A device or a FIFO may not sync; what it was given is written.
+            None => self.file.flush()?,
+        }
         self.committed = true;
         Ok(())
     }
@@ -463,8 +479,8 @@ impl PartFile {
 
 impl Drop for PartFile {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.temp);
+        if let Some(temp) = self.temp.as_ref().filter(|_| !self.committed) {
+            let _ = fs::remove_file(temp);
         }
     }
 }
