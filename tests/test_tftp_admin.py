@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+from helpers import poll_until
 from helpers import need
 
 TFTP_RE = re.compile(r"listening tftp://127\.0\.0\.1:(\d+)")
@@ -74,6 +75,38 @@ def test_tftp_hpa_get(served, tftp_root, tmp_path):
     subprocess.run([need("tftp"), "127.0.0.1", str(served.port), "-m", "binary", "-c", "get",
                     "blob.bin", str(out)], check=True, timeout=DEADLINE)
     assert helpers.file_sha256(out) == helpers.file_sha256(tftp_root / "blob.bin")
+
+
+@pytest.mark.parametrize("model", ["thread", "pool:4", "epoll"])
+def test_abandoned_transfers_stop_counting_against_their_address(tftp_root, tmp_path, model):
+    argv = [str(helpers.zocalo_bin()), "serve", "--root", str(tftp_root), "--listen",
+            "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--model", model, "--tftp-max-per-ip", "3"]
+    server = TftpServer(argv, tmp_path / "serve.log")
+    try:
+        # Three clients ask for a file with a 10 s timeout option, get their OACK, and vanish:
+        # five retries of 10 s would keep them counted for a minute.
+        socks = []
+        for _ in range(3):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+            s.sendto(b"\x00\x01blob.bin\x00octet\x00timeout\x0010\x00", ("127.0.0.1", server.port))
+            socks.append(s)
+        for s in socks:
+            answer, _ = s.recvfrom(2048)
+            assert answer[:2] == b"\x00\x06", f"an OACK: {answer!r}"
+            s.close()
+        got = tmp_path / "got.bin"
+
+        def fetched() -> bool:
+            got.unlink(missing_ok=True)
+            subprocess.run([need("tftp"), "127.0.0.1", str(server.port), "-m", "binary", "-c",
+                            "get", "small.txt", str(got)], capture_output=True, timeout=DEADLINE)
+            return got.exists() and got.read_bytes() == (tftp_root / "small.txt").read_bytes()
+
+        assert poll_until(fetched, 10, 0.2), "an honest client waited for the dead transfers"
+    finally:
+        assert server.stop() == 0
 
 
 def test_atftp_put_with_blksize_and_windowsize(served, tftp_root, tmp_path):

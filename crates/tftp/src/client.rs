@@ -80,7 +80,11 @@ impl ClientOptions {
     }
 
     fn config(&self) -> transfer::Config {
-        transfer::Config { timeout: self.retransmit, max_retries: self.max_retries }
+        transfer::Config {
+            timeout: self.retransmit,
+            max_retries: self.max_retries,
+            first_answer: None,
+        }
     }
 }
 

@@ -52,8 +52,12 @@ pub struct ServerConfig {
     /// `FD_SETSIZE` is refused the same way, whatever this says.)
     pub max_transfers: usize,
     /// Transfers one client address may have running (or queued) at once, so that one address
-    /// that floods requests cannot keep others out.
+    /// that floods requests cannot keep others out. Tens, so that a host fetching files in
+    /// parallel never meets it.
     pub max_per_client: usize,
+    /// How long a client has to acknowledge the transfer's first packet before it is given up
+    /// (and stops counting against its address).
+    pub first_answer: Duration,
     /// The largest RFC 2349 timeout granted, in seconds; a request asking for more has the
     /// option left out of the OACK (the RFC lets a server only echo it or omit it), and runs
     /// with the server's own timeout. With `max_retries`, it bounds how long a transfer waits
@@ -71,15 +75,20 @@ impl Default for ServerConfig {
             max_windowsize: 64,
             queue_len: 16,
             max_transfers: 512,
-            max_per_client: 8,
+            max_per_client: 32,
             max_timeout: 10,
+            first_answer: Duration::from_secs(3),
         }
     }
 }
 
 impl ServerConfig {
     fn transfer_config(&self) -> transfer::Config {
-        transfer::Config { timeout: self.timeout, max_retries: self.max_retries }
+        transfer::Config {
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+            first_answer: Some(self.first_answer),
+        }
     }
 
     fn limits(&self) -> Limits {

@@ -245,7 +245,7 @@ impl Sim {
 
 fn config(loss: f64) -> Config {
     let max_retries = if loss > 0.1 { 40 } else { 10 };
-    Config { timeout: Duration::from_secs(1), max_retries }
+    Config { timeout: Duration::from_secs(1), max_retries, first_answer: None }
 }
 
 fn limits() -> Limits {

@@ -130,6 +130,10 @@ pub struct Settings {
     /// Also serve TFTP on this UDP address, from the same root (anonymous permissions).
     #[arg(long, value_name = "ADDR")]
     pub tftp: Option<SocketAddr>,
+    /// TFTP transfers one client address may have at once (a flood's bound; a transfer whose
+    /// client never answered is given up after 3 s).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub tftp_max_per_ip: usize,
     /// Open the admin channel (AF_UNIX SOCK_SEQPACKET, mode 0600) for `zocalo ctl`.
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,

@@ -48,7 +48,12 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
-        let (write, mut model) = (settings.write, settings.model.tftp());
+        let mut model = settings.model.tftp();
+        let config = zocalo_tftp::ServerConfig {
+            write_allowed: settings.write,
+            max_per_client: settings.tftp_max_per_ip.max(1),
+            ..zocalo_tftp::ServerConfig::default()
+        };
         if settings.s3.is_some() && matches!(model, zocalo_tftp::Model::Event(_)) {
             // Each S3 request is a network round trip: on an event loop one transfer would
             // hold up all the others, so TFTP gets a thread per transfer instead.
@@ -59,13 +64,13 @@ pub fn run(settings: Settings) -> io::Result<()> {
             crate::services::tftp::fork(
                 socket,
                 root_storage,
-                write,
+                config,
                 model,
                 shutdown,
                 &server.listeners,
             )?;
         } else {
-            crate::services::tftp::spawn(socket, root_storage, write, model, shutdown)?;
+            crate::services::tftp::spawn(socket, root_storage, config, model, shutdown)?;
         }
         lines.push(format!("listening tftp://{addr}"));
     }

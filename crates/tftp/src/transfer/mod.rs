@@ -76,11 +76,15 @@ pub struct Config {
     pub timeout: Duration,
     /// Timeouts in a row, without progress, before the transfer is abandoned.
     pub max_retries: u32,
+    /// How long the peer has to answer at all (a server's first packet): until it does,
+    /// retransmissions come at most a second apart and the transfer is given up after this,
+    /// whatever timeout was agreed. `None`: only `max_retries` bounds it (a client's request).
+    pub first_answer: Option<Duration>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { timeout: Duration::from_secs(1), max_retries: 5 }
+        Config { timeout: Duration::from_secs(1), max_retries: 5, first_answer: None }
     }
 }
 
@@ -203,20 +207,41 @@ struct Timer {
     timeout: Duration,
     retries: u32,
     max_retries: u32,
+    started: Instant,
+    /// The peer answered once (see [`Config::first_answer`]).
+    answered: bool,
+    first_answer: Option<Duration>,
 }
+
+/// The longest wait between retransmissions while the peer has not answered yet.
+const UNANSWERED_RESEND: Duration = Duration::from_secs(1);
 
 impl Timer {
     fn new(config: &Config, now: Instant) -> Self {
-        Timer {
-            deadline: Some(now + config.timeout),
+        let mut timer = Timer {
+            deadline: None,
             timeout: config.timeout,
             retries: 0,
             max_retries: config.max_retries,
+            started: now,
+            answered: false,
+            first_answer: config.first_answer,
+        };
+        timer.deadline = Some(now + timer.interval());
+        timer
+    }
+
+    /// The wait before the next retransmission.
+    fn interval(&self) -> Duration {
+        match self.first_answer {
+            Some(_) if !self.answered => self.timeout.min(UNANSWERED_RESEND),
+            _ => self.timeout,
         }
     }
 
     /// Progress was made: reset the retry count and restart the clock.
     fn progress(&mut self, now: Instant) {
+        self.answered = true;
         self.retries = 0;
         self.deadline = Some(now + self.timeout);
     }
@@ -225,10 +250,14 @@ impl Timer {
         self.deadline.is_some_and(|d| now >= d)
     }
 
-    /// Counts one retransmission; false when the retries are used up.
+    /// Counts one retransmission; false when the retries are used up (or a peer that never
+    /// answered had its time).
     fn retry(&mut self, now: Instant) -> bool {
         self.retries += 1;
-        self.deadline = Some(now + self.timeout);
+        self.deadline = Some(now + self.interval());
+        if let Some(first) = self.first_answer.filter(|_| !self.answered) {
+            return now.duration_since(self.started) < first;
+        }
         self.retries <= self.max_retries
     }
 

@@ -116,12 +116,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 pub fn spawn(
     socket: UdpSocket,
     storage: Arc<dyn Storage>,
-    write: bool,
+    config: ServerConfig,
     model: TftpModel,
     shutdown: &Shutdown,
 ) -> io::Result<JoinHandle<()>> {
     let stop = shutdown.flag()?;
-    let config = ServerConfig { write_allowed: write, ..ServerConfig::default() };
     let adapter: Arc<dyn TftpStorage> = Arc::new(StorageAdapter::new(storage));
     std::thread::Builder::new().name("zocalo-tftp".into()).spawn(move || {
         if let Err(e) = zocalo_tftp::serve(socket, adapter, config, model, &stop) {
@@ -135,12 +134,14 @@ pub fn spawn(
 pub fn fork(
     socket: UdpSocket,
     storage: Arc<dyn Storage>,
-    write: bool,
+    config: ServerConfig,
     model: TftpModel,
     shutdown: &Shutdown,
     listeners: &[Listener],
 ) -> io::Result<()> {
     super::fork(listeners, || {
-        spawn(socket, storage, write, model, shutdown)?.join().map_err(|_| io::Error::other("tftp"))
+        spawn(socket, storage, config, model, shutdown)?
+            .join()
+            .map_err(|_| io::Error::other("tftp"))
     })
 }
