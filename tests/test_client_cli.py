@@ -236,3 +236,30 @@ def test_a_refused_tftp_put_exits_with_a_documented_code(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_cacert_trusts_the_servers_own_self_signed_certificate(start_server, tmp_path, certs):
+    """OpenSSL's usual self-signed certificate (CA:TRUE) given with --cacert is trusted as the
+    server's own, as curl and lftp do; other failures say what is wrong in words."""
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run([helpers.need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=localhost", "-days", "2",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=DEADLINE)
+    assert "CA:TRUE" in subprocess.run([helpers.need("openssl"), "x509", "-in", cert, "-noout",
+                                        "-text"], capture_output=True, text=True).stdout
+    srv = start_server("epoll", extra=["--tls-cert", cert, "--tls-key", key])
+    (srv.root / "f.txt").write_bytes(b"pinned\n")
+    url = f"ftp://{helpers.USER}:{helpers.PASSWORD}@127.0.0.1:{srv.port}/f.txt"
+    p = zocalo("get", "--quiet", "--tls", "--cacert", cert, url, tmp_path / "got.txt")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "got.txt").read_bytes() == b"pinned\n"
+    # Another CA: the refusal says what to do, not a Rust enum.
+    p = zocalo("get", "--quiet", "--tls", "--cacert", certs["cert"], url, tmp_path / "no.txt")
+    assert p.returncode != 0
+    assert "presents a CA certificate as its own; give --cacert FILE" in p.stderr, p.stderr
+    assert "OtherError" not in p.stderr and "CaUsedAsEndEntity" not in p.stderr
+    # Implicit TLS asked of a plain port: says so.
+    plain = f"ftps://{helpers.USER}:{helpers.PASSWORD}@127.0.0.1:{srv.port}/f.txt"
+    p = zocalo("get", "--quiet", "--cacert", cert, plain, tmp_path / "no.txt")
+    assert p.returncode != 0 and "did not answer in TLS" in p.stderr, p.stderr

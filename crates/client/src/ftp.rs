@@ -170,8 +170,14 @@ impl TlsContext {
         let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
             .map_err(|e| FtpError::Connect(format!("TLS: {e}")))?;
         while conn.is_handshaking() {
-            conn.complete_io(&mut tcp)
-                .map_err(|e| FtpError::Connect(format!("TLS handshake: {e}")))?;
+            conn.complete_io(&mut tcp).map_err(|e| {
+                let host = match &self.name {
+                    ServerName::DnsName(d) => d.as_ref().to_string(),
+                    ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                    _ => String::new(),
+                };
+                FtpError::Connect(format!("TLS handshake: {}", crate::tls::explain(&e, &host)))
+            })?;
         }
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         Ok((Stream::Tls(Box::new(StreamOwned::new(conn, tcp))), resumed))
