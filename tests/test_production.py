@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import urllib.error
@@ -170,6 +171,33 @@ def test_health_says_draining_during_the_grace_period(start_server, model, big):
     srv.close_clients()
     assert srv.proc.wait(15) == 0
     helpers.ACTIVE.remove(srv)
+
+
+@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+def test_drain_and_undrain_reach_health_and_the_agent(start_server, model, tmp_path):
+    admin, agent = tmp_path / "admin.sock", helpers.free_port()
+    srv = start_server(model, extra=["--metrics", "127.0.0.1:0", "--admin-socket", admin,
+                                     "--agent", f"127.0.0.1:{agent}"])
+    port = metrics_port(srv)
+
+    def ctl(*args):
+        r = subprocess.run([str(helpers.zocalo_bin()), "ctl", "--socket", str(admin), *args],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def agent_says() -> bytes:
+        with socket.create_connection(("127.0.0.1", agent), timeout=10) as s:
+            return helpers.read_all(s, limit=4096)
+
+    assert poll_until(lambda: agent_says().startswith(b"up"), 10), "the agent answers up"
+    assert "/health 503" in ctl("drain")
+    assert http_get(port, "/health") == (503, "draining\n")
+    assert agent_says().startswith(b"drain")
+    assert srv.ftp().sendcmd("NOOP").startswith("200"), "a direct client is still served"
+    assert "again" in ctl("undrain")
+    assert http_get(port, "/health") == (200, "ok\n")
+    assert agent_says().startswith(b"up")
 
 
 def read_log(path: Path) -> str:

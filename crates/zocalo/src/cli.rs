@@ -70,9 +70,13 @@ pub enum CtlRequest {
     /// Close one session with a 421: its id from `status`, or NODE:ID for a session of
     /// another node of the cluster.
     Kick { session: String },
-    /// Tell the load balancer (the --agent check) to send this node no new sessions; running
-    /// sessions go on. Stop the node once `status` shows none left.
+    /// Tell the load balancer to send this node no new sessions: the --agent check answers
+    /// `drain` and /health (--metrics) answers 503; running sessions go on, and a client that
+    /// connects without a balancer is still served. Stop the node once `status` shows none
+    /// left, or `undrain` it.
     Drain,
+    /// Undo `drain`: the agent answers `up ready` and /health `ok` again.
+    Undrain,
     /// Re-read the users file, reload the TLS certificate, reopen the log files (as SIGHUP);
     /// running sessions keep their accounts and certificates.
     Reload,

@@ -87,6 +87,7 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
         CtlRequest::Kick { session } => format!("kick {session}"),
         CtlRequest::Reload => "reload".to_string(),
         CtlRequest::Drain => "drain".to_string(),
+        CtlRequest::Undrain => "undrain".to_string(),
         CtlRequest::Quota { user, recount: false } => format!("quota {user}"),
         CtlRequest::Quota { user, recount: true } => format!("quota {user} recount"),
     };

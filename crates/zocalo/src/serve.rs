@@ -257,7 +257,9 @@ fn start_metrics(
     let shutdown = server.ctx.shutdown.clone();
     let serve = move |exit_after_grace: bool| {
         let stopped_at = std::cell::Cell::new(None::<std::time::Instant>);
-        let draining = || shutdown.is_triggered();
+        // A stop under way, or `ctl drain`: /health says 503 so that a balancer without the
+        // agent check takes the node out too.
+        let draining = || shutdown.is_triggered() || crate::ops::metrics::draining();
         let stop = || {
             if !exit_after_grace || !shutdown.is_triggered() {
                 return false;

@@ -125,6 +125,13 @@ pub fn start_draining() {
     }
 }
 
+/// Stops draining (`ctl undrain`).
+pub fn stop_draining() {
+    if let Some(s) = slot(Counter::Draining as usize) {
+        s.store(0, Ordering::Relaxed);
+    }
+}
+
 /// Whether `ctl drain` was said.
 pub fn draining() -> bool {
     get(Counter::Draining as usize) != 0

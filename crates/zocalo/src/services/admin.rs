@@ -1,8 +1,9 @@
 //! The local admin channel: an AF_UNIX SOCK_SEQPACKET socket (mode 0600), the notes' other
 //! address family and the socket type that keeps message boundaries.
 //!
-//! A client sends one message, `status`, `kick [NODE:]ID`, `drain` or `reload`, and gets the answer as one or
-//! more messages followed by an empty one. `zocalo ctl` is that client.
+//! A client sends one message, `status`, `kick [NODE:]ID`, `quota USER [recount]`, `drain`,
+//! `undrain` or `reload`, and gets the answer as one or more messages followed by an empty
+//! one. `zocalo ctl` is that client.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -104,8 +105,15 @@ impl Admin {
             }
             (Some("drain"), None) => {
                 crate::ops::metrics::start_draining();
-                tracing::warn!("draining: the balancer's agent check now says drain");
-                "draining: the agent answers drain; sessions go on\n".into()
+                tracing::warn!("draining: the agent check answers drain, /health 503");
+                "draining: the agent check answers drain and /health 503, so a balancer sends \
+                 no new sessions; running sessions go on (`undrain` to undo)\n"
+                    .into()
+            }
+            (Some("undrain"), None) => {
+                crate::ops::metrics::stop_draining();
+                tracing::warn!("no longer draining: the agent check answers up, /health ok");
+                "serving: the agent check answers up ready and /health ok again\n".into()
             }
             (Some("reload"), None) => {
                 // In the `process` model the parent reloads (new children fork from it, and
@@ -122,9 +130,11 @@ impl Admin {
                     Err(e) => format!("error: {e}\n"),
                 }
             }
-            _ => "error: requests are `status`, `kick [NODE:]ID`, `quota USER [recount]`, `drain` \
-                  and `reload`\n"
-                .into(),
+            _ => {
+                "error: requests are `status`, `kick [NODE:]ID`, `quota USER [recount]`, `drain`, \
+                  `undrain` and `reload`\n"
+                    .into()
+            }
         }
     }
 
