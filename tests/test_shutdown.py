@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+import re
 import signal
 import socket
 
@@ -242,3 +243,20 @@ def test_ftplib_client_sees_421_as_error(start_server, model):
     with pytest.raises(ftplib.error_temp, match="^421"):
         ftp.getresp()
     assert wait_exit(srv) == 0
+
+
+def test_a_stop_is_logged_and_leaves_no_admin_socket(start_server, model, tmp_path):
+    admin = tmp_path / "admin.sock"
+    srv = start_server(model, extra=["--shutdown-grace", "2", "--admin-socket", admin])
+    # A transfer that stalls keeps its session through the grace period.
+    c, d, _, _ = start_paused_retr(srv, 64 * 1024 * 1024)
+    assert admin.exists()
+    sigterm(srv)
+    assert wait_exit(srv) == 0
+    d.close()
+    log = srv.log_path.read_text(errors="replace")
+    stopping = [line for line in log.splitlines() if "stopping" in line]
+    assert stopping and "grace_s=2" in stopping[0] and "sessions=1" in stopping[0], log[-2000:]
+    assert any(re.search(r" stopped( stop_ms=\d+)?$", line) for line in log.splitlines()), (
+        log[-2000:])
+    assert poll_until(lambda: not admin.exists(), 5), "the admin socket was left behind"

@@ -136,6 +136,8 @@ pub fn run(settings: Settings) -> io::Result<()> {
     // A fact of the machine read once, here, before the `process` model forks: its children
     // inherit it instead of each reading /proc again.
     crate::sys::net::ephemeral_range();
+    let stopping = log_the_stop(&server.ctx.shutdown, server.ctx.grace)?;
+    let shutdown = server.ctx.shutdown.clone();
     let hooks = server.ctx.hooks.clone();
     if let Some(hooks) = hooks.as_ref().filter(|_| settings.model != Model::Process) {
         // Now rather than at the first event: the threads are part of the server from its
@@ -148,7 +150,43 @@ pub fn run(settings: Settings) -> io::Result<()> {
     if let Some(hooks) = hooks {
         hooks.drain(grace);
     }
+    if let Some(path) = &settings.admin_socket {
+        // Ours (a start refuses a live one): a stopped server leaves no socket behind.
+        let _ = std::fs::remove_file(path);
+    }
+    // Its line comes before ours (the stop was asked for, so it is written or about to be).
+    let began = match shutdown.is_triggered() {
+        true => stopping.join().ok(),
+        false => None,
+    };
+    let took = began.map(|t| t.elapsed().as_millis() as u64);
+    match &served {
+        Ok(()) => tracing::info!(stop_ms = took, "stopped"),
+        Err(e) => tracing::error!(stop_ms = took, "stopped: {e}"),
+    }
     served
+}
+
+/// Logs when a stop is asked for (SIGTERM, SIGINT), with the grace period and what is still
+/// running; returns when that was, once it has been.
+fn log_the_stop(
+    shutdown: &Shutdown,
+    grace: Duration,
+) -> io::Result<std::thread::JoinHandle<std::time::Instant>> {
+    let fd = shutdown.fd();
+    std::thread::Builder::new().name("zocalo-stopping".into()).spawn(move || {
+        let hour = Duration::from_secs(3600);
+        while !zocalo_poller::fds::wait_one(fd, false, hour).unwrap_or(true) {}
+        let at = std::time::Instant::now();
+        let sessions = crate::ops::metrics::sessions_open();
+        let grace_s = grace.as_secs();
+        tracing::info!(
+            grace_s,
+            sessions,
+            "stopping: no new sessions; running transfers get the grace period"
+        );
+        at
+    })
 }
 
 /// The FTP listeners: those systemd handed over (socket activation), or else one bound for

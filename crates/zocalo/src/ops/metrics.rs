@@ -158,6 +158,11 @@ pub fn reload_generation() -> u64 {
     get(Counter::Reloads as usize)
 }
 
+/// Sessions open now (every process of the server).
+pub fn sessions_open() -> u64 {
+    get(Counter::SessionsOpen as usize)
+}
+
 pub fn session_closed() {
     dec(Counter::SessionsOpen);
 }
