@@ -189,11 +189,12 @@ def redis_cmd(port: int, *words: bytes) -> bytes:
 
 
 def start_redis(port: int, directory: Path, log_path: Path,
-                deadline: float = START_DEADLINE) -> subprocess.Popen:
+                deadline: float = START_DEADLINE, extra=()) -> subprocess.Popen:
     """Debian's redis-server on 127.0.0.1:`port`, no persistence, in the foreground; returns
-    once it answers PING. Stop it by PID (stop_process)."""
+    once it answers PING (or refuses it for want of a password, with `--requirepass` in
+    `extra`). Stop it by PID (stop_process)."""
     argv = [need("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", str(directory)]
+            "--appendonly", "no", "--dir", str(directory), *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=directory,
@@ -205,7 +206,7 @@ def start_redis(port: int, directory: Path, log_path: Path,
     def pong():
         if proc.poll() is not None:
             raise AssertionError(f"redis-server exited with {proc.returncode}:\n{tail()}")
-        return redis_cmd(port, b"PING") == b"+PONG\r\n"
+        return redis_cmd(port, b"PING").startswith((b"+PONG\r\n", b"-NOAUTH"))
 
     if not poll_until(pong, deadline, 0.05):
         stop_process(proc)

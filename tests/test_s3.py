@@ -471,3 +471,13 @@ def test_whole_storage_down_answers_451_and_service_resumes(s3srv, seaweed):
                      "zocalo to store after.bin")
     assert server.object_sha256("after.bin") == sha256(b"back")
     ftp.quit()
+
+
+def test_a_plain_http_store_without_the_flag_says_which_flag(seaweed, tmp_path):
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+           "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    p = subprocess.run([str(helpers.zocalo_bin()), "serve", "--listen", "127.0.0.1:0",
+                        "--storage", f"s3://{seaweed.endpoint(0)}/{seaweed.bucket}/x"],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert p.returncode != 0, p.stderr
+    assert "plain HTTP" in p.stderr and "--s3-insecure-http" in p.stderr, p.stderr

@@ -304,6 +304,32 @@ def refused_start(root, *extra) -> tuple[int | None, str]:
         return None, "still running"
 
 
+def test_start_errors_name_what_is_wrong(tmp_path):
+    """An admin socket in a missing directory, and a Redis that wants a password: the start
+    fails with what to do."""
+    status, err = refused_start(tmp_path, "--admin-socket", tmp_path / "missing" / "admin.sock")
+    assert status not in (0, None), err
+    assert f"the directory {tmp_path / 'missing'} does not exist" in err, err
+    port = helpers.free_port()
+    redis = helpers.start_redis(port, tmp_path, tmp_path / "redis.log",
+                                extra=["--requirepass", "s3cret"])
+    try:
+        status, err = refused_start(tmp_path, "--shared-state", f"redis://127.0.0.1:{port}/")
+        assert status not in (0, None), err
+        assert "Redis refused this node" in err and "redis://:PASSWORD@" in err, err
+        assert "s3cret" not in err
+    finally:
+        helpers.stop_process(redis)
+
+
+def test_a_missing_file_is_said_in_words(served, tmp_path):
+    p = subprocess.run([need("tftp"), "127.0.0.1", str(served.port), "-m", "binary", "-c", "get",
+                        "nothing.bin", str(tmp_path / "x")], capture_output=True, text=True,
+                       timeout=DEADLINE)
+    said = p.stdout + p.stderr
+    assert "File not found" in said and "os error" not in said, said
+
+
 def test_a_second_server_never_takes_a_live_admin_socket(start_server, tmp_path):
     sock = tmp_path / "admin.sock"
     srv = start_server("epoll", extra=["--admin-socket", sock])

@@ -153,7 +153,15 @@ impl S3Storage {
         action.with_max_keys(1);
         client.send(Method::Get, &action.sign(SIGN_FOR), &[], &[]).map(drop).map_err(|e| {
             let bucket = client.bucket.name();
-            io::Error::new(e.kind(), format!("bucket {bucket}: {e}"))
+            let text = e.to_string();
+            // rustls meeting a plain HTTP answer: the store speaks HTTP, not HTTPS.
+            let hint = if text.contains("InvalidContentType") || text.contains("corrupt message") {
+                "; the store answered in plain HTTP, not HTTPS: give --s3-insecure-http \
+                 (only for a store on a trusted network)"
+            } else {
+                ""
+            };
+            io::Error::new(e.kind(), format!("bucket {bucket}: {e}{hint}"))
         })
     }
 

@@ -496,5 +496,8 @@ fn start_write(
 }
 
 fn refusal(err: io::Error) -> Refusal {
-    (error_code_for(&err), err.to_string())
+    if err.kind() != io::ErrorKind::NotFound {
+        tracing::info!("tftp request refused: {err}");
+    }
+    (error_code_for(&err), crate::transfer::error_message_for(&err).to_string())
 }

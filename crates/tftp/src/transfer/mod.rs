@@ -172,8 +172,29 @@ impl TransferError {
             TransferError::Protocol { message, .. } | TransferError::Aborted(message) => {
                 message.clone()
             }
+            TransferError::Io(err) => error_message_for(err).to_string(),
             other => other.to_string(),
         }
+    }
+}
+
+/// The words that report a local I/O error to the peer (the detail, an OS error number, stays
+/// in the server's log).
+pub fn error_message_for(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => return "Disk full",
+        Some(libc::EFBIG) => return "File too large",
+        Some(libc::EISDIR) => return "Is a directory",
+        Some(libc::EXDEV) | Some(libc::ELOOP) => return "Path leaves the served tree",
+        Some(libc::EROFS) => return "Read-only file system",
+        _ => {}
+    }
+    match err.kind() {
+        io::ErrorKind::NotFound => "File not found",
+        io::ErrorKind::PermissionDenied => "Access violation",
+        io::ErrorKind::AlreadyExists => "File already exists",
+        io::ErrorKind::InvalidInput => "Not a regular file",
+        _ => "The server could not read or write the file",
     }
 }
 

@@ -48,6 +48,16 @@ impl Admin {
         node: String,
         shared: Option<Arc<crate::state::shared::Shared>>,
     ) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the directory {} does not exist: create it (mode 0700, for the \
+                         server's user) or give --admin-socket another path",
+                    dir.display()
+                ),
+            ));
+        }
         remove_stale(path)?;
         let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
         socket.bind(&SockAddr::unix(path)?)?;

@@ -265,6 +265,24 @@ impl Shared {
                 fail: Script::new(FAIL),
             },
         });
+        // A Redis that answers and refuses this node (a password missing or wrong) is a
+        // mistake in the settings, not an outage: it stops the start.
+        if let Err(e) =
+            shared.connect().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        {
+            let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+                || e.code().is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS" || c == "NOPERM");
+            if refused {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "--shared-state {}: Redis refused this node: {e} (give the password \
+                             in the URL, redis://:PASSWORD@HOST:PORT/)",
+                        shared.location
+                    ),
+                ));
+            }
+        }
         match shared.call(|c| redis::cmd("PING").query::<String>(c)) {
             Some(_) => {
                 if o.keep_full {
