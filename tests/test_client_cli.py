@@ -221,6 +221,29 @@ def test_help_and_flags_agree_with_the_code(tmp_path):
         proc.wait(10)
 
 
+def test_contradictions_and_wrong_types_are_said_plainly(tmp_path, certs):
+    both = zocalo("serve", "--anonymous", "--no-anonymous", "--listen", "127.0.0.1:0")
+    assert both.returncode == 2 and "cannot be used with" in both.stderr, both.stderr
+    config = tmp_path / "z.toml"
+    config.write_text('max-per-ip = "ten"\nidle-timeout = -1\n')
+    bad = zocalo("serve", "--config", config, "--listen", "127.0.0.1:0")
+    assert bad.returncode != 0 and "expected a whole number" in bad.stderr, bad.stderr
+    assert "usize" not in bad.stderr and "u64" not in bad.stderr
+    # --tls required does not cover TFTP: the start says so.
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = subprocess.Popen([str(helpers.zocalo_bin()), "serve", "--root", str(root), "--listen",
+                             "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--tls", "required",
+                             "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "--tls required applies to FTP only" in err, err
+
+
 def test_a_refused_tftp_put_exits_with_a_documented_code(tmp_path):
     root = tmp_path / "root"
     root.mkdir()

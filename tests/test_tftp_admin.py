@@ -330,6 +330,23 @@ def test_a_missing_file_is_said_in_words(served, tmp_path):
     assert "File not found" in said and "os error" not in said, said
 
 
+def test_refused_tftp_requests_are_counted(tftp_root, tmp_path):
+    from test_production import http_get, scraped
+    metrics = helpers.free_port()
+    argv = [str(helpers.zocalo_bin()), "serve", "--root", str(tftp_root), "--listen",
+            "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--metrics", f"127.0.0.1:{metrics}"]
+    server = TftpServer(argv, tmp_path / "serve.log")
+    try:
+        for name in ("nothing.bin", "nor-this.bin"):
+            subprocess.run([need("tftp"), "127.0.0.1", str(server.port), "-m", "binary", "-c",
+                            "get", name, str(tmp_path / "x")], capture_output=True,
+                           timeout=DEADLINE)
+        text = http_get(metrics, "/metrics")[1]
+        assert scraped(text, "zocalo_tftp_refused_total") == 2, text
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_second_server_never_takes_a_live_admin_socket(start_server, tmp_path):
     sock = tmp_path / "admin.sock"
     srv = start_server("epoll", extra=["--admin-socket", sock])

@@ -33,7 +33,7 @@ use crate::transfer::{self, error_code_for, Outcome, Receiver, Sender, Start, Tr
 mod event;
 
 /// Server settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
     /// Whether WRQ is allowed; when false writes get ERROR 2 (access violation).
     pub write_allowed: bool,
@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// with the server's own timeout. With `max_retries`, it bounds how long a transfer waits
     /// for a peer that never answers.
     pub max_timeout: u8,
+    /// Called for each request refused (busy, too many from the address, a file that cannot
+    /// be opened): the embedding server counts them.
+    pub on_refused: Option<fn()>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             max_per_client: 32,
             max_timeout: 10,
             first_answer: Duration::from_secs(3),
+            on_refused: None,
         }
     }
 }
@@ -133,6 +137,13 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// A request was refused: the embedding server hears of it.
+    fn refused(&self) {
+        if let Some(f) = self.config.on_refused {
+            f();
+        }
+    }
+
     /// A job is over (served, refused or dropped): its peer may ask again, and its place in
     /// the load counts is free.
     fn end_job(&self, peer: SocketAddr) {
@@ -324,6 +335,7 @@ fn enqueue(socket: &UdpSocket, ctx: &Context<'_>, queue: &SyncSender<Job>, job: 
 
 /// Answers ERROR 0 with `why` from the listener, and logs it (rate-limited).
 fn refuse(socket: &UdpSocket, ctx: &Context<'_>, peer: SocketAddr, why: &str) {
+    ctx.refused();
     ctx.load.log_refusal(peer, why);
     send_error(socket, peer, ErrorCode::NOT_DEFINED, why);
 }
@@ -401,7 +413,10 @@ fn serve_request(ctx: &Context<'_>, job: &Job) {
     };
     match start(ctx, &request, write) {
         Ok(mut machine) => run_transfer(ctx, &socket, job.peer, machine.as_mut(), request),
-        Err((code, message)) => send_error(&socket, job.peer, code, &message),
+        Err((code, message)) => {
+            ctx.refused();
+            send_error(&socket, job.peer, code, &message)
+        }
     }
 }
 

@@ -45,10 +45,10 @@ pub struct Settings {
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
     /// Allow anonymous logins (USER anonymous or ftp).
-    #[arg(long, overrides_with = "no_anonymous", default_value_t = true, action = ArgAction::SetTrue)]
+    #[arg(long, conflicts_with = "no_anonymous", default_value_t = true, action = ArgAction::SetTrue)]
     pub anonymous: bool,
     /// Refuse anonymous logins.
-    #[arg(long, overrides_with = "anonymous")]
+    #[arg(long)]
     pub no_anonymous: bool,
     /// Let anonymous users write (upload, delete, rename, make directories).
     #[arg(long)]
@@ -224,8 +224,17 @@ pub struct Settings {
     pub s3: Option<zocalo_s3::S3Config>,
 }
 
-/// Flags that reset each other on the command line (clap's `overrides_with`): when one of a
-/// pair is given there, both are taken from the command line, not the file.
+/// A TOML type error in the words of the settings (`expected usize` says nothing to a person).
+fn in_words(message: &str) -> String {
+    let mut out = message.to_string();
+    for t in ["usize", "u64", "u32", "u16", "u8", "i64", "i32"] {
+        out = out.replace(&format!("expected {t}"), "expected a whole number (such as 30)");
+    }
+    out.replace("expected f64", "expected a number")
+}
+
+/// Flags that say opposite things (clap refuses both on one command line): when one of a pair
+/// is given there, both are taken from the command line, not the file.
 const PARTNERS: [(&str, &str); 1] = [("anonymous", "no-anonymous")];
 
 impl Default for Settings {
@@ -250,7 +259,7 @@ impl Settings {
                 // Read once into the settings for errors with their line, column and the
                 // valid keys; then as a table to lay the flags over.
                 toml::from_str::<Settings>(&text)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|e| format!("{}: {}", path.display(), in_words(&e.to_string())))?;
                 toml::from_str::<toml::Table>(&text)
                     .map_err(|e| format!("{}: {e}", path.display()))?
             }

@@ -48,10 +48,21 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let mut lines = announcements(&server.listeners, &settings)?;
     if let Some(socket) = tftp_socket {
         let addr = socket.local_addr()?;
+        if settings.ftps.as_ref().is_some_and(|t| t.required) {
+            // TFTP has no TLS: what --tls required protects on FTP, TFTP serves in the clear.
+            tracing::warn!(
+                tftp = %addr,
+                "--tls required applies to FTP only: --tftp serves the same files to anyone, \
+                 in the clear, without a login"
+            );
+        }
         let mut model = settings.model.tftp();
         let config = zocalo_tftp::ServerConfig {
             write_allowed: settings.write,
             max_per_client: settings.tftp_max_per_ip.max(1),
+            on_refused: Some(|| {
+                crate::ops::metrics::inc(crate::ops::metrics::Counter::TftpRefused)
+            }),
             ..zocalo_tftp::ServerConfig::default()
         };
         if settings.s3.is_some() && matches!(model, zocalo_tftp::Model::Event(_)) {

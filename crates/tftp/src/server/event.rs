@@ -165,6 +165,7 @@ impl EventLoop<'_> {
         match start(self.ctx, &request, write) {
             Ok(machine) => self.insert(Slot::new(socket, job.peer, machine, request.filename)),
             Err((code, message)) => {
+                self.ctx.refused();
                 send_error(&socket, job.peer, code, &message);
                 false
             }

@@ -46,6 +46,8 @@ pub enum Counter {
     TftpReadFailed,
     TftpWriteOk,
     TftpWriteFailed,
+    /// TFTP requests refused (busy, too many from an address, a file that cannot be opened).
+    TftpRefused,
     /// Connections from a trusted balancer closed for a bad or missing PROXY header.
     ProxyRefused,
     /// Redis calls of `--shared-state` that failed (the node then uses its local limits).
@@ -310,6 +312,12 @@ pub fn render() -> String {
             ("direction=\"write\",result=\"ok\"", c(TftpWriteOk)),
             ("direction=\"write\",result=\"failed\"", c(TftpWriteFailed)),
         ],
+    );
+    family(
+        "zocalo_tftp_refused_total",
+        "counter",
+        "TFTP requests refused (busy, too many from an address, a file that cannot be opened).",
+        &[("", c(TftpRefused))],
     );
     histogram(
         &mut out,
