@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
+
+import pytest
 
 import helpers
 
@@ -286,3 +290,65 @@ def test_cacert_trusts_the_servers_own_self_signed_certificate(start_server, tmp
     plain = f"ftps://{helpers.USER}:{helpers.PASSWORD}@127.0.0.1:{srv.port}/f.txt"
     p = zocalo("get", "--quiet", "--cacert", cert, plain, tmp_path / "no.txt")
     assert p.returncode != 0 and "did not answer in TLS" in p.stderr, p.stderr
+
+
+@pytest.fixture
+def vsftpd(tmp_path):
+    """Debian's vsftpd (no MLSD, no MFMT) serving a writable anonymous `pub/`, stopped by PID."""
+    from cluster import free_blocks
+    port, pasv = free_blocks([(1, ("127.0.0.1",)), (20, ("127.0.0.1",))])
+    anon = tmp_path / "vsftpd-root"
+    (anon / "pub").mkdir(parents=True)
+    anon.chmod(0o755)  # vsftpd refuses a writable anonymous root
+    shutil.chown(anon / "pub", "ftp")
+    (tmp_path / "vsftpd-empty").mkdir()
+    conf = tmp_path / "vsftpd.conf"
+    conf.write_text("\n".join([
+        "listen=YES", "listen_ipv6=NO", "listen_address=127.0.0.1", f"listen_port={port}",
+        "background=NO", "anonymous_enable=YES", "local_enable=NO", "write_enable=YES",
+        "anon_upload_enable=YES", "anon_mkdir_write_enable=YES", "anon_other_write_enable=YES",
+        f"anon_root={anon}", "no_anon_password=YES", "anon_umask=022", "seccomp_sandbox=NO",
+        "pasv_address=127.0.0.1", f"pasv_min_port={pasv}", f"pasv_max_port={pasv + 19}",
+        f"secure_chroot_dir={tmp_path / 'vsftpd-empty'}", "xferlog_enable=NO", ""]))
+    proc = subprocess.Popen([helpers.need("vsftpd"), str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                return s.recv(64).startswith(b"220")
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"vsftpd exited with {proc.returncode}")
+            return False
+
+    assert helpers.poll_until(answers, 10, 0.05), "vsftpd never greeted"
+    yield f"ftp://anonymous:x@127.0.0.1:{port}/pub", anon / "pub"
+    helpers.stop_process(proc)
+
+
+def test_mirror_is_incremental_against_a_server_without_mlsd(vsftpd, tmp_path):
+    url, pub = vsftpd
+    (pub / "a.txt").write_text("from vsftpd\n")
+    os.utime(pub / "a.txt", (1_600_000_000, 1_600_000_000))
+    down = tmp_path / "down"
+    first = zocalo("mirror", url, down)
+    assert first.returncode == 0 and first.stderr.startswith("1 files"), first.stderr
+    assert os.stat(down / "a.txt").st_mtime == 1_600_000_000, "the time came from MDTM"
+    again = zocalo("mirror", url, down)
+    assert again.returncode == 0 and "0 files (0 bytes)" in again.stderr, again.stderr
+    assert "1 unchanged" in again.stderr
+    # Up: the times are set with MDTM where MFMT is unknown, so the next run sends nothing.
+    up = tmp_path / "up"
+    up.mkdir()
+    (up / "x.txt").write_text("one\n")
+    os.utime(up / "x.txt", (1_500_000_000, 1_500_000_000))
+    (up / "link").symlink_to("x.txt")
+    target = url + "/up"
+    sent = zocalo("mirror", "-R", target, up)
+    assert sent.returncode == 0 and sent.stderr.startswith("1 files"), sent.stderr
+    assert "1 links and special files not copied" in sent.stderr, sent.stderr
+    assert os.stat(pub / "up" / "x.txt").st_mtime == 1_500_000_000
+    for extra in ([], ["--continue"]):
+        again = zocalo("mirror", "-R", *extra, target, up)
+        assert again.returncode == 0 and again.stderr.startswith("0 files"), again.stderr

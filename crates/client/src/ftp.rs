@@ -367,6 +367,28 @@ impl Client {
             .map_err(|_| FtpError::Protocol(format!("bad SIZE reply: {reply}")))
     }
 
+    /// MDTM (RFC 3659): the file's modification time, UTC to the second.
+    pub fn mdtm(&mut self, path: &str) -> Result<std::time::SystemTime> {
+        let reply = self.expect(&format!("MDTM {path}"), false)?;
+        let text = reply.first_line().trim().to_string();
+        zocalo_proto::listing::parse_time_val(&text)
+            .ok_or_else(|| FtpError::Protocol(format!("bad MDTM reply: {reply}")))
+    }
+
+    /// Sets a file's modification time: MFMT, or where the server does not know it the
+    /// `MDTM TIME PATH` form that vsftpd and others accept. False if neither worked.
+    pub fn set_modified(&mut self, path: &str, time: std::time::SystemTime) -> bool {
+        let stamp = zocalo_proto::listing::time_val(time);
+        for line in [format!("MFMT {stamp} {path}"), format!("MDTM {stamp} {path}")] {
+            match self.command(&line) {
+                Ok(reply) if reply.code / 100 == 2 => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// QUIT, ignoring a server that already closed.
     pub fn quit(mut self) -> Result<()> {
         self.command("QUIT").map(drop)

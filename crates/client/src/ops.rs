@@ -109,6 +109,9 @@ pub struct MirrorSummary {
     pub skipped: u64,
     /// Files and directories removed by `--delete`.
     pub deleted: u64,
+    /// Symbolic links (and other entries that are neither files nor directories) not copied:
+    /// a link is not followed, it could lead out of the tree or round in a loop.
+    pub links: u64,
 }
 
 /// Downloads `url` to `dest` (a file, a directory to put it in, `-` for standard output, or
@@ -192,7 +195,7 @@ fn mirror_dir(
         match entry.kind {
             Kind::Dir => mirror_dir(client, &child_remote, &child_local, opts, depth + 1, summary)?,
             Kind::File => mirror_file(client, &child_remote, &child_local, &entry, opts, summary)?,
-            Kind::Link | Kind::Other => {}
+            Kind::Link | Kind::Other => summary.links += 1,
         }
         seen.insert(entry.name);
     }
@@ -245,15 +248,24 @@ fn mirror_file(
 ) -> Result<(), OpError> {
     let here = fs::symlink_metadata(path).ok();
     let complete = here.as_ref().is_some_and(|m| Some(m.len()) == entry.size);
-    if here.as_ref().is_some_and(|m| unchanged(m, entry.size, entry.modified))
-        || (opts.resume && complete)
+    // A LIST (a server without MLSD) gives no time to trust: MDTM does, for a file that is
+    // here already and could be the same.
+    let modified = match entry.modified {
+        None if complete => client.mdtm(remote).ok(),
+        known => known,
+    };
+    if here.as_ref().is_some_and(|m| unchanged(m, entry.size, modified)) || (opts.resume && complete)
     {
         summary.skipped += 1;
         return Ok(());
     }
     summary.bytes += retr_to_file(client, remote, path, opts)?;
     summary.files += 1;
-    if let Some(time) = entry.modified {
+    let modified = match modified {
+        None => client.mdtm(remote).ok(),
+        known => known,
+    };
+    if let Some(time) = modified {
         // Keep the server's time, so the next mirror sees the file unchanged.
         let file = File::options().write(true).open(path).map_err(|e| local(path, e))?;
         file.set_modified(time).map_err(|e| local(path, e))?;
@@ -307,13 +319,24 @@ fn mirror_up_dir(
             mirror_up_dir(client, &entry.path(), &child_remote, opts, depth + 1, summary)?;
         } else if meta.is_file() {
             let remote_entry = there.get(&name);
-            if remote_entry.is_some_and(|r| unchanged(&meta, r.size, r.modified)) {
+            let same_size = remote_entry.is_some_and(|r| r.size == Some(meta.len()));
+            // Without MLSD the listing's times cannot be trusted: MDTM, for a file that could
+            // be the same.
+            let modified = match remote_entry.map(|r| r.modified) {
+                Some(None) if same_size => client.mdtm(&child_remote).ok(),
+                other => other.flatten(),
+            };
+            let size = remote_entry.and_then(|r| r.size);
+            if (remote_entry.is_some() && unchanged(&meta, size, modified))
+                || (opts.resume && same_size)
+            {
                 summary.skipped += 1;
             } else {
                 summary.bytes += stor_file(client, &entry.path(), &child_remote, &meta, opts)?;
                 summary.files += 1;
             }
         } else {
+            summary.links += 1;
             continue;
         }
         names.push(name);
@@ -342,9 +365,8 @@ fn stor_file(
     let sent = client.stor(remote, 0, &mut source, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
     if let Ok(time) = meta.modified() {
-        // The server may not know MFMT: then the next mirror compares sizes and times again.
-        let stamp = zocalo_proto::listing::time_val(time);
-        let _ = client.command(&format!("MFMT {stamp} {remote}"));
+        // A server that can set no time: the next mirror compares sizes and times again.
+        client.set_modified(remote, time);
     }
     Ok(sent)
 }

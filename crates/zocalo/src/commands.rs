@@ -186,8 +186,12 @@ pub fn mirror(args: MirrorArgs) -> Result<(), Failure> {
         true => zocalo_client::mirror_up(&args.dir, &args.url, &opts)?,
         false => zocalo_client::mirror(&args.url, &args.dir, &opts)?,
     };
+    let links = match s.links {
+        0 => String::new(),
+        n => format!(", {n} links and special files not copied"),
+    };
     eprintln!(
-        "{} files ({} bytes), {} directories, {} unchanged, {} deleted",
+        "{} files ({} bytes), {} directories, {} unchanged, {} deleted{links}",
         s.files, s.bytes, s.dirs, s.skipped, s.deleted
     );
     Ok(())
