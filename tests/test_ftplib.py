@@ -765,6 +765,18 @@ def test_symlinks_out_of_root_refused(srv, tmp_path):
     assert (outside / "secret.txt").read_bytes() == b"secret"
 
 
+def test_mlst_of_a_symlink_agrees_with_mlsd(srv):
+    (srv.root / "real.txt").write_bytes(b"real")
+    os.symlink("real.txt", srv.root / "alias.txt")
+    ftp = srv.ftp()
+    listed = {name: facts for name, facts in ftp.mlsd()}
+    assert listed["alias.txt"]["type"] == "OS.unix=slink:real.txt", listed
+    reply = ftp.sendcmd("MLST alias.txt")
+    facts_line = reply.splitlines()[1]
+    assert "type=OS.unix=slink:real.txt;" in facts_line, reply
+    assert "type=file;" in ftp.sendcmd("MLST real.txt").splitlines()[1]
+
+
 # ==========================================================================
 # Bounce attacks, hostile input
 

@@ -254,7 +254,8 @@ fn mirror_file(
         None if complete => client.mdtm(remote).ok(),
         known => known,
     };
-    if here.as_ref().is_some_and(|m| unchanged(m, entry.size, modified)) || (opts.resume && complete)
+    if here.as_ref().is_some_and(|m| unchanged(m, entry.size, modified))
+        || (opts.resume && complete)
     {
         summary.skipped += 1;
         return Ok(());

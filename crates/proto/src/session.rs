@@ -1338,17 +1338,21 @@ impl Session {
         let abs = path::resolve(&self.cwd, arg.unwrap_or("."));
         let target = abs.clone();
         self.on_storage(
-            move |s| s.metadata(path::relative(&target)),
+            move |s| s.link_metadata(path::relative(&target)),
             move |s, m| s.mlst_done(&abs, m),
         );
     }
 
-    fn mlst_done(&mut self, abs: &str, meta: std::io::Result<crate::storage::Metadata>) {
+    fn mlst_done(
+        &mut self,
+        abs: &str,
+        meta: std::io::Result<(crate::storage::Metadata, Option<String>)>,
+    ) {
         let writable = self.writable();
         match meta {
-            Ok(m) => {
+            Ok((m, link)) => {
                 let mut line = Vec::from(&b" "[..]);
-                listing::facts_line(&mut line, abs, &m, None, writable, false);
+                listing::facts_line(&mut line, abs, &m, link.as_deref(), writable, false);
                 let (first, facts) = (format!("Listing {abs}"), String::from_utf8_lossy(&line));
                 self.reply_multi(250, &[&first, &facts, "End."]);
             }

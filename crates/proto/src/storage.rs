@@ -90,6 +90,12 @@ impl fmt::Debug for dyn FileHandle {
 /// A file system as the session sees it. Calls are synchronous; see the module doc for paths.
 pub trait Storage: Send + Sync {
     fn metadata(&self, path: &str) -> io::Result<Metadata>;
+
+    /// The facts of `path` itself, a symlink not followed, with a link's target (MLST, to
+    /// agree with the listings). Storages without links answer [`Self::metadata`].
+    fn link_metadata(&self, path: &str) -> io::Result<(Metadata, Option<String>)> {
+        Ok((self.metadata(path)?, None))
+    }
     /// Entries of a directory, without `.` and `..`, in any order.
     fn list(&self, path: &str) -> io::Result<Vec<DirEntry>>;
     /// Names of a directory's entries, without `.` and `..`, in any order (NLST, which needs no

@@ -53,6 +53,10 @@ impl Storage for CheckedStorage {
         self.inner.metadata(path)
     }
 
+    fn link_metadata(&self, path: &str) -> io::Result<(Metadata, Option<String>)> {
+        self.inner.link_metadata(path)
+    }
+
     fn list(&self, path: &str) -> io::Result<Vec<DirEntry>> {
         self.inner.list(path)
     }

@@ -196,6 +196,21 @@ impl Storage for LocalFs {
         Ok(metadata(&rustix::fs::fstat(&fd)?))
     }
 
+    fn link_metadata(&self, path: &str) -> io::Result<(Metadata, Option<String>)> {
+        if path.is_empty() {
+            return Ok((self.metadata(path)?, None));
+        }
+        let (dir, name) = self.parent(path)?;
+        let meta = metadata(&rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?);
+        let link = match meta.kind {
+            FileKind::Symlink => rustix::fs::readlinkat(&dir, name, Vec::new())
+                .ok()
+                .map(|target| target.to_string_lossy().into_owned()),
+            _ => None,
+        };
+        Ok((meta, link))
+    }
+
     fn list(&self, path: &str) -> io::Result<Vec<DirEntry>> {
         self.read_whole(path, true)
     }
