@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from helpers import (PASSWORD, TIMEOUT, USER, ReusingFTP_TLS, download, file_sha256, need,
                      sha256, upload)
 
@@ -438,3 +439,28 @@ def test_implicit_tls_ftplib(tls_server, certs):
     assert sha256(download(ftp, "f.bin")) == sha256(data)
     assert upload(ftp, "g.bin", data).startswith("226")
     assert sha256((srv.root / "g.bin").read_bytes()) == sha256(data)
+
+
+def test_a_client_hello_on_a_clear_data_connection_is_logged(start_server, certs):
+    """A client that speaks TLS on its data connection without PROT P (aioftp in implicit
+    FTPS) waits for the data timeout: the server's debug log says why."""
+    srv = start_server("epoll", env={"ZOCALO_LOG": "debug"},
+                       extra=["--tls-cert", certs["cert"], "--tls-key", certs["key"],
+                              "--data-timeout", "1"])
+    (srv.root / "big.bin").write_bytes(os.urandom(16 * 1024 * 1024))
+    ftp = ftps(srv, certs, prot_p=False)
+    ftp.voidcmd("TYPE I")
+    host, port = ftp.makepasv()
+    data = socket.create_connection((host, port), timeout=TIMEOUT)
+    ftp.sock.sendall(b"RETR big.bin\r\n")
+    ctx = client_context(certs)
+    hello = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(*hello, server_hostname="127.0.0.1")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    data.sendall(hello[1].read())  # the ClientHello, and nothing read back
+    assert helpers.poll_until(lambda: "TLS ClientHello on a clear data connection"
+                              in srv.log_tail(200), 15, 0.1), srv.log_tail()
+    data.close()

@@ -330,6 +330,13 @@ impl Connection {
         if let Some(task) = &self.task {
             let stalled = self.data_activity + ctx.data_timeout <= now;
             let out_of_grace = self.stop_by.is_some_and(|t| t <= now);
+            if stalled && task.clear_but_hello() {
+                let _in_span = self.span.clone().entered();
+                tracing::debug!(
+                    "the client sent a TLS ClientHello on a clear data connection: it wants \
+                     PROT P (it must send PROT P before the transfer)"
+                );
+            }
             if stalled || out_of_grace {
                 let outcome = match (out_of_grace, task.is_connecting()) {
                     (true, _) => Outcome::ShuttingDown,

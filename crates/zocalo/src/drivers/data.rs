@@ -220,6 +220,17 @@ impl DataTask {
         }
     }
 
+    /// Whether the client of a clear data connection has sent a TLS ClientHello (a client that
+    /// speaks TLS on data without PROT P, as aioftp does in implicit FTPS): a look at the
+    /// waiting bytes, none taken.
+    pub fn clear_but_hello(&self) -> bool {
+        let State::Running { stream: Stream::Plain(sock), .. } = &self.state else {
+            return false;
+        };
+        let mut head = [0u8; 3];
+        matches!(sock.peek(&mut head), Ok(3) if head[0] == 0x16 && head[1] == 0x03)
+    }
+
     /// True while no data connection exists yet (a timeout then means 425, not 426).
     pub fn is_connecting(&self) -> bool {
         matches!(
