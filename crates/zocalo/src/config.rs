@@ -641,9 +641,11 @@ mod tests {
     }
 
     #[test]
-    fn the_last_of_anonymous_and_no_anonymous_wins_and_beats_the_file() {
-        assert!(!serve(&["--anonymous", "--no-anonymous"]).unwrap().anonymous);
-        assert!(serve(&["--no-anonymous", "--anonymous"]).unwrap().anonymous);
+    fn anonymous_and_no_anonymous_together_are_refused_and_each_beats_the_file() {
+        let both = serve(&["--anonymous", "--no-anonymous"]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+        assert!(serve(&["--no-anonymous", "--anonymous"]).is_err());
+        assert!(!serve(&["--no-anonymous"]).unwrap().anonymous);
         assert!(!with_file("anonymous = false\n", &[]).unwrap().anonymous);
         assert!(with_file("no-anonymous = true\n", &["--anonymous"]).unwrap().anonymous);
         assert!(!with_file("anonymous = true\n", &["--no-anonymous"]).unwrap().anonymous);
