@@ -352,3 +352,83 @@ def test_mirror_is_incremental_against_a_server_without_mlsd(vsftpd, tmp_path):
     for extra in ([], ["--continue"]):
         again = zocalo("mirror", "-R", *extra, target, up)
         assert again.returncode == 0 and again.stderr.startswith("0 files"), again.stderr
+
+
+class HostileServer:
+    """A server written here that answers a login, then floods: an endless multi-line reply to
+    FEAT-less commands (`mode="reply"`), or an endless MLSD listing (`mode="listing"`). It
+    stops once the client hangs up, or after `limit` bytes."""
+
+    def __init__(self, mode: str, limit: int = 200 << 20):
+        import threading
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.mode, self.limit, self.sent = mode, limit, 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def flood(self, sock, line: bytes) -> None:
+        chunk = line * (65536 // len(line))
+        try:
+            while self.sent < self.limit:
+                sock.sendall(chunk)
+                self.sent += len(chunk)
+        except OSError:
+            pass
+
+    def serve(self) -> None:
+        self.listener.settimeout(DEADLINE)
+        try:
+            ctrl, _ = self.listener.accept()
+        except OSError:
+            return
+        ctrl.settimeout(DEADLINE)
+        f = ctrl.makefile("rb")
+        if self.mode == "reply":
+            ctrl.sendall(b"220-welcome\r\n")
+            self.flood(ctrl, b"220-and more welcome\r\n")
+            ctrl.close()
+            return
+        ctrl.sendall(b"220 hi\r\n")
+        data_listener = socket.create_server(("127.0.0.1", 0))
+        for raw in f:
+            cmd = raw.decode(errors="replace").strip().split(" ")[0].upper()
+            if cmd == "USER":
+                ctrl.sendall(b"331 password\r\n")
+            elif cmd == "PASS":
+                ctrl.sendall(b"230 in\r\n")
+            elif cmd in ("PASV", "EPSV"):
+                p = data_listener.getsockname()[1]
+                if cmd == "EPSV":
+                    ctrl.sendall(f"229 ok (|||{p}|)\r\n".encode())
+                else:
+                    ctrl.sendall(f"227 ok (127,0,0,1,{p >> 8},{p & 255})\r\n".encode())
+            elif cmd in ("MLSD", "LIST", "NLST"):
+                ctrl.sendall(b"150 here it comes\r\n")
+                data, _ = data_listener.accept()
+                self.flood(data, b"type=file;size=1; f.txt\r\n")
+                data.close()
+                break
+            elif cmd == "QUIT":
+                break
+            else:
+                ctrl.sendall(b"200 ok\r\n")
+        ctrl.close()
+        data_listener.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(DEADLINE)
+
+
+@pytest.mark.parametrize("mode", ["reply", "listing"])
+def test_the_client_bounds_what_a_hostile_server_sends(mode):
+    server = HostileServer(mode)
+    try:
+        p = zocalo("ls", f"ftp://u:p@127.0.0.1:{server.port}/")
+        assert p.returncode != 0, p.stderr
+        said = {"reply": "never ends it", "listing": "listing is longer than 64 MiB"}[mode]
+        assert said in p.stderr, p.stderr[-500:]
+        assert server.sent < server.limit, "the client read until the server gave up"
+    finally:
+        server.close()

@@ -464,3 +464,23 @@ def test_a_client_hello_on_a_clear_data_connection_is_logged(start_server, certs
     assert helpers.poll_until(lambda: "TLS ClientHello on a clear data connection"
                               in srv.log_tail(200), 15, 0.1), srv.log_tail()
     data.close()
+
+
+@pytest.mark.parametrize("model", TLS_MODELS)
+def test_an_ftps_upload_cut_by_a_bare_fin_is_not_complete(start_server, certs, model):
+    """Without TLS close_notify the end of an upload could be anyone's cut: 426, and an atomic
+    upload leaves nothing (vsftpd's strict_ssl_read_eof)."""
+    srv = start_server(model, write=True,
+                       extra=["--tls-cert", certs["cert"], "--tls-key", certs["key"],
+                              "--atomic-uploads"])
+    ftp = ftps(srv, certs)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR cut.bin")
+    conn.sendall(b"x" * 100_000)
+    conn.close()  # no unwrap(): a TCP FIN without close_notify
+    with pytest.raises(ftplib.error_temp, match="^426"):
+        ftp.voidresp()
+    assert not (srv.root / "cut.bin").exists()
+    # ftplib's own upload ends with close_notify: complete.
+    assert upload(ftp, "whole.bin", b"y" * 100_000).startswith("226")
+    assert (srv.root / "whole.bin").read_bytes() == b"y" * 100_000

@@ -157,6 +157,9 @@ impl Write for Stream {
     }
 }
 
+/// The most a listing (LIST, NLST, MLSD) may hold: about 600,000 entries.
+const MAX_LISTING: u64 = 64 << 20;
+
 /// The TLS settings of a protected session: one configuration (and session store) for all.
 #[derive(Clone)]
 struct TlsContext {
@@ -471,8 +474,17 @@ impl Client {
     fn text_listing(&mut self, command: &str) -> Result<String> {
         let mut body = Vec::new();
         let mut data = self.start_transfer(command)?;
-        let copied = copy(&mut data, &mut body, &mut |_| {});
+        // A listing that never ends fails instead of growing the client without bound.
+        let mut bounded = (&mut data).take(MAX_LISTING + 1);
+        let copied = copy(&mut bounded, &mut body, &mut |_| {});
         drop(data);
+        if body.len() as u64 > MAX_LISTING {
+            let _ = self.finish_transfer(command, copied);
+            return Err(FtpError::Protocol(format!(
+                "{command}: the listing is longer than {} MiB; refused",
+                MAX_LISTING >> 20
+            )));
+        }
         self.finish_transfer(command, copied)?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }

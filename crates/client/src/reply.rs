@@ -58,16 +58,27 @@ pub struct ReplyError(pub String);
 
 impl fmt::Display for ReplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed reply line {:?}", self.0)
+        f.write_str(&self.0)
     }
 }
 
 impl std::error::Error for ReplyError {}
 
+fn malformed(line: &str) -> ReplyError {
+    let shown: String = line.chars().take(200).collect();
+    ReplyError(format!("malformed reply line {shown:?}"))
+}
+
+/// The most a multi-line reply may hold: a server that never ends one (or sends megabytes of
+/// FEAT) fails the command instead of growing the client without bound.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
 /// Assembles replies from lines (without their line ending).
 #[derive(Debug, Default)]
 pub struct ReplyParser {
     open: Option<Reply>,
+    /// Bytes of the open reply so far.
+    bytes: usize,
 }
 
 impl ReplyParser {
@@ -79,8 +90,19 @@ impl ReplyParser {
     pub fn feed_line(&mut self, line: &str) -> Result<Option<Reply>, ReplyError> {
         let line = line.trim_end_matches(['\r', '\n']);
         match self.open.take() {
-            None => self.start(line),
+            None => {
+                self.bytes = line.len();
+                self.start(line)
+            }
             Some(mut reply) => {
+                self.bytes += line.len() + 2;
+                if self.bytes > MAX_REPLY_BYTES {
+                    return Err(ReplyError(format!(
+                        "a {} reply longer than {} KiB: the server never ends it",
+                        reply.code,
+                        MAX_REPLY_BYTES >> 10
+                    )));
+                }
                 if ends_reply(line, reply.code) {
                     reply.lines.push(line[4..].to_owned());
                     return Ok(Some(reply));
@@ -93,7 +115,7 @@ impl ReplyParser {
     }
 
     fn start(&mut self, line: &str) -> Result<Option<Reply>, ReplyError> {
-        let code = reply_code(line).ok_or_else(|| ReplyError(line.to_owned()))?;
+        let code = reply_code(line).ok_or_else(|| malformed(line))?;
         let text = line.get(4..).unwrap_or("").to_owned();
         let reply = Reply { code, lines: vec![text] };
         match line.as_bytes().get(3) {
@@ -102,7 +124,7 @@ impl ReplyParser {
                 Ok(None)
             }
             Some(b' ') | None => Ok(Some(reply)),
-            Some(_) => Err(ReplyError(line.to_owned())),
+            Some(_) => Err(malformed(line)),
         }
     }
 }
@@ -157,7 +179,7 @@ impl ReplyBuffer {
             }
         }
         if self.bytes.len() > MAX_LINE {
-            return Err(ReplyError("line longer than 64 KiB".into()));
+            return Err(ReplyError("a reply line longer than 64 KiB".into()));
         }
         Ok(None)
     }

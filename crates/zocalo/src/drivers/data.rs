@@ -680,6 +680,13 @@ impl Pump {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Outcome::ConnectionLost),
             };
+            if n == 0 && stream.truncated() {
+                // An FTPS upload's end must be TLS's close_notify: a bare TCP close could be
+                // anyone's cut, so the file is not complete (426), as vsftpd's
+                // strict_ssl_read_eof has it.
+                tracing::info!("upload ended without TLS close_notify: treated as cut");
+                return Err(Outcome::ConnectionLost);
+            }
             let PumpKind::Receive { file, decoder, .. } = &mut self.kind else {
                 return Ok(Flow::Done);
             };

@@ -132,7 +132,7 @@ impl Tls {
     fn wrap(config: &Arc<ServerConfig>, sock: TcpStream) -> io::Result<TlsStream> {
         let mut conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
-        Ok(TlsStream { conn, sock, eof: false, counted: false })
+        Ok(TlsStream { conn, sock, eof: false, truncated: false, counted: false })
     }
 }
 
@@ -142,6 +142,9 @@ pub struct TlsStream {
     conn: ServerConnection,
     sock: TcpStream,
     eof: bool,
+    /// The peer closed the TCP connection without a TLS close_notify: whatever it sent may
+    /// have been cut by anyone on the path (vsftpd's `strict_ssl_read_eof`).
+    truncated: bool,
     /// The handshake's outcome went into the metrics (a success once it completes; a stream
     /// dropped before that counts as a failure).
     counted: bool,
@@ -246,7 +249,10 @@ impl Read for TlsStream {
             match self.conn.reader().read(buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    self.truncated = true;
+                    return Ok(0);
+                }
                 Err(e) => return Err(e),
             }
             if self.eof {
@@ -257,9 +263,9 @@ impl Read for TlsStream {
                     return Err(e);
                 }
             }
-            if self.read_records()? == 0 {
-                return Ok(0);
-            }
+            // At the socket's end the reader says how the peer left: Ok(0) after its
+            // close_notify, UnexpectedEof after a bare TCP close (the next turn).
+            self.read_records()?;
         }
     }
 }
@@ -356,6 +362,11 @@ impl Stream {
             *self = Stream::Tls(Box::new(tls.accept(sock)?));
         }
         Ok(())
+    }
+
+    /// Whether the stream ended with a bare TCP close rather than TLS's close_notify.
+    pub fn truncated(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.truncated)
     }
 
     /// Sends close_notify on a TLS stream.
