@@ -162,7 +162,7 @@ impl Connection {
         let _ = sock.set_nodelay(true);
         let local = sock.local_addr()?;
         let scope = ctx.tls.as_ref().filter(|_| implicit).map(Tls::for_session);
-        let (control, session) = match &scope {
+        let (control, mut session) = match &scope {
             Some(scope) => (
                 Stream::Plain(sock).upgrade(scope)?,
                 Session::new_implicit_tls(ctx.config.clone(), peer, local),
@@ -173,7 +173,6 @@ impl Connection {
         // A session whose client is the balancer itself came with a LOCAL header: a health check.
         let health_check = crate::drivers::proxy::trusted(&ctx.proxy_from, peer.ip());
         let (id, span) = crate::ops::observe::opened(peer, health_check);
-        let mut session = session;
         session.set_id(id);
         let emitter = ctx.hooks.clone().map(|hooks| Emitter { hooks, session: id, client: peer });
         let published = ctx.registry.as_ref().map(|r| Published::new(r, control.fd(), peer, id));

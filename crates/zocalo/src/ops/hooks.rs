@@ -348,17 +348,14 @@ impl Hooks {
         event.node.clone_from(&self.node);
         let event = Arc::new(event);
         let lane = event.session as usize % LANES;
-        let mut lanes = self.lanes();
+        let lanes = self.lanes();
         for hook in wanted {
             lanes.pending.add();
-            match lanes.senders[lane].try_send(Job { hook, event: event.clone() }) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    lanes.pending.done();
-                    drop(lanes);
-                    self.dropped_one(&event);
-                    lanes = self.lanes();
-                }
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                lanes.senders[lane].try_send(Job { hook, event: event.clone() })
+            {
+                lanes.pending.done();
+                self.dropped_one(&event);
             }
         }
     }
@@ -481,8 +478,8 @@ fn run(hook: &Hook, event: &Event) -> Ran {
         }
         Ran::No(out) => {
             metrics::inc(Counter::HooksFailed);
-            let level_check = hook.config.check;
-            if !level_check {
+            // A check's refusal is logged with its verdict (`Hooks::check`).
+            if !hook.config.check {
                 tracing::warn!(hook = %hook.name, event = kind, %user, path, output = %out,
                     ms, "hook failed");
             }

@@ -249,25 +249,7 @@ impl QuotaStorage {
 }
 
 impl Storage for QuotaStorage {
-    fn metadata(&self, path: &str) -> io::Result<Metadata> {
-        self.inner.metadata(path)
-    }
-
-    fn link_metadata(&self, path: &str) -> io::Result<(Metadata, Option<String>)> {
-        self.inner.link_metadata(path)
-    }
-
-    fn list(&self, path: &str) -> io::Result<Vec<DirEntry>> {
-        self.inner.list(path)
-    }
-
-    fn names(&self, path: &str) -> io::Result<Vec<String>> {
-        self.inner.names(path)
-    }
-
-    fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileHandle>> {
-        self.inner.open_read(path, offset)
-    }
+    forward_storage!();
 
     fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileHandle>> {
         let old = self.file_size(path);
@@ -304,14 +286,6 @@ impl Storage for QuotaStorage {
         }))
     }
 
-    fn mkdir(&self, path: &str) -> io::Result<()> {
-        self.inner.mkdir(path)
-    }
-
-    fn rmdir(&self, path: &str) -> io::Result<()> {
-        self.inner.rmdir(path)
-    }
-
     fn remove(&self, path: &str) -> io::Result<()> {
         let size = self.file_size(path);
         self.inner.remove(path)?;
@@ -330,14 +304,6 @@ impl Storage for QuotaStorage {
         Ok(())
     }
 
-    fn enter(&self, path: &str) -> io::Result<()> {
-        self.inner.enter(path)
-    }
-
-    fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()> {
-        self.inner.set_modified(path, time)
-    }
-
     fn available(&self, path: &str) -> io::Result<u64> {
         match self.quota.bytes {
             Some(max) => {
@@ -346,14 +312,6 @@ impl Storage for QuotaStorage {
             }
             None => self.inner.available(path),
         }
-    }
-
-    fn set_mode(&self, path: &str, mode: u32) -> io::Result<()> {
-        self.inner.set_mode(path, mode)
-    }
-
-    fn open_dir(&self, path: &str, stat: bool) -> io::Result<Box<dyn DirStream>> {
-        self.inner.open_dir(path, stat)
     }
 }
 

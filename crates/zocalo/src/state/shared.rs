@@ -265,35 +265,43 @@ impl Shared {
                 fail: Script::new(FAIL),
             },
         });
-        // A Redis that answers and refuses this node (a password missing or wrong) is a
-        // mistake in the settings, not an outage: it stops the start.
-        if let Err(e) =
-            shared.connect().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        // One try at start. A Redis that answers and refuses this node (a password missing or
+        // wrong) is a mistake in the settings, not an outage: it stops the start.
+        match shared
+            .connect()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).map(|_| c))
         {
-            let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
-                || e.code().is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS" || c == "NOPERM");
-            if refused {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "--shared-state {}: Redis refused this node: {e} (give the password \
-                             in the URL, redis://:PASSWORD@HOST:PORT/)",
-                        shared.location
-                    ),
-                ));
-            }
-        }
-        match shared.call(|c| redis::cmd("PING").query::<String>(c)) {
-            Some(_) => {
+            Ok(c) => {
+                {
+                    let mut pool = shared.lock_pool();
+                    pool.idle.push(c);
+                    pool.open += 1;
+                }
                 if o.keep_full {
                     shared.fill();
                 }
                 tracing::info!(redis = %shared.location, node = %shared.node, "shared state");
             }
-            None => tracing::warn!(
-                redis = %shared.location,
-                "shared state unreachable at start; serving on local limits until it answers"
-            ),
+            Err(e)
+                if e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || e.code().is_some_and(|c| matches!(c, "NOAUTH" | "WRONGPASS" | "NOPERM")) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "--shared-state {}: Redis refused this node: {e} (give the password \
+                         in the URL, redis://:PASSWORD@HOST:PORT/)",
+                        shared.location
+                    ),
+                ));
+            }
+            Err(e) => {
+                shared.down(&e);
+                tracing::warn!(
+                    redis = %shared.location,
+                    "shared state unreachable at start; serving on local limits until it answers"
+                );
+            }
         }
         Ok(shared)
     }
