@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::{drive, Peer, StopAt};
+use crate::driver::{drive, Peer, StopAt, Stops};
 use crate::options::Options;
 use crate::packet::Mode;
 use crate::transfer::{self, Outcome, Receiver, Sender, Start, Transfer, TransferError};
@@ -163,7 +163,7 @@ fn run(
         }
     };
     let peer = Peer::Request { server };
-    drive(&socket, machine, peer, StopAt::Outcome, None, &mut report)?;
+    drive(&socket, machine, peer, StopAt::Outcome, Stops::default(), &mut report)?;
     match machine.take_outcome() {
         Some(Outcome::Complete { bytes }) => Ok(bytes),
         Some(Outcome::Failed(err)) => Err(ClientError::Transfer(err)),

@@ -71,13 +71,29 @@ pub(crate) enum StopAt {
     Finished,
 }
 
+/// What can stop a transfer before it is finished.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stops<'a> {
+    /// The server is shutting down: the peer is told so (ERROR 0).
+    pub shutdown: Option<&'a AtomicBool>,
+    /// A newer request from the same port replaced this transfer: it is dropped without a
+    /// word, since the client has already moved on.
+    pub replaced: Option<&'a AtomicBool>,
+}
+
+impl Stops<'_> {
+    fn set(flag: Option<&AtomicBool>) -> bool {
+        flag.is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+}
+
 /// Drives `machine` until it stops. `on_progress` is called after every datagram handled.
 pub(crate) fn drive(
     socket: &UdpSocket,
     machine: &mut dyn Transfer,
     mut peer: Peer,
     stop_at: StopAt,
-    shutdown: Option<&AtomicBool>,
+    stops: Stops<'_>,
     on_progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> io::Result<()> {
     let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
@@ -87,7 +103,11 @@ pub(crate) fn drive(
         if done(machine, stop_at) {
             return Ok(());
         }
-        if shutdown.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+        if Stops::set(stops.replaced) {
+            tracing::debug!(peer = %peer.destination(), "transfer replaced by a new request");
+            return Ok(());
+        }
+        if Stops::set(stops.shutdown) {
             machine.abort("server shutting down");
             flush(socket, machine, peer.destination())?;
             return Ok(());

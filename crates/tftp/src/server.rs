@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use zocalo_poller::Backend;
 
-use crate::driver::{self, drive, Peer, StopAt};
+use crate::driver::{self, drive, Peer, StopAt, Stops};
 use crate::options::{negotiate, Direction, Limits, Options};
 use crate::packet::{emit_error, ErrorCode, Mode, Packet, Request, MAX_BLKSIZE, MAX_PACKET_LEN};
 use crate::storage::{normalize, TftpStorage};
@@ -124,6 +124,13 @@ pub enum Model {
 struct Job {
     peer: SocketAddr,
     datagram: Vec<u8>,
+    /// Which request of `peer` this is, so that a transfer replaced by a newer request from
+    /// the same port does not mark the newer one finished when it ends.
+    generation: u64,
+    /// Set when a newer request from the same address and port replaces this transfer.
+    replaced: Arc<AtomicBool>,
+    /// This request replaced a transfer that was still running for the same peer.
+    replacing: bool,
 }
 
 /// What a transfer needs from the server, shared by every thread.
@@ -146,9 +153,12 @@ impl Context<'_> {
 
     /// A job is over (served, refused or dropped): its peer may ask again, and its place in
     /// the load counts is free.
-    fn end_job(&self, peer: SocketAddr) {
-        self.recent.finish(peer);
-        self.load.release(peer.ip());
+    ///
+    /// A transfer that a newer request replaced hands its place to that request instead.
+    fn end_job(&self, peer: SocketAddr, generation: u64, replaced: &AtomicBool) {
+        if self.recent.finish(peer, generation, replaced) {
+            self.load.release(peer.ip());
+        }
     }
 }
 
@@ -208,47 +218,89 @@ impl Load {
 
 /// Requests being served or just served, so that a client's retransmitted request does not
 /// start a second transfer (RFC 1350 section 4: the transfer is named by its pair of ports).
+///
+/// A *different* request from the same address and port while a transfer for it still runs
+/// means that transfer is dead: the client has moved on (tftp-hpa asks for the next file from
+/// the same port). The new request replaces it at once instead of waiting for its timeout.
 #[derive(Debug, Default)]
 struct Recent {
     entries: Mutex<HashMap<SocketAddr, RecentEntry>>,
+    generations: AtomicU64,
 }
 
 #[derive(Debug)]
 struct RecentEntry {
     request: Vec<u8>,
     finished: Option<Instant>,
+    generation: u64,
+    replaced: Arc<AtomicBool>,
+}
+
+/// What [`Recent::admit`] found.
+#[derive(Debug)]
+enum Admission {
+    /// The same request again, being served or just served: dropped.
+    Repeated,
+    /// A new request, with its generation and the flag that a later one would set.
+    New { generation: u64, replaced: Arc<AtomicBool>, replacing: bool },
 }
 
 /// Entries kept at most; past that, finished ones are forgotten first.
 const RECENT_CAP: usize = 4096;
 
 impl Recent {
-    /// Whether `request` from `peer` is new; records it as being served if so. A request
-    /// identical to one being served, or finished less than `grace` ago, is a duplicate.
-    fn admit(&self, peer: SocketAddr, request: &[u8], now: Instant, grace: Duration) -> bool {
+    /// Whether `request` from `peer` is new, and records it as being served if so. A request
+    /// identical to one being served, or finished less than `grace` ago, is a repeat. A new
+    /// request replaces the transfer still running for the same `peer` (its flag is set).
+    fn admit(&self, peer: SocketAddr, request: &[u8], now: Instant, grace: Duration) -> Admission {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let replaced = Arc::new(AtomicBool::new(false));
+        let new =
+            |replacing| Admission::New { generation, replaced: Arc::clone(&replaced), replacing };
         let Ok(mut entries) = self.entries.lock() else {
-            return true;
+            return new(false);
         };
         let fresh = |e: &RecentEntry| e.finished.is_none_or(|at| now.duration_since(at) < grace);
         if entries.len() >= RECENT_CAP {
             entries.retain(|_, e| fresh(e));
         }
-        if entries.get(&peer).is_some_and(|e| e.request == request && fresh(e)) {
-            return false;
+        let mut replacing = false;
+        if let Some(old) = entries.get(&peer) {
+            if old.request == request && fresh(old) {
+                return Admission::Repeated;
+            }
+            if old.finished.is_none() {
+                old.replaced.store(true, Ordering::Relaxed);
+                replacing = true;
+            }
         }
-        let entry = RecentEntry { request: request.to_vec(), finished: None };
+        let entry = RecentEntry {
+            request: request.to_vec(),
+            finished: None,
+            generation,
+            replaced: Arc::clone(&replaced),
+        };
         if entries.len() < RECENT_CAP || entries.contains_key(&peer) {
             entries.insert(peer, entry);
         }
-        true
+        new(replacing)
     }
 
-    fn finish(&self, peer: SocketAddr) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if let Some(entry) = entries.get_mut(&peer) {
-                entry.finished = Some(Instant::now());
-            }
+    /// The transfer of `generation` for `peer` is over. False if a newer request replaced
+    /// it: that request has taken over its place in the load counts. The flag is read under
+    /// the lock that [`Recent::admit`] sets it under, so a transfer that ends just as it is
+    /// replaced is counted once.
+    fn finish(&self, peer: SocketAddr, generation: u64, replaced: &AtomicBool) -> bool {
+        let Ok(mut entries) = self.entries.lock() else {
+            return true;
+        };
+        if replaced.load(Ordering::Relaxed) {
+            return false;
         }
+        if let Some(entry) = entries.get_mut(&peer).filter(|e| e.generation == generation) {
+            entry.finished = Some(Instant::now());
+        }
+        true
     }
 }
 
@@ -327,7 +379,7 @@ fn enqueue(socket: &UdpSocket, ctx: &Context<'_>, queue: &SyncSender<Job>, job: 
     match queue.try_send(job) {
         Ok(()) => {}
         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-            ctx.end_job(job.peer);
+            ctx.end_job(job.peer, job.generation, &job.replaced);
             refuse(socket, ctx, job.peer, "server busy");
         }
     }
@@ -365,14 +417,21 @@ fn classify(
 ) -> Option<Job> {
     match Packet::parse(datagram) {
         Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
-            if !ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout) {
+            let admission = ctx.recent.admit(peer, datagram, Instant::now(), ctx.config.timeout);
+            let Admission::New { generation, replaced, replacing } = admission else {
                 tracing::debug!(%peer, "repeated request ignored");
                 return None;
+            };
+            if replacing {
+                tracing::info!(%peer, "new request from the same port: its old transfer is dropped");
             }
-            match ctx.load.admit(peer.ip(), &ctx.config) {
-                Ok(()) => return Some(Job { peer, datagram: datagram.to_vec() }),
+            let job = Job { peer, datagram: datagram.to_vec(), generation, replaced, replacing };
+            // A replacing request takes over the old transfer's place in the load counts.
+            let admitted = if replacing { Ok(()) } else { ctx.load.admit(peer.ip(), &ctx.config) };
+            match admitted {
+                Ok(()) => return Some(job),
                 Err(why) => {
-                    ctx.recent.finish(peer);
+                    ctx.recent.finish(peer, job.generation, &job.replaced);
                     refuse(socket, ctx, peer, why);
                 }
             }
@@ -396,7 +455,7 @@ fn send_error(socket: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str
 /// Serves one request on a new socket: the new transfer ID.
 fn run_job(ctx: &Context<'_>, job: Job) {
     serve_request(ctx, &job);
-    ctx.end_job(job.peer);
+    ctx.end_job(job.peer, job.generation, &job.replaced);
 }
 
 fn serve_request(ctx: &Context<'_>, job: &Job) {
@@ -412,7 +471,7 @@ fn serve_request(ctx: &Context<'_>, job: &Job) {
         Err(err) => return tracing::warn!(%err, "cannot bind transfer socket"),
     };
     match start(ctx, &request, write) {
-        Ok(mut machine) => run_transfer(ctx, &socket, job.peer, machine.as_mut(), request),
+        Ok(mut machine) => run_transfer(ctx, &socket, job, machine.as_mut(), request),
         Err((code, message)) => {
             ctx.refused();
             send_error(&socket, job.peer, code, &message)
@@ -423,19 +482,13 @@ fn serve_request(ctx: &Context<'_>, job: &Job) {
 fn run_transfer(
     ctx: &Context<'_>,
     socket: &UdpSocket,
-    peer: SocketAddr,
+    job: &Job,
     machine: &mut dyn Transfer,
     request: Request<'_>,
 ) {
-    let name = request.filename;
-    let result = drive(
-        socket,
-        machine,
-        Peer::Known(peer),
-        StopAt::Finished,
-        Some(ctx.shutdown),
-        &mut |_, _| {},
-    );
+    let (name, peer) = (request.filename, job.peer);
+    let stops = Stops { shutdown: Some(ctx.shutdown), replaced: Some(&job.replaced) };
+    let result = drive(socket, machine, Peer::Known(peer), StopAt::Finished, stops, &mut |_, _| {});
     match result {
         Err(err) => tracing::warn!(%peer, name, %err, "transfer socket failed"),
         Ok(()) => log_outcome(peer, name, machine.outcome()),

@@ -523,3 +523,49 @@ fn a_flooding_address_cannot_keep_others_out() {
         other.send(from, &ack(1));
     }
 }
+
+#[test]
+fn a_new_request_from_the_same_port_replaces_its_dead_transfer() {
+    // Not the iterative model: it serves one transfer at a time by design.
+    for model in [Model::Thread, Model::Pool(4), EVENT_MODELS[0], EVENT_MODELS[2]] {
+        let config = ServerConfig { max_per_client: 1, ..ServerConfig::default() };
+        let server = TestServer::start(model, config);
+        std::fs::write(server.root.join("a"), pattern(5000)).unwrap();
+        let b = pattern(700);
+        std::fs::write(server.root.join("b"), &b).unwrap();
+        let client = Raw::new();
+        client.rrq(server.addr, "a", &[]);
+        let (first, old_tid) = client.recv();
+        assert_eq!(&first[..4], &[0, 3, 0, 1], "{model:?}: DATA 1 of a");
+        // The client moves on to another file from the same port without acknowledging:
+        // with one transfer allowed per address, the new request is served all the same.
+        client.rrq(server.addr, "b", &[]);
+        let (packet, tid) = loop {
+            let (packet, from) = client.recv();
+            if from != old_tid {
+                break (packet, from);
+            }
+            assert_eq!(&packet[..4], &[0, 3, 0, 1], "{model:?}: only a retransmission of a");
+        };
+        assert_eq!(Packet::parse(&packet), Ok(Packet::Data { block: 1, data: &b[..512] }));
+        // The replaced transfer handed its place over, it did not add one: another port of
+        // the same address is still over the limit while b runs.
+        let other = Raw::new();
+        other.rrq(server.addr, "b", &[]);
+        let (refusal, _) = other.recv();
+        assert!(
+            matches!(Packet::parse(&refusal), Ok(Packet::Error { message, .. })
+                if message.contains("too many transfers")),
+            "{model:?}: {refusal:?}"
+        );
+        client.send(tid, &ack(1));
+        let (second, _) = loop {
+            let (packet, from) = client.recv();
+            if from == tid {
+                break (packet, from);
+            }
+        };
+        assert_eq!(Packet::parse(&second), Ok(Packet::Data { block: 2, data: &b[512..] }));
+        client.send(tid, &ack(2));
+    }
+}

@@ -45,7 +45,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zocalo_poller::{is_fd_too_large, new_poller, Backend, Event, Interest, Poller, Token};
@@ -136,11 +137,28 @@ impl EventLoop<'_> {
             let Some(job) = classify(self.listener, self.ctx, peer, &self.buf[..len]) else {
                 continue;
             };
+            if job.replacing {
+                self.drop_replaced(job.peer);
+            }
             if !self.admit(&job) {
-                self.ctx.end_job(job.peer);
+                self.ctx.end_job(job.peer, job.generation, &job.replaced);
             }
         }
         Ok(())
+    }
+
+    /// Drops, without a word, the transfer of `peer` that a newer request replaced.
+    fn drop_replaced(&mut self, peer: SocketAddr) {
+        let replaced = |slot: &Slot| slot.peer == peer && slot.replaced.load(Ordering::Relaxed);
+        let old = self.transfers.iter().find(|(_, slot)| replaced(slot)).map(|(id, _)| *id);
+        if let Some(id) = old {
+            if let Some(slot) = self.transfers.get_mut(&id) {
+                // Nothing to send: the client has moved on. One that lingered after its last
+                // block (the dally) still logs its outcome.
+                slot.broken = slot.machine.outcome().is_none();
+            }
+            self.remove(id);
+        }
     }
 
     /// Starts a transfer for `job`, or refuses it; true if a transfer started.
@@ -163,7 +181,10 @@ impl EventLoop<'_> {
             return self.busy(job.peer);
         }
         match start(self.ctx, &request, write) {
-            Ok(machine) => self.insert(Slot::new(socket, job.peer, machine, request.filename)),
+            Ok(machine) => {
+                let slot = Slot::new(socket, job, machine, request.filename);
+                self.insert(slot)
+            }
             Err((code, message)) => {
                 self.ctx.refused();
                 send_error(&socket, job.peer, code, &message);
@@ -264,7 +285,7 @@ impl EventLoop<'_> {
         if !slot.broken {
             log_outcome(slot.peer, &slot.name, slot.machine.outcome());
         }
-        self.ctx.end_job(slot.peer);
+        self.ctx.end_job(slot.peer, slot.generation, &slot.replaced);
     }
 
     /// Ends every transfer, sending each peer ERROR 0 with `message` (best effort).
@@ -292,6 +313,9 @@ fn transfer_socket(local: SocketAddr) -> io::Result<UdpSocket> {
 struct Slot {
     socket: UdpSocket,
     peer: SocketAddr,
+    /// The generation of the request it serves and its replaced flag (see [`Job`]).
+    generation: u64,
+    replaced: Arc<AtomicBool>,
     machine: Box<dyn Transfer>,
     name: String,
     /// The deadline this transfer has in the timer heap, if any.
@@ -305,10 +329,12 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(socket: UdpSocket, peer: SocketAddr, machine: Box<dyn Transfer>, name: &str) -> Self {
+    fn new(socket: UdpSocket, job: &Job, machine: Box<dyn Transfer>, name: &str) -> Self {
         Slot {
             socket,
-            peer,
+            peer: job.peer,
+            generation: job.generation,
+            replaced: Arc::clone(&job.replaced),
             machine,
             name: name.to_string(),
             scheduled: None,
