@@ -371,6 +371,8 @@ pub struct Session {
     started: Instant,
     last_activity: Instant,
     wake_at: Option<Instant>,
+    /// The verb of the last command run (for the session table: what the session does now).
+    last_verb: &'static str,
     /// Closed by a timeout: the driver closes now, writing the last reply only if the socket
     /// takes it at once.
     expired: bool,
@@ -412,6 +414,7 @@ impl Session {
             started: now,
             last_activity: now,
             wake_at: None,
+            last_verb: "",
             expired: false,
         };
         s.reply(220, "zocalo FTP server ready.");
@@ -489,6 +492,21 @@ impl Session {
     pub fn transfer_status(&self) -> Option<(TransferKind, &str, u64)> {
         let r = self.running.as_ref()?;
         Some((r.kind, &r.path, r.progress.load(Ordering::Relaxed)))
+    }
+
+    /// The verb of the last command the session ran ("" before the first).
+    pub fn last_command(&self) -> &'static str {
+        self.last_verb
+    }
+
+    /// When the client last sent something (or work, a transfer or a handshake ended).
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
+    }
+
+    /// The size of the running transfer's file, when it is known (a download).
+    pub fn transfer_size(&self) -> Option<u64> {
+        self.running.as_ref().and_then(|r| r.size)
     }
 
     /// How many bytes [`handle_input`](Self::handle_input) accepts now. Zero means: stop
@@ -715,6 +733,7 @@ impl Session {
     }
 
     fn run(&mut self, parsed: command::Parsed<'_>) {
+        self.last_verb = parsed.verb.name;
         let rename_from = self.rename_from.take();
         if let Some(code) = self.refuse(&parsed) {
             let cmd = parsed.command;

@@ -45,6 +45,9 @@ pub enum Command {
         #[command(subcommand)]
         request: CtlRequest,
     },
+    /// Make the `[[console-user]]` and `[[console-token]]` tables of the web console.
+    #[command(subcommand)]
+    Console(ConsoleCommand),
     /// Make a TLS certificate for FTPS.
     Cert {
         /// Replace cert.pem and key.pem if they exist.
@@ -59,6 +62,26 @@ pub enum Command {
         /// Names the certificate is valid for (repeatable) [default: localhost, 127.0.0.1, ::1].
         #[arg(long)]
         name: Vec<String>,
+    },
+}
+
+/// `zocalo console`: prints a table to add to the `--config` file.
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCommand {
+    /// A `[[console-user]]` table: the password is read from standard input (one line) and
+    /// kept as an Argon2 hash.
+    User {
+        name: String,
+        /// `view` (every page) or `admin` (also kick, drain, undrain, reload).
+        #[arg(long, value_enum, default_value = "view")]
+        role: crate::services::console::auth::Role,
+    },
+    /// A new API token (printed once, on standard error) and its `[[console-token]]` table,
+    /// which keeps only its SHA-256. Scripts send `Authorization: Bearer TOKEN`.
+    Token {
+        name: String,
+        #[arg(long, value_enum, default_value = "view")]
+        role: crate::services::console::auth::Role,
     },
 }
 

@@ -212,6 +212,20 @@ pub struct Settings {
     /// only).
     #[arg(skip)]
     pub hook: Vec<crate::ops::hooks::HookConfig>,
+    /// Serve the web console and its JSON API on this address (HTTPS with --tls-cert; plain
+    /// HTTP only on a loopback address unless --console-insecure).
+    #[arg(long, value_name = "ADDR")]
+    pub console: Option<SocketAddr>,
+    /// Let the console speak plain HTTP on an address that is not loopback (behind a proxy
+    /// that adds TLS, or on a private network).
+    #[arg(long)]
+    pub console_insecure: bool,
+    /// Console accounts (`[[console-user]]` tables of the file only; see `zocalo console user`).
+    #[arg(skip)]
+    pub console_user: Vec<crate::services::console::auth::ConsoleUser>,
+    /// Console API tokens (`[[console-token]]` tables; see `zocalo console token`).
+    #[arg(skip)]
+    pub console_token: Vec<crate::services::console::auth::ConsoleToken>,
 
     // What `load` derives from the settings above.
     /// FTPS, when a certificate and key are given and the policy is not `off`.

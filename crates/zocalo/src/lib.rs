@@ -71,6 +71,7 @@ pub fn main() -> ExitCode {
             })
             .map_err(|e| Failure::from(e.to_string())),
         Command::User(command) => user(command).map_err(Failure::from),
+        Command::Console(command) => console(command).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +101,25 @@ fn ctl(socket: &std::path::Path, request: CtlRequest) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `zocalo console user|token NAME`: prints the table for the config file.
+fn console(command: cli::ConsoleCommand) -> Result<(), String> {
+    use crate::services::console::auth::{random_token, token_digest, Role};
+    let role = |r: Role| if r == Role::Admin { "admin" } else { "view" };
+    match command {
+        cli::ConsoleCommand::User { name, role: r } => {
+            let hash = crate::state::passwords::hash_password(&read_password()?)?;
+            println!("[[console-user]]\nname = {name:?}\nhash = {hash:?}\nrole = {:?}", role(r));
+        }
+        cli::ConsoleCommand::Token { name, role: r } => {
+            let token = random_token();
+            eprintln!("token (shown only now): {token}");
+            let sha = token_digest(&token);
+            println!("[[console-token]]\nname = {name:?}\nsha256 = {sha:?}\nrole = {:?}", role(r));
+        }
+    }
+    Ok(())
 }
 
 /// `zocalo user ...`.

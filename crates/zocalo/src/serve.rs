@@ -28,6 +28,12 @@ pub fn run(settings: Settings) -> io::Result<()> {
     crate::ops::metrics::init(settings.node_name())?;
     crate::state::hashes::init(crate::state::hashes::default_permits())?;
     crate::state::seats::init()?;
+    crate::ops::recent::init()?;
+    let loops = match settings.model {
+        Model::Event(_, n) => n,
+        _ => 1,
+    };
+    crate::ops::status::set_model(settings.model.to_string(), loops);
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
@@ -38,6 +44,10 @@ pub fn run(settings: Settings) -> io::Result<()> {
         Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen for metrics on {addr}: {e}"))
         })?),
+        None => None,
+    };
+    let console_listener = match settings.console {
+        Some(addr) => Some(console_listener(&settings, addr)?),
         None => None,
     };
     if let Some(user) = &settings.run_as {
@@ -93,6 +103,22 @@ pub fn run(settings: Settings) -> io::Result<()> {
             settings.model,
             Duration::from_secs(settings.shutdown_grace),
         )?;
+    }
+    let registry = server.ctx.registry.clone().ok_or_else(|| io::Error::other("no registry"))?;
+    if let Some(shared) = &server.ctx.shared {
+        // Every node of a cluster publishes how it is, so that any node's console shows it.
+        let (node, registry) = (settings.node_name().to_string(), registry.clone());
+        let snapshot =
+            move || crate::services::console::node_snapshot(&node, &registry).to_string();
+        shared.publish_snapshot(Box::new(snapshot), server.reload.clone());
+    }
+    if let Some(listener) = console_listener {
+        lines.push(format!(
+            "listening console {}://{}/",
+            if server.ctx.tls.is_some() { "https" } else { "http" },
+            listener.local_addr()?
+        ));
+        start_console(listener, &settings, &server, registry.clone())?;
     }
     if let (Some(path), Some(registry)) = (&settings.admin_socket, &server.ctx.registry) {
         let mut summary = vec![format!("model {}", settings.model)];
@@ -233,6 +259,12 @@ pub fn run_inetd(settings: Settings) -> io::Result<()> {
     crate::ops::metrics::init(settings.node_name())?;
     crate::state::hashes::init(crate::state::hashes::default_permits())?;
     crate::state::seats::init()?;
+    crate::ops::recent::init()?;
+    let loops = match settings.model {
+        Model::Event(_, n) => n,
+        _ => 1,
+    };
+    crate::ops::status::set_model(settings.model.to_string(), loops);
     give_back_large_buffers();
     let shutdown = Shutdown::new()?;
     shutdown.install_signal_handlers()?;
@@ -320,6 +352,57 @@ fn start_metrics(
         crate::services::metrics_http::serve(&listener, &draining, &stop);
     };
     services::spawn(model.services(), &server.listeners, "zocalo-metrics", serve)
+}
+
+/// Binds the console's listener, refusing plain HTTP off loopback unless told so.
+fn console_listener(
+    settings: &Settings,
+    addr: std::net::SocketAddr,
+) -> io::Result<std::net::TcpListener> {
+    let https = settings.tls_cert.is_some();
+    if !https && !addr.ip().is_loopback() && !settings.console_insecure {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--console {addr}: plain HTTP would carry passwords and cookies in the clear \
+                 off this host; give --tls-cert and --tls-key (the console then speaks HTTPS), \
+                 listen on a loopback address, or say --console-insecure"
+            ),
+        ));
+    }
+    if settings.console_user.is_empty() && settings.console_token.is_empty() {
+        tracing::warn!(
+            "--console without a [[console-user]] or [[console-token]]: nobody can sign in \
+             (see `zocalo console user NAME`)"
+        );
+    }
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot listen for the console on {addr}: {e}"))
+    })
+}
+
+/// Serves `--console` on a thread; in the `process` model in a process of its own.
+fn start_console(
+    listener: std::net::TcpListener,
+    settings: &Settings,
+    server: &Server,
+    registry: Arc<Registry>,
+) -> io::Result<()> {
+    use crate::services::console::{auth::Auth, Console};
+    let guard = server.reloader.users.guard();
+    let auth = Auth::new(settings.console_user.clone(), settings.console_token.clone(), guard);
+    let tls = server.ctx.tls.as_ref().map(|t| t.for_session().config);
+    let console = Arc::new(Console {
+        auth,
+        node: settings.node_name().to_string(),
+        registry,
+        shared: server.ctx.shared.clone(),
+        reload: server.reload.clone(),
+        tls,
+    });
+    let shutdown = server.ctx.shutdown.clone();
+    let serve = move |_| crate::services::console::serve(listener, console, &shutdown);
+    services::spawn(settings.model.services(), &server.listeners, "zocalo-console", serve)
 }
 
 /// Opens the bucket and checks once that it answers, so a wrong endpoint, bucket or key stops

@@ -614,7 +614,12 @@ pub fn finish_transfer(
         crate::ops::metrics::transfer(kind, complete, bytes, took);
         let (ms, verb) = (took.as_millis() as u64, kind.verb());
         match kind.is_listing() {
-            false => tracing::info!(verb, path, bytes, complete, user, %peer, ms, "transfer"),
+            false => {
+                tracing::info!(verb, path, bytes, complete, user, %peer, ms, "transfer");
+                let result = if complete { "complete" } else { "failed" };
+                let detail = format!("{verb} {path} {bytes} bytes {ms} ms {result}");
+                crate::ops::recent::record("transfer", user, &peer.to_string(), &detail);
+            }
             true => tracing::debug!(verb, path, bytes, complete, user, ms, "listing"),
         }
         if let Some(e) = emitter {
@@ -635,12 +640,15 @@ pub struct Published {
     entry: Entry,
     peer: String,
     shown: (Option<String>, Option<(&'static str, String)>),
+    /// The verb and activity time last published.
+    active: (&'static str, Option<std::time::Instant>),
 }
 
 impl Published {
     pub fn new(registry: &Arc<Registry>, fd: RawFd, peer: SocketAddr, id: u64) -> Self {
         let peer = peer.to_string();
-        Published { entry: registry.enter(fd, &peer, id), peer, shown: (None, None) }
+        let entry = registry.enter(fd, &peer, id);
+        Published { entry, peer, shown: (None, None), active: ("", None) }
     }
 
     /// Publishes what changed since the last call.
@@ -653,8 +661,16 @@ impl Published {
             let text = self.shown.1.as_ref().map(|(v, p)| format!("{v} {p}")).unwrap_or_default();
             let bytes = status.map_or(0, |s| s.2);
             self.entry.publish(&self.peer, user.unwrap_or(""), &text, bytes);
+            let started = if status.is_some() { crate::state::registry::now_ms() } else { 0 };
+            self.entry.transfer_started(session.transfer_size(), started);
         } else if let Some((_, _, bytes)) = status {
             self.entry.progress(bytes);
+        }
+        let (verb, at) = (session.last_command(), session.last_activity());
+        if verb.as_ptr() != self.active.0.as_ptr() || Some(at) != self.active.1 {
+            self.active = (verb, Some(at));
+            let ago = at.elapsed().as_millis() as u64;
+            self.entry.activity(verb, crate::state::registry::now_ms().saturating_sub(ago));
         }
     }
 

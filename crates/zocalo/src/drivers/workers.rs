@@ -71,6 +71,10 @@ impl Workers {
         let lane = |name: &str, threads: usize| -> io::Result<Sender<(Key, Work)>> {
             let (jobs, queue) = mpsc::channel::<(Key, Work)>();
             let queue = Arc::new(Mutex::new(queue));
+            crate::ops::metrics::add(
+                crate::ops::metrics::Counter::WorkThreads,
+                threads.max(1) as u64,
+            );
             for i in 0..threads.max(1) {
                 let (queue, shared) = (queue.clone(), shared.clone());
                 std::thread::Builder::new()
@@ -95,6 +99,7 @@ impl Workers {
             Lane::Bulk => &self.bulk,
         };
         // The workers outlive the loop's senders, so a send cannot fail while the loop runs.
+        crate::ops::metrics::inc(crate::ops::metrics::Counter::WorkQueued);
         let _ = lane.send((key, work));
     }
 
@@ -132,11 +137,15 @@ fn work(queue: &Mutex<Receiver<(Key, Work)>>, shared: &Shared) {
         let Ok((key, job)) = next else {
             return;
         };
+        use crate::ops::metrics::{dec, inc, Counter};
+        dec(Counter::WorkQueued);
         if job.canceller().is_cancelled() {
             // Its connection closed while it waited: nobody is left to take its result.
             continue;
         }
+        inc(Counter::WorkBusy);
         let done = job.run();
+        dec(Counter::WorkBusy);
         shared.finished.lock().unwrap_or_else(|e| e.into_inner()).push(Finished { key, done });
         let _ = shared.waker.wake();
     }

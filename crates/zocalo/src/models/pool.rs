@@ -27,6 +27,7 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
     let admitted = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
+    crate::ops::metrics::add(crate::ops::metrics::Counter::WorkThreads, workers as u64);
     let handles: Vec<_> = (0..workers)
         .map(|i| {
             let (rx, ctx, admitted) = (rx.clone(), server.ctx.clone(), admitted.clone());
@@ -50,7 +51,9 @@ pub fn run(mut server: Server, workers: usize) -> io::Result<()> {
                 return refuse(&arrival);
             }
             admitted.fetch_add(1, Ordering::AcqRel);
+            crate::ops::metrics::inc(crate::ops::metrics::Counter::WorkQueued);
             if let Err(mpsc::SendError(arrival)) = tx.send(arrival) {
+                crate::ops::metrics::dec(crate::ops::metrics::Counter::WorkQueued);
                 admitted.fetch_sub(1, Ordering::AcqRel);
                 refuse(&arrival);
             }
@@ -76,6 +79,9 @@ fn worker(
         let Ok(arrival) = job else {
             return;
         };
+        use crate::ops::metrics::{dec, inc, Counter};
+        dec(Counter::WorkQueued);
+        inc(Counter::WorkBusy);
         if ctx.shutdown.is_triggered() {
             crate::ops::observe::refused(
                 crate::ops::observe::Refused::Shutdown,
@@ -85,6 +91,7 @@ fn worker(
         } else {
             serve_blocking(arrival, ctx);
         }
+        dec(Counter::WorkBusy);
         admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }

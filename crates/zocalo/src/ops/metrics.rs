@@ -60,6 +60,12 @@ pub enum Counter {
     HooksDropped,
     /// Uploads a check refused.
     UploadsRefused,
+    /// Jobs waiting for a worker (the event loops' lanes, the pool's queue): a gauge.
+    WorkQueued,
+    /// Workers running a job (or, in the pool model, serving a session): a gauge.
+    WorkBusy,
+    /// Worker threads started (event loops' lanes, the pool's workers).
+    WorkThreads,
     /// Reloads done; also the generation the reopening files compare (see `logs`).
     Reloads,
 }
@@ -137,6 +143,11 @@ pub fn stop_draining() {
 /// Whether `ctl drain` was said.
 pub fn draining() -> bool {
     get(Counter::Draining as usize) != 0
+}
+
+/// A counter's value now.
+pub fn value(counter: Counter) -> u64 {
+    get(counter as usize)
 }
 
 fn get(index: usize) -> u64 {
@@ -253,6 +264,9 @@ pub fn render() -> String {
         &[("", c(UploadsRefused))],
     );
     family("zocalo_draining", "gauge", "1 while the node drains.", &[("", c(Draining))]);
+    family("zocalo_work_queued", "gauge", "Jobs waiting for a worker.", &[("", c(WorkQueued))]);
+    family("zocalo_workers_busy", "gauge", "Workers running a job.", &[("", c(WorkBusy))]);
+    family("zocalo_workers", "gauge", "Worker threads.", &[("", c(WorkThreads))]);
     family(
         "zocalo_refusals_total",
         "counter",

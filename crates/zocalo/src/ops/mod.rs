@@ -2,7 +2,8 @@
 //! part may report to and which import nothing of the crate above them.
 //!
 //! - [`metrics`]: the counter table (served by [`crate::services::metrics_http`]);
-//! - [`observe`]: session events to logs and metrics; [`logs`], [`xferlog`];
+//! - [`observe`]: session events to logs and metrics; [`logs`], [`xferlog`]; [`recent`]: the
+//!   last events, for the console; [`status`]: what the console shows of this node;
 //! - [`hooks`]: events out to programs and URLs, and upload checks; [`web`]: the HTTP
 //!   client settings they and the HTTP account source share;
 //! - [`systemd`]: readiness notification and socket activation; [`shm`]: memory shared across
@@ -12,7 +13,9 @@ pub mod hooks;
 pub mod logs;
 pub mod metrics;
 pub mod observe;
+pub mod recent;
 pub mod shm;
+pub mod status;
 pub mod systemd;
 pub mod web;
 pub mod xferlog;

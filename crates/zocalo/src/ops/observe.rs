@@ -12,6 +12,7 @@ use zocalo_proto::{Event, LoginRefusal, Session};
 
 use crate::ops::hooks::{self, Hooks};
 use crate::ops::metrics::{self, Counter};
+use crate::ops::recent;
 
 /// A session's way to the hooks: its events become [`hooks::Event`]s for those that want them.
 pub struct Emitter {
@@ -123,6 +124,7 @@ pub fn events(session: &mut Session, emitter: Option<&Emitter>) {
         match event {
             Event::Login { user, refused: None } => {
                 metrics::inc(Counter::LoginsAccepted);
+                recent::record("login", &user, &session.peer().to_string(), "accepted");
                 tracing::info!(user, "login accepted");
                 if let Some(e) = emitter {
                     e.login(&user, None);
@@ -141,6 +143,8 @@ pub fn events(session: &mut Session, emitter: Option<&Emitter>) {
                     LoginRefusal::Denied(_) => Counter::LoginsDenied,
                 });
                 tracing::warn!(user, reason = why.as_str(), "login refused");
+                let peer = session.peer().to_string();
+                recent::record("login-refused", &user, &peer, why.as_str());
             }
             Event::FileOp { verb, path, from, code } => {
                 let ok = code < 400;
@@ -185,6 +189,8 @@ pub fn refused(cause: Refused, peer: Option<SocketAddr>) {
         Refused::PoolFull => (Counter::RefusedPoolFull, "the pool and its queue are full"),
     };
     metrics::inc(counter);
+    let shown = peer.map(|p| p.to_string()).unwrap_or_default();
+    recent::record("refused", "", &shown, text);
     match peer {
         Some(peer) => tracing::info!(%peer, cause = text, "connection refused with 421"),
         None => tracing::info!(cause = text, "connection refused with 421"),

@@ -159,8 +159,8 @@ impl Admin {
         if let Some(shared) = &self.shared {
             match shared.other_sessions() {
                 Some(nodes) => {
-                    for (_, remote) in nodes {
-                        lines.extend(remote);
+                    for (node, remote) in nodes {
+                        lines.extend(remote.iter().map(|s| s.line(&node)));
                     }
                 }
                 None => out.push_str("shared state unreachable: this node's sessions only\n"),

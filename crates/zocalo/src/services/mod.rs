@@ -3,13 +3,15 @@
 //! gets a thread or a process of its own ([`spawn`]).
 //!
 //! - [`admin`]: the `zocalo ctl` channel; [`agent`]: HAProxy's agent check;
-//! - [`metrics_http`]: `/metrics` and `/health`; [`tftp`]: TFTP from the same storage.
+//! - [`metrics_http`]: `/metrics` and `/health`; [`tftp`]: TFTP from the same storage;
+//! - [`console`]: the web console and its JSON API.
 //!
 //! The shared-state sync loop is `Shared`'s own ([`crate::state::shared`]); it is spawned here
 //! like the others.
 
 pub mod admin;
 pub mod agent;
+pub mod console;
 pub mod metrics_http;
 pub mod tftp;
 

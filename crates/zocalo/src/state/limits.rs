@@ -262,6 +262,8 @@ impl LoginGuard for SharedGuard {
             crate::ops::metrics::inc(crate::ops::metrics::Counter::LockOuts);
             let secs = self.ban.as_secs();
             tracing::warn!(address = %ip, failures, secs, "address locked out after failed logins");
+            let detail = format!("{failures} failed logins: locked out for {secs} s");
+            crate::ops::recent::record("lockout", "", &ip.to_string(), &detail);
         }
     }
 }

@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-const TEXT_WORDS: usize = 26;
+const TEXT_WORDS: usize = 22;
 const TEXT_BYTES: usize = TEXT_WORDS * 8;
 
 /// One session's published state (256 bytes).
@@ -28,6 +28,14 @@ struct Slot {
     pid: AtomicI32,
     fd: AtomicI32,
     bytes: AtomicU64,
+    /// The running transfer's size plus one (0: unknown or none).
+    total: AtomicU64,
+    /// When the running transfer started, in milliseconds since the Unix epoch (0: none).
+    started_ms: AtomicU64,
+    /// When the client last did something, in milliseconds since the Unix epoch.
+    active_ms: AtomicU64,
+    /// The last command's verb, up to 8 ASCII bytes, NUL-padded.
+    verb: AtomicU64,
     /// `peer \t user \t transfer`, NUL-padded.
     text: [AtomicU64; TEXT_WORDS],
 }
@@ -55,15 +63,30 @@ pub struct Entry {
 }
 
 /// What a reader sees of one session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SessionView {
     pub id: u64,
     pub pid: i32,
     pub peer: String,
     pub user: String,
+    /// The running transfer, `VERB PATH` ("" when none).
     pub transfer: String,
     pub bytes: u64,
+    /// The running transfer's size, when known.
+    #[serde(default)]
+    pub total: Option<u64>,
+    /// When the running transfer started, ms since the Unix epoch (0: none).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// When the client last did something, ms since the Unix epoch.
+    #[serde(default)]
+    pub active_ms: u64,
+    /// The last command's verb.
+    #[serde(default)]
+    pub command: String,
 }
+
+pub use crate::ops::status::now_ms;
 
 static KICK_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -93,6 +116,10 @@ impl Registry {
                 slot.kick.store(0, Ordering::Relaxed);
                 // SAFETY: getpid has no preconditions.
                 slot.pid.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+                for field in [&slot.total, &slot.started_ms, &slot.verb] {
+                    field.store(0, Ordering::Relaxed);
+                }
+                slot.active_ms.store(now_ms(), Ordering::Relaxed);
                 slot.fd.store(fd, Ordering::Release);
                 let entry = Entry { registry: self.clone(), index: Some(i) };
                 entry.publish(peer, "", "", 0);
@@ -125,8 +152,16 @@ impl Registry {
             }
             let (pid, bytes) =
                 (slot.pid.load(Ordering::Relaxed), slot.bytes.load(Ordering::Relaxed));
+            let total = slot.total.load(Ordering::Relaxed).checked_sub(1);
+            let started_ms = slot.started_ms.load(Ordering::Relaxed);
+            let verb = slot.verb.load(Ordering::Relaxed).to_le_bytes();
             if slot.seq.load(Ordering::Acquire) == before {
-                return Some(view(id, pid, bytes, &text));
+                let mut v = view(id, pid, bytes, &text);
+                let end = verb.iter().position(|&b| b == 0).unwrap_or(8);
+                v.command = String::from_utf8_lossy(&verb[..end]).into_owned();
+                v.active_ms = slot.active_ms.load(Ordering::Relaxed);
+                (v.total, v.started_ms) = (total, started_ms);
+                return Some(v);
             }
         }
         None
@@ -204,7 +239,7 @@ fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {
     let mut parts = text.splitn(3, '\t');
     let mut next = || parts.next().unwrap_or("").to_string();
     let (peer, user, transfer) = (next(), next(), next());
-    SessionView { id, pid, peer, user, transfer, bytes }
+    SessionView { id, pid, peer, user, transfer, bytes, ..SessionView::default() }
 }
 
 impl Entry {
@@ -230,6 +265,27 @@ impl Entry {
         }
         slot.bytes.store(bytes, Ordering::Relaxed);
         slot.seq.store(seq.wrapping_add(2) & !1, Ordering::Release);
+    }
+
+    /// Publishes the running transfer's size and start (after [`Entry::publish`] named it).
+    pub fn transfer_started(&self, total: Option<u64>, started_ms: u64) {
+        if let Some(i) = self.index {
+            let slot = self.registry.slot(i);
+            slot.total.store(total.map_or(0, |t| t.saturating_add(1)), Ordering::Relaxed);
+            slot.started_ms.store(started_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the last command's verb and when the client was last active.
+    pub fn activity(&self, verb: &str, active_ms: u64) {
+        if let Some(i) = self.index {
+            let slot = self.registry.slot(i);
+            let mut packed = [0u8; 8];
+            let n = verb.len().min(8);
+            packed[..n].copy_from_slice(&verb.as_bytes()[..n]);
+            slot.verb.store(u64::from_le_bytes(packed), Ordering::Relaxed);
+            slot.active_ms.store(active_ms, Ordering::Relaxed);
+        }
     }
 
     /// Publishes only the byte count of the running transfer.

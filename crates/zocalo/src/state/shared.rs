@@ -10,9 +10,11 @@
 //!   the hash expires after [`LEASE`] unless its node renews it, so a node that dies leaves no
 //!   phantom sessions. Each node rewrites its own hash from its session table whenever it
 //!   (re)connects, which also repairs the releases it could not send during an outage.
-//! - `sessions:NODE`: a hash of `ctl status` lines by session id, rewritten every [`TICK`] with
+//! - `sessions:NODE`: a hash of the sessions (JSON) by session id, rewritten every [`TICK`] with
 //!   the same lease.
 //! - `kick:NODE`: ids that another node's `ctl kick NODE:ID` asked this node to close.
+//! - `node:NODE`: the node as the web console shows it (JSON, with the console on), with the
+//!   same lease; `ask:NODE`: `drain`, `undrain` or `reload` asked by another node's console.
 //! - `fail:ADDR` and `lock:ADDR`: failed logins within the ban time and the lock-out itself.
 //! - `seats:NODE`: this node's sessions per account name, for `max_sessions`; the same lease
 //!   and the same rewrite as `conn:NODE`. A script takes a seat against the sum over the live
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Script};
 
-use crate::state::registry::Registry;
+use crate::state::registry::{Registry, SessionView};
 use crate::sys::shutdown::Shutdown;
 
 /// How long a node's entries outlive it.
@@ -192,7 +194,14 @@ pub struct Shared {
     /// thread (the event loop drops its permits on the loop).
     releases: OnceLock<Sender<Release>>,
     scripts: Scripts,
+    /// The node's snapshot for the web console (JSON), published every tick when set.
+    snapshot: OnceLock<Snapshot>,
+    /// Where a `reload` asked by another node's console goes.
+    reload: OnceLock<crate::sys::shutdown::Reload>,
 }
+
+/// Makes this node's console snapshot (see [`Shared::publish_snapshot`]).
+pub type Snapshot = Box<dyn Fn() -> String + Send + Sync>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,6 +265,8 @@ impl Shared {
             down_until: Mutex::new(None),
             drifted: AtomicBool::new(false),
             releases: OnceLock::new(),
+            snapshot: OnceLock::new(),
+            reload: OnceLock::new(),
             scripts: Scripts {
                 admit: Script::new(ADMIT),
                 release: Script::new(RELEASE),
@@ -614,8 +625,8 @@ impl Shared {
         })
     }
 
-    /// Every other live node's `ctl status` lines, by node name.
-    pub fn other_sessions(&self) -> Option<Vec<(String, Vec<String>)>> {
+    /// Every other live node's sessions, by node name.
+    pub fn other_sessions(&self) -> Option<Vec<(String, Vec<SessionView>)>> {
         self.call(|c| {
             let mut nodes: Vec<String> = redis::cmd("SMEMBERS").arg("zocalo:nodes").query(c)?;
             nodes.sort();
@@ -627,15 +638,56 @@ impl Shared {
                     continue;
                 }
                 let table: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(c)?;
-                let mut lines: Vec<(u64, String)> = table
+                let mut sessions: Vec<SessionView> = table
                     .into_iter()
                     .filter(|(id, _)| id != "-")
-                    .map(|(id, line)| (id.parse().unwrap_or(0), line))
+                    .filter_map(|(_, json)| serde_json::from_str(&json).ok())
                     .collect();
-                lines.sort();
-                out.push((node, lines.into_iter().map(|(_, l)| l).collect()));
+                sessions.sort_by_key(|s| s.id);
+                out.push((node, sessions));
             }
             Ok(out)
+        })
+    }
+
+    /// Publishes `snapshot()` (this node as the console shows it) every tick from now on.
+    pub fn publish_snapshot(&self, snapshot: Snapshot, reload: crate::sys::shutdown::Reload) {
+        let _ = self.snapshot.set(snapshot);
+        let _ = self.reload.set(reload);
+    }
+
+    /// The other live nodes' console snapshots (JSON), by node name.
+    pub fn other_snapshots(&self) -> Option<Vec<(String, String)>> {
+        self.call(|c| {
+            let mut nodes: Vec<String> = redis::cmd("SMEMBERS").arg("zocalo:nodes").query(c)?;
+            nodes.sort();
+            let mut out = Vec::new();
+            for node in nodes.into_iter().filter(|n| *n != self.node) {
+                let json: Option<String> =
+                    redis::cmd("GET").arg(format!("zocalo:node:{node}")).query(c)?;
+                if let Some(json) = json {
+                    out.push((node, json));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Asks `node` to `drain`, `undrain` or `reload` (it does within a [`TICK`]).
+    pub fn ask(&self, node: &str, what: &str) -> Option<Kick> {
+        let key = format!("zocalo:ask:{node}");
+        self.call(|c| {
+            let live: bool = redis::cmd("EXISTS").arg(format!("zocalo:node:{node}")).query(c)?;
+            if !live {
+                return Ok(Kick::NoNode);
+            }
+            redis::pipe()
+                .rpush(&key, what)
+                .ignore()
+                .expire(&key, LEASE.as_secs() as i64)
+                .ignore()
+                .query::<()>(c)?;
+            Ok(Kick::Asked)
         })
     }
 
@@ -735,10 +787,26 @@ impl Shared {
                 .ignore()
                 .del(format!("zocalo:sessions:{}", self.node))
                 .ignore()
+                .del(format!("zocalo:node:{}", self.node))
+                .ignore()
                 .del(self.seats_key())
                 .ignore()
                 .query(c);
         }
+    }
+
+    /// Does what another node's console asked of this one.
+    fn answer_ask(&self, what: &str) {
+        match what {
+            "drain" => crate::ops::metrics::start_draining(),
+            "undrain" => crate::ops::metrics::stop_draining(),
+            "reload" => match self.reload.get() {
+                Some(reload) => reload.ask(),
+                None => return,
+            },
+            _ => return,
+        }
+        tracing::warn!(what, "asked by another node's console");
     }
 
     /// One tick: renew the lease, publish the session table, act on kicks; after a
@@ -777,9 +845,12 @@ impl Shared {
         // "-" keeps the table present (and so the node listed) while it has no sessions.
         pipe.del(&table_key).ignore().hset(&table_key, "-", "").ignore();
         for s in &sessions {
-            pipe.hset(&table_key, s.id, s.line(&self.node)).ignore();
+            pipe.hset(&table_key, s.id, serde_json::to_string(s).unwrap_or_default()).ignore();
         }
         pipe.expire(&table_key, lease).ignore();
+        if let Some(snapshot) = self.snapshot.get() {
+            pipe.set_ex(format!("zocalo:node:{}", self.node), snapshot(), LEASE.as_secs()).ignore();
+        }
         pipe.query::<()>(c)?;
         let kick_key = format!("zocalo:kick:{}", self.node);
         let (ids, _): (Vec<u64>, ()) =
@@ -787,6 +858,14 @@ impl Shared {
         for id in ids {
             if registry.kick(id) {
                 tracing::info!(id, "session kicked from another node");
+            }
+        }
+        if self.snapshot.get().is_some() {
+            let ask_key = format!("zocalo:ask:{}", self.node);
+            let (asks, _): (Vec<String>, ()) =
+                redis::pipe().atomic().lrange(&ask_key, 0, -1).del(&ask_key).query(c)?;
+            for what in asks {
+                self.answer_ask(&what);
             }
         }
         Ok(())

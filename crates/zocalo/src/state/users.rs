@@ -293,6 +293,11 @@ pub struct UsersConfig {
 }
 
 impl Users {
+    /// The failed-login lock-outs (the web console's sign-ins count there too).
+    pub fn guard(&self) -> Arc<dyn LoginGuard> {
+        self.guard.clone()
+    }
+
     pub fn new(config: UsersConfig, guard: Arc<dyn LoginGuard>) -> io::Result<Self> {
         let root_storage: Arc<dyn Storage> = match &config.s3 {
             Some(s3) => Arc::new(s3.clone()),
