@@ -133,6 +133,9 @@ def ipv6():
 def pytest_runtest_call(item):
     """Leak check: runs after a passing test body, inside the test's own call phase."""
     result = yield
+    holder = getattr(item, "page_holder", None)
+    if holder is not None:
+        holder.close()  # a console test's browser page: its connections must go too
     problems = []
     for srv in list(helpers.ACTIVE):
         srv.close_clients()

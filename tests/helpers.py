@@ -647,11 +647,11 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
     seen += [raw.decode("utf-8", "replace").strip() for raw in buf.split(b"\n")[:-1]]
     server = Server(proc, root, addrs, log_path, argv)
     # The process model serves TFTP, the admin channel, the metrics, the shared state's sync
-    # loop and the agent check in child processes of their own.
+    # loop, the agent check and the console in child processes of their own.
     args = [str(a) for a in argv]
     server.helper_children = (model == "process") * (
         ("--admin-socket" in args) + ("--tftp" in args) + ("--metrics" in args)
-        + ("--shared-state" in args) + ("--agent" in args))
+        + ("--shared-state" in args) + ("--agent" in args) + ("--console" in args))
     server.tls_addrs = tls_addrs
     server.stdout_tail = seen
     # Keep reading stdout so the server can never block on a full pipe.

@@ -405,6 +405,9 @@ impl Connection {
             }
             match self.control.read(&mut buf[..room]) {
                 Ok(0) if self.published.as_ref().is_some_and(Published::kicked) => {
+                    if let Some(task) = &self.task {
+                        task.reset_on_close();
+                    }
                     return self.session.handle_admin_close();
                 }
                 Ok(0) => return self.closed = true,

@@ -155,6 +155,24 @@ enum State {
 }
 
 impl DataTask {
+    /// Makes the data connection end with a reset when it closes, so that the client stops at
+    /// once instead of reading what the kernel still holds for it (a kicked session).
+    pub fn reset_on_close(&self) {
+        if let State::Running { stream, .. } = &self.state {
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt reads `linger` for its size; the descriptor is ours and open.
+            unsafe {
+                libc::setsockopt(
+                    stream.fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
     /// Starts a transfer; `passive` is the listener opened for PASV/EPSV, `local` the control
     /// connection's local address (active connections leave from it), `peer` its client. `tls`
     /// is the server's TLS setup, used when the transfer is protected (PROT P); `proxy_from` the

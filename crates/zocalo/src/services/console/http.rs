@@ -49,12 +49,16 @@ impl Request {
 
 /// Decodes `%XX` and `+` of a form field.
 pub fn url_decode(s: &str) -> String {
+    percent_decode(&s.replace('+', " "))
+}
+
+/// Decodes `%XX` (a path: `+` stays itself).
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
                 match u8::from_str_radix(hex, 16) {
@@ -123,7 +127,7 @@ pub fn read_request<R: Read>(reader: &mut BufReader<R>) -> Result<Request, Bad> 
     }
     let mut request = Request {
         method: method.to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
+        path: percent_decode(target.split('?').next().unwrap_or("")),
         close: version == "HTTP/1.0",
         ..Request::default()
     };
@@ -242,5 +246,7 @@ mod tests {
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(parse(chunked), Err(Bad::Status(s)) if s.starts_with("411")));
         assert_eq!(url_decode("%zz%4"), "%zz%4");
+        let r = parse(b"POST /api/v1/sessions/n1%3A7/kick HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.path, "/api/v1/sessions/n1:7/kick");
     }
 }

@@ -41,8 +41,11 @@ use crate::sys::shutdown::{Reload, Shutdown};
 
 /// Connections served at once; one past that is closed at once.
 const HANDLERS: usize = 32;
-/// How long a request may take to arrive, and a kept-alive connection may sit idle.
+/// How long a request (the first on a connection) may take to arrive, and an answer to leave.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a kept-alive connection may sit idle between requests: longer than the page's
+/// one-second poll, short enough that a closed tab's connections go soon (Apache's is 5 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests on one connection.
 const KEEP_ALIVE_MAX: usize = 1000;
 /// The cookie of a signed-in browser.
@@ -188,6 +191,9 @@ impl Console {
         if path == "/console.css" && get {
             // The sign-in page's look: the one file besides it that an unsigned client gets.
             return Response::new("200 OK", "text/css; charset=utf-8", CONSOLE_CSS);
+        }
+        if path == "/favicon.ico" && get {
+            return Response::new("204 No Content", "image/x-icon", "");
         }
         if path == "/login" && method == "POST" {
             return self.sign_in(request, peer);
@@ -381,20 +387,29 @@ impl Console {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let _ = stream.set_nodelay(true);
+        let socket = stream.try_clone()?;
         match &self.tls {
             Some(config) => {
                 let conn =
                     rustls::ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-                self.requests(rustls::StreamOwned::new(conn, stream), peer)
+                self.requests(rustls::StreamOwned::new(conn, stream), &socket, peer)
             }
-            None => self.requests(stream, peer),
+            None => self.requests(stream, &socket, peer),
         }
     }
 
-    fn requests<S: Read + Write>(&self, stream: S, peer: SocketAddr) -> io::Result<()> {
+    fn requests<S: Read + Write>(
+        &self,
+        stream: S,
+        socket: &TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
         let ip = peer.ip().to_canonical();
         let mut reader = BufReader::new(stream);
         for served in 1..=KEEP_ALIVE_MAX {
+            if served == 2 {
+                socket.set_read_timeout(Some(IDLE_TIMEOUT))?;
+            }
             let request = match http::read_request(&mut reader) {
                 Ok(request) => request,
                 Err(Bad::Gone) => return Ok(()),
