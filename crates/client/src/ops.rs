@@ -152,12 +152,28 @@ pub fn put(file: &Path, url: &str, opts: &OpOptions) -> Result<u64, OpError> {
     Ok(sent)
 }
 
-/// Writes the LIST of `url`'s path to `out`, as the server formats it.
+/// What a server wrote, made safe for a terminal: control characters (an escape sequence could
+/// retitle the window, move the cursor or hide text) are shown as `\xNN`; line ends and tabs
+/// stay.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' | '\r' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes the LIST of `url`'s path to `out`, as the server formats it (control characters
+/// shown, see [`printable`]).
 pub fn ls(url: &str, opts: &OpOptions, out: &mut dyn Write) -> Result<(), OpError> {
     let mut url = FtpUrl::parse(url)?;
     crate::credentials::complete(&mut url).map_err(OpError::Usage)?;
     let mut client = Client::open(&url, &opts.client)?;
-    let body = client.list(&url.path)?;
+    let body = printable(&client.list(&url.path)?);
     out.write_all(body.as_bytes()).map_err(|e| local(Path::new("<stdout>"), e))?;
     client.quit()?;
     Ok(())
@@ -221,7 +237,11 @@ fn mirror_dir(
 fn children(client: &mut Client, remote: &str) -> Result<Vec<crate::listing::Entry>, OpError> {
     let path = if remote.is_empty() { "/" } else { remote };
     let mut entries = client.entries(path)?;
-    entries.retain(|e| !e.name.contains('/') && e.name != "." && e.name != "..");
+    // An empty name or one with a NUL cannot name a local file: skipped, as a mirror skips
+    // what it cannot copy, rather than ending the whole mirror.
+    entries.retain(|e| {
+        !e.name.is_empty() && !e.name.contains(['/', '\0']) && e.name != "." && e.name != ".."
+    });
     Ok(entries)
 }
 
@@ -552,6 +572,16 @@ fn human(bytes: f64) -> String {
 
 fn local(path: &Path, error: io::Error) -> OpError {
     OpError::Local { path: path.to_owned(), error }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        let shown = super::printable("550 \x1b]0;owned\x07no\x1b[2J\r\nok\tñ");
+        assert_eq!(shown, "550 \\x1b]0;owned\\x07no\\x1b[2J\r\nok\tñ");
+        assert!(!shown.contains('\x1b'));
+    }
 }
 
 #[cfg(test)]

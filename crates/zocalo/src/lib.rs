@@ -76,7 +76,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("zocalo: {}", f.message);
+            // The message may quote a server's reply: no escape sequence reaches the terminal.
+            eprintln!("zocalo: {}", zocalo_client::ops::printable(&f.message));
             ExitCode::from(f.code.max(1))
         }
     }
