@@ -610,16 +610,19 @@ def test_download_resumes_on_the_other_node_after_a_kill(fresh, seaweed):
     assert c.nodes[b].alive()
 
 
+def session_on_n1(c: Cluster, ip: str) -> ftplib.FTP:
+    """A logged-in session from `ip` that the balancer (round robin) gave to n1."""
+    for _ in range(4):
+        ftp = c.ftp(ip)
+        if c.served_by(ftp) == 0:
+            return ftp
+        ftp.quit()
+    raise AssertionError("no session on n1 through the balancer")
+
+
 def test_drain_sends_new_sessions_to_the_other_node(fresh):
     c = fresh()
-    held = None
-    for _ in range(4):
-        ftp = c.ftp(DRAIN_IP)
-        if c.served_by(ftp) == 0:
-            held = ftp
-            break
-        ftp.quit()
-    assert held is not None, "no session on n1 through the balancer"
+    held = session_on_n1(c, DRAIN_IP)
     out = c.ctl(0, "drain")
     assert out.returncode == 0, f"{out.stdout}{out.stderr}"
     assert c.nodes[0].agent_answer() == b"drain\n", "n1's agent after drain"
@@ -648,14 +651,7 @@ def test_the_console_shows_both_nodes_and_drains_one_for_haproxy(fresh):
 
     import console_browser
     c = fresh(console=True)
-    held = None
-    for _ in range(4):
-        ftp = c.ftp(CONSOLE_IP)
-        if c.served_by(ftp) == 0:
-            held = ftp
-            break
-        ftp.quit()
-    assert held is not None, "no session on n1 through the balancer"
+    held = session_on_n1(c, CONSOLE_IP)
     base = f"http://{c.nodes[1].host}:{c.console_port}"
     with sync_playwright() as p:
         browser = console_browser.launch_browser(p)

@@ -107,9 +107,10 @@ pub fn run(settings: Settings) -> io::Result<()> {
     let registry = server.ctx.registry.clone().ok_or_else(|| io::Error::other("no registry"))?;
     if let Some(shared) = &server.ctx.shared {
         // Every node of a cluster publishes how it is, so that any node's console shows it.
-        let (node, registry) = (settings.node_name().to_string(), registry.clone());
-        let snapshot =
-            move || crate::services::console::node_snapshot(&node, &registry).to_string();
+        let node = settings.node_name().to_string();
+        let snapshot = move |sessions: &[crate::state::registry::SessionView]| {
+            crate::services::console::node_snapshot(&node, sessions).to_string()
+        };
         shared.publish_snapshot(Box::new(snapshot), server.reload.clone());
     }
     if let Some(listener) = console_listener {

@@ -159,16 +159,11 @@ impl DataTask {
     /// once instead of reading what the kernel still holds for it (a kicked session).
     pub fn reset_on_close(&self) {
         if let State::Running { stream, .. } = &self.state {
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: setsockopt reads `linger` for its size; the descriptor is ours and open.
-            unsafe {
-                libc::setsockopt(
-                    stream.fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
+            let fd = stream.fd();
+            if fd >= 0 {
+                // SAFETY: the stream's own descriptor, open for as long as this borrow.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
             }
         }
     }

@@ -13,10 +13,11 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
+use crate::ops::shm;
+
 /// Events kept.
 pub const SLOTS: usize = 256;
 const TEXT_WORDS: usize = 30;
-const TEXT_BYTES: usize = TEXT_WORDS * 8;
 
 #[repr(C)]
 struct Slot {
@@ -71,17 +72,9 @@ pub fn record(kind: &str, user: &str, peer: &str, detail: &str) {
     let n = ring.next.fetch_add(1, Ordering::AcqRel);
     let slot = &ring.slots[(n % SLOTS as u64) as usize];
     let joined = format!("{kind}\t{user}\t{peer}\t{detail}");
-    let mut end = joined.len().min(TEXT_BYTES);
-    while !joined.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut text = [0u8; TEXT_BYTES];
-    text[..end].copy_from_slice(&joined.as_bytes()[..end]);
     slot.stamp.store(2 * n + 1, Ordering::Release);
     slot.at_ms.store(crate::ops::status::now_ms(), Ordering::Relaxed);
-    for (word, chunk) in slot.text.iter().zip(text.chunks(8)) {
-        word.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), Ordering::Relaxed);
-    }
+    shm::store_text(&slot.text, &joined);
     slot.stamp.store(2 * n + 2, Ordering::Release);
 }
 
@@ -101,15 +94,10 @@ fn read(ring: &Ring, n: u64) -> Option<EventView> {
         return None;
     }
     let at_ms = slot.at_ms.load(Ordering::Relaxed);
-    let mut text = [0u8; TEXT_BYTES];
-    for (word, chunk) in slot.text.iter().zip(text.chunks_mut(8)) {
-        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-    }
+    let text = shm::load_text(&slot.text);
     if slot.stamp.load(Ordering::Acquire) != 2 * n + 2 {
         return None;
     }
-    let end = text.iter().position(|&b| b == 0).unwrap_or(TEXT_BYTES);
-    let text = String::from_utf8_lossy(&text[..end]);
     let mut parts = text.splitn(4, '\t').map(str::to_string);
     let mut next = || parts.next().unwrap_or_default();
     Some(EventView { seq: n, at_ms, kind: next(), user: next(), peer: next(), detail: next() })

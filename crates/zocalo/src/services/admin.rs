@@ -176,32 +176,15 @@ impl Admin {
 
     /// `kick ID` (this node) or `kick NODE:ID` (any node of the cluster).
     fn kick(&self, target: &str) -> String {
-        let (node, id) = match target.rsplit_once(':') {
-            Some((node, id)) => (Some(node), id),
-            None => (None, target),
-        };
-        let Ok(id) = id.parse::<u64>() else {
-            return format!("error: no session {target}\n");
-        };
-        match (node, &self.shared) {
-            (None, _) => {}
-            (Some(node), _) if node == self.node => {}
-            (Some(node), Some(shared)) => {
-                use crate::state::shared::Kick;
-                return match shared.kick(node, id) {
-                    Some(Kick::Asked) => format!("asked node {node} to kick session {id}\n"),
-                    Some(Kick::NoNode) => format!("error: no node {node:?} in the cluster\n"),
-                    Some(Kick::NoSession) => format!("error: no session {target}\n"),
-                    None => "error: shared state unreachable\n".into(),
-                };
+        match kick(&self.registry, self.shared.as_deref(), &self.node, target) {
+            Kicked::Here(id) => format!("kicked session {id}\n"),
+            Kicked::Asked(node, id) => format!("asked node {node} to kick session {id}\n"),
+            Kicked::NoSession => format!("error: no session {target}\n"),
+            Kicked::NoNode(node) => format!("error: no node {node:?} in the cluster\n"),
+            Kicked::Unreachable => "error: shared state unreachable\n".into(),
+            Kicked::Alone(node) => {
+                format!("error: no node {node} (this node has no --shared-state)\n")
             }
-            (Some(node), None) => {
-                return format!("error: no node {node} (this node has no --shared-state)\n");
-            }
-        }
-        match self.registry.kick(id) {
-            true => format!("kicked session {id}\n"),
-            false => format!("error: no session {target}\n"),
         }
     }
 
@@ -233,6 +216,49 @@ impl Admin {
             let served = self.spawn(shutdown)?.join();
             served.map_err(|_| io::Error::other("admin channel"))
         })
+    }
+}
+
+/// What became of a kick (`ctl kick`, the console's kick button).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kicked {
+    /// A session of this node, closed now.
+    Here(u64),
+    /// Another node was asked (it closes the session within a tick).
+    Asked(String, u64),
+    NoSession,
+    NoNode(String),
+    /// The shared state did not answer.
+    Unreachable,
+    /// Another node was named, and this node has no shared state.
+    Alone(String),
+}
+
+/// Kicks `ID` (this node) or `NODE:ID` (any node of the cluster, through `shared`).
+pub fn kick(
+    registry: &Registry,
+    shared: Option<&crate::state::shared::Shared>,
+    this_node: &str,
+    target: &str,
+) -> Kicked {
+    use crate::state::shared::Kick;
+    let (node, id) = match target.rsplit_once(':') {
+        Some((node, id)) => (Some(node).filter(|n| *n != this_node), id),
+        None => (None, target),
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return Kicked::NoSession;
+    };
+    match (node, shared) {
+        (None, _) if registry.kick(id) => Kicked::Here(id),
+        (None, _) => Kicked::NoSession,
+        (Some(node), Some(shared)) => match shared.kick(node, id) {
+            Some(Kick::Asked) => Kicked::Asked(node.to_string(), id),
+            Some(Kick::NoNode) => Kicked::NoNode(node.to_string()),
+            Some(Kick::NoSession) => Kicked::NoSession,
+            None => Kicked::Unreachable,
+        },
+        (Some(node), None) => Kicked::Alone(node.to_string()),
     }
 }
 

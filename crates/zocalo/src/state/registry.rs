@@ -16,6 +16,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::ops::shm::{load_text, store_text};
+
 const TEXT_WORDS: usize = 22;
 const TEXT_BYTES: usize = TEXT_WORDS * 8;
 
@@ -146,19 +148,15 @@ impl Registry {
                 std::hint::spin_loop();
                 continue;
             }
-            let mut text = [0u8; TEXT_BYTES];
-            for (w, chunk) in slot.text.iter().zip(text.chunks_mut(8)) {
-                chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-            }
+            let text = load_text(&slot.text);
             let (pid, bytes) =
                 (slot.pid.load(Ordering::Relaxed), slot.bytes.load(Ordering::Relaxed));
             let total = slot.total.load(Ordering::Relaxed).checked_sub(1);
             let started_ms = slot.started_ms.load(Ordering::Relaxed);
-            let verb = slot.verb.load(Ordering::Relaxed).to_le_bytes();
+            let verb = load_text(std::slice::from_ref(&slot.verb));
             if slot.seq.load(Ordering::Acquire) == before {
                 let mut v = view(id, pid, bytes, &text);
-                let end = verb.iter().position(|&b| b == 0).unwrap_or(8);
-                v.command = String::from_utf8_lossy(&verb[..end]).into_owned();
+                v.command = verb;
                 v.active_ms = slot.active_ms.load(Ordering::Relaxed);
                 (v.total, v.started_ms) = (total, started_ms);
                 return Some(v);
@@ -233,9 +231,7 @@ pub fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
     peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_canonical())
 }
 
-fn view(id: u64, pid: i32, bytes: u64, text: &[u8]) -> SessionView {
-    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    let text = String::from_utf8_lossy(&text[..end]);
+fn view(id: u64, pid: i32, bytes: u64, text: &str) -> SessionView {
     let mut parts = text.splitn(3, '\t');
     let mut next = || parts.next().unwrap_or("").to_string();
     let (peer, user, transfer) = (next(), next(), next());
@@ -254,15 +250,10 @@ impl Entry {
             return;
         };
         let slot = self.registry.slot(i);
-        let mut text = [0u8; TEXT_BYTES];
         let mut joined = String::with_capacity(TEXT_BYTES);
         let _ = write!(joined, "{peer}\t{user}\t{transfer}");
-        let n = floor_char_boundary(&joined, TEXT_BYTES - 1);
-        text[..n].copy_from_slice(&joined.as_bytes()[..n]);
         let seq = slot.seq.fetch_add(1, Ordering::AcqRel);
-        for (w, chunk) in slot.text.iter().zip(text.chunks(8)) {
-            w.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), Ordering::Relaxed);
-        }
+        store_text(&slot.text, &joined);
         slot.bytes.store(bytes, Ordering::Relaxed);
         slot.seq.store(seq.wrapping_add(2) & !1, Ordering::Release);
     }
@@ -280,10 +271,7 @@ impl Entry {
     pub fn activity(&self, verb: &str, active_ms: u64) {
         if let Some(i) = self.index {
             let slot = self.registry.slot(i);
-            let mut packed = [0u8; 8];
-            let n = verb.len().min(8);
-            packed[..n].copy_from_slice(&verb.as_bytes()[..n]);
-            slot.verb.store(u64::from_le_bytes(packed), Ordering::Relaxed);
+            store_text(std::slice::from_ref(&slot.verb), verb);
             slot.active_ms.store(active_ms, Ordering::Relaxed);
         }
     }
@@ -294,14 +282,6 @@ impl Entry {
             self.registry.slot(i).bytes.store(bytes, Ordering::Relaxed);
         }
     }
-}
-
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    let mut n = s.len().min(max);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    n
 }
 
 impl Drop for Entry {

@@ -200,8 +200,21 @@ pub struct Shared {
     reload: OnceLock<crate::sys::shutdown::Reload>,
 }
 
-/// Makes this node's console snapshot (see [`Shared::publish_snapshot`]).
-pub type Snapshot = Box<dyn Fn() -> String + Send + Sync>;
+/// Does `drain`, `undrain` or `reload` on this node, as a console asked; false for anything
+/// else.
+pub fn carry_out(what: &str, reload: &crate::sys::shutdown::Reload) -> bool {
+    match what {
+        "drain" => crate::ops::metrics::start_draining(),
+        "undrain" => crate::ops::metrics::stop_draining(),
+        "reload" => reload.ask(),
+        _ => return false,
+    }
+    true
+}
+
+/// Makes this node's console snapshot from its sessions, read once per tick (see
+/// [`Shared::publish_snapshot`]).
+pub type Snapshot = Box<dyn Fn(&[SessionView]) -> String + Send + Sync>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -625,13 +638,19 @@ impl Shared {
         })
     }
 
+    /// The names of the nodes that have run, this one left out, in order.
+    fn other_nodes(&self, c: &mut Connection) -> RedisResult<Vec<String>> {
+        let mut nodes: Vec<String> = redis::cmd("SMEMBERS").arg("zocalo:nodes").query(c)?;
+        nodes.retain(|n| *n != self.node);
+        nodes.sort();
+        Ok(nodes)
+    }
+
     /// Every other live node's sessions, by node name.
     pub fn other_sessions(&self) -> Option<Vec<(String, Vec<SessionView>)>> {
         self.call(|c| {
-            let mut nodes: Vec<String> = redis::cmd("SMEMBERS").arg("zocalo:nodes").query(c)?;
-            nodes.sort();
             let mut out = Vec::new();
-            for node in nodes.into_iter().filter(|n| *n != self.node) {
+            for node in self.other_nodes(c)? {
                 let key = format!("zocalo:sessions:{node}");
                 let live: bool = redis::cmd("EXISTS").arg(&key).query(c)?;
                 if !live {
@@ -650,7 +669,7 @@ impl Shared {
         })
     }
 
-    /// Publishes `snapshot()` (this node as the console shows it) every tick from now on.
+    /// Publishes `snapshot(sessions)` (this node as the console shows it) every tick from now on.
     pub fn publish_snapshot(&self, snapshot: Snapshot, reload: crate::sys::shutdown::Reload) {
         let _ = self.snapshot.set(snapshot);
         let _ = self.reload.set(reload);
@@ -659,10 +678,8 @@ impl Shared {
     /// The other live nodes' console snapshots (JSON), by node name.
     pub fn other_snapshots(&self) -> Option<Vec<(String, String)>> {
         self.call(|c| {
-            let mut nodes: Vec<String> = redis::cmd("SMEMBERS").arg("zocalo:nodes").query(c)?;
-            nodes.sort();
             let mut out = Vec::new();
-            for node in nodes.into_iter().filter(|n| *n != self.node) {
+            for node in self.other_nodes(c)? {
                 let json: Option<String> =
                     redis::cmd("GET").arg(format!("zocalo:node:{node}")).query(c)?;
                 if let Some(json) = json {
@@ -797,16 +814,9 @@ impl Shared {
 
     /// Does what another node's console asked of this one.
     fn answer_ask(&self, what: &str) {
-        match what {
-            "drain" => crate::ops::metrics::start_draining(),
-            "undrain" => crate::ops::metrics::stop_draining(),
-            "reload" => match self.reload.get() {
-                Some(reload) => reload.ask(),
-                None => return,
-            },
-            _ => return,
+        if self.reload.get().is_some_and(|reload| carry_out(what, reload)) {
+            tracing::warn!(what, "asked by another node's console");
         }
-        tracing::warn!(what, "asked by another node's console");
     }
 
     /// One tick: renew the lease, publish the session table, act on kicks; after a
@@ -849,7 +859,8 @@ impl Shared {
         }
         pipe.expire(&table_key, lease).ignore();
         if let Some(snapshot) = self.snapshot.get() {
-            pipe.set_ex(format!("zocalo:node:{}", self.node), snapshot(), LEASE.as_secs()).ignore();
+            let json = snapshot(&sessions);
+            pipe.set_ex(format!("zocalo:node:{}", self.node), json, LEASE.as_secs()).ignore();
         }
         pipe.query::<()>(c)?;
         let kick_key = format!("zocalo:kick:{}", self.node);

@@ -69,9 +69,9 @@ pub struct Console {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// This node as the console shows it: the JSON each node publishes for the others.
-pub fn node_snapshot(node: &str, registry: &Registry) -> Value {
-    let sessions = registry.sessions();
+/// This node as the console shows it, from its `sessions`: the JSON each node publishes for
+/// the others.
+pub fn node_snapshot(node: &str, sessions: &[SessionView]) -> Value {
     let now = status::now_ms();
     let rate: f64 = sessions.iter().filter_map(|s| rate(s, now)).sum();
     json!({
@@ -117,9 +117,10 @@ fn session_json(node: &str, s: &SessionView, now_ms: u64) -> Value {
 }
 
 impl Console {
-    /// Every node's snapshot, this one first (the others from Redis, when shared).
-    fn nodes(&self) -> (Vec<Value>, bool) {
-        let mut nodes = vec![node_snapshot(&self.node, &self.registry)];
+    /// Every node's snapshot, this one's (from its `local` sessions) first, the others from
+    /// Redis when shared.
+    fn nodes(&self, local: &[SessionView]) -> (Vec<Value>, bool) {
+        let mut nodes = vec![node_snapshot(&self.node, local)];
         let mut reachable = true;
         if let Some(shared) = &self.shared {
             match shared.other_snapshots() {
@@ -132,10 +133,10 @@ impl Console {
         (nodes, reachable)
     }
 
-    fn sessions(&self) -> Vec<Value> {
+    /// Every node's sessions, this one's (`local`) first.
+    fn sessions(&self, local: &[SessionView]) -> Vec<Value> {
         let now = status::now_ms();
-        let mut out: Vec<Value> =
-            self.registry.sessions().iter().map(|s| session_json(&self.node, s, now)).collect();
+        let mut out: Vec<Value> = local.iter().map(|s| session_json(&self.node, s, now)).collect();
         if let Some(others) = self.shared.as_ref().and_then(|s| s.other_sessions()) {
             for (node, sessions) in others {
                 out.extend(sessions.iter().map(|s| session_json(&node, s, now)));
@@ -162,7 +163,8 @@ impl Console {
     }
 
     fn overview(&self, who: &Who) -> Value {
-        let (mut nodes, reachable) = self.nodes();
+        let local = self.registry.sessions();
+        let (mut nodes, reachable) = self.nodes(&local);
         let events = Self::events(&nodes);
         for n in &mut nodes {
             if let Some(n) = n.as_object_mut() {
@@ -172,7 +174,7 @@ impl Console {
         json!({
             "me": me(who),
             "nodes": nodes,
-            "sessions": self.sessions(),
+            "sessions": self.sessions(&local),
             "events": events,
             "shared_state": self.shared.is_some().then_some(reachable),
         })
@@ -243,11 +245,16 @@ impl Console {
             "/console.js" => Response::new("200 OK", "text/javascript; charset=utf-8", CONSOLE_JS),
             "/api/v1/me" => Response::json("200 OK", &me(&who)),
             "/api/v1/overview" => Response::json("200 OK", &self.overview(&who)),
-            "/api/v1/nodes" => Response::json("200 OK", &Value::from(self.nodes().0)),
-            "/api/v1/sessions" => Response::json("200 OK", &Value::from(self.sessions())),
-            "/api/v1/events" => {
-                Response::json("200 OK", &Value::from(Self::events(&self.nodes().0)))
+            "/api/v1/nodes" => {
+                Response::json("200 OK", &Value::from(self.nodes(&self.registry.sessions()).0))
             }
+            "/api/v1/sessions" => {
+                Response::json("200 OK", &Value::from(self.sessions(&self.registry.sessions())))
+            }
+            "/api/v1/events" => Response::json(
+                "200 OK",
+                &Value::from(Self::events(&self.nodes(&self.registry.sessions()).0)),
+            ),
             _ => Response::json("404 Not Found", &json!({"error": "no such page"})),
         }
     }
@@ -306,20 +313,17 @@ impl Console {
     }
 
     fn kick(&self, target: &str) -> Result<String, (&'static str, String)> {
-        let missing = || ("404 Not Found", format!("no session {target}"));
-        let (node, id) = target.rsplit_once(':').ok_or_else(missing)?;
-        let id: u64 = id.parse().map_err(|_| missing())?;
-        if node == self.node {
-            return match self.registry.kick(id) {
-                true => Ok(format!("kicked session {target}")),
-                false => Err(missing()),
-            };
-        }
-        match self.shared.as_ref().map(|s| s.kick(node, id)) {
-            Some(Some(Kick::Asked)) => Ok(format!("asked node {node} to kick session {id}")),
-            Some(Some(Kick::NoSession)) => Err(missing()),
-            Some(None) => Err(("503 Service Unavailable", "shared state unreachable".into())),
-            Some(Some(Kick::NoNode)) | None => Err(("404 Not Found", format!("no node {node}"))),
+        use crate::services::admin::{kick, Kicked};
+        match kick(&self.registry, self.shared.as_deref(), &self.node, target) {
+            Kicked::Here(_) => Ok(format!("kicked session {target}")),
+            Kicked::Asked(node, id) => Ok(format!("asked node {node} to kick session {id}")),
+            Kicked::NoSession => Err(("404 Not Found", format!("no session {target}"))),
+            Kicked::Unreachable => {
+                Err(("503 Service Unavailable", "shared state unreachable".into()))
+            }
+            Kicked::NoNode(node) | Kicked::Alone(node) => {
+                Err(("404 Not Found", format!("no node {node}")))
+            }
         }
     }
 
@@ -328,11 +332,7 @@ impl Console {
             return Err(("404 Not Found", format!("no action {what}")));
         }
         if node == self.node {
-            match what {
-                "drain" => crate::ops::metrics::start_draining(),
-                "undrain" => crate::ops::metrics::stop_draining(),
-                _ => self.reload.ask(),
-            }
+            crate::state::shared::carry_out(what, &self.reload);
             return Ok(format!("{what}: done on {node}"));
         }
         match self.shared.as_ref().map(|s| s.ask(node, what)) {
