@@ -380,3 +380,136 @@ def test_health_answers_at_once_while_idle_clients_hold_the_metrics_port(start_s
     assert body == b"", "HEAD sent a body"
     length = int(next(l.split(b":")[1] for l in headers.split(b"\r\n") if l.lower().startswith(b"content-length")))
     assert length > 100
+
+
+# --------------------------------------------------------------------------
+# 26.7 and 26.14: a slow or broken S3 store is bounded in time and in memory
+
+S3_SLOW_MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll"]
+
+
+@pytest.fixture
+def hostile_store(tmp_path):
+    """Starts a HostileS3 and a zocalo serving it; both stopped at the end. Not through
+    start_server: the descriptors of the server's pooled S3 connections do not go back to the
+    start-up baseline, by design (as in test_s3.py)."""
+    from hostile_s3 import HostileS3
+    started: list = []
+
+    def start(model: str, extra=(), **store_kwargs):
+        store = HostileS3(**store_kwargs)
+        started.append(store)
+        env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        srv = helpers.launch(model, tmp_path, tmp_path / f"zocalo-{len(started)}.log",
+                             write=True, env=env, root_flag=False,
+                             extra=["--storage", store.location, "--s3-insecure-http",
+                                    "--s3-timeout", "2", *extra])
+        started.append(srv)
+        return store, srv
+
+    yield start
+    codes = []
+    for thing in reversed(started):
+        if isinstance(thing, helpers.Server):
+            thing.close_clients()
+            codes.append(thing.stop())
+        else:
+            thing.stop()
+    assert None not in codes, "a server did not exit within the stop deadline of SIGTERM"
+
+
+@pytest.mark.parametrize("model", S3_SLOW_MODELS)
+def test_a_trickling_store_download_ends_in_451(hostile_store, model):
+    store, srv = hostile_store(model, trickle_every=0.4)
+    ftp = srv.ftp(timeout=30)
+    # One byte every 0.4 s never trips the 2 s read timeout: it used to run for ever (a 1 MiB
+    # body at that pace, 5 days). Now the body brings under 64 KiB in 2 s of waiting: cut.
+    with pytest.raises(ftplib.error_temp, match=r"^451 .*under the least allowed"):
+        helpers.download(ftp, "trickle")
+    assert helpers.poll_until(lambda: store.count("bodies_open") == 0, 10), \
+        "the server kept reading the trickling body"
+    assert ftp.sendcmd("NOOP").startswith("200")
+    ftp.quit()
+
+
+@pytest.mark.parametrize("model", ["thread", "epoll"])
+def test_an_endless_store_listing_is_bounded(hostile_store, model):
+    store, srv = hostile_store(model, listing="endless")
+    ftp = srv.ftp(timeout=30)
+    # STAT reads what its reply may hold and no more pages.
+    ftp.putcmd("STAT /")
+    reply = ftp.getmultiline()
+    assert reply.startswith("213-") and "cut here" in reply, reply[:300]
+    assert len(reply) < 20 * 1024
+    assert store.count("pages") <= 60, store.count("pages")
+    # A LIST its client leaves after 256 KiB: the server stops paging at once.
+    ftp.voidcmd("TYPE A")
+    data = ftp.transfercmd("LIST")
+    got = 0
+    while got < 256 * 1024:
+        chunk = data.recv(65536)
+        assert chunk, "the listing ended"
+        got += len(chunk)
+    before = rss_kib(srv.proc.pid)
+    data.close()
+    ftp.close()
+    assert helpers.poll_until(lambda: store.idle_for() > 1.0, 15), \
+        f"still paging after the client left ({store.count('pages')} pages)"
+    pages = store.count("pages")
+    assert rss_kib(srv.proc.pid) < before + 16 * 1024
+    fresh = srv.ftp()
+    assert fresh.sendcmd("NOOP").startswith("200")
+    fresh.quit()
+    assert store.count("pages") - pages <= 1
+
+
+@pytest.mark.parametrize("model", ["thread", "epoll"])
+def test_a_store_that_gives_a_token_again_ends_the_listing(hostile_store, model):
+    store, srv = hostile_store(model, listing="loop")
+    ftp = srv.ftp(timeout=30)
+    with pytest.raises(ftplib.error_temp, match=r"^451 .*continuation token again"):
+        ftp.nlst("/")
+    assert store.count("pages") <= 3
+    ftp.quit()
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+
+
+@pytest.mark.parametrize("model", ["thread", "poll", "epoll"])
+def test_uploads_to_a_store_that_stops_answering_hold_only_their_budget(hostile_store, model):
+    store, srv = hostile_store(model, deaf_uploads=True, extra=["--s3-upload-memory", "48"])
+    base = peak_rss_kib(srv.proc.pid)
+    body = os.urandom(12 << 20)  # more than a part: each upload needs a full 8 MiB buffer
+    replies: list = []
+
+    def upload():
+        c = srv.ftp(timeout=60)
+        try:
+            replies.append(helpers.upload(c, "big.bin", body))
+        except ftplib.Error as e:
+            replies.append(str(e))
+        except OSError:  # the server gave up on the data connection while we were sending
+            try:
+                c.getresp()
+            except ftplib.Error as e:
+                replies.append(str(e))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=upload) for _ in range(24)]
+    for t in threads:
+        t.start()
+    # While they wait on the store (or for memory), a login is answered at once.
+    fresh = srv.ftp(timeout=10)
+    assert fresh.sendcmd("NOOP").startswith("200")
+    fresh.quit()
+    for t in threads:
+        t.join(60)
+    assert len(replies) == 24 and all(r.startswith("451") for r in replies), replies
+    assert any("memory allowed" in r for r in replies), replies
+    # Two parts an upload, as before, would be 24 x 8 MiB at least; the budget is 48 MiB.
+    grown = peak_rss_kib(srv.proc.pid) - base
+    assert grown < 100 * 1024, f"uploads to a dead store took {grown} KiB"

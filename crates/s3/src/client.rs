@@ -32,6 +32,11 @@ pub(crate) struct Client {
     pub(crate) credentials: Credentials,
     /// `host:port`, named in error messages.
     pub(crate) endpoint: String,
+    /// The storage's timeout: also the window of a body's minimum rate, and how long an upload
+    /// waits for a share of the budget.
+    pub(crate) timeout: Duration,
+    /// The memory all uploads' part buffers share.
+    pub(crate) budget: std::sync::Arc<crate::limits::Budget>,
 }
 
 /// A request body that can be sent again on a retry.

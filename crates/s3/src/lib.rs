@@ -10,6 +10,7 @@
 //! dead storage costs a session a clear 451 and never a hang.
 
 mod client;
+mod limits;
 mod list;
 mod time;
 mod upload;
@@ -38,10 +39,13 @@ pub struct S3Config {
     pub secret_key: String,
     /// Speak plain HTTP instead of HTTPS (a test or a private network).
     pub insecure_http: bool,
-    /// How long a connection, an answer and each read of a body may take.
+    /// How long a connection, an answer and each read of a body may take; a body must also
+    /// bring 64 KiB per this much time spent waiting for it.
     pub timeout: Duration,
     /// Size of the first parts of a multipart upload.
     pub part_size: usize,
+    /// Bytes the part buffers of all uploads may hold at once.
+    pub upload_memory: u64,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -59,7 +63,8 @@ impl std::fmt::Debug for S3Config {
 
 impl S3Config {
     /// The bucket at `s3://HOST:PORT/BUCKET[/PREFIX]` with these credentials, and the defaults:
-    /// region `us-east-1`, HTTPS, a 30 s timeout, parts of [`FIRST_PART`].
+    /// region `us-east-1`, HTTPS, a 30 s timeout, parts of [`FIRST_PART`], 512 MiB for the
+    /// buffers of uploads.
     pub fn new(location: &str, access_key: String, secret_key: String) -> Result<S3Config, String> {
         let (endpoint, bucket, prefix) = parse_location(location)?;
         Ok(S3Config {
@@ -72,6 +77,7 @@ impl S3Config {
             insecure_http: false,
             timeout: Duration::from_secs(30),
             part_size: FIRST_PART,
+            upload_memory: 512 << 20,
         })
     }
 }
@@ -137,6 +143,8 @@ impl S3Storage {
             bucket,
             credentials: Credentials::new(config.access_key.clone(), config.secret_key.clone()),
             endpoint: config.endpoint.clone(),
+            timeout: config.timeout,
+            budget: limits::Budget::new(config.upload_memory),
         };
         let root = match config.prefix.is_empty() {
             true => String::new(),
@@ -412,6 +420,7 @@ impl Storage for S3Storage {
             Ok(response) => Ok(Box::new(Download {
                 body: response.into_body().into_reader(),
                 endpoint: client.endpoint.clone(),
+                pace: limits::Pace::new(client.timeout),
             })),
             // A REST to exactly the end is an empty transfer, as on a file system.
             Err(err) if zocalo_proto::storage::is_rest_past_end(&err) => match self.head(&key)? {
@@ -525,15 +534,20 @@ impl Storage for S3Storage {
     }
 }
 
-/// RETR's stream: the body of one GET, read as the data connection drains.
+/// RETR's stream: the body of one GET, read as the data connection drains, at no less than
+/// the storage's minimum rate.
 struct Download {
     body: ureq::BodyReader<'static>,
     endpoint: String,
+    pace: limits::Pace,
 }
 
 impl Read for Download {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.body.read(buf).map_err(|e| client::annotate(&e, &self.endpoint))
+        let started = std::time::Instant::now();
+        let n = self.body.read(buf).map_err(|e| client::annotate(&e, &self.endpoint))?;
+        self.pace.count(started.elapsed(), n, &self.endpoint)?;
+        Ok(n)
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Bytes fill a part buffer; a full part goes to one uploader thread while the next part fills,
 //! so an upload holds at most two parts in memory and the data connection keeps flowing while a
-//! part is on its way. A file smaller than one part is sent in a single PUT. The object appears
+//! part is on its way. The buffers of all uploads together stay within the storage's budget
+//! (`crate::limits::Budget`): a buffer takes its share as it fills, and the share goes back
+//! once its part has been sent. A file smaller than one part is sent in a single PUT. The object appears
 //! only when [`FileHandle::finish`] completes the upload: an upload that fails or is abandoned
 //! never replaces the old object, and its parts are aborted (on a thread of its own, so dropping
 //! a handle never blocks the caller on the network).
@@ -20,6 +22,7 @@ use rusty_s3::{Method, S3Action};
 use zocalo_proto::FileHandle;
 
 use crate::client::{Client, SIGN_FOR};
+use crate::limits::{Share, STEP};
 
 /// The size of the first thousand parts.
 pub const FIRST_PART: usize = 8 * 1024 * 1024;
@@ -40,6 +43,8 @@ pub(crate) struct Upload {
     create_new: bool,
     first_part: usize,
     buf: Vec<u8>,
+    /// The budget `buf` may fill (None until it starts to fill).
+    share: Option<Share>,
     /// The number the part in `buf` will get.
     next_part: u16,
     multipart: Option<Multipart>,
@@ -48,7 +53,7 @@ pub(crate) struct Upload {
 /// A multipart upload under way, and the thread that sends its parts in order.
 struct Multipart {
     upload_id: String,
-    parts: Option<SyncSender<(u16, Vec<u8>)>>,
+    parts: Option<SyncSender<(u16, Vec<u8>, Option<Share>)>>,
     /// Returns the ETags of the parts, in order, or the first error.
     uploader: Option<JoinHandle<io::Result<Vec<String>>>>,
 }
@@ -61,6 +66,7 @@ impl Upload {
             create_new,
             first_part: first,
             buf: Vec::new(),
+            share: None,
             next_part: 1,
             multipart: None,
         }
@@ -68,6 +74,22 @@ impl Upload {
 
     fn part_capacity(&self) -> usize {
         part_size(self.first_part, self.next_part)
+    }
+
+    /// How many more bytes the buffer may take: its share of the budget, taken [`STEP`] at a
+    /// time (waiting for one up to the storage's timeout) when it is used up.
+    fn room(&mut self, want: usize) -> io::Result<usize> {
+        let held = self.share.as_ref().map_or(0, |s| s.bytes() as usize);
+        if held > self.buf.len() {
+            return Ok(want.min(held - self.buf.len()));
+        }
+        let more = STEP.max(want).min(self.part_capacity() - held);
+        let share = self.client.budget.take(more as u64, self.client.timeout)?;
+        match &mut self.share {
+            Some(held) => held.join(share),
+            None => self.share = Some(share),
+        }
+        Ok(want.min(held + more - self.buf.len()))
     }
 
     /// Hands the full buffer to the uploader, starting the multipart upload on the first part.
@@ -78,11 +100,11 @@ impl Upload {
         if self.multipart.is_none() {
             self.multipart = Some(self.start()?);
         }
-        let part = std::mem::take(&mut self.buf);
+        let (part, share) = (std::mem::take(&mut self.buf), self.share.take());
         let number = self.next_part;
         self.next_part += 1;
         let multipart = self.multipart.as_mut().expect("started above");
-        let sent = multipart.parts.as_ref().map(|tx| tx.send((number, part)));
+        let sent = multipart.parts.as_ref().map(|tx| tx.send((number, part, share)));
         match sent {
             Some(Ok(())) => Ok(()),
             // The uploader stopped: it failed, and says why when joined.
@@ -92,12 +114,13 @@ impl Upload {
 
     fn start(&self) -> io::Result<Multipart> {
         let upload_id = self.client.create_multipart(&self.key)?;
-        let (tx, rx) = sync_channel::<(u16, Vec<u8>)>(0);
+        let (tx, rx) = sync_channel::<(u16, Vec<u8>, Option<Share>)>(0);
         let (client, key, id) = (self.client.clone(), self.key.clone(), upload_id.clone());
         let uploader =
             std::thread::Builder::new().name("zocalo-s3-upload".into()).spawn(move || {
                 let mut etags = Vec::new();
-                for (number, part) in rx {
+                // The part's share of the budget goes back once it is sent (or failed).
+                for (number, part, _share) in rx {
                     etags.push(upload_part(&client, &key, &id, number, &part)?);
                 }
                 Ok(etags)
@@ -179,8 +202,11 @@ fn upload_part(
 
 impl Write for Upload {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
         let room = self.part_capacity() - self.buf.len();
-        let take = data.len().min(room);
+        let take = self.room(data.len().min(room))?;
         if self.buf.capacity() == 0 {
             // Pages of a large allocation are only backed once written to.
             self.buf.reserve_exact(self.part_capacity());

@@ -160,9 +160,14 @@ pub struct Settings {
     /// Speak plain HTTP to the S3 service instead of HTTPS (a test or a private network).
     #[arg(long)]
     pub s3_insecure_http: bool,
-    /// Seconds an S3 request may take to connect, to answer, and per read.
+    /// Seconds an S3 request may take to connect, to answer, and per read; a download must also
+    /// bring 64 KiB per this many seconds of waiting for the store.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub s3_timeout: u64,
+    /// MiB that the part buffers of all S3 uploads may hold at once; an upload that finds none
+    /// left waits up to --s3-timeout, then fails with 451.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub s3_upload_memory: u64,
     /// The S3 access key: a key of the file only, never a flag (`ps` would show it).
     #[arg(skip)]
     pub s3_access_key: Option<String>,
@@ -329,6 +334,7 @@ impl Settings {
                 region: self.s3_region.clone(),
                 insecure_http: self.s3_insecure_http,
                 timeout: Duration::from_secs(self.s3_timeout),
+                upload_memory: self.s3_upload_memory.max(1) << 20,
                 ..s3_config(location, self.s3_access_key.clone(), self.s3_secret_key.clone())?
             }),
         };
