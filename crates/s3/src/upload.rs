@@ -50,10 +50,13 @@ pub(crate) struct Upload {
     multipart: Option<Multipart>,
 }
 
+/// A part on its way to the uploader: its number, its bytes, and their share of the budget.
+type Part = (u16, Vec<u8>, Option<Share>);
+
 /// A multipart upload under way, and the thread that sends its parts in order.
 struct Multipart {
     upload_id: String,
-    parts: Option<SyncSender<(u16, Vec<u8>, Option<Share>)>>,
+    parts: Option<SyncSender<Part>>,
     /// Returns the ETags of the parts, in order, or the first error.
     uploader: Option<JoinHandle<io::Result<Vec<String>>>>,
 }
@@ -114,7 +117,7 @@ impl Upload {
 
     fn start(&self) -> io::Result<Multipart> {
         let upload_id = self.client.create_multipart(&self.key)?;
-        let (tx, rx) = sync_channel::<(u16, Vec<u8>, Option<Share>)>(0);
+        let (tx, rx) = sync_channel::<Part>(0);
         let (client, key, id) = (self.client.clone(), self.key.clone(), upload_id.clone());
         let uploader =
             std::thread::Builder::new().name("zocalo-s3-upload".into()).spawn(move || {
