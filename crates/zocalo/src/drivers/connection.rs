@@ -285,6 +285,12 @@ impl Connection {
         self.stop_by.is_some()
     }
 
+    /// Whether the control connection's TLS handshake is under way (its next step may sign
+    /// with the server's key: milliseconds of CPU with a large RSA key).
+    pub fn handshaking(&self) -> bool {
+        self.handshaking
+    }
+
     /// What to wait for on the control socket.
     pub fn interest(&self) -> Wanted {
         if self.handshaking {

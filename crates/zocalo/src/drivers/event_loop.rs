@@ -3,6 +3,12 @@
 //! are non-blocking; listeners, control connections, data connections, the stop signal and the
 //! timers live in one loop.
 //!
+//! TLS handshakes are the one costly step done on the loop's own thread (a signature with the
+//! server's key: about 3 ms with RSA-4096). A turn spends at most [`HANDSHAKE_BUDGET`] on them;
+//! a handshaking connection that is ready once it is spent waits for the next turn (the poller
+//! is level-triggered, so it is reported again), and every other session ready in the turn is
+//! served first. A crowd of handshakes then delays a NOOP by one budget, not by the crowd.
+//!
 //! Tokens carry a slot index and a kind (control or data) in their low bits. A connection's data
 //! descriptor is deregistered before its transfer is dropped, so a recycled descriptor number
 //! never meets a stale registration.
@@ -34,6 +40,9 @@ const WORK_DONE: usize = 1;
 /// PROXY header is being read, or whose admission (a Redis call) is on a worker.
 const GATE_BASE: usize = 1 << 24;
 
+/// CPU time one turn of the loop may spend on TLS handshakes (at least one step runs per turn).
+const HANDSHAKE_BUDGET: Duration = Duration::from_millis(4);
+
 fn token(index: usize, kind: usize) -> Token {
     Token(index << KIND_BITS | kind)
 }
@@ -63,6 +72,8 @@ pub struct EventLoop {
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     stop_by: Option<Instant>,
+    /// Time spent on handshakes in this turn (see [`HANDSHAKE_BUDGET`]).
+    handshakes_spent: Duration,
 }
 
 /// One client's place in the loop: its connection, and the loop's bookkeeping for it.
@@ -167,6 +178,7 @@ impl EventLoop {
             free,
             timers,
             stop_by: None,
+            handshakes_spent: Duration::ZERO,
         })
     }
 
@@ -176,6 +188,7 @@ impl EventLoop {
         loop {
             let timeout = self.next_timeout();
             self.poller.wait(&mut events, timeout)?;
+            self.handshakes_spent = Duration::ZERO;
             for ev in &events {
                 self.dispatch(ev);
             }
@@ -301,10 +314,18 @@ impl EventLoop {
         let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
+        let handshake = slot.conn.handshaking().then(Instant::now);
+        if handshake.is_some() && self.handshakes_spent >= HANDSHAKE_BUDGET {
+            // Reported again at the next turn, after the sessions that are ready now.
+            return crate::ops::metrics::inc(crate::ops::metrics::Counter::TlsHandshakesDeferred);
+        }
         if ev.readable || ev.hup || ev.error {
             slot.conn.on_control();
         }
         self.drive(index);
+        if let Some(started) = handshake {
+            self.handshakes_spent += started.elapsed();
+        }
     }
 
     fn on_data(&mut self, index: usize) {

@@ -39,6 +39,8 @@ pub enum Counter {
     BytesReceived,
     TlsHandshakes,
     TlsFailures,
+    /// Handshake steps an event loop put off to its next turn (its turn's budget was spent).
+    TlsHandshakesDeferred,
     StorageErrors,
     FileOpsOk,
     FileOpsFailed,
@@ -303,6 +305,12 @@ pub fn render() -> String {
         "counter",
         "TLS handshakes by result.",
         &[("result=\"ok\"", c(TlsHandshakes)), ("result=\"failed\"", c(TlsFailures))],
+    );
+    family(
+        "zocalo_tls_handshakes_deferred_total",
+        "counter",
+        "TLS handshake steps an event loop put off to its next turn.",
+        &[("", c(TlsHandshakesDeferred))],
     );
     family(
         "zocalo_storage_errors_total",
