@@ -260,10 +260,10 @@ def test_an_anonymous_writer_cannot_chmod_and_nobody_chmods_the_root(start_serve
 # 26.9 and 26.11: the client against a hostile server
 
 
-def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str):
+def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str, listing: bytes = b""):
     """A one-session FTP server that refuses EPSV, announces `announce` in PASV, answers SIZE
-    with `size_reply`, and sends `body` then 226. Returns (port, thread, seen): `seen` gets
-    each address a data connection came to."""
+    with `size_reply`, sends `body` for RETR and `listing` for MLSD, then 226. Returns (port,
+    thread, seen): `seen` gets each address a data connection came to."""
     ctrl = socket.create_server(("127.0.0.1", 0))
     listening = []
     if announce == "127.0.0.1":
@@ -302,14 +302,14 @@ def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str):
                 conn.sendall(b"500 no\r\n")
             elif verb == "SIZE":
                 conn.sendall(f"213 {size_reply}\r\n".encode())
-            elif verb in ("RETR", "STOR"):
+            elif verb in ("RETR", "STOR", "MLSD"):
                 readable, _, _ = select.select(listening, [], [], helpers.TIMEOUT)
                 for sock in readable:
                     d, _ = sock.accept()
                     seen.append(sock.getsockname()[0])
                     conn.sendall(b"150 here\r\n")
-                    if verb == "RETR":
-                        d.sendall(body)
+                    if verb != "STOR":
+                        d.sendall(body if verb == "RETR" else listing)
                     d.close()
                 conn.sendall(b"226 done\r\n")
             elif verb == "QUIT":
@@ -324,6 +324,23 @@ def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return ctrl.getsockname()[1], t, seen
+
+
+def test_mirror_skips_an_empty_or_nul_name_and_copies_the_rest(tmp_path):
+    listing = (b"type=file;size=4;modify=20261201000000; \r\n"
+               b"type=file;size=4;modify=20261201000000; a\x00b\r\n"
+               b"type=file;size=4;modify=20261201000000; good\r\n")
+    port, t, _ = hostile_server(tmp_path, size_reply=4, body=b"good", announce="127.0.0.1",
+                                listing=listing)
+    dest = tmp_path / "down"
+    r = subprocess.run([str(helpers.zocalo_bin()), "mirror", "--quiet",
+                        f"ftp://u:p@127.0.0.1:{port}/", str(dest)],
+                       capture_output=True, text=True, timeout=30)
+    t.join(30)
+    # It used to stop at the empty name ("cannot create ''") and copy nothing.
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(dest)) == ["good"]
+    assert (dest / "good").read_bytes() == b"good"
 
 
 def test_the_client_ignores_the_pasv_address_and_fails_a_short_download(tmp_path):

@@ -109,6 +109,46 @@ def _wrap(sock: socket.socket) -> Ctl:
     return c
 
 
+@pytest.mark.parametrize("model", ["thread", "epoll"])
+def test_a_full_gate_says_so_once_a_second_not_once_a_connection(start_server, model):
+    """4,096 headers pending fill the gate; the next connections are closed, and the log says
+    so in a line a second with a count, not a line each (issue 26, item 15)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))
+    server = start_server(model, nofile=16384,
+                          extra=[*TRUST[:2], "--proxy-header-timeout", "60",
+                                 "--max-connections", "10000"])
+    held = []
+    try:
+        held = [from_balancer(server.host, server.port) for _ in range(4096)]
+        extra = [from_balancer(server.host, server.port) for _ in range(150)]
+        closed = [c for c in extra if closed_without_greeting(_wrap(c), 10)]
+        assert len(closed) >= 100, f"only {len(closed)} of 150 were closed at the full gate"
+        log = server.log_path.read_text()
+        lines = [l for l in log.splitlines() if "too many PROXY headers pending" in l]
+        assert 1 <= len(lines) <= 5, f"{len(lines)} lines for {len(closed)} closed connections"
+        for c in extra:
+            c.close()
+    finally:
+        for c in held:
+            c.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # The gate empties with its clients, and a good header is served again.
+    good = poll_until(lambda: _served(server), 20)
+    assert good, "a proxied client was not served after the gate emptied"
+
+
+def _served(server) -> bool:
+    c = proxied(server, v2(CLIENT, 40077))
+    try:
+        return c.reply()[0] == 220
+    except OSError:
+        return False
+    finally:
+        c.sock.close()
+
+
 BAD_HEADERS = {
     "garbage": b"GET / HTTP/1.0\r\n\r\n",
     "v1 bad address": b"PROXY TCP4 999.1.1.1 127.0.0.1 1000 21\r\n",

@@ -173,7 +173,18 @@ impl Door {
             return self.admit(stream, peer, implicit_tls, entrance);
         }
         if self.slots.len() - self.free.len() >= MAX_GATES {
-            return tracing::warn!(balancer = %peer, "too many PROXY headers pending; closed");
+            // A flood would write a line per connection: one a second, with the count.
+            static FULL: crate::ops::logs::Throttle = crate::ops::logs::Throttle::new();
+            crate::ops::metrics::inc(crate::ops::metrics::Counter::ProxyRefused);
+            if let Some(held) = FULL.allow() {
+                tracing::warn!(
+                    balancer = %peer,
+                    more = held,
+                    "too many PROXY headers pending ({MAX_GATES}); closed (and {held} more since \
+                     the last such line)"
+                );
+            }
+            return;
         }
         let deadline = Instant::now() + self.proxy_timeout;
         let gate = match Gate::new(stream, peer, deadline) {

@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -47,6 +48,36 @@ fn append(path: &Path) -> io::Result<File> {
         .append(true)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// A warning that a flood would repeat once per connection: said at most once per
+/// [`Throttle::EVERY`], and then with how many were held back since the last one said.
+pub struct Throttle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    pub const fn new() -> Throttle {
+        Throttle { state: Mutex::new((None, 0)) }
+    }
+
+    /// `Some(held back)` when this one may be said; `None` when it is held back.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match state.0 {
+            Some(said) if now.duration_since(said) < Self::EVERY => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
 }
 
 static LOG_FILE: OnceLock<Reopening> = OnceLock::new();
@@ -113,5 +144,19 @@ impl<'a> MakeWriter<'a> for Target {
             (Target::File, Some(file)) => LineWriter::File(file),
             _ => LineWriter::Stderr(io::stderr()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_says_one_line_a_second_with_the_count() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!((0..5).filter_map(|_| throttle.allow()).count(), 0);
+        throttle.state.lock().unwrap().0 = Some(Instant::now() - Throttle::EVERY);
+        assert_eq!(throttle.allow(), Some(5));
     }
 }
