@@ -46,6 +46,9 @@ struct Slot {
 /// lives in a shared mapping too, so ids stay unique across the processes of the `process`
 /// model and match the ids in the log lines.
 pub struct Registry {
+    /// Where the next claim starts looking: just past the slot claimed last (a word of the
+    /// mapping's header, shared by the processes of the `process` model).
+    cursor: *const AtomicU64,
     slots: *mut Slot,
     len: usize,
 }
@@ -101,7 +104,9 @@ impl Registry {
         // SAFETY: the slots start HEADER bytes into the mapping, which is page-aligned and
         // `size` bytes long.
         let slots = unsafe { ptr.cast::<u8>().add(HEADER).cast::<Slot>() };
-        Ok(Registry { slots, len })
+        // The header's first word: zeroed, aligned, never otherwise used.
+        let cursor = ptr.cast::<AtomicU64>().cast_const();
+        Ok(Registry { cursor, slots, len })
     }
 
     fn slot(&self, i: usize) -> &Slot {
@@ -110,9 +115,15 @@ impl Registry {
     }
 
     /// Claims a free slot for a new session (none when the table is full: the session runs
-    /// but is not listed).
+    /// but is not listed). The search starts past the slot claimed last and wraps: sessions
+    /// come and go in roughly the order they came, so the slots ahead of the cursor are
+    /// mostly free and a claim looks at one or two, where a search from slot 0 stepped over
+    /// every session still open.
     pub fn enter(self: &Arc<Self>, fd: RawFd, peer: &str, id: u64) -> Entry {
-        for i in 0..self.len {
+        // SAFETY: the cursor points into the mapping, which outlives `self`.
+        let cursor = unsafe { &*self.cursor };
+        let start = cursor.load(Ordering::Relaxed) as usize % self.len;
+        for i in (start..self.len).chain(0..start) {
             let slot = self.slot(i);
             if slot.id.compare_exchange(0, id, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 slot.kick.store(0, Ordering::Relaxed);
@@ -123,6 +134,7 @@ impl Registry {
                 }
                 slot.active_ms.store(now_ms(), Ordering::Relaxed);
                 slot.fd.store(fd, Ordering::Release);
+                cursor.store((i + 1) as u64, Ordering::Relaxed);
                 let entry = Entry { registry: self.clone(), index: Some(i) };
                 entry.publish(peer, "", "", 0);
                 return entry;
@@ -133,7 +145,10 @@ impl Registry {
 
     /// Every session now listed.
     pub fn sessions(&self) -> Vec<SessionView> {
-        (0..self.len).filter_map(|i| self.read(i)).collect()
+        let mut all: Vec<SessionView> = (0..self.len).filter_map(|i| self.read(i)).collect();
+        // Slots are claimed round the table: list the sessions in the order they came.
+        all.sort_unstable_by_key(|v| v.id);
+        all
     }
 
     fn read(&self, i: usize) -> Option<SessionView> {
@@ -338,6 +353,23 @@ mod tests {
         // SAFETY: getpid has no preconditions.
         r.release_pid(unsafe { libc::getpid() });
         assert!(r.sessions().is_empty() && !r.kick(2), "released slots are gone");
+    }
+
+    #[test]
+    fn claims_go_round_the_table() {
+        let r = Arc::new(Registry::new(3).unwrap());
+        let index = |e: &Entry| e.index.unwrap();
+        let (a, b) = (r.enter(-1, "a", 1), r.enter(-1, "b", 2));
+        assert_eq!((index(&a), index(&b)), (0, 1));
+        drop(a);
+        // Past the cursor first, then round to the slot freed at the start.
+        let c = r.enter(-1, "c", 3);
+        let d = r.enter(-1, "d", 4);
+        assert_eq!((index(&c), index(&d)), (2, 0));
+        assert!(r.enter(-1, "full", 5).index.is_none());
+        let ids: Vec<u64> = r.sessions().iter().map(|v| v.id).collect();
+        assert_eq!(ids, [2, 3, 4], "listed in the order they came");
+        drop((b, c, d));
     }
 
     #[test]
