@@ -326,6 +326,14 @@ def hostile_server(tmp_path, size_reply: int, body: bytes, announce: str, listin
     return ctrl.getsockname()[1], t, seen
 
 
+def against(t: threading.Thread, *args: str) -> subprocess.CompletedProcess:
+    """Runs `zocalo ARGS...` against a hostile server, and waits for its thread to end."""
+    r = subprocess.run([str(helpers.zocalo_bin()), *args], capture_output=True, text=True,
+                       timeout=30)
+    t.join(30)
+    return r
+
+
 def test_mirror_skips_an_empty_or_nul_name_and_copies_the_rest(tmp_path):
     listing = (b"type=file;size=4;modify=20261201000000; \r\n"
                b"type=file;size=4;modify=20261201000000; a\x00b\r\n"
@@ -333,10 +341,7 @@ def test_mirror_skips_an_empty_or_nul_name_and_copies_the_rest(tmp_path):
     port, t, _ = hostile_server(tmp_path, size_reply=4, body=b"good", announce="127.0.0.1",
                                 listing=listing)
     dest = tmp_path / "down"
-    r = subprocess.run([str(helpers.zocalo_bin()), "mirror", "--quiet",
-                        f"ftp://u:p@127.0.0.1:{port}/", str(dest)],
-                       capture_output=True, text=True, timeout=30)
-    t.join(30)
+    r = against(t, "mirror", "--quiet", f"ftp://u:p@127.0.0.1:{port}/", str(dest))
     # It used to stop at the empty name ("cannot create ''") and copy nothing.
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(dest)) == ["good"]
@@ -346,10 +351,7 @@ def test_mirror_skips_an_empty_or_nul_name_and_copies_the_rest(tmp_path):
 def test_the_client_ignores_the_pasv_address_and_fails_a_short_download(tmp_path):
     port, t, seen = hostile_server(tmp_path, size_reply=10, body=b"0123456789", announce="127.0.0.2")
     dest = tmp_path / "got"
-    r = subprocess.run([str(helpers.zocalo_bin()), "get", "--quiet",
-                        f"ftp://u:p@127.0.0.1:{port}/f", str(dest)],
-                       capture_output=True, text=True, timeout=30)
-    t.join(30)
+    r = against(t, "get", "--quiet", f"ftp://u:p@127.0.0.1:{port}/f", str(dest))
     assert r.returncode == 0, r.stderr
     assert seen == ["127.0.0.1"], f"the data connection went to {seen}"
     assert dest.read_bytes() == b"0123456789"
@@ -357,17 +359,12 @@ def test_the_client_ignores_the_pasv_address_and_fails_a_short_download(tmp_path
     secret = tmp_path / "secret"
     secret.write_bytes(b"do not send me elsewhere")
     port, t, seen = hostile_server(tmp_path, size_reply=0, body=b"", announce="127.0.0.2")
-    r = subprocess.run([str(helpers.zocalo_bin()), "put", "--quiet", str(secret),
-                        f"ftp://u:p@127.0.0.1:{port}/up"], capture_output=True, text=True, timeout=30)
-    t.join(30)
+    against(t, "put", "--quiet", str(secret), f"ftp://u:p@127.0.0.1:{port}/up")
     assert seen == ["127.0.0.1"], f"the upload went to {seen}"
 
     dest.write_bytes(b"old contents")
     port, t, seen = hostile_server(tmp_path, size_reply=1000, body=b"0123456789", announce="127.0.0.1")
-    r = subprocess.run([str(helpers.zocalo_bin()), "get", "--quiet",
-                        f"ftp://u:p@127.0.0.1:{port}/f", str(dest)],
-                       capture_output=True, text=True, timeout=30)
-    t.join(30)
+    r = against(t, "get", "--quiet", f"ftp://u:p@127.0.0.1:{port}/f", str(dest))
     assert r.returncode != 0, "a download of 10 of 1000 bytes reported success"
     assert "short download of /f: 10 of 1000 bytes" in r.stderr, r.stderr
     assert dest.read_bytes() == b"old contents", "a short download replaced the file"
