@@ -113,6 +113,12 @@ impl Denial {
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, login: &Login<'_>) -> Result<Account, AuthError>;
 
+    /// Whether checking `user` needs no I/O and no costly hash (an in-memory account), so that
+    /// an event loop may check it on its own thread instead of a worker's.
+    fn answers_at_once(&self, _user: &str) -> bool {
+        false
+    }
+
     /// Whether `user` names the anonymous account (only changes the 331 text).
     fn is_anonymous(&self, user: &str) -> bool {
         user.eq_ignore_ascii_case("anonymous") || user.eq_ignore_ascii_case("ftp")

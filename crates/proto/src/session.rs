@@ -860,8 +860,9 @@ impl Session {
         let (auth, password) = (self.config.auth.clone(), password.to_string());
         let (client, local, tls, session) = (self.peer, self.local, self.tls_control, self.id);
         let name = user.clone();
+        let lane = if auth.answers_at_once(&user) { Lane::Inline } else { Lane::Login };
         self.offload(
-            Lane::Login,
+            lane,
             Cancel::default(),
             move || {
                 let password = &password;

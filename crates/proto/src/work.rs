@@ -25,6 +25,9 @@ pub enum Lane {
     Storage,
     /// Long storage work bounded only by a deadline (HASH and the X hash commands).
     Bulk,
+    /// Work that needs no I/O and no costly computation (the check of an in-memory account):
+    /// a driver runs it at once on its own thread, saving two thread wake-ups.
+    Inline,
 }
 
 /// Asks running or queued [`Work`] to stop: a driver cancels the work of a connection that is

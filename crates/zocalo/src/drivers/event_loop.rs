@@ -387,14 +387,26 @@ impl EventLoop {
         };
         let span = slot.conn.span.clone();
         let _in_span = span.enter();
-        slot.conn.pump(&mut LoopIo { poller: self.poller.as_mut(), index }, &self.ctx);
-        if slot.conn.closed {
-            self.remove(index);
-            return;
-        }
-        while let Some((data, work)) = slot.conn.take_work() {
-            let transfer = if data { slot.conn.transfers } else { 0 };
-            self.workers.submit(Key { index, serial: slot.serial, transfer }, work);
+        loop {
+            slot.conn.pump(&mut LoopIo { poller: self.poller.as_mut(), index }, &self.ctx);
+            if slot.conn.closed {
+                self.remove(index);
+                return;
+            }
+            let mut ran_here = false;
+            while let Some((data, work)) = slot.conn.take_work() {
+                if !data && work.lane() == Lane::Inline {
+                    // An in-memory login: no I/O, no hash, so no trip to a worker and back.
+                    slot.conn.work_done(work.run());
+                    ran_here = true;
+                    continue;
+                }
+                let transfer = if data { slot.conn.transfers } else { 0 };
+                self.workers.submit(Key { index, serial: slot.serial, transfer }, work);
+            }
+            if !ran_here {
+                break;
+            }
         }
         let wanted = interest(slot.conn.interest());
         if wanted != slot.control_interest {

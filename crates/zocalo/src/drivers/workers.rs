@@ -94,7 +94,8 @@ impl Workers {
     /// Queues `work` for `key`'s connection, in its lane.
     pub fn submit(&self, key: Key, work: Work) {
         let lane = match work.lane() {
-            Lane::Login => &self.login,
+            // Inline work reaches a lane only from a driver that chose not to run it itself.
+            Lane::Login | Lane::Inline => &self.login,
             Lane::Storage => &self.storage,
             Lane::Bulk => &self.bulk,
         };
