@@ -11,7 +11,6 @@ Loopback only; bounded: 50 uploads of 7 MiB, a 120 s deadline per model."""
 import ftplib
 import io
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -24,19 +23,9 @@ os.environ.setdefault("ZOCALO_BIN", str(ROOT / "target" / "release" / "zocalo"))
 
 import helpers  # noqa: E402
 from hostile_s3 import HostileS3  # noqa: E402
+from test_abuse import rss_kib as pss_kib  # noqa: E402  (PSS of the server and its children)
 
 CLIENTS, SIZE, RATE = 50, 7 << 20, 1 << 20
-
-
-def pss_kib(pid: int) -> int:
-    total = 0
-    for p in [pid, *helpers._children_of(pid)]:
-        try:
-            text = Path(f"/proc/{p}/smaps_rollup").read_text()
-            total += int(re.search(r"^Pss:\s+(\d+)", text, re.M)[1])
-        except OSError:
-            pass
-    return total
 
 
 class Slow(io.RawIOBase):

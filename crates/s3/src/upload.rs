@@ -4,10 +4,10 @@
 //! so an upload holds at most two parts in memory and the data connection keeps flowing while a
 //! part is on its way. The buffers of all uploads together stay within the storage's budget
 //! (`crate::limits::Budget`): a buffer takes its share as it fills, and the share goes back
-//! once its part has been sent. A file smaller than one part is sent in a single PUT. The object appears
-//! only when [`FileHandle::finish`] completes the upload: an upload that fails or is abandoned
-//! never replaces the old object, and its parts are aborted (on a thread of its own, so dropping
-//! a handle never blocks the caller on the network).
+//! once its part has been sent. A file smaller than one part is sent in a single PUT. The
+//! object appears only when [`FileHandle::finish`] completes the upload: an upload that fails
+//! or is abandoned never replaces the old object, and its parts are aborted (on a thread of its
+//! own, so dropping a handle never blocks the caller on the network).
 //!
 //! Parts start at [`FIRST_PART`] and double every thousand parts, so S3's limit of 10,000 parts
 //! reaches past its 5 TiB object limit (8 MiB × 1000 × (1 + 2 + … + 512) ≈ 8 TiB) while the

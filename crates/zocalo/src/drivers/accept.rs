@@ -174,7 +174,8 @@ impl Door {
         }
         if self.slots.len() - self.free.len() >= MAX_GATES {
             // A flood would write a line per connection: one a second, with the count.
-            static FULL: crate::ops::logs::Throttle = crate::ops::logs::Throttle::new();
+            static FULL: crate::ops::logs::Throttle =
+                crate::ops::logs::Throttle::new(Duration::from_secs(1));
             crate::ops::metrics::inc(crate::ops::metrics::Counter::ProxyRefused);
             if let Some(held) = FULL.allow() {
                 tracing::warn!(

@@ -232,7 +232,7 @@ pub struct Hooks {
     hooks: Arc<Vec<Hook>>,
     node: String,
     lanes: Mutex<Lanes>,
-    dropped: Mutex<(Instant, u64)>,
+    dropped: crate::ops::logs::Throttle,
 }
 
 /// The lane threads of one process (a `process`-model child starts its own).
@@ -320,7 +320,7 @@ impl Hooks {
             hooks: Arc::new(hooks),
             node: node.to_string(),
             lanes: Mutex::new(Lanes { pid: 0, senders: Vec::new(), pending: Arc::default() }),
-            dropped: Mutex::new((Instant::now(), 0)),
+            dropped: crate::ops::logs::Throttle::new(DROP_LOG_EVERY),
         })))
     }
 
@@ -394,16 +394,13 @@ impl Hooks {
 
     fn dropped_one(&self, event: &Event) {
         metrics::inc(Counter::HooksDropped);
-        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
-        dropped.1 += 1;
-        if dropped.0.elapsed() >= DROP_LOG_EVERY || dropped.1 == 1 {
+        if let Some(held) = self.dropped.allow() {
             tracing::warn!(
-                dropped = dropped.1,
+                dropped = held + 1,
                 event = event.event,
                 user = %event.user,
                 "hook queue full: events dropped"
             );
-            *dropped = (Instant::now(), 0);
         }
     }
 

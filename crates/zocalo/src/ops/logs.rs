@@ -50,17 +50,17 @@ fn append(path: &Path) -> io::Result<File> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// A warning that a flood would repeat once per connection: said at most once per
-/// [`Throttle::EVERY`], and then with how many were held back since the last one said.
+/// A warning that a flood would repeat once per event (a refused connection, a dropped hook
+/// event, a failed accept): said at most once per `every`, and then with how many were held
+/// back since the last one said.
 pub struct Throttle {
+    every: Duration,
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Throttle {
-    pub const EVERY: Duration = Duration::from_secs(1);
-
-    pub const fn new() -> Throttle {
-        Throttle { state: Mutex::new((None, 0)) }
+    pub const fn new(every: Duration) -> Throttle {
+        Throttle { every, state: Mutex::new((None, 0)) }
     }
 
     /// `Some(held back)` when this one may be said; `None` when it is held back.
@@ -68,7 +68,7 @@ impl Throttle {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match state.0 {
-            Some(said) if now.duration_since(said) < Self::EVERY => {
+            Some(said) if now.duration_since(said) < self.every => {
                 state.1 += 1;
                 None
             }
@@ -153,10 +153,11 @@ mod tests {
 
     #[test]
     fn a_throttle_says_one_line_a_second_with_the_count() {
-        let throttle = Throttle::new();
+        let every = Duration::from_secs(1);
+        let throttle = Throttle::new(every);
         assert_eq!(throttle.allow(), Some(0));
         assert_eq!((0..5).filter_map(|_| throttle.allow()).count(), 0);
-        throttle.state.lock().unwrap().0 = Some(Instant::now() - Throttle::EVERY);
+        throttle.state.lock().unwrap().0 = Some(Instant::now() - every);
         assert_eq!(throttle.allow(), Some(5));
     }
 }

@@ -128,7 +128,7 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
 pub struct FdReserve {
     spare: std::sync::Mutex<Option<std::fs::File>>,
     refused: std::sync::atomic::AtomicU64,
-    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+    log_every: crate::ops::logs::Throttle,
 }
 
 /// How often the descriptor-limit warning may be logged.
@@ -139,7 +139,7 @@ impl FdReserve {
         FdReserve {
             spare: std::sync::Mutex::new(std::fs::File::open("/dev/null").ok()),
             refused: std::sync::atomic::AtomicU64::new(0),
-            last_log: std::sync::Mutex::new(None),
+            log_every: crate::ops::logs::Throttle::new(LIMIT_LOG_EVERY),
         }
     }
 
@@ -173,12 +173,9 @@ impl FdReserve {
     /// Logs the condition at most once per [`LIMIT_LOG_EVERY`], with how many clients were
     /// refused since the last line.
     fn log(&self, error: &io::Error) {
-        let now = std::time::Instant::now();
-        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| now.duration_since(t) < LIMIT_LOG_EVERY) {
+        if self.log_every.allow().is_none() {
             return;
         }
-        *last = Some(now);
         let refused = self.refused.swap(0, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             refused,
