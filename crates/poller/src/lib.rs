@@ -1,7 +1,7 @@
 //! Readiness notification for zocalo's event-loop server model.
 //!
 //! A [`Poller`] watches file descriptors and says which ones are ready to read or write. There
-//! are three backends, one file each, chosen at run time with [`Backend`] and [`new_poller`]
+//! are four backends, one file each, chosen at run time with [`Backend`] and [`new_poller`]
 //! (mio picks one at compile time; we want users to compare them):
 //!
 //! | backend            | cost of one `wait`                     | limit                        |
@@ -9,8 +9,13 @@
 //! | [`SelectPoller`]   | O(highest fd): copy and scan bit sets  | fds below [`FD_SETSIZE`]     |
 //! | [`PollPoller`]     | O(registered fds): the kernel walks all| none (RLIMIT_NOFILE)         |
 //! | [`EpollPoller`]    | O(ready fds): the kernel keeps the set | none (RLIMIT_NOFILE)         |
+//! | [`UringPoller`]    | O(ready fds), one call with the turn's changes | none (RLIMIT_NOFILE) |
 //!
-//! All three are **level-triggered** and report what select(2) would: a hang-up or an error makes
+//! io_uring is a completion system: besides readiness (emulated with one-shot polls, see
+//! [`uring`]) its poller offers a [`Ring`] of operations the kernel carries out itself
+//! (accept, receive, send), which a caller reaches through [`Poller::ring`].
+//!
+//! All four are **level-triggered** and report what select(2) would: a hang-up or an error makes
 //! a descriptor watched for reading readable, and an error makes one watched for writing
 //! writable, so the caller finds out by reading or writing. poll and epoll also set
 //! [`Event::hup`] and [`Event::error`]; select cannot tell them apart from data.
@@ -32,11 +37,13 @@ mod epoll;
 pub mod fds;
 mod poll;
 mod select;
+pub mod uring;
 mod waker;
 
 pub use epoll::EpollPoller;
 pub use poll::PollPoller;
 pub use select::{fits_select, FdTooLarge, SelectPoller, FD_SETSIZE};
+pub use uring::{Ring, UringPoller};
 pub use waker::Waker;
 
 /// The caller's name for a registered descriptor, handed back in each [`Event`].
@@ -120,25 +127,32 @@ pub trait Poller: Send {
     /// `Some(n)` if only descriptors numbered below `n` can be registered (select), `None` if
     /// the only limit is the process's RLIMIT_NOFILE.
     fn capacity_limit(&self) -> Option<usize>;
+
+    /// The completion-based operations of a backend that has them (io_uring).
+    fn ring(&mut self) -> Option<&mut dyn Ring> {
+        None
+    }
 }
 
-/// Which readiness system call to use.
+/// Which readiness system call to use (io_uring: one-shot polls, plus its [`Ring`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     Select,
     Poll,
     Epoll,
+    Uring,
 }
 
 impl Backend {
     /// Every backend, in the order the class notes introduce them.
-    pub const ALL: [Backend; 3] = [Backend::Select, Backend::Poll, Backend::Epoll];
+    pub const ALL: [Backend; 4] = [Backend::Select, Backend::Poll, Backend::Epoll, Backend::Uring];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Select => "select",
             Backend::Poll => "poll",
             Backend::Epoll => "epoll",
+            Backend::Uring => "uring",
         }
     }
 }
@@ -149,13 +163,14 @@ impl fmt::Display for Backend {
     }
 }
 
-/// The error of parsing a [`Backend`] from a string other than `select`, `poll` or `epoll`.
+/// The error of parsing a [`Backend`] from a string other than `select`, `poll`, `epoll` or
+/// `uring`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseBackendError(String);
 
 impl fmt::Display for ParseBackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown poller backend {:?} (expected select, poll or epoll)", self.0)
+        write!(f, "unknown poller backend {:?} (expected select, poll, epoll or uring)", self.0)
     }
 }
 
@@ -164,7 +179,7 @@ impl std::error::Error for ParseBackendError {}
 impl FromStr for Backend {
     type Err = ParseBackendError;
 
-    /// Parses `select`, `poll` or `epoll`, ignoring ASCII case.
+    /// Parses `select`, `poll`, `epoll` or `uring`, ignoring ASCII case.
     fn from_str(s: &str) -> Result<Backend, ParseBackendError> {
         Backend::ALL
             .into_iter()
@@ -179,6 +194,7 @@ pub fn new_poller(backend: Backend) -> io::Result<Box<dyn Poller>> {
         Backend::Select => Box::new(SelectPoller::new()),
         Backend::Poll => Box::new(PollPoller::new()),
         Backend::Epoll => Box::new(EpollPoller::new()?),
+        Backend::Uring => Box::new(UringPoller::new()?),
     })
 }
 
@@ -255,5 +271,6 @@ mod tests {
         assert_eq!(limit(Backend::Select), Some(FD_SETSIZE));
         assert_eq!(limit(Backend::Poll), None);
         assert_eq!(limit(Backend::Epoll), None);
+        assert_eq!(limit(Backend::Uring), None);
     }
 }

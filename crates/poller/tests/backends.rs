@@ -15,12 +15,13 @@ use std::time::Duration;
 use zocalo_poller::{fits_select, is_fd_too_large, new_poller, Backend, Event, Interest};
 use zocalo_poller::{Poller, Token, Waker, FD_SETSIZE};
 
-/// Runs each listed test function once per backend, in modules `select`, `poll` and `epoll`.
+/// Runs each listed test function once per backend, in modules `select`, `poll`, `epoll` and `uring`.
 macro_rules! for_each_backend {
     ($($test:ident),* $(,)?) => {
         for_each_backend!(@backend select, Select, $($test),*);
         for_each_backend!(@backend poll, Poll, $($test),*);
         for_each_backend!(@backend epoll, Epoll, $($test),*);
+        for_each_backend!(@backend uring, Uring, $($test),*);
     };
     (@backend $module:ident, $variant:ident, $($test:ident),*) => {
         mod $module {
