@@ -30,7 +30,7 @@ START_DEADLINE = 15.0  # how long the server may take to print its listen lines
 STOP_DEADLINE = 10.0  # how long the server may take to exit after SIGTERM
 LEAK_DEADLINE = 5.0  # how long resources may take to return to the baseline
 
-MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll", "epoll:2"]
+MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll", "uring", "epoll:2"]
 
 LISTEN_RE = re.compile(r"^listening ftp://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>\d+)")
 # Implicit FTPS listeners (--implicit-tls ADDR): `listening ftps://ADDR ...`.

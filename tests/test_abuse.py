@@ -34,7 +34,7 @@ def test_lockout_after_failed_logins_spans_connections(start_server, model):
     c.close()
 
 
-@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread", "process"])
 def test_login_timeout(start_server, model):
     srv = start_server(model, extra=["--login-timeout", 1])
     c = srv.ctl()
@@ -44,7 +44,7 @@ def test_login_timeout(start_server, model):
     assert c.wait_closed()
 
 
-@pytest.mark.parametrize("model", ["epoll", "thread", "process", "select"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread", "process", "select"])
 def test_idle_timeout_after_login(start_server, model):
     srv = start_server(model, extra=["--idle-timeout", 1])
     c = srv.ctl()
@@ -92,7 +92,7 @@ def test_bandwidth_limit_holds(start_server):
     assert took_up >= 2.5, f"upload limit not applied: {took_up:.2f}s"
 
 
-@pytest.mark.parametrize("model", ["epoll", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process"])
 def test_xferlog_records_transfers(start_server, tmp_path, model):
     log = tmp_path / "xferlog"
     srv = start_server(model, extra=["--xferlog", log])
@@ -138,7 +138,7 @@ def test_json_logs_never_contain_passwords(start_server, tmp_path):
 # Hostile clients: a session that cannot be written to, stalled handshakes
 
 
-HOSTILE_MODELS = ["epoll", "poll", "select", "thread", "process"]
+HOSTILE_MODELS = ["epoll", "uring", "poll", "select", "thread", "process"]
 
 
 def unreading_client(srv, lines: bytes, login: bool = False) -> socket.socket:
@@ -264,7 +264,7 @@ def test_a_stalled_auth_tls_handshake_after_login_is_under_the_idle_timeout(
 
 
 # The process model's parent holds no session descriptor: each child has its own table.
-@pytest.mark.parametrize("model", ["epoll", "poll", "select", "thread"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "poll", "select", "thread"])
 def test_at_the_descriptor_limit_clients_get_421_and_service_resumes(start_server, model):
     srv = start_server(model, nofile=64, extra=["--max-per-ip", 1000])
     keeper = srv.ctl()
@@ -311,7 +311,7 @@ def test_the_default_per_address_limit_protects(start_server):
     assert helpers.poll_until(admitted, 10)
 
 
-@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread", "process"])
 def test_an_unused_passive_port_closes_after_the_data_timeout(start_server, model):
     base = 20000 + (os.getpid() % 400) * 20 + (hash(model) % 2) * 10
     ports = f"{base}-{base + 3}"

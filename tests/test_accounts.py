@@ -18,7 +18,7 @@ import pytest
 import helpers
 from helpers import TIMEOUT, need
 
-MODELS = ["epoll", "thread", "process"]
+MODELS = ["epoll", "uring", "thread", "process"]
 
 
 class Hook:

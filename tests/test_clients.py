@@ -13,7 +13,7 @@ import pytest
 
 from helpers import PASSWORD, USER, file_sha256, need, sha256
 
-CLIENT_MODELS = ["epoll", "thread", "process"]
+CLIENT_MODELS = ["epoll", "uring", "thread", "process"]
 CLIENT_TIMEOUT = 60
 
 

@@ -129,7 +129,7 @@ def test_a_page_loaded_without_signing_in_gets_the_sign_in_page(console, page):
     assert page.locator("form#sign-in").count() == 1
 
 
-@pytest.mark.parametrize("model", ["epoll", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process"])
 def test_sign_in_watch_a_download_move_and_kick_it(console, page, model):
     srv, base, _ = console(model)
     sign_in(page, base, ADMIN, ADMIN_PW)

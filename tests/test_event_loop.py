@@ -13,7 +13,7 @@ import pytest
 
 import helpers
 
-EVENT_MODELS = ["select", "poll", "epoll"]
+EVENT_MODELS = ["select", "poll", "epoll", "uring"]
 ENTRIES = 50_000
 
 
@@ -93,7 +93,7 @@ def rss_kib(pid: int) -> int:
 
 
 # Not the process model: each child's RSS counts the pages it shares with its parent.
-@pytest.mark.parametrize("model", ["epoll", "thread"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread"])
 @pytest.mark.parametrize("verb", ["LIST", "MLSD"])
 def test_stalled_listings_of_a_large_directory_cost_little_memory(
         start_server, crowded, model, verb):

@@ -20,7 +20,7 @@ import pytest
 from helpers import (TIMEOUT, _children_of, download, poll_until, read_all, read_exactly,
                      sha256, upload)
 
-FAULT_MODELS = ["epoll", "thread", "process"]
+FAULT_MODELS = ["epoll", "uring", "thread", "process"]
 NOBODY_UID = 65534
 
 

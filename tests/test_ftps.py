@@ -22,7 +22,7 @@ import helpers
 from helpers import (PASSWORD, TIMEOUT, USER, ReusingFTP_TLS, download, file_sha256, need,
                      sha256, upload)
 
-TLS_MODELS = ["epoll", "thread", "process", "select"]
+TLS_MODELS = ["epoll", "uring", "thread", "process", "select"]
 CLIENT_TIMEOUT = 30
 UPLOADS = 4  # curl uploads per test (TLS 1.3 upload truncation is intermittent)
 

@@ -22,7 +22,7 @@ import pytest
 import helpers
 from helpers import PASSWORD, USER, need, poll_until
 
-MODELS = ["epoll", "thread", "process"]
+MODELS = ["epoll", "uring", "thread", "process"]
 KINDS = ["login", "upload", "download", "delete", "rename", "mkdir", "rmdir", "chmod", "mtime",
          "quota-exceeded", "session-end"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

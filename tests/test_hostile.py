@@ -21,7 +21,7 @@ import helpers
 from helpers import MODELS
 from test_abuse import rss_kib, unreading_client
 
-EVENT_MODELS = ["select", "poll", "epoll"]
+EVENT_MODELS = ["select", "poll", "epoll", "uring"]
 
 
 def anonymous(srv) -> ftplib.FTP:
@@ -74,7 +74,7 @@ def bulk_threads_running(pid: int) -> int:
     return running
 
 
-@pytest.mark.parametrize("model", EVENT_MODELS + ["epoll:2"])
+@pytest.mark.parametrize("model", EVENT_MODELS + ["epoll:2", "uring:2"])
 def test_hashes_of_a_huge_file_never_hold_up_logins_and_stop_with_their_clients(
         start_server, model):
     srv = start_server(model)
@@ -119,7 +119,7 @@ def crowded(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("model", ["epoll", "select", "thread", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "select", "thread", "process"])
 def test_a_hostile_wildcard_costs_what_a_listing_does(start_server, crowded, model):
     srv = start_server(model, root=crowded)
     ftp = anonymous(srv)
@@ -148,7 +148,7 @@ def test_a_hostile_wildcard_costs_what_a_listing_does(start_server, crowded, mod
     ftp.quit()
 
 
-@pytest.mark.parametrize("model", ["epoll", "thread"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread"])
 def test_stat_of_a_crowded_directory_is_bounded(start_server, crowded, model):
     srv = start_server(model, root=crowded)
     ftp = anonymous(srv)
@@ -195,7 +195,7 @@ def failed_login(srv, source: str, results: list) -> None:
         results.append(repr(e).encode())
 
 
-@pytest.mark.parametrize("model", ["thread", "pool:200", "process", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "pool:200", "process", "epoll", "uring"])
 def test_two_hundred_argon2_logins_at_once_are_bounded_in_memory(start_server, tmp_path, model):
     srv = start_server(model, extra=["--users", users_file(tmp_path), "--max-per-ip", 1000,
                                      "--max-connections", 1000, "--max-login-failures", 10_000])
@@ -234,7 +234,7 @@ def test_two_hundred_argon2_logins_at_once_are_bounded_in_memory(start_server, t
 # 26.8: SITE CHMOD
 
 
-@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread", "process"])
 def test_an_anonymous_writer_cannot_chmod_and_nobody_chmods_the_root(start_server, model):
     srv = start_server(model, write=True)
     (srv.root / "f.txt").write_bytes(b"x")
@@ -374,7 +374,7 @@ def test_the_client_ignores_the_pasv_address_and_fails_a_short_download(tmp_path
 # 26.13 (and issue 27's HEAD): /health answers while idle clients hold the metrics port
 
 
-@pytest.mark.parametrize("model", ["epoll", "process", "thread"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process", "thread"])
 def test_health_answers_at_once_while_idle_clients_hold_the_metrics_port(start_server, model):
     from test_production import http_get, metrics_port
     srv = start_server(model, extra=["--metrics", "127.0.0.1:0"])
@@ -399,7 +399,7 @@ def test_health_answers_at_once_while_idle_clients_hold_the_metrics_port(start_s
 # --------------------------------------------------------------------------
 # 26.7 and 26.14: a slow or broken S3 store is bounded in time and in memory
 
-S3_SLOW_MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll"]
+S3_SLOW_MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll", "uring"]
 
 
 @pytest.fixture
@@ -446,7 +446,7 @@ def test_a_trickling_store_download_ends_in_451(hostile_store, model):
     ftp.quit()
 
 
-@pytest.mark.parametrize("model", ["thread", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "epoll", "uring"])
 def test_an_endless_store_listing_is_bounded(hostile_store, model):
     store, srv = hostile_store(model, listing="endless")
     ftp = srv.ftp(timeout=30)
@@ -477,7 +477,7 @@ def test_an_endless_store_listing_is_bounded(hostile_store, model):
     assert store.count("pages") - pages <= 1
 
 
-@pytest.mark.parametrize("model", ["thread", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "epoll", "uring"])
 def test_a_store_that_gives_a_token_again_ends_the_listing(hostile_store, model):
     store, srv = hostile_store(model, listing="loop")
     ftp = srv.ftp(timeout=30)
@@ -492,7 +492,7 @@ def peak_rss_kib(pid: int) -> int:
         return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
 
 
-@pytest.mark.parametrize("model", ["thread", "poll", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "poll", "epoll", "uring"])
 def test_uploads_to_a_store_that_stops_answering_hold_only_their_budget(hostile_store, model):
     store, srv = hostile_store(model, deaf_uploads=True, extra=["--s3-upload-memory", "48"])
     base = peak_rss_kib(srv.proc.pid)

@@ -25,7 +25,7 @@ FILE_SIZE = 64 * 1024
 WORKERS = 32  # test-side threads driving the 200 sessions
 DEADLINE = 120.0  # for the whole load test (connect, login, transfers)
 
-LOAD_MODELS = ["process", "thread", "pool:200", "select", "poll", "epoll"]
+LOAD_MODELS = ["process", "thread", "pool:200", "select", "poll", "epoll", "uring"]
 
 
 @pytest.fixture(params=LOAD_MODELS)

@@ -103,7 +103,7 @@ class Prometheus:
         self.log.close()
 
 
-@pytest.mark.parametrize("model", ["epoll", "process", "thread"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process", "thread"])
 def test_prometheus_scrapes_what_happened(start_server, model, tmp_path):
     """Known traffic, then Prometheus's HTTP API is asked for each counter: logins accepted and
     refused, transfers, bytes, file operations, sessions. In the process model the counters
@@ -149,7 +149,7 @@ def test_prometheus_scrapes_what_happened(start_server, model, tmp_path):
         prom.stop()
 
 
-@pytest.mark.parametrize("model", ["epoll", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process"])
 def test_health_says_draining_during_the_grace_period(start_server, model, big):
     srv = start_server(model, write=True, extra=["--metrics", "127.0.0.1:0",
                                                  "--shutdown-grace", "8"])
@@ -173,7 +173,7 @@ def test_health_says_draining_during_the_grace_period(start_server, model, big):
     helpers.ACTIVE.remove(srv)
 
 
-@pytest.mark.parametrize("model", ["epoll", "thread", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "thread", "process"])
 def test_drain_and_undrain_reach_health_and_the_agent(start_server, model, tmp_path):
     admin, agent = tmp_path / "admin.sock", helpers.free_port()
     srv = start_server(model, extra=["--metrics", "127.0.0.1:0", "--admin-socket", admin,
@@ -283,7 +283,7 @@ def test_tls_required_refusal_and_debug_commands_are_logged_without_passwords(
     assert PASSWORD not in read_log(log)
 
 
-@pytest.mark.parametrize("model", ["epoll", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process"])
 def test_logrotate_sighup_moves_both_logs_without_dropping_a_session(start_server, model, tmp_path):
     """The logrotate dance: rename the xferlog and the log file, SIGHUP; the next transfer (by a
     session that was already logged in) lands in the new files, and that session goes on."""
@@ -331,7 +331,7 @@ def make_cert(tmp_path: Path, name: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("model", ["epoll", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process"])
 def test_certificate_reload(start_server, model, tmp_path):
     """A new certificate swapped in and reloaded: new sessions see it, a session already in TLS
     keeps transferring; a reload with a broken key keeps the certificate it had."""

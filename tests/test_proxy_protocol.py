@@ -109,7 +109,7 @@ def _wrap(sock: socket.socket) -> Ctl:
     return c
 
 
-@pytest.mark.parametrize("model", ["thread", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "epoll", "uring"])
 def test_a_full_gate_says_so_once_a_second_not_once_a_connection(start_server, model):
     """4,096 headers pending fill the gate; the next connections are closed, and the log says
     so in a line a second with a count, not a line each (issue 26, item 15)."""
@@ -274,7 +274,7 @@ def redis(tmp_path):
         r.stop()
 
 
-@pytest.mark.parametrize("model", ["thread", "process", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "process", "epoll", "uring"])
 def test_without_redis_a_node_serves_on_local_limits_and_picks_redis_up_again(
         start_server, redis, model):
     r = redis()

@@ -28,7 +28,7 @@ from helpers import USER, PASSWORD, sha256
 
 pytestmark = pytest.mark.xdist_group("s3")
 
-S3_MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll", "epoll:2"]
+S3_MODELS = ["iterative", "process", "thread", "pool:8", "select", "poll", "epoll", "uring", "epoll:2"]
 
 
 class S3Server:

@@ -23,7 +23,7 @@ import pytest
 import helpers
 from helpers import TIMEOUT, poll_until, read_all, read_exactly, sha256
 
-SHUTDOWN_MODELS = ["epoll", "thread", "process", "pool:4", "select"]
+SHUTDOWN_MODELS = ["epoll", "uring", "thread", "process", "pool:4", "select"]
 EXIT_DEADLINE = 8.0  # how long the server may take to exit once its sessions are over
 REFUSE_DEADLINE = 5.0  # how long a new client after SIGTERM may wait to be refused
 

@@ -107,7 +107,7 @@ def test_inetd_refuses_a_standard_input_that_is_not_a_socket(tmp_path):
     assert p.stdout == ""
 
 
-@pytest.mark.parametrize("model", ["epoll", "process"])
+@pytest.mark.parametrize("model", ["epoll", "uring", "process"])
 def test_readiness_reload_and_stop_notifications(start_server, model, tmp_path):
     """Type=notify: READY=1 once listening, RELOADING=1 then READY=1 around a reload,
     STOPPING=1 on SIGTERM, on the datagram socket named by NOTIFY_SOCKET."""

@@ -61,7 +61,7 @@ def tftp_root(tmp_path):
     return root
 
 
-@pytest.fixture(params=["iterative", "thread", "pool:4", "epoll"])
+@pytest.fixture(params=["iterative", "thread", "pool:4", "epoll", "uring"])
 def served(request, tftp_root, tmp_path):
     argv = [str(helpers.zocalo_bin()), "serve", "--root", str(tftp_root), "--listen",
             "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--write", "--model", request.param]
@@ -77,7 +77,7 @@ def test_tftp_hpa_get(served, tftp_root, tmp_path):
     assert helpers.file_sha256(out) == helpers.file_sha256(tftp_root / "blob.bin")
 
 
-@pytest.mark.parametrize("model", ["thread", "pool:4", "epoll"])
+@pytest.mark.parametrize("model", ["thread", "pool:4", "epoll", "uring"])
 def test_abandoned_transfers_stop_counting_against_their_address(tftp_root, tmp_path, model):
     argv = [str(helpers.zocalo_bin()), "serve", "--root", str(tftp_root), "--listen",
             "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--model", model, "--tftp-max-per-ip", "3"]
@@ -163,7 +163,7 @@ def test_standalone_tftp_is_read_only_by_default(tftp_root, tmp_path):
 
 # ---- the admin channel ------------------------------------------------------------------
 
-ADMIN_MODELS = ["epoll", "thread", "process", "pool:4", "select", "iterative"]
+ADMIN_MODELS = ["epoll", "uring", "thread", "process", "pool:4", "select", "iterative"]
 
 
 def ctl(sock: Path, *args: str) -> subprocess.CompletedProcess:

@@ -188,7 +188,7 @@ pub struct TftpArgs {
     /// Accept write requests (TFTP has no login: this is the anonymous permission).
     #[arg(long)]
     pub write: bool,
-    /// Server model: iterative, thread, pool[:N], select, poll or epoll (process: thread).
+    /// Server model: iterative, thread, pool[:N], select, poll, epoll[:N] or uring[:N] (process: thread).
     #[arg(long, default_value = "thread")]
     pub model: String,
 }
@@ -333,7 +333,7 @@ pub struct BenchArgs {
     /// Deadline of each phase, seconds [default: 120].
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// The load generator's readiness API: select, poll or epoll [default: epoll].
+    /// The load generator's readiness API: select, poll, epoll or uring [default: epoll].
     #[arg(long)]
     pub poller: Option<String>,
     /// JSON lines instead of a table.

@@ -64,7 +64,7 @@ pub struct Settings {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Server model: iterative, process, thread, pool[:N], select, poll, epoll[:N].
+    /// Server model: iterative, process, thread, pool[:N], select, poll, epoll[:N], uring[:N].
     #[arg(long, default_value_t = Model::default())]
     pub model: Model,
     /// Listen backlog.

@@ -143,6 +143,19 @@ pub struct Connection {
     pub transfers: u64,
     /// Where the session's events go besides the log (hooks).
     emitter: Option<Emitter>,
+    /// The control channel's bytes go through the event loop's io_uring instead of read(2) and
+    /// write(2) (a clear control connection in the `uring` model; TLS ones use readiness).
+    ring: Option<RingSide>,
+}
+
+/// A control connection served by completions: the loop receives for it and sends what it
+/// hands over, one send at a time.
+#[derive(Debug, Default)]
+struct RingSide {
+    /// A send is in flight: the session's pending output is not written until it completes.
+    sending: bool,
+    /// Output copied for the loop to send ([`Connection::take_send`]).
+    outbox: Option<Vec<u8>>,
 }
 
 impl Connection {
@@ -205,7 +218,59 @@ impl Connection {
             data_work: None,
             transfers: 0,
             emitter,
+            ring: None,
         })
+    }
+
+    // ---- the completion-based control channel (the `uring` model) -----------------------
+
+    /// From now on the driver receives and sends this connection's control bytes
+    /// ([`Self::wants_recv`], [`Self::received`], [`Self::take_send`], [`Self::sent`]); a clear
+    /// connection only: TLS keeps to readiness.
+    pub fn use_ring(&mut self) -> bool {
+        if matches!(self.control, Stream::Plain(_)) {
+            self.ring = Some(RingSide::default());
+        }
+        self.ring.is_some()
+    }
+
+    /// Whether the control channel is served by completions.
+    pub fn on_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// How many bytes a receive may bring now: none while a reply is being written (the next
+    /// command waits in the socket; and after AUTH TLS the handshake must find the socket
+    /// untouched) or while the session's input is full.
+    pub fn wants_recv(&self) -> Option<usize> {
+        let ring = self.ring.as_ref()?;
+        let quiet = !ring.sending && self.session.pending_output().is_empty();
+        let room = self.session.input_room();
+        (quiet && !self.closed && room > 0).then_some(room)
+    }
+
+    /// What a receive brought: bytes, end of file, or an error.
+    pub fn received(&mut self, got: io::Result<&[u8]>) {
+        match got {
+            Ok([]) => self.control_eof(),
+            Ok(bytes) => self.session.handle_input(bytes),
+            Err(_) => self.closed = true,
+        }
+    }
+
+    /// Output to send, copied out of the session (which keeps it until [`Self::sent`]).
+    pub fn take_send(&mut self) -> Option<Vec<u8>> {
+        self.ring.as_mut()?.outbox.take()
+    }
+
+    /// A send finished: the session's output moves on by what it wrote.
+    pub fn sent(&mut self, result: io::Result<usize>) {
+        let Some(ring) = self.ring.as_mut() else { return };
+        ring.sending = false;
+        match result {
+            Ok(n) if n > 0 => self.session.advance_output(n),
+            _ => self.closed = true,
+        }
     }
 
     // ---- what the driver calls -----------------------------------------------------------
@@ -410,13 +475,7 @@ impl Connection {
                 return;
             }
             match self.control.read(&mut buf[..room]) {
-                Ok(0) if self.published.as_ref().is_some_and(Published::kicked) => {
-                    if let Some(task) = &self.task {
-                        task.reset_on_close();
-                    }
-                    return self.session.handle_admin_close();
-                }
-                Ok(0) => return self.closed = true,
+                Ok(0) => return self.control_eof(),
                 Ok(n) => {
                     self.session.handle_input(&buf[..n]);
                     if n < room {
@@ -430,8 +489,32 @@ impl Connection {
         }
     }
 
-    /// Writes what the socket takes; false while output is still pending (or on error).
+    /// The control channel reached end of file: the client closed it, or an administrator
+    /// kicked the session (its socket was shut down for reading).
+    fn control_eof(&mut self) {
+        if self.published.as_ref().is_some_and(Published::kicked) {
+            if let Some(task) = &self.task {
+                task.reset_on_close();
+            }
+            return self.session.handle_admin_close();
+        }
+        self.closed = true;
+    }
+
+    /// Writes what the socket takes; false while output is still pending (or on error). On a
+    /// ring, hands the output to the driver instead, and is false until its send completes.
     fn flush(&mut self) -> bool {
+        if let Some(ring) = &mut self.ring {
+            let out = self.session.pending_output();
+            if out.is_empty() {
+                return true;
+            }
+            if !ring.sending {
+                ring.outbox = Some(out.to_vec());
+                ring.sending = true;
+            }
+            return false;
+        }
         loop {
             let result = match self.session.pending_output() {
                 [] => self.control.flush_tls(),
@@ -457,6 +540,8 @@ impl Connection {
             return self.session.handle_shutdown();
         };
         let old = self.control.fd();
+        // TLS is served by readiness; no receive or send is in flight now (see wants_recv).
+        self.ring = None;
         let scope = tls.for_session();
         let upgraded = self.control.upgrade_in_place(&scope);
         self.tls = Some(scope);

@@ -12,6 +12,15 @@
 //! Tokens carry a slot index and a kind (control or data) in their low bits. A connection's data
 //! descriptor is deregistered before its transfer is dropped, so a recycled descriptor number
 //! never meets a stale registration.
+//!
+//! **With io_uring** (`uring`) the same loop is also a completion loop: listeners take
+//! connections with one multishot accept each, and a clear control connection is served by a
+//! receive and a send the kernel carries out ([`zocalo_poller::Ring`]) rather than by readiness
+//! and read(2)/write(2). A receive is in flight only while the session has nothing to write
+//! (so replies are written in order, and after AUTH TLS the handshake finds the socket
+//! untouched); TLS connections, data connections, PROXY headers and the signals stay on
+//! readiness, which the ring also gives. A closed connection's slot is not reused until the
+//! completions of its cancelled operations came back (they name the slot).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,6 +29,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zocalo_poller::uring::{Completion, Done, Op};
 use zocalo_poller::{new_poller, Backend, Event, Interest, Poller, Token};
 use zocalo_proto::session::{Cancel, Lane, Work};
 
@@ -74,6 +84,14 @@ pub struct EventLoop {
     stop_by: Option<Instant>,
     /// Time spent on handshakes in this turn (see [`HANDSHAKE_BUDGET`]).
     handshakes_spent: Duration,
+    /// The poller is io_uring: accept and clear control channels by completions.
+    uring: bool,
+    /// Slots of closed connections whose ring operations have not all completed, with the
+    /// count still out.
+    draining: std::collections::HashMap<usize, u8>,
+    /// The last wait's completions and the bytes they received (kept for their capacity).
+    completions: Vec<Completion>,
+    received: Vec<u8>,
 }
 
 /// One client's place in the loop: its connection, and the loop's bookkeeping for it.
@@ -85,6 +103,9 @@ struct Slot {
     control_interest: Interest,
     /// The deadline pushed on the timer heap last.
     scheduled: Option<Instant>,
+    /// A receive, a send in flight on the ring.
+    recv_out: bool,
+    send_out: bool,
 }
 
 /// The connection's registrations in this loop's poller.
@@ -157,9 +178,14 @@ impl EventLoop {
     pub fn new(backend: Backend, shared: Shared, listeners: Vec<Listener>) -> io::Result<Self> {
         let Shared { ctx, limits, reserve } = shared;
         let mut poller = new_poller(backend)?;
+        let uring = poller.ring().is_some();
         for (i, l) in listeners.iter().enumerate() {
             l.sock.set_nonblocking(true)?;
-            poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE)?;
+            let (fd, token) = (l.sock.as_raw_fd(), token(i, LISTENER));
+            match poller.ring() {
+                Some(ring) => ring.accept_multishot(fd, token)?,
+                None => poller.register(fd, token, Interest::READABLE)?,
+            }
         }
         poller.register(ctx.shutdown.fd(), token(0, SIGNAL), Interest::READABLE)?;
         let workers = Workers::start(ctx.work_threads)?;
@@ -179,6 +205,10 @@ impl EventLoop {
             timers,
             stop_by: None,
             handshakes_spent: Duration::ZERO,
+            uring,
+            draining: std::collections::HashMap::new(),
+            completions: Vec::new(),
+            received: Vec::new(),
         })
     }
 
@@ -191,6 +221,9 @@ impl EventLoop {
             self.handshakes_spent = Duration::ZERO;
             for ev in &events {
                 self.dispatch(ev);
+            }
+            if self.uring {
+                self.on_completions();
             }
             self.fire_timers();
             self.resume_accepting();
@@ -255,8 +288,11 @@ impl EventLoop {
         if self.accept_paused.is_some() {
             return;
         }
-        for l in &self.listeners {
-            let _ = self.poller.deregister(l.sock.as_raw_fd());
+        for (i, l) in self.listeners.iter().enumerate() {
+            match self.poller.ring() {
+                Some(ring) => ring.cancel(token(i, LISTENER), Op::Accept),
+                None => drop(self.poller.deregister(l.sock.as_raw_fd())),
+            }
         }
         self.accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
     }
@@ -267,8 +303,13 @@ impl EventLoop {
         }
         self.accept_paused = None;
         for (i, l) in self.listeners.iter().enumerate() {
-            let _ =
-                self.poller.register(l.sock.as_raw_fd(), token(i, LISTENER), Interest::READABLE);
+            let (fd, token) = (l.sock.as_raw_fd(), token(i, LISTENER));
+            // A multishot accept that is still in flight (its cancel lost the race) refuses a
+            // second one, which is what we want.
+            let _ = match self.poller.ring() {
+                Some(ring) => ring.accept_multishot(fd, token),
+                None => self.poller.register(fd, token, Interest::READABLE),
+            };
         }
     }
 
@@ -287,7 +328,8 @@ impl EventLoop {
                 );
             }
         }
-        let Ok(conn) = Connection::new(stream, peer, Some(permit), &self.ctx, implicit_tls, false)
+        let Ok(mut conn) =
+            Connection::new(stream, peer, Some(permit), &self.ctx, implicit_tls, false)
         else {
             return;
         };
@@ -297,13 +339,18 @@ impl EventLoop {
             self.conns.len() - 1
         });
         let fd = conn.control.fd();
-        if let Err(e) = self.poller.register(fd, token(index, CONTROL), Interest::READABLE) {
-            tracing::warn!("cannot watch a connection: {e}");
-            self.free.push(index);
-            return;
+        let on_ring = self.uring && conn.use_ring();
+        if !on_ring {
+            if let Err(e) = self.poller.register(fd, token(index, CONTROL), Interest::READABLE) {
+                tracing::warn!("cannot watch a connection: {e}");
+                self.free.push(index);
+                return;
+            }
         }
         let serial = self.next_serial;
-        let slot = Slot { conn, serial, control_interest: Interest::READABLE, scheduled: None };
+        let control_interest = Interest::READABLE;
+        let (recv_out, send_out) = (false, false);
+        let slot = Slot { conn, serial, control_interest, scheduled: None, recv_out, send_out };
         self.conns[index] = Some(Box::new(slot));
         self.drive(index);
     }
@@ -363,11 +410,89 @@ impl EventLoop {
         }
     }
 
+    /// Hands the ring's completions to their listeners and sessions.
+    fn on_completions(&mut self) {
+        let (mut done, mut bytes) =
+            (std::mem::take(&mut self.completions), std::mem::take(&mut self.received));
+        if let Some(ring) = self.poller.ring() {
+            ring.take_completions(&mut done, &mut bytes);
+        }
+        for c in done.drain(..) {
+            let (index, kind) = (c.token.0 >> KIND_BITS, c.token.0 & ((1 << KIND_BITS) - 1));
+            match (kind, c.done) {
+                (LISTENER, Done::Accepted(accepted)) => self.accepted(index, accepted, c.more),
+                (CONTROL, Done::Received(got)) => {
+                    let Some(slot) = self.ring_slot(index, Op::Recv) else { continue };
+                    slot.conn.received(got.map(|range| &bytes[range]));
+                    self.drive(index);
+                }
+                (CONTROL, Done::Sent(result, _)) => {
+                    let Some(slot) = self.ring_slot(index, Op::Send) else { continue };
+                    slot.conn.sent(result);
+                    self.drive(index);
+                }
+                _ => {}
+            }
+        }
+        (self.completions, self.received) = (done, bytes);
+    }
+
+    /// The live slot an operation completed for, its flag cleared; `None` (and one operation
+    /// fewer to wait for) if its connection closed meanwhile.
+    fn ring_slot(&mut self, index: usize, op: Op) -> Option<&mut Slot> {
+        if let Some(left) = self.draining.get_mut(&index) {
+            *left -= 1;
+            if *left == 0 {
+                self.draining.remove(&index);
+                self.free.push(index);
+            }
+            return None;
+        }
+        let slot = self.conns.get_mut(index)?.as_mut()?;
+        match op {
+            Op::Send => slot.send_out = false,
+            _ => slot.recv_out = false,
+        }
+        Some(slot)
+    }
+
+    /// A multishot accept completed on listener `index`.
+    fn accepted(&mut self, index: usize, accepted: io::Result<std::os::fd::OwnedFd>, more: bool) {
+        let Some(listener) = self.listeners.get(index) else {
+            return; // stopping: the listeners are gone, and a late connection with them
+        };
+        let implicit_tls = listener.implicit_tls;
+        match accepted {
+            Ok(fd) => {
+                let stream = std::net::TcpStream::from(fd);
+                if let Ok(peer) = stream.peer_addr() {
+                    self.at_door(|door, _, entrance| {
+                        door.arrive(stream, peer, implicit_tls, entrance)
+                    });
+                }
+            }
+            // Cancelled: accepting paused or the server stops.
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            // Out of descriptors: accept(2) with the reserve, as the readiness loops do.
+            Err(e) if net::out_of_descriptors(&e) => self.accept(index),
+            Err(e) => tracing::warn!("accept failed: {e}"),
+        }
+        if !more && self.accept_paused.is_none() && self.stop_by.is_none() {
+            let fd = self.listeners[index].sock.as_raw_fd();
+            if let Some(ring) = self.poller.ring() {
+                let _ = ring.accept_multishot(fd, token(index, LISTENER));
+            }
+        }
+    }
+
     fn begin_stop(&mut self) {
         crate::ops::systemd::notify("STOPPING=1");
         let _ = self.poller.deregister(self.ctx.shutdown.fd());
-        for l in self.listeners.drain(..) {
-            let _ = self.poller.deregister(l.sock.as_raw_fd());
+        for (i, l) in self.listeners.drain(..).enumerate() {
+            match self.poller.ring() {
+                Some(ring) => ring.cancel(token(i, LISTENER), Op::Accept),
+                None => drop(self.poller.deregister(l.sock.as_raw_fd())),
+            }
         }
         self.stop_by = Some(Instant::now() + self.ctx.grace);
         self.at_door(|door, _, entrance| door.close(entrance));
@@ -408,6 +533,9 @@ impl EventLoop {
                 break;
             }
         }
+        if slot.conn.on_ring() {
+            return self.ring_io(index);
+        }
         let wanted = interest(slot.conn.interest());
         if wanted != slot.control_interest {
             let fd = slot.conn.control.fd();
@@ -417,13 +545,58 @@ impl EventLoop {
         self.schedule(index);
     }
 
+    /// Submits what a connection on the ring has to send, and a receive when it can take
+    /// input; then its timer.
+    fn ring_io(&mut self, index: usize) {
+        let Some(slot) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        let (fd, token) = (slot.conn.control.fd(), token(index, CONTROL));
+        let ring = self.poller.ring().expect("a ring connection has a ring");
+        if let Some(buf) = slot.conn.take_send() {
+            match ring.send(fd, token, buf) {
+                Ok(()) => slot.send_out = true,
+                Err(_) => slot.conn.sent(Err(io::ErrorKind::Other.into())),
+            }
+        }
+        if let Some(max) = slot.conn.wants_recv().filter(|_| !slot.recv_out) {
+            match ring.recv(fd, token, max) {
+                Ok(()) => slot.recv_out = true,
+                Err(e) => slot.conn.received(Err(e)),
+            }
+        }
+        if slot.conn.closed {
+            return self.remove(index);
+        }
+        self.schedule(index);
+    }
+
     fn remove(&mut self, index: usize) {
         if let Some(mut slot) = self.conns[index].take() {
             let span = slot.conn.span.clone();
             let _in_span = span.enter();
-            let _ = self.poller.deregister(slot.conn.control.fd());
+            let token = token(index, CONTROL);
+            if let (Some(ring), Some(buf)) = (self.poller.ring(), slot.conn.take_send()) {
+                // A last reply (a timeout's): written only if the socket takes it at once.
+                slot.send_out |= ring.send(slot.conn.control.fd(), token, buf).is_ok();
+            }
+            let out = u8::from(slot.recv_out) + u8::from(slot.send_out);
+            if let Some(ring) = self.poller.ring().filter(|_| out > 0) {
+                // The operations hold the socket open: cancel them; the slot waits for them.
+                if slot.recv_out {
+                    ring.cancel(token, Op::Recv);
+                }
+                if slot.send_out {
+                    ring.cancel(token, Op::Send);
+                }
+            } else {
+                let _ = self.poller.deregister(slot.conn.control.fd());
+            }
             slot.conn.finish(&mut LoopIo { poller: self.poller.as_mut(), index });
-            self.free.push(index);
+            match out {
+                0 => self.free.push(index),
+                _ => drop(self.draining.insert(index, out)),
+            }
         }
     }
 

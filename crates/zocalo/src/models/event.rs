@@ -1,6 +1,7 @@
-//! `select`, `poll`, `epoll[:N]`: the notes' third kind of server, one thread watching every
-//! connection ([`crate::drivers::event_loop`]). `epoll:N` runs N such loops, each on its own
-//! listening socket bound with SO_REUSEPORT, so the kernel spreads connections across them.
+//! `select`, `poll`, `epoll[:N]`, `uring[:N]`: the notes' third kind of server, one thread watching
+//! every connection ([`crate::drivers::event_loop`]). `epoll:N` and `uring:N` run N such loops,
+//! each on its own listening socket bound with SO_REUSEPORT, so the kernel spreads connections
+//! across them.
 
 use std::io;
 

@@ -7,6 +7,7 @@
 //! | `thread`    | a thread spawned per connection              | `thread.rs`     |
 //! | `pool:N`    | one of N threads created at start            | `pool.rs`       |
 //! | `select`, `poll`, `epoll[:N]` | one readiness loop (per core) for all | `event.rs` |
+//! | `uring[:N]` | one completion loop (per core) for all: io_uring | `event.rs` |
 //!
 //! The drivers the models run are in [`crate::drivers`].
 //!
@@ -73,8 +74,10 @@ impl FromStr for Model {
             ("select", None) => Ok(Model::Event(Backend::Select, 1)),
             ("poll", None) => Ok(Model::Event(Backend::Poll, 1)),
             ("epoll", n) => Ok(Model::Event(Backend::Epoll, n.unwrap_or(1))),
+            ("uring", n) => Ok(Model::Event(Backend::Uring, n.unwrap_or(1))),
             _ => Err(format!(
-                "unknown model {s:?}: use iterative, process, thread, pool[:N], select, poll or epoll[:N]"
+                "unknown model {s:?}: use iterative, process, thread, pool[:N], select, poll, \
+                 epoll[:N] or uring[:N]"
             )),
         }
     }
@@ -249,9 +252,18 @@ mod tests {
 
     #[test]
     fn model_names_round_trip() {
-        for name in
-            ["iterative", "process", "thread", "pool:3", "select", "poll", "epoll", "epoll:2"]
-        {
+        for name in [
+            "iterative",
+            "process",
+            "thread",
+            "pool:3",
+            "select",
+            "poll",
+            "epoll",
+            "epoll:2",
+            "uring",
+            "uring:2",
+        ] {
             assert_eq!(name.parse::<Model>().unwrap().to_string(), name);
         }
         assert!("pool:0".parse::<Model>().is_err());
