@@ -566,11 +566,12 @@ def drain_lines(stream, sink: list, keep: int = 20) -> None:
 def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
            anonymous: bool = True, write: bool = False, ipv4: bool = True, ipv6: bool = False,
            fail_delay_ms: int | None = 0, extra=(), implicit_tls: int = 0,
-           nofile: int | None = None, env: dict | None = None, root_flag: bool = True) -> Server:
+           nofile: int | None = None, env: dict | None = None, root_flag: bool = True,
+           preexec=None) -> Server:
     """Start the server. `implicit_tls`: how many `listening ftps://` lines (from
     --implicit-tls ADDR in `extra`) to wait for, besides the plain listeners. `env`: variables
     added to the server's environment (S3 credentials). `root_flag`: pass --root (the server
-    still runs in `root`)."""
+    still runs in `root`). `preexec`: also run in the child before exec (a seccomp filter)."""
     binary = zocalo_bin()
     if not binary.exists():
         raise AssertionError(f"zocalo binary not found at {binary} "
@@ -595,6 +596,8 @@ def launch(model: str, root: Path, log_path: Path, *, users=((USER, PASSWORD),),
     def limit_fds():
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if preexec is not None:
+            preexec()
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=log, cwd=root, preexec_fn=limit_fds,
