@@ -110,6 +110,10 @@ pub trait Ring {
     /// Asks the kernel to cancel `op` for `token`; its completion still comes (with
     /// `ECANCELED`, or its result if it finished first).
     fn cancel(&mut self, token: Token, op: Op);
+    /// Hands the queued operations to the kernel now, without waiting. Call it before closing
+    /// a descriptor that queued operations name: the kernel resolves a descriptor number when
+    /// it takes the operation, and by then the number could be another connection's.
+    fn submit(&mut self) -> io::Result<()>;
     /// Moves the completions of the last wait into `into`, and swaps the bytes they received
     /// into `bytes` (both are cleared first).
     fn take_completions(&mut self, into: &mut Vec<Completion>, bytes: &mut Vec<u8>);
@@ -464,6 +468,14 @@ impl Ring for UringPoller {
         if in_flight {
             let entry = opcode::AsyncCancel::new(user_data(token, op.code()));
             let _ = self.push(entry.build().user_data(OP_QUIET));
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

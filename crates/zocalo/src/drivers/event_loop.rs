@@ -488,6 +488,9 @@ impl EventLoop {
     fn begin_stop(&mut self) {
         crate::ops::systemd::notify("STOPPING=1");
         let _ = self.poller.deregister(self.ctx.shutdown.fd());
+        if let Some(ring) = self.poller.ring() {
+            let _ = ring.submit(); // an accept armed again this turn names a listener closed now
+        }
         for (i, l) in self.listeners.drain(..).enumerate() {
             match self.poller.ring() {
                 Some(ring) => ring.cancel(token(i, LISTENER), Op::Accept),
@@ -589,6 +592,8 @@ impl EventLoop {
                 if slot.send_out {
                     ring.cancel(token, Op::Send);
                 }
+                // Before the descriptor closes: a queued operation names it by number.
+                let _ = ring.submit();
             } else {
                 let _ = self.poller.deregister(slot.conn.control.fd());
             }
