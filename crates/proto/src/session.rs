@@ -509,6 +509,12 @@ impl Session {
         self.running.as_ref().and_then(|r| r.size)
     }
 
+    /// AUTH TLS was accepted and the handshake has not completed: the driver must leave the
+    /// control socket's next bytes (the ClientHello) to TLS.
+    pub fn tls_starting(&self) -> bool {
+        matches!(self.wait, Some(Wait::Tls))
+    }
+
     /// How many bytes [`handle_input`](Self::handle_input) accepts now. Zero means: stop
     /// reading the control connection until an event frees room.
     pub fn input_room(&self) -> usize {

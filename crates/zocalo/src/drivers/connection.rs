@@ -154,6 +154,10 @@ pub struct Connection {
 struct RingSide {
     /// A send is in flight: the session's pending output is not written until it completes.
     sending: bool,
+    /// A receive is in flight.
+    receiving: bool,
+    /// The receive must be cancelled before the reply to AUTH TLS goes out.
+    cancel_recv: bool,
     /// Output copied for the loop to send ([`Connection::take_send`]).
     outbox: Option<Vec<u8>>,
 }
@@ -239,21 +243,34 @@ impl Connection {
         self.ring.is_some()
     }
 
-    /// How many bytes a receive may bring now: none while a reply is being written (the next
-    /// command waits in the socket; and after AUTH TLS the handshake must find the socket
-    /// untouched) or while the session's input is full.
-    pub fn wants_recv(&self) -> Option<usize> {
-        let ring = self.ring.as_ref()?;
-        let quiet = !ring.sending && self.session.pending_output().is_empty();
+    /// Starts a receive if the connection takes input now, and says how many bytes it may
+    /// bring: none while one is in flight, while the session's input is full (it waits in the
+    /// socket), or once AUTH TLS is accepted (the handshake must find the socket untouched).
+    pub fn start_recv(&mut self) -> Option<usize> {
+        let ring = self.ring.as_mut()?;
         let room = self.session.input_room();
-        (quiet && !self.closed && room > 0).then_some(room)
+        if ring.receiving || self.closed || room == 0 || self.session.tls_starting() {
+            return None;
+        }
+        ring.receiving = true;
+        Some(room)
+    }
+
+    /// Whether the receive in flight must be cancelled now (once).
+    pub fn take_cancel_recv(&mut self) -> bool {
+        self.ring.as_mut().is_some_and(|r| std::mem::take(&mut r.cancel_recv))
     }
 
     /// What a receive brought: bytes, end of file, or an error.
     pub fn received(&mut self, got: io::Result<&[u8]>) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.receiving = false;
+        }
         match got {
             Ok([]) => self.control_eof(),
             Ok(bytes) => self.session.handle_input(bytes),
+            // Cancelled for AUTH TLS: nothing came.
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(_) => self.closed = true,
         }
     }
@@ -509,10 +526,17 @@ impl Connection {
             if out.is_empty() {
                 return true;
             }
-            if !ring.sending {
-                ring.outbox = Some(out.to_vec());
-                ring.sending = true;
+            if ring.sending {
+                return false;
             }
+            if ring.receiving && self.session.tls_starting() {
+                // Not a byte of the ClientHello may go to a receive: the client sends it once
+                // it has this reply, so the receive is cancelled before the reply goes.
+                ring.cancel_recv = true;
+                return false;
+            }
+            ring.outbox = Some(out.to_vec());
+            ring.sending = true;
             return false;
         }
         loop {

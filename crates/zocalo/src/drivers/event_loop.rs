@@ -16,9 +16,9 @@
 //! **With io_uring** (`uring`) the same loop is also a completion loop: listeners take
 //! connections with one multishot accept each, and a clear control connection is served by a
 //! receive and a send the kernel carries out ([`zocalo_poller::Ring`]) rather than by readiness
-//! and read(2)/write(2). A receive is in flight only while the session has nothing to write
-//! (so replies are written in order, and after AUTH TLS the handshake finds the socket
-//! untouched); TLS connections, data connections, PROXY headers and the signals stay on
+//! and read(2)/write(2). One receive and one send at most are in flight (so replies are
+//! written in order); once AUTH TLS is accepted the receive is cancelled before its reply goes,
+//! so the handshake finds the socket untouched; TLS connections, data connections, PROXY headers and the signals stay on
 //! readiness, which the ring also gives. A closed connection's slot is not reused until the
 //! completions of its cancelled operations came back (they name the slot).
 
@@ -562,11 +562,14 @@ impl EventLoop {
                 Err(_) => slot.conn.sent(Err(io::ErrorKind::Other.into())),
             }
         }
-        if let Some(max) = slot.conn.wants_recv().filter(|_| !slot.recv_out) {
+        if let Some(max) = slot.conn.start_recv() {
             match ring.recv(fd, token, max) {
                 Ok(()) => slot.recv_out = true,
                 Err(e) => slot.conn.received(Err(e)),
             }
+        }
+        if slot.conn.take_cancel_recv() {
+            ring.cancel(token, Op::Recv);
         }
         if slot.conn.closed {
             return self.remove(index);
