@@ -145,6 +145,8 @@ pub struct UringPoller {
     buffers: Option<Buffers>,
     completions: Vec<Completion>,
     arena: Vec<u8>,
+    /// The last wait's completion queue entries (kept for its capacity).
+    cqes: Vec<cqueue::Entry>,
 }
 
 fn user_data(token: Token, op: u64) -> u64 {
@@ -202,6 +204,7 @@ impl UringPoller {
             buffers: None,
             completions: Vec::new(),
             arena: Vec::new(),
+            cqes: Vec::new(),
         })
     }
 
@@ -304,7 +307,7 @@ impl UringPoller {
             OP_RECV => {
                 let bid = cqueue::buffer_select(flags);
                 let done = match (res, bid) {
-                    (-105, _) => {
+                    (n, _) if n == -libc::ENOBUFS => {
                         // ENOBUFS: every buffer was taken in this turn; they are back now.
                         if let Some(&(fd, max)) = self.recvs.get(&token.0) {
                             return self.submit_recv(fd, token, max);
@@ -401,11 +404,12 @@ impl Poller for UringPoller {
             }
             Err(e) => return Err(e),
         }
-        let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
-        for cqe in &cqes {
-            self.reap(cqe, events)?;
-        }
-        Ok(())
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion());
+        let reaped = cqes.iter().try_for_each(|cqe| self.reap(cqe, events));
+        self.cqes = cqes;
+        reaped
     }
 
     fn name(&self) -> &'static str {
